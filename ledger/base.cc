@@ -1,0 +1,102 @@
+#include <sodium.h>
+
+#include <cassert>
+#include <chrono>
+#include <cstdlib>
+
+#include "ledger/clock.h"
+#include "ledger/hash.h"
+#include "ledger/random.h"
+
+namespace keyledger {
+
+int64_t SystemClock::NowUs() const {
+  return std::chrono::duration_cast<std::chrono::microseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+SecureRandom::SecureRandom() {
+  // sodium_init is idempotent and thread-safe; -1 means no entropy source, which
+  // leaves no safe way to make secrets.
+  if (sodium_init() < 0) std::abort();
+}
+
+void SecureRandom::Fill(uint8_t* out, size_t size) { randombytes_buf(out, size); }
+
+void SeededRandom::Fill(uint8_t* out, size_t size) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (size_t i = 0; i < size; i++) out[i] = static_cast<uint8_t>(engine_() >> 56);
+}
+
+std::string RandomBase32(RandomSource& random, size_t bytes) {
+  static constexpr char kAlphabet[] = "0123456789abcdefghjkmnpqrstvwxyz";
+  constexpr size_t kBytesMax = 64;
+  assert(bytes > 0 && bytes <= kBytesMax);
+  uint8_t buf[kBytesMax];
+  random.Fill(buf, bytes);
+  std::string out;
+  uint32_t acc = 0;
+  int bits = 0;
+  for (size_t i = 0; i < bytes; i++) {
+    acc = (acc << 8) | buf[i];
+    bits += 8;
+    while (bits >= 5) {
+      out.push_back(kAlphabet[(acc >> (bits - 5)) & 31]);
+      bits -= 5;
+    }
+  }
+  if (bits > 0) out.push_back(kAlphabet[(acc << (5 - bits)) & 31]);
+  return out;
+}
+
+Hash HashBytes(std::string_view data) {
+  Hash out;
+  crypto_generichash(out.data(), out.size(), reinterpret_cast<const unsigned char*>(data.data()),
+                     data.size(), nullptr, 0);
+  return out;
+}
+
+Hash ChainHash(const Hash& prev, std::string_view data) {
+  crypto_generichash_state state;
+  crypto_generichash_init(&state, nullptr, 0, 32);
+  crypto_generichash_update(&state, prev.data(), prev.size());
+  crypto_generichash_update(&state, reinterpret_cast<const unsigned char*>(data.data()),
+                            data.size());
+  Hash out;
+  crypto_generichash_final(&state, out.data(), out.size());
+  return out;
+}
+
+std::string ToHex(const uint8_t* bytes, size_t size) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string out(size * 2, '0');
+  for (size_t i = 0; i < size; i++) {
+    out[2 * i] = kDigits[bytes[i] >> 4];
+    out[2 * i + 1] = kDigits[bytes[i] & 15];
+  }
+  return out;
+}
+
+bool ParseHashHex(std::string_view hex, Hash* out) {
+  if (hex.size() != 64) return false;
+  auto nibble = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+  };
+  for (size_t i = 0; i < 32; i++) {
+    int hi = nibble(hex[2 * i]);
+    int lo = nibble(hex[2 * i + 1]);
+    if (hi < 0 || lo < 0) return false;
+    (*out)[i] = static_cast<uint8_t>(hi << 4 | lo);
+  }
+  return true;
+}
+
+bool ConstantTimeEqual(const Hash& a, const Hash& b) {
+  return sodium_memcmp(a.data(), b.data(), a.size()) == 0;
+}
+
+}  // namespace keyledger

@@ -1,0 +1,237 @@
+#include "ledger/kv_store.h"
+
+#include <rocksdb/cache.h>
+#include <rocksdb/convenience.h>
+#include <rocksdb/db.h>
+#include <rocksdb/filter_policy.h>
+#include <rocksdb/table.h>
+#include <rocksdb/write_batch.h>
+
+#include <algorithm>
+#include <cassert>
+
+namespace keyledger {
+namespace {
+
+Status FromRocks(const rocksdb::Status& s, std::string_view what) {
+  if (s.ok()) return Status::Ok();
+  std::string msg = std::string(what) + ": " + s.ToString();
+  if (s.IsCorruption()) return Status::Corruption(std::move(msg));
+  if (s.IsShutdownInProgress() || s.IsBusy() || s.IsTryAgain()) return Status::Unavailable(msg);
+  return Status::IOError(std::move(msg));
+}
+
+rocksdb::Slice ToSlice(std::string_view v) { return rocksdb::Slice(v.data(), v.size()); }
+std::string_view ToView(const rocksdb::Slice& s) { return std::string_view(s.data(), s.size()); }
+
+bool Supports(rocksdb::CompressionType type) {
+  auto supported = rocksdb::GetSupportedCompressions();
+  return std::find(supported.begin(), supported.end(), type) != supported.end();
+}
+
+rocksdb::ColumnFamilyOptions MakeCfOptions(const ColumnFamilySpec& spec,
+                                          const KvStoreOptions& options,
+                                          const std::shared_ptr<rocksdb::Cache>& cache) {
+  rocksdb::ColumnFamilyOptions cf;
+  cf.write_buffer_size = options.write_buffer_bytes;
+  // LZ4 is cheap enough for the upper levels; ZSTD squeezes the cold bottom
+  // level, where most of an append-only log ends up.
+  if (Supports(rocksdb::kLZ4Compression)) cf.compression = rocksdb::kLZ4Compression;
+  if (Supports(rocksdb::kZSTD)) cf.bottommost_compression = rocksdb::kZSTD;
+  rocksdb::BlockBasedTableOptions table;
+  table.block_cache = cache;
+  table.format_version = 5;
+  if (spec.point_lookups) {
+    table.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));
+    table.whole_key_filtering = true;
+  }
+  cf.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
+  return cf;
+}
+
+rocksdb::DBOptions MakeDbOptions(const KvStoreOptions& options) {
+  rocksdb::DBOptions db;
+  db.create_if_missing = true;
+  db.create_missing_column_families = true;
+  // Record WAL files in the MANIFEST so a missing or truncated synced WAL is
+  // detected at open instead of silently dropping acknowledged writes.
+  db.track_and_verify_wals_in_manifest = true;
+  db.paranoid_checks = true;
+  db.max_background_jobs = options.background_jobs_max;
+  // Smooth out SST writes so background flushes do not stall the synced WAL.
+  db.bytes_per_sync = 1u << 20;
+  db.wal_recovery_mode = rocksdb::WALRecoveryMode::kPointInTimeRecovery;
+  if (options.mode == OpenMode::kSecondary) db.max_open_files = -1;
+  return db;
+}
+
+}  // namespace
+
+struct KvStore::Rep {
+  std::unique_ptr<rocksdb::DB> db;
+  std::vector<rocksdb::ColumnFamilyHandle*> handles;  // [0] is "default"
+  rocksdb::ColumnFamilyHandle* cf(int index) const {
+    assert(index >= 0 && static_cast<size_t>(index) + 1 < handles.size());
+    return handles[static_cast<size_t>(index) + 1];
+  }
+  ~Rep() {
+    if (!db) return;
+    for (auto* h : handles) db->DestroyColumnFamilyHandle(h).PermitUncheckedError();
+    handles.clear();
+    db->Close().PermitUncheckedError();
+  }
+};
+
+struct KvBatch::Rep {
+  const KvStore::Rep* store;
+  rocksdb::WriteBatch batch;
+  size_t count = 0;
+};
+
+KvBatch::KvBatch(const KvStore& store) : rep_(std::make_unique<Rep>()) {
+  rep_->store = store.rep_.get();
+}
+KvBatch::~KvBatch() = default;
+
+void KvBatch::Put(int cf, std::string_view key, std::string_view value) {
+  rocksdb::Status s = rep_->batch.Put(rep_->store->cf(cf), ToSlice(key), ToSlice(value));
+  assert(s.ok());  // WriteBatch::Put fails only past 4 GiB per batch
+  rep_->count++;
+}
+
+void KvBatch::Delete(int cf, std::string_view key) {
+  rocksdb::Status s = rep_->batch.Delete(rep_->store->cf(cf), ToSlice(key));
+  assert(s.ok());
+  rep_->count++;
+}
+
+size_t KvBatch::count() const { return rep_->count; }
+size_t KvBatch::bytes() const { return rep_->batch.GetDataSize(); }
+void KvBatch::Clear() {
+  rep_->batch.Clear();
+  rep_->count = 0;
+}
+
+KvStore::KvStore(std::unique_ptr<Rep> rep) : rep_(std::move(rep)) {}
+KvStore::~KvStore() = default;
+
+Result<std::unique_ptr<KvStore>> KvStore::Open(const std::string& path,
+                                               const KvStoreOptions& options) {
+  assert(options.mode != OpenMode::kSecondary || !options.secondary_path.empty());
+  auto cache = rocksdb::NewLRUCache(options.block_cache_bytes);
+  std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;
+  descriptors.emplace_back(rocksdb::kDefaultColumnFamilyName,
+                           MakeCfOptions(ColumnFamilySpec{}, options, cache));
+  for (const auto& spec : options.column_families) {
+    descriptors.emplace_back(spec.name, MakeCfOptions(spec, options, cache));
+  }
+  rocksdb::DBOptions db_options = MakeDbOptions(options);
+  auto rep = std::make_unique<Rep>();
+  rocksdb::DB* db = nullptr;
+  rocksdb::Status s;
+  try {
+    if (options.mode == OpenMode::kSecondary) {
+      s = rocksdb::DB::OpenAsSecondary(db_options, path, options.secondary_path, descriptors,
+                                       &rep->handles, &db);
+    } else {
+      s = rocksdb::DB::Open(db_options, path, descriptors, &rep->handles, &db);
+    }
+  } catch (const std::exception& e) {
+    return Status::IOError("open " + path + ": " + e.what());
+  }
+  if (!s.ok()) return FromRocks(s, "open " + path);
+  rep->db.reset(db);
+  assert(rep->handles.size() == descriptors.size());
+  return std::unique_ptr<KvStore>(new KvStore(std::move(rep)));
+}
+
+Result<std::optional<std::string>> KvStore::Get(int cf, std::string_view key) const {
+  std::string value;
+  rocksdb::Status s = rep_->db->Get(rocksdb::ReadOptions(), rep_->cf(cf), ToSlice(key), &value);
+  if (s.IsNotFound()) return std::optional<std::string>();
+  if (!s.ok()) return FromRocks(s, "get");
+  return std::optional<std::string>(std::move(value));
+}
+
+Status KvStore::MultiGet(int cf, const std::vector<std::string_view>& keys,
+                         std::vector<std::optional<std::string>>* out) const {
+  out->clear();
+  out->resize(keys.size());
+  if (keys.empty()) return Status::Ok();
+  std::vector<rocksdb::Slice> slices;
+  slices.reserve(keys.size());
+  for (auto k : keys) slices.push_back(ToSlice(k));
+  std::vector<rocksdb::PinnableSlice> values(keys.size());
+  std::vector<rocksdb::Status> statuses(keys.size());
+  rep_->db->MultiGet(rocksdb::ReadOptions(), rep_->cf(cf), keys.size(), slices.data(),
+                     values.data(), statuses.data());
+  for (size_t i = 0; i < keys.size(); i++) {
+    if (statuses[i].IsNotFound()) continue;
+    if (!statuses[i].ok()) return FromRocks(statuses[i], "multiget");
+    (*out)[i] = values[i].ToString();
+  }
+  return Status::Ok();
+}
+
+Status KvStore::Write(KvBatch& batch, Durability durability) {
+  assert(batch.rep_->store == rep_.get());
+  rocksdb::WriteOptions wo;
+  wo.sync = durability == Durability::kSync;
+  return FromRocks(rep_->db->Write(wo, &batch.rep_->batch), "write");
+}
+
+Status KvStore::SyncWal() { return FromRocks(rep_->db->SyncWAL(), "sync wal"); }
+
+Status KvStore::Scan(
+    int cf, std::string_view start, std::string_view end,
+    const std::function<bool(std::string_view key, std::string_view value)>& fn) const {
+  rocksdb::ReadOptions ro;
+  rocksdb::Slice upper = ToSlice(end);
+  if (!end.empty()) ro.iterate_upper_bound = &upper;
+  std::unique_ptr<rocksdb::Iterator> it(rep_->db->NewIterator(ro, rep_->cf(cf)));
+  for (it->Seek(ToSlice(start)); it->Valid(); it->Next()) {
+    if (!fn(ToView(it->key()), ToView(it->value()))) break;
+  }
+  return FromRocks(it->status(), "scan");
+}
+
+Result<std::optional<std::pair<std::string, std::string>>> KvStore::SeekForPrev(
+    int cf, std::string_view key, std::string_view floor) const {
+  using Found = std::optional<std::pair<std::string, std::string>>;
+  rocksdb::ReadOptions ro;
+  rocksdb::Slice lower = ToSlice(floor);
+  ro.iterate_lower_bound = &lower;
+  std::unique_ptr<rocksdb::Iterator> it(rep_->db->NewIterator(ro, rep_->cf(cf)));
+  it->SeekForPrev(ToSlice(key));
+  if (!it->Valid()) {
+    if (!it->status().ok()) return FromRocks(it->status(), "seek");
+    return Found();
+  }
+  return Found(std::make_pair(it->key().ToString(), it->value().ToString()));
+}
+
+Status KvStore::CatchUp() { return FromRocks(rep_->db->TryCatchUpWithPrimary(), "catch up"); }
+
+Status KvStore::Flush() {
+  rocksdb::FlushOptions fo;
+  fo.wait = true;
+  std::vector<rocksdb::ColumnFamilyHandle*> cfs(rep_->handles.begin(), rep_->handles.end());
+  return FromRocks(rep_->db->Flush(fo, cfs), "flush");
+}
+
+void AppendBigEndian64(std::string* out, uint64_t value) {
+  char buf[8];
+  for (int i = 7; i >= 0; i--) {
+    buf[i] = static_cast<char>(value & 0xff);
+    value >>= 8;
+  }
+  out->append(buf, 8);
+}
+
+uint64_t DecodeBigEndian64(const char* in) {
+  uint64_t v = 0;
+  for (int i = 0; i < 8; i++) v = (v << 8) | static_cast<uint8_t>(in[i]);
+  return v;
+}
+
+}  // namespace keyledger

@@ -1,0 +1,130 @@
+// KvStore: the one adapter between keyledger and RocksDB. The ledger and the
+// projections' derived stores both sit on it; nothing else includes RocksDB.
+//
+// Thread safety: a KvStore is thread-safe (RocksDB is). A KvBatch is not.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "ledger/status.h"
+
+namespace keyledger {
+
+struct ColumnFamilySpec {
+  std::string name;
+  // Adds a bloom filter (10 bits/key) for point lookups of absent keys.
+  bool point_lookups = false;
+};
+
+enum class OpenMode : uint8_t {
+  kReadWrite = 0,
+  // A RocksDB secondary instance: reads a directory that a running server
+  // owns, without stopping it. `secondary_path` must be a scratch directory.
+  kSecondary,
+};
+
+struct KvStoreOptions {
+  // Column families to open, in the order their handles are numbered (0..n-1).
+  // "default" is opened implicitly and is not numbered.
+  std::vector<ColumnFamilySpec> column_families;
+  OpenMode mode = OpenMode::kReadWrite;
+  std::string secondary_path;  // REQUIRES: non-empty when mode == kSecondary
+  // Shared block cache for all column families. Default 64 MiB.
+  size_t block_cache_bytes = 64u << 20;
+  // RocksDB background flush + compaction threads. Default 2 (this is a
+  // 2-core machine; more would fight the request threads).
+  int background_jobs_max = 2;
+  // Memtable size per column family before a flush. Default 64 MiB.
+  size_t write_buffer_bytes = 64u << 20;
+};
+
+class KvStore;
+
+// A batch of writes applied atomically by KvStore::Write.
+// REQUIRES: the store outlives the batch; the batch is written only to it.
+class KvBatch {
+ public:
+  explicit KvBatch(const KvStore& store);
+  ~KvBatch();
+  KvBatch(const KvBatch&) = delete;
+  KvBatch& operator=(const KvBatch&) = delete;
+
+  void Put(int cf, std::string_view key, std::string_view value);
+  void Delete(int cf, std::string_view key);
+  // Number of operations added.
+  size_t count() const;
+  // Approximate bytes in the batch.
+  size_t bytes() const;
+  void Clear();
+
+ private:
+  friend class KvStore;
+  struct Rep;
+  std::unique_ptr<Rep> rep_;
+};
+
+enum class Durability : uint8_t {
+  // The write-ahead log is fsync'ed before the write returns: survives power loss.
+  kSync = 0,
+  // The write reaches the OS page cache only: survives a process crash, but
+  // the last moments may be lost on power loss or a kernel crash.
+  kAsync,
+};
+
+class KvStore {
+ public:
+  // Opens (creating if missing, for kReadWrite) the store at `path`.
+  // Returns IOError if RocksDB cannot open it, Corruption if it reports corruption.
+  static Result<std::unique_ptr<KvStore>> Open(const std::string& path,
+                                               const KvStoreOptions& options);
+  ~KvStore();
+
+  // Returns the value, std::nullopt if absent, IOError/Corruption on failure.
+  Result<std::optional<std::string>> Get(int cf, std::string_view key) const;
+
+  // Looks up many keys at once (RocksDB MultiGet). out->size() == keys.size()
+  // on success. Returns the first error.
+  Status MultiGet(int cf, const std::vector<std::string_view>& keys,
+                  std::vector<std::optional<std::string>>* out) const;
+
+  // Applies `batch` atomically. `durability` is chosen at every call site.
+  Status Write(KvBatch& batch, Durability durability);
+
+  // Forces the write-ahead log to disk (after async writes).
+  Status SyncWal();
+
+  // Calls fn(key, value) for keys in [start, end) in order (end empty: no bound)
+  // until fn returns false. The views are valid only during the call.
+  // Returns IOError/Corruption on failure.
+  Status Scan(int cf, std::string_view start, std::string_view end,
+              const std::function<bool(std::string_view key, std::string_view value)>& fn) const;
+
+  // Returns the last key-value pair with key <= `key` and key >= `floor`,
+  // std::nullopt if none.
+  Result<std::optional<std::pair<std::string, std::string>>> SeekForPrev(
+      int cf, std::string_view key, std::string_view floor) const;
+
+  // For a kSecondary store: catches up with the primary's latest writes.
+  Status CatchUp();
+
+  // Flushes memtables; for clean shutdown and tests.
+  Status Flush();
+
+ private:
+  friend class KvBatch;
+  struct Rep;
+  explicit KvStore(std::unique_ptr<Rep> rep);
+  std::unique_ptr<Rep> rep_;
+};
+
+// Big-endian fixed-width integers: keys sort in numeric order.
+void AppendBigEndian64(std::string* out, uint64_t value);
+uint64_t DecodeBigEndian64(const char* in);  // REQUIRES: 8 readable bytes
+
+}  // namespace keyledger

@@ -1,0 +1,598 @@
+#include "ledger/ledger.h"
+
+#include <algorithm>
+#include <cassert>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <mutex>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "ledger/codec.h"
+#include "ledger/hash.h"
+
+namespace keyledger {
+namespace {
+
+constexpr char kHeadKey[] = "head";
+constexpr char kFormatKey[] = "format";
+constexpr char kFormatVersion[] = "keyledger-ledger-1";
+constexpr size_t kHashBytes = 32;
+constexpr uint64_t kVerifyProgressEvents = 65'536;
+constexpr size_t kStreamReadEventsMax = 100'000;
+
+std::string StreamKey(std::string_view stream_id, uint64_t version) {
+  std::string key(stream_id);
+  key.push_back('\0');
+  AppendBigEndian64(&key, version);
+  return key;
+}
+
+std::string EventIdKey(const EventId& id) {
+  return std::string(reinterpret_cast<const char*>(id.data()), id.size());
+}
+
+std::string EncodeHead(const LedgerHead& head) {
+  std::string v;
+  AppendBigEndian64(&v, head.sequence);
+  v.append(reinterpret_cast<const char*>(head.hash.data()), head.hash.size());
+  return v;
+}
+
+// Stream ids are printable ASCII without spaces, so a NUL can end them in keys.
+Status ValidateStreamId(std::string_view id) {
+  if (id.empty() || id.size() > kStreamIdBytesMax) {
+    return Status::InvalidArgument("stream id must be 1.." + std::to_string(kStreamIdBytesMax) +
+                                   " bytes", "stream_id");
+  }
+  for (char c : id) {
+    if (c <= 0x20 || c >= 0x7f) {
+      return Status::InvalidArgument("stream id must be printable ASCII", "stream_id");
+    }
+  }
+  return Status::Ok();
+}
+
+Status ValidateNewEvents(const std::vector<NewEvent>& events) {
+  if (events.empty()) return Status::InvalidArgument("no events to append", "events");
+  if (events.size() > kAppendEventsMax) {
+    return Status::InvalidArgument("at most " + std::to_string(kAppendEventsMax) +
+                                   " events per append", "events");
+  }
+  std::unordered_set<std::string> ids;
+  for (const auto& e : events) {
+    KL_RETURN_IF_ERROR(ValidateStreamId(e.stream_id));
+    if (e.actor.size() > kActorBytesMax) {
+      return Status::InvalidArgument("actor too long", "actor");
+    }
+    if (!ids.insert(EventIdKey(e.event_id)).second) {
+      return Status::InvalidArgument("an event id appears twice in one append", "event_id");
+    }
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status SplitStoredValue(std::string_view value, Hash* hash, std::string_view* body) {
+  if (value.size() <= kHashBytes) return Status::Corruption("stored event too short");
+  std::memcpy(hash->data(), value.data(), kHashBytes);
+  *body = value.substr(kHashBytes);
+  return Status::Ok();
+}
+
+std::string EventKey(uint64_t sequence) {
+  std::string key;
+  AppendBigEndian64(&key, sequence);
+  return key;
+}
+
+// One caller of Append waiting in the group-commit queue.
+struct Writer {
+  const std::vector<NewEvent>* events = nullptr;
+  Durability durability = Durability::kSync;
+  bool done = false;
+  Status status;
+  AppendResult result;
+  std::condition_variable cv;
+};
+
+struct Ledger::Rep {
+  LedgerOptions options;
+  std::unique_ptr<KvStore> store;
+
+  // mu guards everything below it, and the writer queue.
+  mutable std::mutex mu;
+  mutable std::condition_variable appended;  // signalled when head moves or on close
+  std::deque<Writer*> writers;
+  LedgerHead head;
+  uint64_t synced_sequence = 0;  // every event <= this is on disk (fsync'ed)
+  int64_t last_recorded_at_us = 0;
+  bool closed = false;
+
+  // Touched only by the group-commit leader (one at a time, outside mu).
+  std::unordered_map<std::string, uint64_t> stream_versions;
+
+  Result<uint64_t> LookupStreamVersion(std::string_view stream_id) const;
+  Result<uint64_t> CurrentStreamVersion(const std::string& stream_id);
+  Status CommitGroup(std::vector<Writer*>& group, const LedgerHead& start, int64_t now_us,
+                     LedgerHead* new_head, std::vector<std::pair<std::string, uint64_t>>* versions);
+  Result<Event> DecodeStored(uint64_t sequence, std::string_view value) const;
+};
+
+Result<uint64_t> Ledger::Rep::LookupStreamVersion(std::string_view stream_id) const {
+  std::string floor(stream_id);
+  floor.push_back('\0');
+  KL_ASSIGN_OR_RETURN(auto found,
+                      store->SeekForPrev(kCfStreams, StreamKey(stream_id, UINT64_MAX), floor));
+  if (!found) return uint64_t{0};
+  const std::string& key = found->first;
+  if (key.size() != floor.size() + 8) return Status::Corruption("bad stream index key");
+  return DecodeBigEndian64(key.data() + floor.size());
+}
+
+Result<uint64_t> Ledger::Rep::CurrentStreamVersion(const std::string& stream_id) {
+  auto it = stream_versions.find(stream_id);
+  if (it != stream_versions.end()) return it->second;
+  KL_ASSIGN_OR_RETURN(uint64_t version, LookupStreamVersion(stream_id));
+  if (stream_versions.size() >= options.stream_cache_entries_max) stream_versions.clear();
+  stream_versions.emplace(stream_id, version);
+  return version;
+}
+
+Ledger::Ledger(std::unique_ptr<Rep> rep) : rep_(std::move(rep)) {}
+Ledger::~Ledger() { Close(); }
+
+Result<std::unique_ptr<Ledger>> Ledger::Open(const std::string& path,
+                                             const LedgerOptions& options) {
+  assert(options.clock != nullptr);
+  auto rep = std::make_unique<Rep>();
+  rep->options = options;
+  KvStoreOptions kv = options.storage;
+  kv.mode = options.mode;
+  kv.secondary_path = options.secondary_path;
+  // Order matches LedgerColumnFamily.
+  kv.column_families = {{"events", false}, {"streams", true}, {"event_ids", true}, {"meta", false}};
+  KL_ASSIGN_OR_RETURN(rep->store, KvStore::Open(path, kv));
+
+  KL_ASSIGN_OR_RETURN(auto format, rep->store->Get(kCfMeta, kFormatKey));
+  if (format && *format != kFormatVersion) {
+    return Status::Corruption("unknown ledger format '" + *format + "' in " + path);
+  }
+  KL_ASSIGN_OR_RETURN(auto head_value, rep->store->Get(kCfMeta, kHeadKey));
+  if (head_value) {
+    if (head_value->size() != 8 + kHashBytes) return Status::Corruption("bad head record");
+    rep->head.sequence = DecodeBigEndian64(head_value->data());
+    std::memcpy(rep->head.hash.data(), head_value->data() + 8, kHashBytes);
+  }
+  // The head and the last event are written in one batch, so they must agree.
+  KL_ASSIGN_OR_RETURN(auto last, rep->store->SeekForPrev(kCfEvents, EventKey(UINT64_MAX), ""));
+  uint64_t last_sequence = last ? DecodeBigEndian64(last->first.data()) : 0;
+  if (last_sequence != rep->head.sequence) {
+    return Status::Corruption("head record says " + std::to_string(rep->head.sequence) +
+                                  " but the last stored event is " + std::to_string(last_sequence),
+                              std::max(last_sequence, rep->head.sequence));
+  }
+  if (last) {
+    KL_ASSIGN_OR_RETURN(Event event, rep->DecodeStored(last_sequence, last->second));
+    rep->last_recorded_at_us = event.recorded_at_us;
+  }
+  if (!format && options.mode == OpenMode::kReadWrite) {
+    KvBatch batch(*rep->store);
+    batch.Put(kCfMeta, kFormatKey, kFormatVersion);
+    KL_RETURN_IF_ERROR(rep->store->Write(batch, Durability::kSync));
+  }
+  rep->synced_sequence = rep->head.sequence;  // recovered from disk, so durable
+  return std::unique_ptr<Ledger>(new Ledger(std::move(rep)));
+}
+
+Result<Event> Ledger::Rep::DecodeStored(uint64_t sequence, std::string_view value) const {
+  Hash hash;
+  std::string_view body;
+  Status split = SplitStoredValue(value, &hash, &body);
+  if (!split.ok()) return Status::Corruption(split.message(), sequence);
+  auto decoded = DecodeEventBody(body);
+  if (!decoded.ok()) return Status::Corruption(decoded.status().message(), sequence);
+  Event event = std::move(decoded).value();
+  if (event.sequence != sequence) {
+    return Status::Corruption("event stored under sequence " + std::to_string(sequence) +
+                                  " says " + std::to_string(event.sequence),
+                              sequence);
+  }
+  if (!ConstantTimeEqual(ChainHash(event.prev_hash, body), hash)) {
+    return Status::Corruption("hash mismatch", sequence);
+  }
+  event.hash = hash;
+  return event;
+}
+
+namespace {
+
+// One event encoded and ready for the batch.
+struct PreparedEvent {
+  uint64_t sequence;
+  std::string stream_key;
+  std::string value;  // hash || body
+  const EventId* event_id;
+};
+
+}  // namespace
+
+// Prepares and writes one group. Per-writer outcomes go into each Writer
+// (Conflict, InvalidArgument); the returned Status is the group's I/O outcome.
+// REQUIRES: called by the current leader only, without holding mu.
+Status Ledger::Rep::CommitGroup(std::vector<Writer*>& group, const LedgerHead& start,
+                                int64_t now_us, LedgerHead* new_head,
+                                std::vector<std::pair<std::string, uint64_t>>* versions) {
+  // 1. Which proposed events are already stored?
+  std::vector<std::string> id_keys;
+  for (Writer* w : group) {
+    for (const auto& e : *w->events) id_keys.push_back(EventIdKey(e.event_id));
+  }
+  std::vector<std::string_view> id_views(id_keys.begin(), id_keys.end());
+  std::vector<std::optional<std::string>> stored;
+  KL_RETURN_IF_ERROR(store->MultiGet(kCfEventIds, id_views, &stored));
+
+  KvBatch batch(*store);
+  std::unordered_map<std::string, uint64_t> group_versions;  // stream -> version after group
+  std::unordered_map<std::string_view, uint64_t> group_ids;  // id -> sequence in this group
+  LedgerHead head = start;
+  size_t writer_base = 0;  // index of this writer's first event in id_views
+  bool needs_sync = false;
+
+  for (Writer* w : group) {
+    const auto& events = *w->events;
+    w->result.sequences.assign(events.size(), 0);
+    std::unordered_map<std::string, uint64_t> overlay;  // this writer's stream versions
+    std::vector<PreparedEvent> prepared;
+    LedgerHead tentative = head;
+    std::vector<size_t> prepared_index;  // event index of each prepared event
+    Status status;
+    const size_t base = writer_base;
+    writer_base += events.size();
+    for (size_t i = 0; i < events.size(); i++) {
+      const NewEvent& e = events[i];
+      const auto& original = stored[base + i];
+      auto in_group = group_ids.find(id_views[base + i]);
+      if (original || in_group != group_ids.end()) {
+        if (original && original->size() != 8) return Status::Corruption("bad event id index");
+        uint64_t seq = original ? DecodeBigEndian64(original->data()) : in_group->second;
+        w->result.sequences[i] = seq;
+        w->result.duplicates++;
+        needs_sync |= seq > synced_sequence && w->durability == Durability::kSync;
+        continue;
+      }
+      uint64_t current;
+      if (auto o = overlay.find(e.stream_id); o != overlay.end()) {
+        current = o->second;
+      } else if (auto g = group_versions.find(e.stream_id); g != group_versions.end()) {
+        current = g->second;
+      } else {
+        auto looked_up = CurrentStreamVersion(e.stream_id);
+        if (!looked_up.ok()) return looked_up.status();
+        current = *looked_up;
+      }
+      if (e.expected_version && *e.expected_version != current) {
+        status = Status::Conflict("stream " + e.stream_id + " is at version " +
+                                  std::to_string(current) + ", expected " +
+                                  std::to_string(*e.expected_version));
+        break;
+      }
+      overlay[e.stream_id] = current + 1;
+      Event envelope;
+      envelope.sequence = tentative.sequence + 1;
+      envelope.recorded_at_us = now_us;
+      envelope.stream_id = e.stream_id;
+      envelope.stream_version = current + 1;
+      envelope.event_id = e.event_id;
+      envelope.actor = e.actor;
+      envelope.prev_hash = tentative.hash;
+      envelope.body = e.body;
+      std::string body = EncodeEventBody(envelope);
+      if (body.size() > kEventBytesMax) {
+        status = Status::InvalidArgument("event " + std::to_string(i) + " encodes to " +
+                                         std::to_string(body.size()) + " bytes, over the " +
+                                         std::to_string(kEventBytesMax) + " limit", "events");
+        break;
+      }
+      Hash hash = ChainHash(tentative.hash, body);
+      std::string value(reinterpret_cast<const char*>(hash.data()), hash.size());
+      value += body;
+      tentative.sequence = envelope.sequence;
+      tentative.hash = hash;
+      prepared.push_back(PreparedEvent{envelope.sequence, StreamKey(e.stream_id, current + 1),
+                                       std::move(value), &e.event_id});
+      prepared_index.push_back(base + i);
+      w->result.sequences[i] = envelope.sequence;
+    }
+    if (!status.ok()) {
+      w->status = status;
+      continue;
+    }
+    for (const auto& p : prepared) {
+      batch.Put(kCfEvents, EventKey(p.sequence), p.value);
+      std::string seq_value;
+      AppendBigEndian64(&seq_value, p.sequence);
+      batch.Put(kCfStreams, p.stream_key, seq_value);
+      batch.Put(kCfEventIds, EventIdKey(*p.event_id), seq_value);
+    }
+    for (size_t j = 0; j < prepared.size(); j++) {
+      group_ids.emplace(id_views[prepared_index[j]], prepared[j].sequence);
+    }
+    for (auto& [stream, version] : overlay) group_versions[stream] = version;
+    head = tentative;
+    if (w->durability == Durability::kSync) needs_sync = true;
+  }
+
+  *new_head = head;
+  for (auto& [stream, version] : group_versions) versions->emplace_back(stream, version);
+  if (head.sequence == start.sequence) {
+    return needs_sync ? store->SyncWal() : Status::Ok();
+  }
+  batch.Put(kCfMeta, kHeadKey, EncodeHead(head));
+  return store->Write(batch, needs_sync ? Durability::kSync : Durability::kAsync);
+}
+
+Result<AppendResult> Ledger::Append(const std::vector<NewEvent>& events,
+                                    const AppendOptions& options) {
+  KL_RETURN_IF_ERROR(ValidateNewEvents(events));
+  if (rep_->options.mode != OpenMode::kReadWrite) {
+    return Status::Unavailable("the ledger is open read-only");
+  }
+  Writer self;
+  self.events = &events;
+  self.durability = options.durability;
+
+  std::unique_lock<std::mutex> lock(rep_->mu);
+  if (rep_->closed) return Status::Unavailable("the ledger is closing");
+  rep_->writers.push_back(&self);
+  while (!self.done && &self != rep_->writers.front()) self.cv.wait(lock);
+  if (self.done) {
+    if (!self.status.ok()) return self.status;
+    return std::move(self.result);
+  }
+
+  // This writer leads: take a group from the front of the queue.
+  std::vector<Writer*> group;
+  size_t group_events = 0;
+  for (Writer* w : rep_->writers) {
+    if (!group.empty() && group_events + w->events->size() > rep_->options.group_events_max) break;
+    group.push_back(w);
+    group_events += w->events->size();
+  }
+  const LedgerHead start = rep_->head;
+  // recorded_at never goes backwards, even if the wall clock does.
+  const int64_t now_us = std::max(rep_->options.clock->NowUs(), rep_->last_recorded_at_us);
+  lock.unlock();
+
+  LedgerHead new_head;
+  std::vector<std::pair<std::string, uint64_t>> versions;
+  Status io = rep_->CommitGroup(group, start, now_us, &new_head, &versions);
+
+  lock.lock();
+  if (io.ok()) {
+    assert(new_head.sequence >= start.sequence);
+    for (auto& [stream, version] : versions) rep_->stream_versions[stream] = version;
+    if (new_head.sequence > start.sequence) {
+      rep_->head = new_head;
+      rep_->last_recorded_at_us = now_us;
+      rep_->appended.notify_all();
+    }
+    bool any_sync = std::any_of(group.begin(), group.end(), [](Writer* w) {
+      return w->durability == Durability::kSync && w->status.ok();
+    });
+    if (any_sync) rep_->synced_sequence = new_head.sequence;
+  } else {
+    // Nothing was written; the cache may hold versions of unwritten events.
+    rep_->stream_versions.clear();
+  }
+  for (Writer* w : group) {
+    assert(rep_->writers.front() == w);
+    rep_->writers.pop_front();
+    if (!io.ok()) w->status = io;
+    w->done = true;
+    if (w != &self) w->cv.notify_one();
+  }
+  if (!rep_->writers.empty()) rep_->writers.front()->cv.notify_one();
+  if (!self.status.ok()) return self.status;
+  return std::move(self.result);
+}
+
+LedgerHead Ledger::head() const {
+  std::lock_guard<std::mutex> lock(rep_->mu);
+  return rep_->head;
+}
+
+Result<std::vector<Event>> Ledger::ReadRange(uint64_t from, size_t max_events) const {
+  std::vector<Event> out;
+  if (max_events == 0) return out;
+  from = std::max<uint64_t>(from, 1);
+  Status decode_status;
+  std::optional<Hash> expected_prev;
+  if (from > 1) {
+    // The predecessor's stored hash anchors the first event's prev_hash.
+    auto prev = rep_->store->Get(kCfEvents, EventKey(from - 1));
+    if (!prev.ok()) return prev.status();
+    if (*prev) {
+      Hash h;
+      std::string_view body;
+      Status split = SplitStoredValue(**prev, &h, &body);
+      if (!split.ok()) return Status::Corruption(split.message(), from - 1);
+      expected_prev = h;
+    }
+  } else {
+    expected_prev = Hash{};
+  }
+  Status scan = rep_->store->Scan(kCfEvents, EventKey(from), "", [&](std::string_view key,
+                                                                     std::string_view value) {
+    uint64_t seq = key.size() == 8 ? DecodeBigEndian64(key.data()) : 0;
+    uint64_t want = from + out.size();
+    if (seq != want) {
+      decode_status = Status::Corruption("missing event " + std::to_string(want), want);
+      return false;
+    }
+    auto event = rep_->DecodeStored(seq, value);
+    if (!event.ok()) {
+      decode_status = event.status();
+      return false;
+    }
+    if (expected_prev && !ConstantTimeEqual(*expected_prev, event->prev_hash)) {
+      decode_status = Status::Corruption("chain broken: prev_hash differs from the stored hash "
+                                         "of the previous event", seq);
+      return false;
+    }
+    expected_prev = event->hash;
+    out.push_back(std::move(event).value());
+    return out.size() < max_events;
+  });
+  KL_RETURN_IF_ERROR(scan);
+  KL_RETURN_IF_ERROR(decode_status);
+  return out;
+}
+
+Result<Event> Ledger::Read(uint64_t sequence) const {
+  KL_ASSIGN_OR_RETURN(auto events, ReadRange(sequence, 1));
+  if (events.empty() || events.front().sequence != sequence) {
+    return Status::NotFound("no event at sequence " + std::to_string(sequence));
+  }
+  return std::move(events.front());
+}
+
+Result<std::vector<Event>> Ledger::ReadStream(std::string_view stream_id, uint64_t from_version,
+                                              size_t max_events) const {
+  KL_RETURN_IF_ERROR(ValidateStreamId(stream_id));
+  max_events = std::min(max_events, kStreamReadEventsMax);
+  std::vector<uint64_t> sequences;
+  Status bad;
+  std::string start = StreamKey(stream_id, std::max<uint64_t>(from_version, 1));
+  std::string end = StreamKey(stream_id, UINT64_MAX);
+  KL_RETURN_IF_ERROR(rep_->store->Scan(kCfStreams, start, end, [&](std::string_view,
+                                                                   std::string_view value) {
+    if (value.size() != 8) {
+      bad = Status::Corruption("bad stream index entry");
+      return false;
+    }
+    sequences.push_back(DecodeBigEndian64(value.data()));
+    return sequences.size() < max_events;
+  }));
+  KL_RETURN_IF_ERROR(bad);
+  std::vector<Event> out;
+  out.reserve(sequences.size());
+  for (uint64_t seq : sequences) {
+    KL_ASSIGN_OR_RETURN(Event e, Read(seq));
+    if (e.stream_id != stream_id) {
+      return Status::Corruption("stream index points at an event of another stream", seq);
+    }
+    out.push_back(std::move(e));
+  }
+  return out;
+}
+
+Result<uint64_t> Ledger::StreamVersion(std::string_view stream_id) const {
+  KL_RETURN_IF_ERROR(ValidateStreamId(stream_id));
+  return rep_->LookupStreamVersion(stream_id);
+}
+
+Status Ledger::ScanRaw(uint64_t from, uint64_t to,
+                       const std::function<bool(uint64_t, std::string_view)>& fn) const {
+  std::string end = to == 0 ? std::string() : EventKey(to + 1);
+  if (to == UINT64_MAX) end.clear();
+  Status bad;
+  KL_RETURN_IF_ERROR(rep_->store->Scan(
+      kCfEvents, EventKey(std::max<uint64_t>(from, 1)), end,
+      [&](std::string_view key, std::string_view value) {
+        if (key.size() != 8) {
+          bad = Status::Corruption("bad event key");
+          return false;
+        }
+        return fn(DecodeBigEndian64(key.data()), value);
+      }));
+  return bad;
+}
+
+uint64_t Ledger::WaitForSequence(uint64_t after, int64_t timeout_us) const {
+  std::unique_lock<std::mutex> lock(rep_->mu);
+  rep_->appended.wait_for(lock, std::chrono::microseconds(timeout_us), [&] {
+    return rep_->closed || rep_->head.sequence > after;
+  });
+  return rep_->head.sequence;
+}
+
+Result<VerifyResult> Ledger::Verify(const std::function<void(uint64_t)>& progress) const {
+  VerifyResult result;
+  Hash prev{};
+  uint64_t expected = 1;
+  std::unordered_map<std::string, uint64_t> stream_versions;
+  Status bad;
+  KL_RETURN_IF_ERROR(ScanRaw(1, 0, [&](uint64_t seq, std::string_view value) {
+    if (seq != expected) {
+      bad = Status::Corruption("sequence " + std::to_string(expected) + " is missing", expected);
+      return false;
+    }
+    Hash stored_hash;
+    std::string_view body;
+    if (!SplitStoredValue(value, &stored_hash, &body).ok()) {
+      bad = Status::Corruption("stored event too short", seq);
+      return false;
+    }
+    if (!ConstantTimeEqual(ChainHash(prev, body), stored_hash)) {
+      bad = Status::Corruption("hash mismatch: stored bytes were changed", seq);
+      return false;
+    }
+    auto header = DecodeEnvelopeHeader(body);
+    if (!header.ok() || header->sequence != seq || !ConstantTimeEqual(header->prev_hash, prev)) {
+      bad = Status::Corruption(header.ok() ? "envelope does not match its position"
+                                           : header.status().message(), seq);
+      return false;
+    }
+    uint64_t& version = stream_versions[header->stream_id];
+    if (header->stream_version != version + 1) {
+      bad = Status::Corruption("stream " + header->stream_id + " jumps from version " +
+                               std::to_string(version) + " to " +
+                               std::to_string(header->stream_version), seq);
+      return false;
+    }
+    version = header->stream_version;
+    prev = stored_hash;
+    expected++;
+    result.events_verified++;
+    if (progress && result.events_verified % kVerifyProgressEvents == 0) {
+      progress(result.events_verified);
+    }
+    return true;
+  }));
+  KL_RETURN_IF_ERROR(bad);
+  result.head.sequence = expected - 1;
+  result.head.hash = prev;
+  LedgerHead stored_head = head();
+  if (rep_->options.mode == OpenMode::kReadWrite &&
+      (stored_head.sequence != result.head.sequence ||
+       !ConstantTimeEqual(stored_head.hash, result.head.hash))) {
+    return Status::Corruption("head record does not match the log", result.head.sequence + 1);
+  }
+  return result;
+}
+
+Status Ledger::CatchUp() {
+  if (rep_->options.mode != OpenMode::kSecondary) {
+    return Status::Unavailable("catch up applies to a secondary view only");
+  }
+  KL_RETURN_IF_ERROR(rep_->store->CatchUp());
+  KL_ASSIGN_OR_RETURN(auto head_value, rep_->store->Get(kCfMeta, kHeadKey));
+  std::lock_guard<std::mutex> lock(rep_->mu);
+  if (head_value && head_value->size() == 8 + kHashBytes) {
+    rep_->head.sequence = DecodeBigEndian64(head_value->data());
+    std::memcpy(rep_->head.hash.data(), head_value->data() + 8, kHashBytes);
+  }
+  return Status::Ok();
+}
+
+void Ledger::Close() {
+  std::lock_guard<std::mutex> lock(rep_->mu);
+  rep_->closed = true;
+  rep_->appended.notify_all();
+}
+
+}  // namespace keyledger

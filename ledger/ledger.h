@@ -1,0 +1,149 @@
+// Ledger: the immutable, hash-chained event log of keyledger on RocksDB.
+//
+// Every key lifecycle change and every API call is appended here once and
+// never changed. Appends from many threads are merged into one RocksDB
+// WriteBatch per group (group commit). Reads return decoded, hash-verified
+// events. See docs/architecture.md for the key layout and the hash chain.
+//
+// Thread safety: a Ledger is thread-safe. Append may block on disk I/O.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "ledger/clock.h"
+#include "ledger/event.h"
+#include "ledger/kv_store.h"
+#include "ledger/status.h"
+
+namespace keyledger {
+
+struct LedgerOptions {
+  // Where the clock for recorded_at comes from. REQUIRES: non-null, outlives the Ledger.
+  const Clock* clock = nullptr;
+  // Open a read-only view of a directory a running server owns (audit tools).
+  OpenMode mode = OpenMode::kReadWrite;
+  std::string secondary_path;  // REQUIRES: set when mode == kSecondary
+  // Most events one group commit writes in one WriteBatch. Default 8192.
+  size_t group_events_max = 8192;
+  // Most encoded bytes one group commit writes. Default 16 MiB.
+  size_t group_bytes_max = 16u << 20;
+  // Streams whose current version is cached in memory. Default 1,000,000.
+  size_t stream_cache_entries_max = 1'000'000;
+  KvStoreOptions storage;  // column_families is filled in by the Ledger
+};
+
+struct AppendOptions {
+  // kSync (default): acknowledged only after the WAL is fsync'ed.
+  // kAsync: acknowledged once in the OS page cache; may lose the last
+  // moments on power loss (never on a process crash).
+  Durability durability = Durability::kSync;
+};
+
+struct AppendResult {
+  // One per proposed event, in order: the sequence it is stored at. For a
+  // retried event id, the sequence of the original.
+  std::vector<uint64_t> sequences;
+  // How many of the proposed events were already stored (idempotent retries).
+  size_t duplicates = 0;
+};
+
+struct LedgerHead {
+  uint64_t sequence = 0;  // 0: empty ledger
+  Hash hash{};            // zeros for an empty ledger
+};
+
+struct VerifyResult {
+  uint64_t events_verified = 0;
+  LedgerHead head;
+};
+
+// Limits on one Append call.
+constexpr size_t kAppendEventsMax = 10'000;
+constexpr size_t kEventBytesMax = 1u << 20;  // one encoded event
+
+class Ledger {
+ public:
+  // Opens or creates the ledger under `path`.
+  // Returns IOError if the store cannot be opened, Corruption if the stored
+  // head disagrees with the stored events.
+  static Result<std::unique_ptr<Ledger>> Open(const std::string& path,
+                                              const LedgerOptions& options);
+  ~Ledger();
+  Ledger(const Ledger&) = delete;
+  Ledger& operator=(const Ledger&) = delete;
+
+  // Appends `events` atomically: all are stored, or none.
+  // Events whose event_id is already stored are not stored again; their
+  // original sequence is returned once the original is durable.
+  // Returns:
+  //   InvalidArgument  empty or over kAppendEventsMax, a bad stream id or actor,
+  //                    an event over kEventBytesMax, one event id twice in `events`
+  //   Conflict         an expected_version did not match the stream's version
+  //   IOError          the write failed (nothing of this call was stored)
+  //   Unavailable      the ledger is a read-only (secondary) view or is closing
+  Result<AppendResult> Append(const std::vector<NewEvent>& events,
+                              const AppendOptions& options = {});
+
+  // The newest sequence and hash. Never blocks on I/O.
+  LedgerHead head() const;
+
+  // Returns up to `max_events` events with sequence >= from, in order, each
+  // checked against its stored hash and its predecessor's.
+  // Returns Corruption (with the sequence) on a failed check, IOError on failure.
+  Result<std::vector<Event>> ReadRange(uint64_t from, size_t max_events) const;
+
+  // Returns the event at `sequence`; NotFound if beyond the head.
+  Result<Event> Read(uint64_t sequence) const;
+
+  // Returns the events of `stream_id` with version >= from_version, up to max_events.
+  Result<std::vector<Event>> ReadStream(std::string_view stream_id, uint64_t from_version,
+                                        size_t max_events) const;
+
+  // Returns the stream's current version, 0 if it has no events.
+  Result<uint64_t> StreamVersion(std::string_view stream_id) const;
+
+  // Calls fn(sequence, stored_value) in order for [from, to] (to == 0: to the
+  // head) until fn returns false; the view is valid only during the call.
+  // No checks are made: this is the raw path for verification and fast folds.
+  Status ScanRaw(uint64_t from, uint64_t to,
+                 const std::function<bool(uint64_t sequence, std::string_view value)>& fn) const;
+
+  // Blocks until the head passes `after`, the timeout passes, or Close() is
+  // called. Returns the head sequence then. This is the tailing primitive.
+  uint64_t WaitForSequence(uint64_t after, int64_t timeout_us) const;
+
+  // Walks the log from the first event: recomputes every hash from the stored
+  // bytes, checks sequences are dense and stream versions consistent.
+  // `progress` (may be empty) is called every 65,536 events with the count.
+  // Returns Corruption with the first bad sequence.
+  Result<VerifyResult> Verify(const std::function<void(uint64_t)>& progress = {}) const;
+
+  // For a secondary view: catch up with the primary. Returns Unavailable otherwise.
+  Status CatchUp();
+
+  // Wakes waiters and refuses further appends with Unavailable. Idempotent.
+  void Close();
+
+ private:
+  struct Rep;
+  explicit Ledger(std::unique_ptr<Rep> rep);
+  std::unique_ptr<Rep> rep_;
+};
+
+// Splits a stored value into hash and body. Returns Corruption if too short.
+Status SplitStoredValue(std::string_view value, Hash* hash, std::string_view* body);
+
+// Column family indexes of the ledger store, for tools that inspect it
+// (tamper tests). Persistent: never renumber.
+enum LedgerColumnFamily : int { kCfEvents = 0, kCfStreams = 1, kCfEventIds = 2, kCfMeta = 3 };
+
+// Returns the RocksDB key of the event at `sequence` in kCfEvents.
+std::string EventKey(uint64_t sequence);
+
+}  // namespace keyledger

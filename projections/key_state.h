@@ -1,0 +1,167 @@
+// KeyState: the current state of workspaces, security groups, API keys and
+// tokens, folded from lifecycle events, with a secret-hash index for
+// authentication. The fold (Apply) is a plain function of the events: it never
+// reads a clock or any other input.
+//
+// Thread safety: KeyState is thread-safe. Apply and the Find*/List* readers may
+// run concurrently; readers see each event entirely or not at all.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <shared_mutex>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "ledger/event.h"
+#include "ledger/kv_store.h"
+#include "ledger/status.h"
+#include "projections/security_rules.h"
+
+namespace keyledger {
+
+struct WorkspaceView {
+  std::string id;
+  std::string name;
+  uint32_t tps_limit = 0;
+  std::string billing_timezone;
+  std::string price_plan_id;
+  int64_t created_at_us = 0;
+  int64_t updated_at_us = 0;
+  uint64_t version = 0;  // stream version of "ws/<id>"
+  bool operator==(const WorkspaceView&) const = default;
+};
+
+struct SecurityGroupView {
+  std::string workspace_id;
+  std::string id;
+  std::string name;
+  std::vector<std::string> ip_allow;
+  std::vector<std::string> origin_allow;
+  int64_t created_at_us = 0;
+  int64_t updated_at_us = 0;
+  uint64_t version = 0;  // stream version of "sg/<id>"
+  bool deleted = false;
+  bool operator==(const SecurityGroupView& o) const {
+    return workspace_id == o.workspace_id && id == o.id && name == o.name &&
+           ip_allow == o.ip_allow && origin_allow == o.origin_allow &&
+           created_at_us == o.created_at_us && updated_at_us == o.updated_at_us &&
+           version == o.version && deleted == o.deleted;
+  }
+  // Compiled from ip_allow/origin_allow; shared with in-flight readers.
+  std::shared_ptr<const SecurityRules> rules;
+};
+
+struct KeyView {
+  std::string workspace_id;
+  std::string id;
+  std::string name;
+  std::string description;
+  std::string security_group_id;
+  bool logging = false;
+  Hash secret_hash{};
+  std::optional<Hash> old_secret_hash;  // the secret before the last rotation
+  int64_t old_secret_valid_until_us = 0;
+  int64_t created_at_us = 0;
+  int64_t updated_at_us = 0;
+  int64_t rotated_at_us = 0;  // 0: never rotated
+  uint64_t version = 0;       // stream version of "key/<id>"
+  bool deleted = false;
+  bool operator==(const KeyView&) const = default;
+};
+
+struct TokenView {
+  std::string workspace_id;
+  std::string id;
+  Hash token_hash{};
+  int64_t created_at_us = 0;
+  bool revoked = false;
+  bool operator==(const TokenView&) const = default;
+};
+
+// What a secret hash identifies.
+struct SecretMatch {
+  std::string workspace_id;
+  std::string key_id;
+  bool is_old_secret = false;  // matched the pre-rotation secret
+};
+
+// Stream ids, one per aggregate.
+std::string WorkspaceStream(std::string_view workspace_id);
+std::string SecurityGroupStream(std::string_view group_id);
+std::string KeyStream(std::string_view key_id);
+std::string TokenStream(std::string_view token_id);
+std::string CallStream(std::string_view key_id);
+constexpr char kOperatorStream[] = "operator";
+
+class KeyState {
+ public:
+  KeyState() = default;
+  KeyState(const KeyState&) = delete;
+  KeyState& operator=(const KeyState&) = delete;
+
+  // Folds one event. Events that are not lifecycle events are skipped.
+  // Returns Corruption when the event contradicts the state (an event for an
+  // unknown key, a sequence not after the position): the log and the fold
+  // disagree, so the projection must not go on.
+  // REQUIRES: event.sequence > position().
+  Status Apply(const Event& event);
+
+  // The last sequence folded (0: none).
+  uint64_t position() const;
+
+  // Each returns a copy, std::nullopt if unknown. Deleted keys and groups are
+  // returned with deleted = true; callers decide what a tombstone means.
+  std::optional<WorkspaceView> FindWorkspace(std::string_view id) const;
+  std::optional<SecurityGroupView> FindGroup(std::string_view id) const;
+  std::optional<KeyView> FindKey(std::string_view id) const;
+  std::optional<TokenView> FindTokenByHash(const Hash& token_hash) const;
+  std::optional<TokenView> FindToken(std::string_view id) const;
+  std::optional<SecretMatch> FindSecret(const Hash& secret_hash) const;
+  std::optional<Hash> operator_token_hash() const;
+
+  // Live (not deleted) keys of a workspace with id > after, in id order, at
+  // most `limit`.
+  std::vector<KeyView> ListKeys(std::string_view workspace_id, std::string_view after,
+                                size_t limit) const;
+  // Live security groups of a workspace in id order, id > after, at most `limit`.
+  std::vector<SecurityGroupView> ListGroups(std::string_view workspace_id,
+                                            std::string_view after, size_t limit) const;
+  // Number of live keys using the group.
+  size_t KeysUsingGroup(std::string_view group_id) const;
+
+  // Folded events whose record must be written by the next Persist.
+  // Writes every record changed since the last Persist, plus the position,
+  // into `batch` (column family `cf`). The caller writes the batch.
+  void Persist(KvBatch& batch, int cf);
+
+  // Loads records written by Persist. REQUIRES: a fresh KeyState.
+  // Returns Corruption on an unreadable record.
+  Status Load(const KvStore& store, int cf);
+
+  // A digest of the whole state, for comparing a live projection with a rebuild.
+  Hash Digest() const;
+
+ private:
+  Status ApplyLocked(const Event& event);
+  void MarkDirty(std::string record_key);
+
+  mutable std::shared_mutex mu_;
+  uint64_t position_ = 0;
+  std::map<std::string, WorkspaceView, std::less<>> workspaces_;
+  std::map<std::string, SecurityGroupView, std::less<>> groups_;
+  std::map<std::string, KeyView, std::less<>> keys_;
+  std::map<std::string, TokenView, std::less<>> tokens_;
+  std::optional<Hash> operator_token_hash_;
+  // Derived indexes, rebuilt by Load.
+  std::unordered_map<std::string, SecretMatch> secrets_;  // key: raw hash bytes
+  std::unordered_map<std::string, std::string> token_ids_by_hash_;
+  std::unordered_map<std::string, size_t> keys_per_group_;
+  std::vector<std::string> dirty_;
+};
+
+}  // namespace keyledger

@@ -1,0 +1,116 @@
+#include "projections/key_state_store.h"
+
+#include <cassert>
+
+#include "ledger/codec.h"
+#include "ledger/hash.h"
+
+namespace keyledger {
+namespace {
+
+constexpr int kCfKeyStateRecords = 0;
+constexpr int kCfProjectionMeta = 1;
+constexpr char kFormatKey[] = "key_state_format";
+// Bump when the record layout changes: the store is then rebuilt from the log.
+constexpr char kFormatVersion[] = "key-state-1";
+
+// Folds lifecycle events in (from, to] into `state`, skipping call events by
+// their header alone.
+Status FoldRange(const Ledger& ledger, uint64_t after, uint64_t to, KeyState* state) {
+  const uint16_t call_kind = ApiCallRecordedBodyKind();
+  Status fold;
+  KL_RETURN_IF_ERROR(ledger.ScanRaw(after + 1, to, [&](uint64_t seq, std::string_view value) {
+    Hash hash;
+    std::string_view body;
+    fold = SplitStoredValue(value, &hash, &body);
+    if (!fold.ok()) {
+      fold = Status::Corruption(fold.message(), seq);
+      return false;
+    }
+    auto header = DecodeEnvelopeHeader(body);
+    if (!header.ok()) {
+      fold = Status::Corruption(header.status().message(), seq);
+      return false;
+    }
+    if (header->body_kind == call_kind) return true;
+    auto event = DecodeEventBody(body);
+    if (!event.ok()) {
+      fold = Status::Corruption(event.status().message(), seq);
+      return false;
+    }
+    event->hash = hash;
+    fold = state->Apply(*event);
+    return fold.ok();
+  }));
+  return fold;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<KeyStateStore>> KeyStateStore::Open(const std::string& path,
+                                                           const Ledger* ledger) {
+  assert(ledger != nullptr);
+  std::unique_ptr<KeyStateStore> self(new KeyStateStore());
+  self->ledger_ = ledger;
+  KvStoreOptions options;
+  options.column_families = {{"key_state", false}, {"projection_meta", false}};
+  options.block_cache_bytes = 16u << 20;
+  KL_ASSIGN_OR_RETURN(self->store_, KvStore::Open(path, options));
+  KL_ASSIGN_OR_RETURN(auto format, self->store_->Get(kCfProjectionMeta, kFormatKey));
+  self->state_ = std::make_unique<KeyState>();
+  if (format && *format == kFormatVersion) {
+    KL_RETURN_IF_ERROR(self->state_->Load(*self->store_, kCfKeyStateRecords));
+  } else {
+    // Unknown or absent format: drop the old records and fold from scratch.
+    KvBatch wipe(*self->store_);
+    Status scan = self->store_->Scan(kCfKeyStateRecords, "", "", [&](std::string_view key, std::string_view) {
+      wipe.Delete(kCfKeyStateRecords, key);
+      return true;
+    });
+    KL_RETURN_IF_ERROR(scan);
+    wipe.Put(kCfProjectionMeta, kFormatKey, kFormatVersion);
+    KL_RETURN_IF_ERROR(self->store_->Write(wipe, Durability::kSync));
+  }
+  if (self->state_->position() > ledger->head().sequence) {
+    return Status::Corruption("the key-state projection is ahead of the ledger (" +
+                              std::to_string(self->state_->position()) + " > " +
+                              std::to_string(ledger->head().sequence) + ")");
+  }
+  KL_RETURN_IF_ERROR(self->CatchUp());
+  return self;
+}
+
+Status KeyStateStore::Persist() {
+  KvBatch batch(*store_);
+  state_->Persist(batch, kCfKeyStateRecords);
+  // Async is enough: the ledger is the durable truth, and the position travels
+  // in the same batch as the state, so a lost tail is simply folded again.
+  return store_->Write(batch, Durability::kAsync);
+}
+
+Status KeyStateStore::ApplyAppended(const std::vector<uint64_t>& sequences) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (uint64_t seq : sequences) {
+    if (seq <= state_->position()) continue;  // an idempotent retry, folded before
+    KL_ASSIGN_OR_RETURN(Event event, ledger_->Read(seq));
+    KL_RETURN_IF_ERROR(state_->Apply(event));
+  }
+  return Persist();
+}
+
+Status KeyStateStore::CatchUp() {
+  std::lock_guard<std::mutex> lock(mu_);
+  uint64_t head = ledger_->head().sequence;
+  if (head <= state_->position()) return Status::Ok();
+  KL_RETURN_IF_ERROR(FoldRange(*ledger_, state_->position(), head, state_.get()));
+  return Persist();
+}
+
+Result<std::unique_ptr<KeyState>> RebuildKeyState(const Ledger& ledger, uint64_t until) {
+  auto state = std::make_unique<KeyState>();
+  uint64_t to = until == 0 ? ledger.head().sequence : until;
+  KL_RETURN_IF_ERROR(FoldRange(ledger, 0, to, state.get()));
+  return state;
+}
+
+}  // namespace keyledger

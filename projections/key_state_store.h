@@ -1,0 +1,56 @@
+// KeyStateStore: keeps the KeyState projection durable in its own RocksDB
+// (data/projections) and in step with the ledger.
+//
+// Invariant that makes ApplyAppended cheap: lifecycle events (everything but
+// API calls and authorization denials) are appended only by the command path,
+// one command at a time, and applied right after their append. So when a
+// command's events land at sequences S.., every lifecycle event before S is
+// already folded, and the call events in between can be skipped.
+//
+// Thread safety: thread-safe; ApplyAppended and CatchUp serialize internally.
+#pragma once
+
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "ledger/kv_store.h"
+#include "ledger/ledger.h"
+#include "ledger/status.h"
+#include "projections/key_state.h"
+
+namespace keyledger {
+
+class KeyStateStore {
+ public:
+  // Opens the projection store under `path`, loads the state, and catches up
+  // with `ledger` (REQUIRES: non-null, outlives the store). A store written
+  // by another format version is rebuilt from the log.
+  // Returns IOError/Corruption from storage or from the fold.
+  static Result<std::unique_ptr<KeyStateStore>> Open(const std::string& path, const Ledger* ledger);
+
+  // Folds the events just appended at `sequences` (ascending) and persists.
+  // Returns Corruption if the fold refuses an event, IOError on storage failure.
+  Status ApplyAppended(const std::vector<uint64_t>& sequences);
+
+  // Folds every lifecycle event after the position up to the ledger head.
+  Status CatchUp();
+
+  const KeyState& state() const { return *state_; }
+
+ private:
+  KeyStateStore() = default;
+  Status Persist();
+
+  const Ledger* ledger_ = nullptr;
+  std::unique_ptr<KvStore> store_;
+  std::unique_ptr<KeyState> state_;
+  std::mutex mu_;  // serializes folding and persisting
+};
+
+// Folds every lifecycle event of `ledger` up to `until` (0: the head) into a
+// fresh KeyState: the reference a live projection must equal.
+Result<std::unique_ptr<KeyState>> RebuildKeyState(const Ledger& ledger, uint64_t until);
+
+}  // namespace keyledger

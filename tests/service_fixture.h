@@ -1,0 +1,97 @@
+// An in-process Service on a scratch ledger, for handler-level tests.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "api/service.h"
+#include "ledger/ledger.h"
+#include "projections/key_state_store.h"
+#include "tests/test_util.h"
+
+namespace keyledger::testing {
+
+constexpr char kOperatorToken[] = "operator-token-for-tests";
+
+class ServiceHarness {
+ public:
+  explicit ServiceHarness(uint64_t seed = 42) : random_(seed) { Open(); }
+
+  void Open() {
+    service_.reset();
+    key_state_.reset();
+    ledger_.reset();
+    LedgerOptions lo;
+    lo.clock = &clock_;
+    auto ledger = Ledger::Open(dir_.sub("ledger"), lo);
+    EXPECT_TRUE(ledger.ok()) << ledger.ToStatus().ToString();
+    ledger_ = std::move(ledger).value();
+    auto ks = KeyStateStore::Open(dir_.sub("projections"), ledger_.get());
+    EXPECT_TRUE(ks.ok()) << ks.ToStatus().ToString();
+    key_state_ = std::move(ks).value();
+    service_ = std::make_unique<Service>(
+        ServiceDeps{ledger_.get(), key_state_.get(), &clock_, &random_}, ServiceOptions{});
+    auto boot = service_->BootstrapOperatorToken(std::string(kOperatorToken));
+    EXPECT_TRUE(boot.ok()) << boot.ToStatus().ToString();
+  }
+
+  struct Reply {
+    int status = 0;
+    nlohmann::json body;
+    std::string raw;
+  };
+
+  Reply Call(const std::string& method, const std::string& target, const std::string& body = "",
+             const std::string& token = kOperatorToken) {
+    HttpRequest req;
+    req.method = method;
+    req.target = target;
+    req.body = body;
+    req.remote_ip = "127.0.0.1";
+    if (!token.empty()) req.headers.emplace_back("authorization", "Bearer " + token);
+    return Send(req);
+  }
+
+  Reply Send(const HttpRequest& req) {
+    HttpResponse resp = service_->Handle(req);
+    Reply r;
+    r.status = resp.status;
+    r.raw = resp.body;
+    if (!resp.body.empty()) r.body = nlohmann::json::parse(resp.body, nullptr, false);
+    return r;
+  }
+
+  std::string CreateWorkspace(const std::string& name = "Acme") {
+    auto r = Call("POST", "/v1/workspaces", nlohmann::json{{"name", name}}.dump());
+    EXPECT_EQ(r.status, 201) << r.raw;
+    return r.body.value("id", "");
+  }
+  std::string CreateGroup(const std::string& ws, nlohmann::json body = {{"name", "default"}}) {
+    auto r = Call("POST", "/v1/workspaces/" + ws + "/security-groups", body.dump());
+    EXPECT_EQ(r.status, 201) << r.raw;
+    return r.body.value("id", "");
+  }
+  // Returns {id, secret}.
+  std::pair<std::string, std::string> CreateKey(const std::string& ws, const std::string& group,
+                                                const std::string& name = "render") {
+    auto r = Call("POST", "/v1/workspaces/" + ws + "/keys",
+                  nlohmann::json{{"name", name}, {"security_group", group}}.dump());
+    EXPECT_EQ(r.status, 201) << r.raw;
+    return {r.body.value("id", ""), r.body.value("secret", "")};
+  }
+
+  Ledger& ledger() { return *ledger_; }
+  KeyStateStore& key_state() { return *key_state_; }
+  ManualClock& clock() { return clock_; }
+
+ private:
+  ScratchDir dir_;
+  ManualClock clock_{1'780'000'000'000'000};
+  SeededRandom random_;
+  std::unique_ptr<Ledger> ledger_;
+  std::unique_ptr<KeyStateStore> key_state_;
+  std::unique_ptr<Service> service_;
+};
+
+}  // namespace keyledger::testing

@@ -1,0 +1,81 @@
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+
+#include "api/http_server.h"
+#include "api/service.h"
+#include "ledger/ledger.h"
+#include "projections/key_state_store.h"
+#include "tools/commands.h"
+
+namespace keyledger::tools {
+namespace {
+
+// Splits "host:port" or "[v6]:port". Returns false on bad input.
+bool SplitListen(const std::string& listen, std::string* host, uint16_t* port) {
+  size_t colon = listen.rfind(':');
+  if (colon == std::string::npos || colon == 0) return false;
+  std::string h = listen.substr(0, colon);
+  if (h.size() > 2 && h.front() == '[' && h.back() == ']') h = h.substr(1, h.size() - 2);
+  char* end = nullptr;
+  long p = std::strtol(listen.c_str() + colon + 1, &end, 10);
+  if (*end != '\0' || p < 0 || p > 65535) return false;
+  *host = h;
+  *port = static_cast<uint16_t>(p);
+  return true;
+}
+
+int Fail(const std::string& what, const Status& s) {
+  std::fprintf(stderr, "keyledger serve: %s: %s\n", what.c_str(), s.ToString().c_str());
+  return 1;
+}
+
+}  // namespace
+
+int RunServe(const ServeOptions& options) {
+  HttpServerOptions http;
+  if (!SplitListen(options.listen, &http.host, &http.port)) {
+    std::fprintf(stderr, "keyledger serve: --listen must be HOST:PORT, got \"%s\"\n",
+                 options.listen.c_str());
+    return 2;
+  }
+  http.threads = options.threads;
+  http.body_bytes_max = options.body_bytes_max;
+
+  std::error_code ec;
+  std::filesystem::create_directories(options.data_dir, ec);
+  if (ec) return Fail("create " + options.data_dir, Status::IOError(ec.message()));
+
+  SystemClock clock;
+  SecureRandom random;
+  LedgerOptions ledger_options;
+  ledger_options.clock = &clock;
+  auto ledger = Ledger::Open(options.data_dir + "/ledger", ledger_options);
+  if (!ledger.ok()) return Fail("open ledger", ledger.status());
+  auto key_state = KeyStateStore::Open(options.data_dir + "/projections", ledger->get());
+  if (!key_state.ok()) return Fail("open projections", key_state.status());
+
+  Service service(ServiceDeps{ledger->get(), key_state->get(), &clock, &random}, ServiceOptions{});
+  const char* env_token = std::getenv("KEYLEDGER_ADMIN_TOKEN");
+  auto generated = service.BootstrapOperatorToken(
+      env_token ? std::optional<std::string>(env_token) : std::nullopt);
+  if (!generated.ok()) return Fail("operator token", generated.status());
+  if (!generated->empty()) {
+    // Printed once: only its hash is stored.
+    std::printf("Generated operator token (shown once, store it safely): %s\n",
+                generated->c_str());
+  }
+
+  auto server = HttpServer::Start(http, [&service](const HttpRequest& r) { return service.Handle(r); });
+  if (!server.ok()) return Fail("listen on " + options.listen, server.status());
+  std::printf("keyledger serving on %s:%u (data %s, ledger head %llu)\n", http.host.c_str(),
+              (*server)->port(), options.data_dir.c_str(),
+              static_cast<unsigned long long>((*ledger)->head().sequence));
+  std::fflush(stdout);
+  (*server)->WaitForSignal();
+  (*ledger)->Close();
+  std::printf("keyledger stopped\n");
+  return 0;
+}
+
+}  // namespace keyledger::tools

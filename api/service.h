@@ -22,7 +22,9 @@
 #include "ledger/ledger.h"
 #include "ledger/random.h"
 #include "ledger/status.h"
+#include "api/data_plane.h"
 #include "projections/key_state_store.h"
+#include "projections/rate_limiter.h"  // kTpsLimitMax
 
 namespace keyledger {
 
@@ -34,6 +36,7 @@ struct ServiceOptions {
   size_t page_size_default = 50;
   // Longest grace period a rotation may give the old secret. Default 7 days.
   int64_t rotation_grace_seconds_max = 7 * 24 * 3600;
+  DataPlaneOptions data_plane;
 };
 
 struct ServiceDeps {
@@ -46,7 +49,6 @@ struct ServiceDeps {
 // Limits on inputs, by name.
 constexpr size_t kNameCharsMax = 100;
 constexpr size_t kDescriptionCharsMax = 500;
-constexpr uint32_t kTpsLimitMax = 1'000'000;
 constexpr size_t kSecretBytes = 20;  // 160 bits from the CSPRNG
 
 // The prefixes that make keyledger's secrets recognisable (and greppable by
@@ -70,6 +72,12 @@ class Service {
 
   // Handles one request. Never throws.
   HttpResponse Handle(const HttpRequest& request);
+
+  // The hot path, for in-process use and benchmarks.
+  DataPlane& data_plane();
+
+  // Flushes pending denials and stops background work. Idempotent.
+  void Stop();
 
  private:
   struct Impl;

@@ -16,8 +16,6 @@ using json = nlohmann::json;
 constexpr char kPositionRecord[] = "position";
 constexpr char kOperatorRecord[] = "operator";
 
-std::string HashKey(const Hash& h) { return std::string(h.begin(), h.end()); }
-
 template <typename... Ts>
 struct Overloaded : Ts... {
   using Ts::operator()...;
@@ -144,7 +142,7 @@ Status KeyState::ApplyLocked(const Event& e) {
             k.secret_hash = c.secret_hash;
             k.created_at_us = k.updated_at_us = at;
             k.version = e.stream_version;
-            secrets_[HashKey(c.secret_hash)] = SecretMatch{c.workspace_id, c.key_id, false};
+            secrets_[c.secret_hash] = SecretEntry{&k, false};
             keys_per_group_[c.security_group_id]++;
             MarkDirty(KeyRecord(c.key_id));
             return Status::Ok();
@@ -193,18 +191,18 @@ Status KeyState::ApplyLocked(const Event& e) {
             if (!k) return missing("key", c.key_id);
             // Only the secret just replaced survives a rotation, and only
             // until its grace period ends.
-            if (k->old_secret_hash) secrets_.erase(HashKey(*k->old_secret_hash));
-            secrets_.erase(HashKey(k->secret_hash));
+            if (k->old_secret_hash) secrets_.erase(*k->old_secret_hash);
+            secrets_.erase(k->secret_hash);
             if (c.old_secret_valid_until_us > at) {
               k->old_secret_hash = k->secret_hash;
               k->old_secret_valid_until_us = c.old_secret_valid_until_us;
-              secrets_[HashKey(k->secret_hash)] = SecretMatch{k->workspace_id, k->id, true};
+              secrets_[k->secret_hash] = SecretEntry{k, true};
             } else {
               k->old_secret_hash.reset();
               k->old_secret_valid_until_us = 0;
             }
             k->secret_hash = c.new_secret_hash;
-            secrets_[HashKey(c.new_secret_hash)] = SecretMatch{k->workspace_id, k->id, false};
+            secrets_[c.new_secret_hash] = SecretEntry{k, false};
             k->rotated_at_us = at;
             k->updated_at_us = at;
             k->version = e.stream_version;
@@ -214,8 +212,8 @@ Status KeyState::ApplyLocked(const Event& e) {
           [&](const KeyDeleted& c) -> Status {
             KeyView* k = key_for(c.key_id);
             if (!k) return missing("key", c.key_id);
-            secrets_.erase(HashKey(k->secret_hash));
-            if (k->old_secret_hash) secrets_.erase(HashKey(*k->old_secret_hash));
+            secrets_.erase(k->secret_hash);
+            if (k->old_secret_hash) secrets_.erase(*k->old_secret_hash);
             keys_per_group_[k->security_group_id]--;
             k->deleted = true;
             k->updated_at_us = at;
@@ -226,7 +224,7 @@ Status KeyState::ApplyLocked(const Event& e) {
           [&](const WorkspaceTokenCreated& c) -> Status {
             if (!workspaces_.count(c.workspace_id)) return missing("workspace", c.workspace_id);
             tokens_[c.token_id] = TokenView{c.workspace_id, c.token_id, c.token_hash, at, false};
-            token_ids_by_hash_[HashKey(c.token_hash)] = c.token_id;
+            token_ids_by_hash_[c.token_hash] = c.token_id;
             MarkDirty(TokenRecord(c.token_id));
             return Status::Ok();
           },
@@ -234,7 +232,7 @@ Status KeyState::ApplyLocked(const Event& e) {
             auto it = tokens_.find(c.token_id);
             if (it == tokens_.end()) return missing("token", c.token_id);
             it->second.revoked = true;
-            token_ids_by_hash_.erase(HashKey(it->second.token_hash));
+            token_ids_by_hash_.erase(it->second.token_hash);
             MarkDirty(TokenRecord(c.token_id));
             return Status::Ok();
           },
@@ -276,7 +274,7 @@ std::optional<KeyView> KeyState::FindKey(std::string_view id) const {
 
 std::optional<TokenView> KeyState::FindTokenByHash(const Hash& token_hash) const {
   std::shared_lock<std::shared_mutex> lock(mu_);
-  auto id = token_ids_by_hash_.find(HashKey(token_hash));
+  auto id = token_ids_by_hash_.find(token_hash);
   if (id == token_ids_by_hash_.end()) return std::nullopt;
   auto it = tokens_.find(id->second);
   assert(it != tokens_.end());
@@ -292,9 +290,9 @@ std::optional<TokenView> KeyState::FindToken(std::string_view id) const {
 
 std::optional<SecretMatch> KeyState::FindSecret(const Hash& secret_hash) const {
   std::shared_lock<std::shared_mutex> lock(mu_);
-  auto it = secrets_.find(HashKey(secret_hash));
+  auto it = secrets_.find(secret_hash);
   if (it == secrets_.end()) return std::nullopt;
-  return it->second;
+  return SecretMatch{it->second.key->workspace_id, it->second.key->id, it->second.is_old_secret};
 }
 
 std::optional<Hash> KeyState::operator_token_hash() const {
@@ -469,12 +467,12 @@ Status KeyState::Load(const KvStore& store, int cf) {
   // Rebuild the derived indexes.
   for (const auto& [id, k] : keys_) {
     if (k.deleted) continue;
-    secrets_[HashKey(k.secret_hash)] = SecretMatch{k.workspace_id, k.id, false};
-    if (k.old_secret_hash) secrets_[HashKey(*k.old_secret_hash)] = SecretMatch{k.workspace_id, k.id, true};
+    secrets_[k.secret_hash] = SecretEntry{&k, false};
+    if (k.old_secret_hash) secrets_[*k.old_secret_hash] = SecretEntry{&k, true};
     keys_per_group_[k.security_group_id]++;
   }
   for (const auto& [id, t] : tokens_) {
-    if (!t.revoked) token_ids_by_hash_[HashKey(t.token_hash)] = t.id;
+    if (!t.revoked) token_ids_by_hash_[t.token_hash] = t.id;
   }
   return Status::Ok();
 }

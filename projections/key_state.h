@@ -7,7 +7,9 @@
 // run concurrently; readers see each event entirely or not at all.
 #pragma once
 
+#include <cassert>
 #include <cstdint>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <optional>
@@ -90,6 +92,24 @@ struct SecretMatch {
   bool is_old_secret = false;  // matched the pre-rotation secret
 };
 
+// The facts authorization needs about one key, gathered without copying.
+// Valid only during the VisitSecret callback that receives it.
+struct AuthView {
+  const KeyView& key;
+  const WorkspaceView& workspace;
+  const SecurityRules* rules;  // null when the group's stored rules do not compile
+  bool is_old_secret;
+};
+
+// Secret and token hashes are uniformly random, so any 8 bytes hash them.
+struct HashOfHash {
+  size_t operator()(const Hash& h) const {
+    size_t v;
+    std::memcpy(&v, h.data(), sizeof(v));
+    return v;
+  }
+};
+
 // Stream ids, one per aggregate.
 std::string WorkspaceStream(std::string_view workspace_id);
 std::string SecurityGroupStream(std::string_view group_id);
@@ -123,6 +143,23 @@ class KeyState {
   std::optional<TokenView> FindToken(std::string_view id) const;
   std::optional<SecretMatch> FindSecret(const Hash& secret_hash) const;
   std::optional<Hash> operator_token_hash() const;
+
+  // When `secret_hash` belongs to a live key, calls visit(const AuthView&)
+  // under the read lock and returns true; returns false otherwise. The hot
+  // authorization path: no allocation, no copy.
+  // REQUIRES: `visit` does not call back into this KeyState.
+  template <typename Visitor>
+  bool VisitSecret(const Hash& secret_hash, Visitor&& visit) const {
+    std::shared_lock<std::shared_mutex> lock(mu_);
+    auto it = secrets_.find(secret_hash);
+    if (it == secrets_.end()) return false;
+    const KeyView& key = *it->second.key;
+    auto ws = workspaces_.find(key.workspace_id);
+    auto group = groups_.find(key.security_group_id);
+    assert(ws != workspaces_.end() && group != groups_.end());
+    visit(AuthView{key, ws->second, group->second.rules.get(), it->second.is_old_secret});
+    return true;
+  }
 
   // Live (not deleted) keys of a workspace with id > after, in id order, at
   // most `limit`.
@@ -158,8 +195,12 @@ class KeyState {
   std::map<std::string, TokenView, std::less<>> tokens_;
   std::optional<Hash> operator_token_hash_;
   // Derived indexes, rebuilt by Load.
-  std::unordered_map<std::string, SecretMatch> secrets_;  // key: raw hash bytes
-  std::unordered_map<std::string, std::string> token_ids_by_hash_;
+  struct SecretEntry {
+    const KeyView* key;  // into keys_; std::map nodes are stable and keys are never erased
+    bool is_old_secret;
+  };
+  std::unordered_map<Hash, SecretEntry, HashOfHash> secrets_;
+  std::unordered_map<Hash, std::string, HashOfHash> token_ids_by_hash_;
   std::unordered_map<std::string, size_t> keys_per_group_;
   std::vector<std::string> dirty_;
 };

@@ -40,6 +40,13 @@ class ServiceHarness {
     int status = 0;
     nlohmann::json body;
     std::string raw;
+    std::vector<std::pair<std::string, std::string>> headers;
+    std::string Header(const std::string& name) const {
+      for (const auto& [k, v] : headers) {
+        if (k == name) return v;
+      }
+      return "";
+    }
   };
 
   Reply Call(const std::string& method, const std::string& target, const std::string& body = "",
@@ -58,6 +65,7 @@ class ServiceHarness {
     Reply r;
     r.status = resp.status;
     r.raw = resp.body;
+    r.headers = resp.headers;
     if (!resp.body.empty()) r.body = nlohmann::json::parse(resp.body, nullptr, false);
     return r;
   }
@@ -82,6 +90,7 @@ class ServiceHarness {
   }
 
   Ledger& ledger() { return *ledger_; }
+  Service& service() { return *service_; }
   KeyStateStore& key_state() { return *key_state_; }
   ManualClock& clock() { return clock_; }
 

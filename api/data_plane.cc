@@ -1,0 +1,369 @@
+#include "api/data_plane.h"
+
+#include <algorithm>
+#include <cassert>
+#include <chrono>
+#include <cstdio>
+#include <unordered_set>
+
+#include "ledger/hash.h"
+#include "projections/security_rules.h"
+
+namespace keyledger {
+namespace {
+
+constexpr size_t kRequestIdBytesMax = 128;
+constexpr size_t kMethodBytesMax = 16;
+constexpr size_t kPathBytesMax = 2048;
+constexpr size_t kHeaderValueBytesMax = 8192;
+constexpr char kRedacted[] = "[REDACTED]";
+constexpr char kUnattributedStream[] = "denials/unattributed";
+
+// Returns the token of "Bearer <token>", or "" when the header is not that.
+std::string_view BearerToken(std::string_view header) {
+  constexpr std::string_view kScheme = "bearer ";
+  if (header.size() <= kScheme.size()) return {};
+  for (size_t i = 0; i < kScheme.size(); i++) {
+    char c = header[i];
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+    if (c != kScheme[i]) return {};
+  }
+  std::string_view token = header.substr(kScheme.size());
+  while (!token.empty() && token.front() == ' ') token.remove_prefix(1);
+  while (!token.empty() && token.back() == ' ') token.remove_suffix(1);
+  return token;
+}
+
+bool IsPrintableId(std::string_view s, size_t bytes_max) {
+  if (s.empty() || s.size() > bytes_max) return false;
+  return std::all_of(s.begin(), s.end(), [](char c) { return c > 0x20 && c < 0x7f; });
+}
+
+// Idempotency: the event id of a call is a hash of its request id, so a
+// retry after any delay maps to the same event id.
+EventId CallEventId(std::string_view request_id) {
+  Hash h = HashBytes(std::string("call\0", 5) + std::string(request_id));
+  EventId id;
+  std::copy_n(h.begin(), id.size(), id.begin());
+  return id;
+}
+
+bool IsSecretChar(char c) {
+  return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+}
+
+// Replaces every kl?_<secret> run in `text` with kl?_[REDACTED].
+void RedactSecrets(std::string* text) {
+  static constexpr std::string_view kPrefixes[] = {"klk_", "klw_", "klo_"};
+  for (auto prefix : kPrefixes) {
+    size_t pos = 0;
+    while ((pos = text->find(prefix, pos)) != std::string::npos) {
+      size_t start = pos + prefix.size();
+      size_t end = start;
+      while (end < text->size() && IsSecretChar((*text)[end])) end++;
+      if (end > start) text->replace(start, end - start, kRedacted);
+      pos = start;
+    }
+  }
+}
+
+Status ValidateCall(const CallReport& c, size_t i, int64_t now_us, const DataPlaneOptions& o) {
+  auto field = [i](const char* name) {
+    return "calls[" + std::to_string(i) + "]." + name;
+  };
+  if (!IsPrintableId(c.request_id, kRequestIdBytesMax)) {
+    return Status::InvalidArgument("request_id is required: 1..128 printable ASCII bytes",
+                                   field("request_id"));
+  }
+  if (c.key_id.empty()) return Status::InvalidArgument("key_id is required", field("key_id"));
+  if (c.occurred_at_us == 0) {
+    return Status::InvalidArgument("occurred_at is required", field("occurred_at"));
+  }
+  if (c.occurred_at_us < now_us - o.max_lateness_us) {
+    return Status::InvalidArgument("occurred_at is older than the maximum lateness",
+                                   field("occurred_at"));
+  }
+  if (c.occurred_at_us > now_us + o.max_lead_us) {
+    return Status::InvalidArgument("occurred_at is more than 5 minutes in the future",
+                                   field("occurred_at"));
+  }
+  if (c.status < 100 || c.status > 599) {
+    return Status::InvalidArgument("status must be an HTTP status 100..599", field("status"));
+  }
+  if (c.method.size() > kMethodBytesMax) return Status::InvalidArgument("too long", field("method"));
+  if (c.path.size() > kPathBytesMax) return Status::InvalidArgument("too long", field("path"));
+  if (c.request.headers.size() > kExcerptHeadersMax ||
+      c.response.headers.size() > kExcerptHeadersMax) {
+    return Status::InvalidArgument("at most " + std::to_string(kExcerptHeadersMax) + " headers",
+                                   field("request.headers"));
+  }
+  return Status::Ok();
+}
+
+void TrimExcerpt(HttpExcerpt* e) {
+  if (e->body_excerpt.size() > kBodyExcerptBytesMax) e->body_excerpt.resize(kBodyExcerptBytesMax);
+  for (auto& h : e->headers) {
+    if (h.value.size() > kHeaderValueBytesMax) h.value.resize(kHeaderValueBytesMax);
+  }
+}
+
+}  // namespace
+
+void RedactExcerpt(HttpExcerpt* excerpt) {
+  static const std::unordered_set<std::string> kSecretHeaders = {
+      "authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"};
+  for (auto& h : excerpt->headers) {
+    std::string lower = h.name;
+    std::transform(lower.begin(), lower.end(), lower.begin(),
+                   [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+    if (kSecretHeaders.count(lower)) {
+      h.value = kRedacted;
+    } else {
+      RedactSecrets(&h.value);
+    }
+  }
+  RedactSecrets(&excerpt->body_excerpt);
+}
+
+DataPlane::DataPlane(Ledger* ledger, const KeyState* key_state, const Clock* clock,
+                     RandomSource* random, DataPlaneOptions options)
+    : ledger_(ledger),
+      key_state_(key_state),
+      clock_(clock),
+      random_(random),
+      options_(options),
+      limiter_(options.rate_limiter) {
+  assert(ledger_ && key_state_ && clock_ && random_);
+  flusher_ = std::thread([this] { FlushLoop(); });
+}
+
+DataPlane::~DataPlane() { Stop(); }
+
+void DataPlane::Stop() {
+  {
+    std::lock_guard<std::mutex> lock(denial_mu_);
+    if (stopping_) return;
+    stopping_ = true;
+  }
+  stop_cv_.notify_all();
+  if (flusher_.joinable()) flusher_.join();
+  Status last = FlushDenials();
+  if (!last.ok()) std::fprintf(stderr, "keyledger: final denial flush: %s\n", last.ToString().c_str());
+}
+
+void DataPlane::FlushLoop() {
+  std::unique_lock<std::mutex> lock(denial_mu_);
+  while (!stopping_) {
+    stop_cv_.wait_for(lock, std::chrono::microseconds(options_.denial_flush_interval_us));
+    if (stopping_) break;
+    lock.unlock();
+    Status s = FlushDenials();
+    if (!s.ok()) std::fprintf(stderr, "keyledger: denial flush: %s\n", s.ToString().c_str());
+    lock.lock();
+  }
+}
+
+AuthorizeDecision DataPlane::Authorize(const AuthorizeRequest& request) {
+  AuthorizeDecision d;
+  auto ip = ParseIpAddress(request.client_ip);
+  if (!ip.ok()) {
+    d.outcome = AuthorizeOutcome::kInvalidArgument;
+    d.message = "client_ip is not an IPv4 or IPv6 address";
+    return d;
+  }
+  std::string_view secret = BearerToken(request.authorization);
+  if (secret.empty()) {
+    d.reason = DenialReason::kMalformedCredentials;
+    d.message = "missing or malformed Authorization: Bearer <api key>";
+    QueueDenial(d, request);
+    return d;
+  }
+  // Keys are found by the hash of the secret: every lookup costs the same
+  // hash and one hash-table probe, whether or not the key exists.
+  const Hash hash = HashBytes(secret);
+  bool found = key_state_->VisitSecret(hash, [&](const AuthView& v) {
+    d.key_id = v.key.id;
+    d.workspace_id = v.key.workspace_id;
+    d.logging = v.key.logging;
+    if (v.is_old_secret && request.now_us >= v.key.old_secret_valid_until_us) {
+      d.outcome = AuthorizeOutcome::kUnauthenticated;
+      d.reason = DenialReason::kRevokedSecret;
+      d.message = "this secret was rotated and its grace period has ended";
+      return;
+    }
+    if (v.rules == nullptr || !v.rules->AllowsIp(*ip)) {
+      d.outcome = AuthorizeOutcome::kForbidden;
+      d.reason = DenialReason::kIpNotAllowed;
+      d.message = "client_ip is outside the key's security group";
+      return;
+    }
+    if (!v.rules->AllowsOrigin(request.origin)) {
+      d.outcome = AuthorizeOutcome::kForbidden;
+      d.reason = DenialReason::kOriginNotAllowed;
+      d.message = "origin is not allowed by the key's security group";
+      return;
+    }
+    const uint32_t limit = std::clamp<uint32_t>(v.workspace.tps_limit, 1, kTpsLimitMax);
+    d.rate_checked = true;
+    d.rate = limiter_.Admit(v.key.id, limit, request.now_us);
+    if (d.rate.allowed && options_.workspace_cap) {
+      // Workspace ids ("ws_…") never collide with key ids ("key_…") as bucket names.
+      RateDecision ws = limiter_.Admit(v.workspace.id, limit, request.now_us);
+      if (!ws.allowed) d.rate = ws;
+    }
+    if (!d.rate.allowed) {
+      d.outcome = AuthorizeOutcome::kRateLimited;
+      d.reason = DenialReason::kRateLimited;
+      d.message = "over the TPS limit of " + std::to_string(limit);
+      return;
+    }
+    d.outcome = AuthorizeOutcome::kAllowed;
+  });
+  if (!found) {
+    d.outcome = AuthorizeOutcome::kUnauthenticated;
+    d.reason = DenialReason::kUnknownKey;
+    d.message = "unknown API key";
+  }
+  if (d.outcome != AuthorizeOutcome::kAllowed) QueueDenial(d, request);
+  return d;
+}
+
+void DataPlane::QueueDenial(const AuthorizeDecision& d, const AuthorizeRequest& r) {
+  std::lock_guard<std::mutex> lock(denial_mu_);
+  auto key = std::make_tuple(d.workspace_id, d.key_id, d.reason);
+  auto it = denials_.find(key);
+  if (it == denials_.end()) {
+    if (denials_.size() >= options_.denial_entries_max) {
+      // Too many distinct keys refused at once: count them without attribution.
+      key = std::make_tuple(std::string(), std::string(), d.reason);
+    }
+    it = denials_.try_emplace(key).first;
+  }
+  Pending& p = it->second;
+  if (p.count == 0) {
+    p.first_at_us = r.now_us;
+    // Samples only for attributable denials: unknown-key floods keep no
+    // per-request data at all, so they cannot fill the disk.
+    if (!std::get<1>(key).empty()) {
+      p.client_ip.assign(r.client_ip.substr(0, 64));
+      p.origin.assign(r.origin.substr(0, 256));
+    }
+  }
+  p.count++;
+}
+
+Status DataPlane::FlushDenials() {
+  std::map<std::tuple<std::string, std::string, DenialReason>, Pending> pending;
+  {
+    std::lock_guard<std::mutex> lock(denial_mu_);
+    pending.swap(denials_);
+  }
+  if (pending.empty()) return Status::Ok();
+  std::vector<NewEvent> events;
+  for (const auto& [key, p] : pending) {
+    const auto& [ws, key_id, reason] = key;
+    AuthorizationDenied denied;
+    denied.workspace_id = ws;
+    denied.key_id = key_id;
+    denied.occurred_at_us = p.first_at_us;
+    denied.reason = reason;
+    denied.client_ip = p.client_ip;
+    denied.origin = p.origin;
+    denied.count = p.count;
+    NewEvent e;
+    random_->Fill(e.event_id.data(), e.event_id.size());
+    e.stream_id = key_id.empty() ? std::string(kUnattributedStream) : CallStream(key_id);
+    e.actor = "gateway";
+    e.body = std::move(denied);
+    events.push_back(std::move(e));
+    if (events.size() == kAppendEventsMax) break;  // the rest waits for the next flush
+  }
+  AppendOptions ao;
+  ao.durability = Durability::kSync;
+  auto appended = ledger_->Append(events, ao);
+  if (!appended.ok()) {
+    // Put them back so the next flush retries; counts merge.
+    std::lock_guard<std::mutex> lock(denial_mu_);
+    for (auto& [key, p] : pending) {
+      Pending& q = denials_[key];
+      if (q.count == 0) q = p; else q.count += p.count;
+    }
+    return appended.status();
+  }
+  denial_events_appended_ += events.size();
+  if (events.size() < pending.size()) {
+    std::lock_guard<std::mutex> lock(denial_mu_);
+    size_t i = 0;
+    for (auto& [key, p] : pending) {
+      if (i++ < events.size()) continue;
+      Pending& q = denials_[key];
+      if (q.count == 0) q = p; else q.count += p.count;
+    }
+  }
+  return Status::Ok();
+}
+
+Result<RecordResult> DataPlane::RecordCalls(std::vector<CallReport> calls) {
+  if (calls.empty()) return Status::InvalidArgument("calls must not be empty", "calls");
+  if (calls.size() > options_.calls_per_batch_max) {
+    return Status::InvalidArgument(
+        "at most " + std::to_string(options_.calls_per_batch_max) + " calls per request", "calls");
+  }
+  const int64_t now_us = clock_->NowUs();
+  std::vector<NewEvent> events;
+  events.reserve(calls.size());
+  std::unordered_set<std::string_view> request_ids;
+  size_t in_batch_duplicates = 0;
+  for (size_t i = 0; i < calls.size(); i++) {
+    CallReport& c = calls[i];
+    KL_RETURN_IF_ERROR(ValidateCall(c, i, now_us, options_));
+    auto key = key_state_->FindKey(c.key_id);
+    if (!key) {
+      return Status::InvalidArgument("unknown key " + c.key_id,
+                                     "calls[" + std::to_string(i) + "].key_id");
+    }
+    if (!request_ids.insert(c.request_id).second) {
+      in_batch_duplicates++;
+      continue;
+    }
+    ApiCallRecorded call;
+    call.request_id = c.request_id;
+    call.workspace_id = key->workspace_id;
+    call.key_id = c.key_id;
+    call.occurred_at_us = c.occurred_at_us;
+    call.method = std::move(c.method);
+    call.path = std::move(c.path);
+    call.status = c.status;
+    call.latency_us = c.latency_us;
+    call.units = c.units.value_or(c.status >= 200 && c.status < 300 ? 1 : 0);
+    call.request_bytes = c.request_bytes;
+    call.response_bytes = c.response_bytes;
+    call.client_ip = std::move(c.client_ip);
+    call.origin = std::move(c.origin);
+    // The key's logging switch decides whether request/response data is kept.
+    call.logged = key->logging;
+    if (call.logged) {
+      call.request = std::move(c.request);
+      call.response = std::move(c.response);
+      TrimExcerpt(&call.request);
+      TrimExcerpt(&call.response);
+      RedactExcerpt(&call.request);
+      RedactExcerpt(&call.response);
+    }
+    NewEvent e;
+    e.event_id = CallEventId(call.request_id);
+    e.stream_id = CallStream(call.key_id);
+    e.actor = "gateway";
+    e.body = std::move(call);
+    events.push_back(std::move(e));
+  }
+  AppendOptions ao;
+  ao.durability = Durability::kSync;  // acknowledged only when durable
+  KL_ASSIGN_OR_RETURN(AppendResult appended, ledger_->Append(events, ao));
+  RecordResult result;
+  result.duplicates = appended.duplicates + in_batch_duplicates;
+  result.recorded = events.size() - appended.duplicates;
+  return result;
+}
+
+}  // namespace keyledger

@@ -1,0 +1,157 @@
+// DataPlane: the hot path. Authorizes every request of the rendering API
+// (Bearer key -> security group -> TPS limit) and records every call durably.
+//
+// Thread safety: thread-safe. Authorize takes only a shared lock on the key
+// state and one shard lock in the rate limiter.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <tuple>
+#include <vector>
+
+#include "ledger/clock.h"
+#include "ledger/ledger.h"
+#include "ledger/random.h"
+#include "ledger/status.h"
+#include "projections/key_state.h"
+#include "projections/rate_limiter.h"
+
+namespace keyledger {
+
+struct DataPlaneOptions {
+  // Also cap each workspace as a whole at its tps_limit (a second bucket,
+  // checked after the key's). Default off: one key never affects another.
+  bool workspace_cap = false;
+  // Calls older than this (by occurred_at) are refused. Default 35 days.
+  int64_t max_lateness_us = 35LL * 24 * 3600 * 1'000'000;
+  // Calls this far in the future are refused. Default 5 minutes.
+  int64_t max_lead_us = 5LL * 60 * 1'000'000;
+  // Most calls in one POST /v1/calls. Default 1000.
+  size_t calls_per_batch_max = 1000;
+  // Denials are aggregated per (key, reason) and appended this often. Default 1 s.
+  int64_t denial_flush_interval_us = 1'000'000;
+  // Distinct (key, reason) pairs held between flushes; more are counted as
+  // unattributable. Default 100,000.
+  size_t denial_entries_max = 100'000;
+  RateLimiterOptions rate_limiter;
+};
+
+enum class AuthorizeOutcome : uint8_t {
+  kAllowed = 0,
+  kUnauthenticated,  // 401: no/malformed header, unknown key, expired old secret
+  kForbidden,        // 403: IP or origin outside the security group
+  kRateLimited,      // 429
+  kInvalidArgument,  // 400: client_ip is not an IP address
+};
+
+struct AuthorizeRequest {
+  std::string_view authorization;  // the client's Authorization header value
+  std::string_view client_ip;
+  std::string_view origin;  // "" when the client sent none
+  int64_t now_us = 0;
+};
+
+struct AuthorizeDecision {
+  AuthorizeOutcome outcome = AuthorizeOutcome::kUnauthenticated;
+  DenialReason reason = DenialReason::kUnknownKey;  // when not allowed
+  std::string key_id;        // empty when the key is not identifiable
+  std::string workspace_id;  // empty when the key is not identifiable
+  bool logging = false;      // the key's logging switch, for the gateway
+  bool rate_checked = false; // `rate` is meaningful
+  RateDecision rate{};
+  std::string message;       // for error bodies
+};
+
+// One call as reported by the gateway, already parsed.
+struct CallReport {
+  std::string request_id;
+  std::string key_id;
+  int64_t occurred_at_us = 0;
+  std::string method;
+  std::string path;
+  uint16_t status = 0;
+  uint64_t latency_us = 0;
+  std::optional<uint64_t> units;  // default: 1 for a 2xx, 0 otherwise
+  uint64_t request_bytes = 0;
+  uint64_t response_bytes = 0;
+  std::string client_ip;
+  std::string origin;
+  HttpExcerpt request;
+  HttpExcerpt response;
+};
+
+struct RecordResult {
+  size_t recorded = 0;
+  size_t duplicates = 0;
+};
+
+// Limits on logged excerpts.
+constexpr size_t kBodyExcerptBytesMax = 4096;
+constexpr size_t kExcerptHeadersMax = 64;
+
+class DataPlane {
+ public:
+  // REQUIRES: every pointer non-null and outliving the DataPlane.
+  DataPlane(Ledger* ledger, const KeyState* key_state, const Clock* clock, RandomSource* random,
+            DataPlaneOptions options);
+  ~DataPlane();  // flushes pending denials
+
+  // Decides one request. Refusals of identifiable keys (and an aggregate of
+  // unidentifiable ones) are queued for recording.
+  AuthorizeDecision Authorize(const AuthorizeRequest& request);
+
+  // Validates every call, then appends them all durably (kSync), idempotent
+  // by request_id forever. Returns InvalidArgument naming "calls[i].field"
+  // and appends nothing if any call is invalid.
+  Result<RecordResult> RecordCalls(std::vector<CallReport> calls);
+
+  // Appends the aggregated denials now. Called by the background flusher and
+  // at shutdown; tests call it directly.
+  Status FlushDenials();
+
+  // Number of denials appended so far (events, not requests).
+  uint64_t denial_events_appended() const { return denial_events_appended_.load(); }
+
+  // Stops the background flusher after a last flush. Idempotent.
+  void Stop();
+
+ private:
+  void QueueDenial(const AuthorizeDecision& d, const AuthorizeRequest& r);
+  void FlushLoop();
+
+  Ledger* ledger_;
+  const KeyState* key_state_;
+  const Clock* clock_;
+  RandomSource* random_;
+  DataPlaneOptions options_;
+  RateLimiter limiter_;
+
+  struct Pending {
+    uint64_t count = 0;
+    std::string client_ip;  // a sample
+    std::string origin;     // a sample
+    int64_t first_at_us = 0;
+  };
+  std::mutex denial_mu_;
+  // (workspace, key, reason) -> pending; an empty key means unidentifiable.
+  std::map<std::tuple<std::string, std::string, DenialReason>, Pending> denials_;
+  std::condition_variable stop_cv_;
+  bool stopping_ = false;
+  std::thread flusher_;
+  std::atomic<uint64_t> denial_events_appended_{0};
+};
+
+// Removes secrets from logged headers: Authorization, Cookie and
+// Proxy-Authorization values, and anything that looks like a keyledger secret
+// (klk_/klw_/klo_ prefixes) in any header or body excerpt.
+void RedactExcerpt(HttpExcerpt* excerpt);
+
+}  // namespace keyledger

@@ -1,0 +1,126 @@
+// HTTP/1.1 server: the network I/O layer only. It parses requests, enforces
+// size limits and timeouts, hands each request to an HttpHandler and writes the
+// response. It knows nothing about routes or the ledger.
+//
+// Built on Boost.Beast/Asio, which only api/http_server.cc includes.
+//
+// Threading: `threads` I/O threads run one io_context. Each connection has its
+// own strand, so one connection is served by one thread at a time and its
+// requests are handled one after another (no pipelining in parallel). The
+// handler runs on the I/O thread of its connection, so a handler that blocks
+// (e.g. on a synced write) blocks that thread: at most `threads` handlers run
+// at once, and while all threads are blocked no connection makes progress (no
+// accepts, reads, writes or timeouts). Size `threads` for the expected number
+// of concurrently blocking requests.
+//
+// Protocol notes: HTTP/1.0 and 1.1; keep-alive as the client asks; pipelined
+// requests are answered in order, one at a time; "expect: 100-continue" is
+// answered with 100 before the body is read (unless the declared body is too
+// large: then 413). Requests the server rejects itself (400 malformed, 413 body
+// too large, 431 headers too large) get a JsonError body and close the
+// connection. The response body is sent as the handler gives it, also for
+// HEAD: handlers answer HEAD with an empty body.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "api/http_types.h"
+#include "ledger/status.h"
+
+namespace keyledger {
+
+struct HttpServerOptions {
+  // IP address literal to bind ("127.0.0.1", "0.0.0.0", "::1"); no host names.
+  std::string host = "127.0.0.1";
+  uint16_t port = 8080;  // 0 picks an ephemeral port; see HttpServer::port()
+  int threads = 4;       // I/O threads; the handler runs on them. >= 1.
+
+  uint64_t body_bytes_max = 1 << 20;     // larger bodies get 413
+  uint32_t header_bytes_max = 16 << 10;  // request line + headers; larger get 431
+
+  // Time from accept (first request) or from the first byte (later requests)
+  // until the whole request, body included, has been read. On expiry the
+  // connection is closed without a response.
+  int64_t read_timeout_ms = 30000;
+  // Time a keep-alive connection may wait for the first byte of its next
+  // request before it is closed.
+  int64_t idle_timeout_ms = 60000;
+  // Time to write one response. On expiry the connection is closed.
+  int64_t write_timeout_ms = 30000;
+  // Time Stop() waits for in-flight requests before closing what is left.
+  int64_t drain_timeout_ms = 10000;
+
+  // Open connections beyond this are accepted and closed at once, without a
+  // response (counted in HttpServerStats::connections_rejected).
+  uint64_t connections_max = 10000;
+  // After this many requests the response says "connection: close" and the
+  // connection is closed. 0 = unlimited.
+  uint64_t requests_per_connection_max = 0;
+};
+
+// A snapshot of counters since Start(); for /metrics.
+struct HttpServerStats {
+  uint64_t connections_accepted = 0;  // connections that got a session
+  uint64_t connections_rejected = 0;  // closed at accept: over connections_max or stopping
+  uint64_t connections_open = 0;      // sessions alive now
+  uint64_t connections_timed_out = 0;  // closed by read or write timeout (not idle)
+  uint64_t requests_total = 0;         // requests passed to the handler
+  uint64_t requests_in_flight = 0;     // handler calls running now
+  uint64_t requests_rejected = 0;      // answered 400/413/431 by the server itself
+  uint64_t handler_errors = 0;         // handler threw or returned an invalid response
+};
+
+namespace http_internal {
+class ServerCore;
+}
+
+// Thread safety: all methods are thread-safe. Stop() and the destructor must
+// not be called from inside the handler (they wait for the I/O threads).
+class HttpServer {
+ public:
+  // Binds options.host:options.port, starts listening and starts the I/O
+  // threads. `handler` is called for every well-formed request.
+  // Returns:
+  //   InvalidArgument - an option is out of range (field names it), or host
+  //                     is not an IP address literal, or handler is empty.
+  //   IOError         - the address could not be bound or listened on (the
+  //                     message names it), or threads could not be started.
+  static Result<std::unique_ptr<HttpServer>> Start(HttpServerOptions options,
+                                                   HttpHandler handler);
+
+  // Calls Stop().
+  ~HttpServer();
+
+  HttpServer(const HttpServer&) = delete;
+  HttpServer& operator=(const HttpServer&) = delete;
+
+  // Returns the bound port (the actual one when options.port was 0).
+  uint16_t port() const;
+
+  // Stops gracefully: stops accepting, closes connections waiting for a
+  // request, lets requests already being read or handled finish and their
+  // responses (sent with "connection: close") be written, then closes
+  // everything and joins the I/O threads. What is still open after
+  // drain_timeout_ms is closed; a handler that is still running is not
+  // interrupted, so Stop() also waits for it to return.
+  // Idempotent; concurrent callers all return once the server has stopped.
+  // REQUIRES: not called from inside the handler.
+  void Stop();
+
+  // Blocks until SIGINT or SIGTERM arrives or Stop() is called (from another
+  // thread), then stops gracefully and returns. SIGINT/SIGTERM are caught from
+  // the first call on, for the rest of the server's life.
+  // REQUIRES: not called from inside the handler.
+  void WaitForSignal();
+
+  HttpServerStats stats() const;
+
+ private:
+  explicit HttpServer(std::unique_ptr<http_internal::ServerCore> core);
+
+  std::unique_ptr<http_internal::ServerCore> core_;
+};
+
+}  // namespace keyledger

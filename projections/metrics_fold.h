@@ -1,0 +1,191 @@
+// MetricsFold: per-key and per-workspace call metrics, a plain fold over the
+// ApiCallRecorded and AuthorizationDenied events. It never reads a clock:
+// every event lands in the UTC minute of its own occurred_at_us, so a late
+// event (applied after later ones) lands in the right minute.
+//
+// Series. Every event counts in the workspace series named by its
+// workspace_id and, when key_id is non-empty, also in the key series named by
+// key_id. An event with an empty workspace_id (e.g. a denial of an unknown or
+// malformed key, which the data plane records with empty ids) counts in the
+// workspace series "" — the "unattributed" series.
+//
+// Counters of one bucket (all from integer arithmetic, no floating point):
+//   calls         ApiCallRecorded events (requests that passed authorization
+//                 and were reported by the gateway)
+//   errors_4xx    calls with 400 <= status <= 499 (429 included)
+//   errors_5xx    calls with 500 <= status <= 599
+//   auth_denied   authorization refusals: the sum of AuthorizationDenied.count,
+//                 whatever the reason
+//   rate_limited  calls with status 429 plus refusals with reason kRateLimited
+//                 (a sub-class of errors_4xx + auth_denied, never added twice)
+//   units         sum of ApiCallRecorded.units (billable units)
+//   latency       histogram of ApiCallRecorded.latency_us (refusals have none)
+// Derived:
+//   requests()        = calls + auth_denied
+//   errors()          = errors_4xx + errors_5xx + auth_denied
+//   error_rate_ppm()  = floor(errors * 1,000,000 / requests), 0 when no requests
+// Any other call status (1xx, 2xx, 3xx, 0, >= 600) is not an error.
+// A denial event aggregates `count` refusals; all land in the minute of its
+// occurred_at_us (the data plane stamps the first refusal of the aggregate).
+//
+// Buckets. Minute cells are kept for every (series, UTC minute) with data;
+// hour and day cells are maintained incrementally by the same Apply, and are
+// by construction the sum of their minutes. Query merges the coarsest cells
+// that tile each step window. Memory per cell is about 150 bytes plus 8 bytes
+// per distinct latency bucket used in it; nothing is ever evicted.
+//
+// Times outside [0, kMetricsTimeUsLimit) are clamped into that range (the
+// ledger never records such times; clamping keeps the fold total).
+//
+// Thread safety: not thread-safe. Apply* need exclusive access; const methods
+// may run concurrently with each other (e.g. under a std::shared_mutex).
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "ledger/event.h"
+#include "ledger/status.h"
+#include "projections/latency_histogram.h"
+
+namespace keyledger {
+
+inline constexpr int64_t kMetricsMinuteUs = 60'000'000;
+inline constexpr int64_t kMetricsHourUs = 60 * kMetricsMinuteUs;
+inline constexpr int64_t kMetricsDayUs = 24 * kMetricsHourUs;
+// Exclusive upper end of metrics time: 10000-01-01T00:00:00Z (a day boundary).
+inline constexpr int64_t kMetricsTimeUsLimit = 253'402'300'800'000'000;
+// Longest range of one Query or Totals: 400 days.
+inline constexpr int64_t kQueryRangeUsMax = 400 * kMetricsDayUs;
+// Most buckets one Query returns. Each holds a dense LatencyHistogram
+// (~13.9 KB), so one Query returns at most ~21 MB. Covers a day of minutes
+// (1,440), 30 days of hours (720) and 400 days of days (400).
+inline constexpr int64_t kQueryPointsMax = 1'500;
+
+static_assert(kMetricsTimeUsLimit % kMetricsDayUs == 0);
+
+enum class MetricsScope : uint8_t { kKey = 0, kWorkspace };
+
+struct MetricsBucket {
+  int64_t start_us = 0;  // UTC start of the bucket, inclusive
+  uint64_t calls = 0;
+  uint64_t errors_4xx = 0;
+  uint64_t errors_5xx = 0;
+  uint64_t rate_limited = 0;  // 429 calls + kRateLimited refusals
+  uint64_t auth_denied = 0;
+  uint64_t units = 0;
+  LatencyHistogram latency;  // latency.count() == calls
+
+  // Returns calls + auth_denied.
+  uint64_t requests() const { return calls + auth_denied; }
+  // Returns errors_4xx + errors_5xx + auth_denied.
+  uint64_t errors() const { return errors_4xx + errors_5xx + auth_denied; }
+  // Returns floor(errors() * 1,000,000 / requests()); 0 when requests() == 0.
+  // REQUIRES: errors() <= requests() (true of every bucket the fold returns).
+  uint64_t error_rate_ppm() const;
+
+  // Adds every counter and the histogram of `other`; start_us is unchanged.
+  void Merge(const MetricsBucket& other);
+
+  bool operator==(const MetricsBucket&) const = default;
+};
+
+class MetricsFold {
+ public:
+  MetricsFold();
+  ~MetricsFold();
+
+  MetricsFold(const MetricsFold&) = delete;
+  MetricsFold& operator=(const MetricsFold&) = delete;
+
+  // Counts one call in the minute, hour and day of call.occurred_at_us of
+  // its series (see the file comment). Never fails.
+  void ApplyCall(const ApiCallRecorded& call);
+
+  // Counts denied.count refusals in the minute, hour and day of
+  // denied.occurred_at_us of its series. Never fails; count 0 is a no-op.
+  void ApplyDenial(const AuthorizationDenied& denied);
+
+  // Returns one bucket per step window [s, s + step_us) for s = from_us,
+  // from_us + step_us, ... < to_us, in time order, including empty windows
+  // (all counters zero). A series never seen gives all-empty buckets: the
+  // fold cannot tell an unknown id from an idle one.
+  // step_us: a multiple of 60 s that divides 86,400 s (1 min .. 1 day); the
+  // windows are aligned to UTC (the epoch).
+  // Returns InvalidArgument with field
+  //   "step"  if step_us is not such a step, or (to_us - from_us) / step_us
+  //           exceeds kQueryPointsMax;
+  //   "from"  if from_us < 0, from_us >= kMetricsTimeUsLimit, or from_us is not
+  //           a multiple of step_us;
+  //   "to"    if to_us <= from_us, to_us > kMetricsTimeUsLimit, to_us is not a
+  //           multiple of step_us, or to_us - from_us > kQueryRangeUsMax.
+  Result<std::vector<MetricsBucket>> Query(MetricsScope scope, std::string_view id,
+                                           int64_t from_us, int64_t to_us,
+                                           int64_t step_us) const;
+
+  // Returns the sum over [from_us, to_us) as one bucket with start_us = from_us.
+  // Returns InvalidArgument with field "from" or "to" as Query does with a
+  // step of 60 s (the points limit does not apply).
+  Result<MetricsBucket> Totals(MetricsScope scope, std::string_view id, int64_t from_us,
+                               int64_t to_us) const;
+
+  // Returns the number of cells held (minutes + hours + days, all series).
+  size_t cell_count() const { return cell_count_; }
+
+ private:
+  // What one event adds to a cell.
+  struct Delta {
+    uint64_t calls = 0;
+    uint64_t errors_4xx = 0;
+    uint64_t errors_5xx = 0;
+    uint64_t rate_limited = 0;
+    uint64_t auth_denied = 0;
+    uint64_t units = 0;
+    uint64_t latency_us = 0;  // recorded once when calls == 1
+  };
+  // The counters of one (series, minute | hour | day).
+  struct Cell {
+    uint64_t calls = 0;
+    uint64_t errors_4xx = 0;
+    uint64_t errors_5xx = 0;
+    uint64_t rate_limited = 0;
+    uint64_t auth_denied = 0;
+    uint64_t units = 0;
+    CompactLatencyHistogram latency;  // latency.count() == calls
+  };
+  using CellMap = std::map<int64_t, Cell>;  // by UTC start
+  static constexpr size_t kLevels = 3;      // minute, hour, day
+  static constexpr std::array<int64_t, kLevels> kLevelUs = {kMetricsMinuteUs, kMetricsHourUs,
+                                                            kMetricsDayUs};
+  struct Series {
+    Series();
+    Series(const Series&) = delete;  // hints point into levels
+    Series& operator=(const Series&) = delete;
+
+    std::array<CellMap, kLevels> levels;
+    std::array<CellMap::iterator, kLevels> hints;  // last cell touched per level
+  };
+  using SeriesMap = std::map<std::string, Series, std::less<>>;
+
+  static void AddToCell(const Delta& delta, Cell* cell);
+  static void MergeCells(const CellMap& cells, int64_t from_us, int64_t to_us,
+                         MetricsBucket* out);
+  static void MergeRange(const Series& series, int64_t from_us, int64_t to_us,
+                         MetricsBucket* out);
+
+  void Apply(std::string_view workspace_id, std::string_view key_id, int64_t occurred_at_us,
+             const Delta& delta);
+  void ApplyToSeries(SeriesMap* map, std::string_view id, int64_t at_us, const Delta& delta);
+  const Series* Find(MetricsScope scope, std::string_view id) const;
+
+  SeriesMap keys_;
+  SeriesMap workspaces_;
+  size_t cell_count_ = 0;
+};
+
+}  // namespace keyledger

@@ -1,0 +1,582 @@
+// Tests for api/http_server.h over real TCP, with a tiny POSIX-socket client.
+
+#include "api/http_server.h"
+
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cctype>
+#include <cerrno>
+#include <chrono>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace keyledger {
+namespace {
+
+using namespace std::chrono_literals;
+
+struct RawResponse {
+  int status = 0;
+  std::map<std::string, std::string> headers;  // names lower-cased
+  std::string body;
+
+  std::string Header(const std::string& name) const {
+    auto it = headers.find(name);
+    return it == headers.end() ? "" : it->second;
+  }
+};
+
+std::string Lower(std::string s) {
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+// A blocking HTTP/1.1 client on one TCP connection. Reads time out after 5 s
+// so a broken server fails the test instead of hanging it.
+class Client {
+ public:
+  explicit Client(uint16_t port) {
+    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    timeval tv{5, 0};
+    ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(port);
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    connected_ = ::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+  }
+  ~Client() { ::close(fd_); }
+  Client(const Client&) = delete;
+  Client& operator=(const Client&) = delete;
+
+  bool connected() const { return connected_; }
+
+  bool Send(std::string_view data) {
+    while (!data.empty()) {
+      ssize_t n = ::send(fd_, data.data(), data.size(), MSG_NOSIGNAL);
+      if (n <= 0) return false;
+      data.remove_prefix(static_cast<size_t>(n));
+    }
+    return true;
+  }
+
+  // Reads one response framed by content-length (or none); nullopt on EOF,
+  // error or timeout.
+  std::optional<RawResponse> ReadResponse() {
+    size_t header_end;
+    while ((header_end = buf_.find("\r\n\r\n")) == std::string::npos) {
+      if (!Fill()) return std::nullopt;
+    }
+    RawResponse r;
+    std::string head = buf_.substr(0, header_end);
+    buf_.erase(0, header_end + 4);
+    size_t line_end = head.find("\r\n");
+    std::string status_line = head.substr(0, line_end);
+    if (status_line.size() < 12) return std::nullopt;
+    r.status = std::stoi(status_line.substr(9, 3));
+    size_t pos = line_end == std::string::npos ? head.size() : line_end + 2;
+    while (pos < head.size()) {
+      size_t end = head.find("\r\n", pos);
+      if (end == std::string::npos) end = head.size();
+      std::string line = head.substr(pos, end - pos);
+      size_t colon = line.find(':');
+      std::string value = line.substr(colon + 1);
+      while (!value.empty() && value.front() == ' ') value.erase(0, 1);
+      r.headers[Lower(line.substr(0, colon))] = value;
+      pos = end + 2;
+    }
+    size_t length = r.headers.count("content-length") ? std::stoul(r.headers["content-length"]) : 0;
+    while (buf_.size() < length) {
+      if (!Fill()) return std::nullopt;
+    }
+    r.body = buf_.substr(0, length);
+    buf_.erase(0, length);
+    return r;
+  }
+
+  // Returns true when the server closes the connection (EOF or reset) before
+  // the read timeout, with no further bytes.
+  bool ReadEof() {
+    char c;
+    ssize_t n = ::recv(fd_, &c, 1, 0);
+    if (n == 0) return true;
+    return n < 0 && (errno == ECONNRESET || errno == EPIPE);
+  }
+
+ private:
+  bool Fill() {
+    char chunk[4096];
+    ssize_t n = ::recv(fd_, chunk, sizeof(chunk), 0);
+    if (n <= 0) return false;
+    buf_.append(chunk, static_cast<size_t>(n));
+    return true;
+  }
+
+  int fd_ = -1;
+  bool connected_ = false;
+  std::string buf_;
+};
+
+std::string Get(const std::string& target, const std::string& extra_headers = "") {
+  return "GET " + target + " HTTP/1.1\r\nHost: test\r\n" + extra_headers + "\r\n";
+}
+
+std::string Post(const std::string& target, const std::string& body,
+                 const std::string& extra_headers = "") {
+  return "POST " + target + " HTTP/1.1\r\nHost: test\r\nContent-Length: " +
+         std::to_string(body.size()) + "\r\n" + extra_headers + "\r\n" + body;
+}
+
+// Echoes the request as "METHOD TARGET|x-test header|remote ip|body".
+// /slow sleeps first; /throw throws; /bad returns an invalid status.
+HttpResponse EchoHandler(const HttpRequest& request) {
+  if (request.target == "/slow") std::this_thread::sleep_for(500ms);
+  if (request.target == "/throw") throw std::runtime_error("boom");
+  HttpResponse response;
+  if (request.target == "/bad") response.status = 42;
+  response.headers.emplace_back("content-type", "text/plain");
+  response.headers.emplace_back("content-length", "999");  // server-owned: dropped
+  response.body = request.method + " " + request.target + "|" +
+                  std::string(request.Header("x-test")) + "|" + request.remote_ip + "|" +
+                  request.body;
+  return response;
+}
+
+std::unique_ptr<HttpServer> StartServer(HttpServerOptions options = {},
+                                        HttpHandler handler = EchoHandler) {
+  options.port = 0;
+  auto server = HttpServer::Start(std::move(options), std::move(handler));
+  EXPECT_TRUE(server.ok()) << server.ToStatus().ToString();
+  return std::move(server).value();
+}
+
+// Polls `read` until it returns `want` or 2 s pass; for counters the server
+// updates just after the client can observe the effect (e.g. a close).
+template <typename Read>
+uint64_t Eventually(uint64_t want, Read read) {
+  auto deadline = std::chrono::steady_clock::now() + 2s;
+  uint64_t got = read();
+  while (got != want && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(1ms);
+    got = read();
+  }
+  return got;
+}
+
+void ExpectJsonError(const RawResponse& r, int status, const std::string& code) {
+  EXPECT_EQ(r.status, status);
+  EXPECT_EQ(r.Header("content-type"), "application/json");
+  auto json = nlohmann::json::parse(r.body);
+  EXPECT_EQ(json["error"]["code"], code) << r.body;
+  EXPECT_TRUE(json["error"]["message"].is_string());
+  EXPECT_FALSE(json["error"].contains("field")) << r.body;
+}
+
+TEST(HttpServerTest, GetEcho) {
+  auto server = StartServer();
+  Client client(server->port());
+  ASSERT_TRUE(client.connected());
+  ASSERT_TRUE(client.Send(Get("/v1/keys?limit=10", "X-Test: Hello\r\n")));
+  auto r = client.ReadResponse();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
+  EXPECT_EQ(r->body, "GET /v1/keys?limit=10|Hello|127.0.0.1|");
+  EXPECT_EQ(r->Header("content-length"), std::to_string(r->body.size()));
+  EXPECT_EQ(r->Header("server"), "keyledger");
+  EXPECT_EQ(r->Header("content-type"), "text/plain");
+}
+
+TEST(HttpServerTest, PostEcho) {
+  auto server = StartServer();
+  Client client(server->port());
+  ASSERT_TRUE(client.Send(Post("/v1/usage", "{\"calls\":3}")));
+  auto r = client.ReadResponse();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
+  EXPECT_EQ(r->body, "POST /v1/usage||127.0.0.1|{\"calls\":3}");
+}
+
+TEST(HttpServerTest, KeepAliveServesTwoRequestsOnOneConnection) {
+  auto server = StartServer();
+  Client client(server->port());
+  ASSERT_TRUE(client.Send(Get("/one")));
+  auto first = client.ReadResponse();
+  ASSERT_TRUE(first);
+  EXPECT_NE(Lower(first->Header("connection")), "close");
+  ASSERT_TRUE(client.Send(Post("/two", "body")));
+  auto second = client.ReadResponse();
+  ASSERT_TRUE(second);
+  EXPECT_EQ(second->body, "POST /two||127.0.0.1|body");
+  HttpServerStats stats = server->stats();
+  EXPECT_EQ(stats.connections_accepted, 1u);
+  EXPECT_EQ(stats.requests_total, 2u);
+}
+
+TEST(HttpServerTest, PipelinedRequestsAreAnsweredInOrder) {
+  auto server = StartServer();
+  Client client(server->port());
+  ASSERT_TRUE(client.Send(Get("/a") + Get("/b")));
+  auto a = client.ReadResponse();
+  auto b = client.ReadResponse();
+  ASSERT_TRUE(a && b);
+  EXPECT_EQ(a->body, "GET /a||127.0.0.1|");
+  EXPECT_EQ(b->body, "GET /b||127.0.0.1|");
+}
+
+TEST(HttpServerTest, OversizeBodyGets413AndClose) {
+  HttpServerOptions options;
+  options.body_bytes_max = 1024;
+  auto server = StartServer(options);
+  Client client(server->port());
+  ASSERT_TRUE(client.Send(Post("/big", std::string(4096, 'x'))));
+  auto r = client.ReadResponse();
+  ASSERT_TRUE(r);
+  ExpectJsonError(*r, 413, "payload_too_large");
+  EXPECT_EQ(Lower(r->Header("connection")), "close");
+  EXPECT_TRUE(client.ReadEof());
+  EXPECT_EQ(server->stats().requests_total, 0u);
+  EXPECT_EQ(server->stats().requests_rejected, 1u);
+}
+
+TEST(HttpServerTest, OversizeChunkedBodyGets413) {
+  HttpServerOptions options;
+  options.body_bytes_max = 1024;
+  auto server = StartServer(options);
+  Client client(server->port());
+  std::string chunk(2000, 'y');
+  ASSERT_TRUE(client.Send("POST /big HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n" +
+                          std::string("7d0\r\n") + chunk + "\r\n0\r\n\r\n"));
+  auto r = client.ReadResponse();
+  ASSERT_TRUE(r);
+  ExpectJsonError(*r, 413, "payload_too_large");
+}
+
+TEST(HttpServerTest, BodyAtLimitIsAccepted) {
+  HttpServerOptions options;
+  options.body_bytes_max = 1024;
+  auto server = StartServer(options);
+  Client client(server->port());
+  ASSERT_TRUE(client.Send(Post("/ok", std::string(1024, 'x'))));
+  auto r = client.ReadResponse();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
+}
+
+TEST(HttpServerTest, GarbageGets400AndClose) {
+  auto server = StartServer();
+  Client client(server->port());
+  ASSERT_TRUE(client.Send(std::string("\x01\x02 garbage \x7f\r\n\r\n")));
+  auto r = client.ReadResponse();
+  ASSERT_TRUE(r);
+  ExpectJsonError(*r, 400, "invalid_argument");
+  EXPECT_TRUE(client.ReadEof());
+}
+
+TEST(HttpServerTest, OversizeHeaderGets431) {
+  HttpServerOptions options;
+  options.header_bytes_max = 1024;
+  auto server = StartServer(options);
+  Client client(server->port());
+  ASSERT_TRUE(client.Send(Get("/", "X-Big: " + std::string(4096, 'h') + "\r\n")));
+  auto r = client.ReadResponse();
+  ASSERT_TRUE(r);
+  ExpectJsonError(*r, 431, "headers_too_large");
+  EXPECT_TRUE(client.ReadEof());
+}
+
+TEST(HttpServerTest, ExpectContinueGets100ThenResponse) {
+  auto server = StartServer();
+  Client client(server->port());
+  ASSERT_TRUE(client.Send(
+      "POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"));
+  auto interim = client.ReadResponse();
+  ASSERT_TRUE(interim);
+  EXPECT_EQ(interim->status, 100);
+  ASSERT_TRUE(client.Send("hello"));
+  auto r = client.ReadResponse();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->body, "POST /up||127.0.0.1|hello");
+}
+
+TEST(HttpServerTest, ReadTimeoutClosesSlowClient) {
+  HttpServerOptions options;
+  options.read_timeout_ms = 200;
+  auto server = StartServer(options);
+  Client client(server->port());
+  auto start = std::chrono::steady_clock::now();
+  ASSERT_TRUE(client.Send("GET / HTTP/1.1\r\nHost: t\r\n"));  // never finished
+  EXPECT_TRUE(client.ReadEof());
+  auto elapsed = std::chrono::steady_clock::now() - start;
+  EXPECT_GE(elapsed, 150ms);
+  EXPECT_LT(elapsed, 3s);
+  EXPECT_EQ(Eventually(1, [&] { return server->stats().connections_timed_out; }), 1u);
+  EXPECT_EQ(server->stats().requests_total, 0u);
+}
+
+TEST(HttpServerTest, ReadTimeoutCoversSlowBody) {
+  HttpServerOptions options;
+  options.read_timeout_ms = 200;
+  auto server = StartServer(options);
+  Client client(server->port());
+  ASSERT_TRUE(client.Send("POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\nabc"));
+  EXPECT_TRUE(client.ReadEof());
+  EXPECT_EQ(server->stats().requests_total, 0u);
+}
+
+TEST(HttpServerTest, IdleTimeoutClosesKeepAliveConnection) {
+  HttpServerOptions options;
+  options.idle_timeout_ms = 200;
+  auto server = StartServer(options);
+  Client client(server->port());
+  ASSERT_TRUE(client.Send(Get("/")));
+  ASSERT_TRUE(client.ReadResponse());
+  auto start = std::chrono::steady_clock::now();
+  EXPECT_TRUE(client.ReadEof());
+  EXPECT_GE(std::chrono::steady_clock::now() - start, 150ms);
+  EXPECT_EQ(server->stats().connections_timed_out, 0u);  // idle expiry is not a timeout
+}
+
+TEST(HttpServerTest, RequestsPerConnectionMaxClosesConnection) {
+  HttpServerOptions options;
+  options.requests_per_connection_max = 2;
+  auto server = StartServer(options);
+  Client client(server->port());
+  ASSERT_TRUE(client.Send(Get("/1")));
+  auto first = client.ReadResponse();
+  ASSERT_TRUE(first);
+  EXPECT_NE(Lower(first->Header("connection")), "close");
+  ASSERT_TRUE(client.Send(Get("/2")));
+  auto second = client.ReadResponse();
+  ASSERT_TRUE(second);
+  EXPECT_EQ(Lower(second->Header("connection")), "close");
+  EXPECT_TRUE(client.ReadEof());
+}
+
+TEST(HttpServerTest, ConnectionsOverMaxAreClosed) {
+  HttpServerOptions options;
+  options.connections_max = 1;
+  auto server = StartServer(options);
+  Client first(server->port());
+  ASSERT_TRUE(first.Send(Get("/")));
+  ASSERT_TRUE(first.ReadResponse());  // the first session is registered now
+  Client second(server->port());
+  ASSERT_TRUE(second.connected());  // accepted by the kernel, then closed
+  EXPECT_TRUE(second.ReadEof());
+  EXPECT_EQ(server->stats().connections_rejected, 1u);
+  EXPECT_EQ(server->stats().connections_open, 1u);
+}
+
+TEST(HttpServerTest, HandlerExceptionGets500AndServerKeepsServing) {
+  auto server = StartServer();
+  Client client(server->port());
+  ASSERT_TRUE(client.Send(Get("/throw")));
+  auto r = client.ReadResponse();
+  ASSERT_TRUE(r);
+  ExpectJsonError(*r, 500, "internal");
+  EXPECT_EQ(r->body.find("boom"), std::string::npos);  // no leak of the exception text
+  ASSERT_TRUE(client.Send(Get("/after")));
+  auto after = client.ReadResponse();
+  ASSERT_TRUE(after);
+  EXPECT_EQ(after->status, 200);
+  EXPECT_EQ(server->stats().handler_errors, 1u);
+}
+
+TEST(HttpServerTest, InvalidHandlerResponseGets500) {
+  auto server = StartServer();
+  Client client(server->port());
+  ASSERT_TRUE(client.Send(Get("/bad")));
+  auto r = client.ReadResponse();
+  ASSERT_TRUE(r);
+  ExpectJsonError(*r, 500, "internal");
+}
+
+TEST(HttpServerTest, GracefulStopLetsInFlightRequestFinish) {
+  auto server = StartServer();
+  Client idle(server->port());
+  ASSERT_TRUE(idle.Send(Get("/warmup")));
+  ASSERT_TRUE(idle.ReadResponse());  // now an idle keep-alive connection
+
+  std::optional<RawResponse> slow_response;
+  std::thread slow([&] {
+    Client client(server->port());
+    client.Send(Get("/slow"));
+    slow_response = client.ReadResponse();
+  });
+  while (server->stats().requests_in_flight == 0) std::this_thread::sleep_for(1ms);
+  auto start = std::chrono::steady_clock::now();
+  server->Stop();
+  EXPECT_GE(std::chrono::steady_clock::now() - start, 100ms);  // waited for the handler
+  slow.join();
+  ASSERT_TRUE(slow_response);
+  EXPECT_EQ(slow_response->status, 200);
+  EXPECT_EQ(slow_response->body, "GET /slow||127.0.0.1|");
+  EXPECT_EQ(Lower(slow_response->Header("connection")), "close");
+  EXPECT_TRUE(idle.ReadEof());
+  EXPECT_EQ(server->stats().connections_open, 0u);
+
+  Client late(server->port());
+  EXPECT_FALSE(late.connected() && late.Send(Get("/")) && late.ReadResponse());
+  server->Stop();  // idempotent
+}
+
+TEST(HttpServerTest, StopWithIdleConnectionsIsFast) {
+  HttpServerOptions options;
+  options.drain_timeout_ms = 5000;
+  auto server = StartServer(options);
+  Client fresh(server->port());  // connected, nothing sent yet
+  ASSERT_TRUE(fresh.connected());
+  Client idle(server->port());
+  ASSERT_TRUE(idle.Send(Get("/")));
+  ASSERT_TRUE(idle.ReadResponse());
+  while (server->stats().connections_open < 2) std::this_thread::sleep_for(1ms);
+  auto start = std::chrono::steady_clock::now();
+  server->Stop();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 1s);
+  EXPECT_TRUE(fresh.ReadEof());
+  EXPECT_TRUE(idle.ReadEof());
+}
+
+TEST(HttpServerTest, DrainTimeoutBoundsStop) {
+  HttpServerOptions options;
+  options.drain_timeout_ms = 100;
+  auto server = StartServer(options);
+  Client stuck(server->port());
+  ASSERT_TRUE(stuck.Send("GET / HTTP/1.1\r\nHost: t\r\n"));  // half a request
+  while (server->stats().connections_open < 1) std::this_thread::sleep_for(1ms);
+  std::this_thread::sleep_for(50ms);  // let the server read the partial request
+  auto start = std::chrono::steady_clock::now();
+  server->Stop();
+  auto elapsed = std::chrono::steady_clock::now() - start;
+  EXPECT_GE(elapsed, 80ms);
+  EXPECT_LT(elapsed, 2s);
+  EXPECT_TRUE(stuck.ReadEof());
+}
+
+TEST(HttpServerTest, ConcurrentClientsGetTheirOwnAnswers) {
+  auto server = StartServer();
+  constexpr int kClients = 8;
+  constexpr int kRequestsPerClient = 50;
+  std::atomic<int> correct{0};
+  std::vector<std::thread> clients;
+  for (int c = 0; c < kClients; c++) {
+    clients.emplace_back([&, c] {
+      Client client(server->port());
+      for (int i = 0; i < kRequestsPerClient; i++) {
+        std::string body = "client" + std::to_string(c) + "-req" + std::to_string(i);
+        if (!client.Send(Post("/c", body))) return;
+        auto r = client.ReadResponse();
+        if (r && r->status == 200 && r->body == "POST /c||127.0.0.1|" + body) correct++;
+      }
+    });
+  }
+  for (auto& t : clients) t.join();
+  EXPECT_EQ(correct.load(), kClients * kRequestsPerClient);
+  EXPECT_EQ(server->stats().requests_total, uint64_t{kClients * kRequestsPerClient});
+  EXPECT_EQ(server->stats().connections_accepted, uint64_t{kClients});
+}
+
+TEST(HttpServerTest, BindFailureNamesTheAddress) {
+  auto first = StartServer();
+  HttpServerOptions options;
+  options.port = first->port();
+  auto second = HttpServer::Start(options, EchoHandler);
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(second.status().code(), Code::kIOError);
+  EXPECT_NE(second.status().message().find("127.0.0.1:" + std::to_string(first->port())),
+            std::string::npos)
+      << second.status().ToString();
+}
+
+TEST(HttpServerTest, InvalidOptionsAreRejected) {
+  HttpServerOptions options;
+  options.port = 0;
+  options.threads = 0;
+  auto r = HttpServer::Start(options, EchoHandler);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), Code::kInvalidArgument);
+  EXPECT_EQ(r.status().field(), "threads");
+
+  options.threads = 1;
+  options.host = "localhost";
+  r = HttpServer::Start(options, EchoHandler);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().field(), "host");
+
+  options.host = "127.0.0.1";
+  r = HttpServer::Start(options, HttpHandler());
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().field(), "handler");
+}
+
+TEST(HttpServerTest, WaitForSignalReturnsWhenStoppedElsewhere) {
+  auto server = StartServer();
+  std::thread waiter([&] { server->WaitForSignal(); });
+  std::this_thread::sleep_for(50ms);
+  server->Stop();
+  waiter.join();
+  Client late(server->port());
+  EXPECT_FALSE(late.connected() && late.Send(Get("/")) && late.ReadResponse());
+}
+
+TEST(HttpServerTest, WaitForSignalReturnsOnSigterm) {
+  auto server = StartServer();
+  std::thread waiter([&] { server->WaitForSignal(); });
+  // Wait until Asio has installed its SIGTERM handler, so the signal cannot
+  // kill the test process.
+  for (;;) {
+    struct sigaction current {};
+    ::sigaction(SIGTERM, nullptr, &current);
+    if (current.sa_handler != SIG_DFL) break;
+    std::this_thread::sleep_for(1ms);
+  }
+  ::kill(::getpid(), SIGTERM);
+  waiter.join();
+  Client late(server->port());
+  EXPECT_FALSE(late.connected() && late.Send(Get("/")) && late.ReadResponse());
+}
+
+TEST(JsonErrorTest, EscapesQuotesAndControlCharacters) {
+  HttpResponse r = JsonError(400, "invalid_argument", "bad \"name\"\n\x01 \\ end", "na\"me");
+  EXPECT_EQ(r.status, 400);
+  ASSERT_EQ(r.headers.size(), 1u);
+  EXPECT_EQ(r.headers[0].first, "content-type");
+  EXPECT_EQ(r.headers[0].second, "application/json");
+  EXPECT_EQ(r.body,
+            R"({"error":{"code":"invalid_argument","message":"bad \"name\"\n\u0001 \\ end",)"
+            R"("field":"na\"me"}})");
+  auto json = nlohmann::json::parse(r.body);
+  EXPECT_EQ(json["error"]["message"], "bad \"name\"\n\x01 \\ end");
+}
+
+TEST(JsonErrorTest, OmitsEmptyField) {
+  HttpResponse r = JsonError(413, "payload_too_large", "too big");
+  EXPECT_EQ(r.body, R"({"error":{"code":"payload_too_large","message":"too big"}})");
+}
+
+TEST(JsonErrorTest, ReplacesInvalidUtf8) {
+  HttpResponse r = JsonError(400, "invalid_argument", std::string("bad \xff byte"));
+  auto json = nlohmann::json::parse(r.body);
+  EXPECT_EQ(json["error"]["message"], "bad \xEF\xBF\xBD byte");
+}
+
+TEST(HttpRequestTest, HeaderFindsFirstOrEmpty) {
+  HttpRequest request;
+  request.headers = {{"a", "1"}, {"b", "2"}, {"a", "3"}};
+  EXPECT_EQ(request.Header("a"), "1");
+  EXPECT_EQ(request.Header("b"), "2");
+  EXPECT_EQ(request.Header("c"), "");
+}
+
+}  // namespace
+}  // namespace keyledger

@@ -72,7 +72,8 @@ int RunServe(const ServeOptions& options) {
               (*server)->port(), options.data_dir.c_str(),
               static_cast<unsigned long long>((*ledger)->head().sequence));
   std::fflush(stdout);
-  (*server)->WaitForSignal();
+  (*server)->WaitForSignal();  // stops accepting, drains in-flight requests
+  service.Stop();              // flushes pending denial records
   (*ledger)->Close();
   std::printf("keyledger stopped\n");
   return 0;

@@ -359,7 +359,11 @@ Result<RecordResult> DataPlane::RecordCalls(std::vector<CallReport> calls) {
   }
   AppendOptions ao;
   ao.durability = Durability::kSync;  // acknowledged only when durable
+  const auto start = std::chrono::steady_clock::now();
   KL_ASSIGN_OR_RETURN(AppendResult appended, ledger_->Append(events, ao));
+  append_latency_.Observe(static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - start)
+          .count()));
   RecordResult result;
   result.duplicates = appended.duplicates + in_batch_duplicates;
   result.recorded = events.size() - appended.duplicates;

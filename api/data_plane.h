@@ -17,6 +17,7 @@
 #include <tuple>
 #include <vector>
 
+#include "api/prometheus.h"
 #include "ledger/clock.h"
 #include "ledger/ledger.h"
 #include "ledger/random.h"
@@ -117,6 +118,9 @@ class DataPlane {
   // at shutdown; tests call it directly.
   Status FlushDenials();
 
+  // Latency of the durable append in RecordCalls.
+  const LatencyHistogramUs& append_latency() const { return append_latency_; }
+
   // Number of denials appended so far (events, not requests).
   uint64_t denial_events_appended() const { return denial_events_appended_.load(); }
 
@@ -147,6 +151,7 @@ class DataPlane {
   bool stopping_ = false;
   std::thread flusher_;
   std::atomic<uint64_t> denial_events_appended_{0};
+  LatencyHistogramUs append_latency_;
 };
 
 // Removes secrets from logged headers: Authorization, Cookie and

@@ -2,8 +2,10 @@
 
 #include <cassert>
 #include <charconv>
+#include <chrono>
 
 #include "api/json_input.h"
+#include "api/prometheus.h"
 #include "billing/calendar.h"
 #include "ledger/hash.h"
 
@@ -105,6 +107,13 @@ Json KeyJson(const KeyView& k) {
 
 Hash HashSecret(std::string_view secret) { return HashBytes(secret); }
 
+// Durations are measured on the monotonic clock, never the injected one.
+uint64_t ElapsedUs(std::chrono::steady_clock::time_point start) {
+  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(
+                                   std::chrono::steady_clock::now() - start)
+                                   .count());
+}
+
 }  // namespace
 
 HttpResponse ErrorResponse(const Status& s) {
@@ -139,6 +148,11 @@ struct Service::Impl {
   ServiceOptions o;
   std::unique_ptr<DataPlane> data_plane;
   std::mutex command_mu;  // one command at a time: validate, append, fold
+  RequestCounters requests;
+  LatencyHistogramUs authorize_latency;
+  LatencyHistogramUs command_append_latency;
+
+  HttpResponse Metrics() const;
 
   const KeyState& state() const { return d.key_state->state(); }
 
@@ -164,7 +178,9 @@ struct Service::Impl {
   Status Commit(const std::vector<NewEvent>& events) {
     AppendOptions options;
     options.durability = Durability::kSync;  // a command is acknowledged only when durable
+    const auto start = std::chrono::steady_clock::now();
     KL_ASSIGN_OR_RETURN(AppendResult appended, d.ledger->Append(events, options));
+    command_append_latency.Observe(ElapsedUs(start));
     return d.key_state->ApplyAppended(appended.sequences);
   }
 
@@ -621,10 +637,68 @@ Result<std::string> Service::BootstrapOperatorToken(const std::optional<std::str
   return generated;
 }
 
+namespace {
+
+RequestCounters::Route RouteOf(std::string_view target) {
+  if (target.starts_with("/v1/authorize")) return RequestCounters::kAuthorize;
+  if (target.starts_with("/v1/calls")) return RequestCounters::kCalls;
+  if (target.starts_with("/v1/")) return RequestCounters::kManagement;
+  if (target.starts_with("/healthz")) return RequestCounters::kHealthz;
+  if (target.starts_with("/metrics")) return RequestCounters::kMetrics;
+  return RequestCounters::kOther;
+}
+
+}  // namespace
+
+HttpResponse Service::Impl::Metrics() const {
+  std::string out;
+  requests.Render(&out);
+  out += "# HELP keyledger_authorize_latency_seconds Time to decide one authorization.\n";
+  out += "# TYPE keyledger_authorize_latency_seconds histogram\n";
+  authorize_latency.Render(&out, "keyledger_authorize_latency_seconds", "");
+  out += "# HELP keyledger_append_latency_seconds Durable append latency as callers see it.\n";
+  out += "# TYPE keyledger_append_latency_seconds histogram\n";
+  command_append_latency.Render(&out, "keyledger_append_latency_seconds", "kind=\"command\"");
+  data_plane->append_latency().Render(&out, "keyledger_append_latency_seconds", "kind=\"calls\"");
+  LedgerStats stats = d.ledger->stats();
+  RenderGauge(&out, "keyledger_ledger_head_sequence", "Sequence of the newest event.",
+              d.ledger->head().sequence);
+  RenderGauge(&out, "keyledger_ledger_events_appended_total", "Events stored since start.",
+              stats.events_appended, "counter");
+  RenderGauge(&out, "keyledger_ledger_group_commits_total",
+              "WriteBatches written; events_appended / group_commits is the mean group size.",
+              stats.group_commits, "counter");
+  RenderGauge(&out, "keyledger_ledger_group_commit_events_max", "Largest group commit so far.",
+              stats.group_events_max);
+  RenderGauge(&out, "keyledger_ledger_write_microseconds_total",
+              "Time in RocksDB writes including fsync.", stats.write_us_total, "counter");
+  RenderGauge(&out, "keyledger_projection_position{projection=\"key_state\"}",
+              "Last sequence folded by the projection.", state().position());
+  RenderGauge(&out, "keyledger_denial_events_appended_total",
+              "Aggregated authorization-denial events appended.",
+              data_plane->denial_events_appended(), "counter");
+  HttpResponse r;
+  r.status = 200;
+  r.headers.emplace_back("content-type", "text/plain; version=0.0.4");
+  r.body = std::move(out);
+  return r;
+}
+
 HttpResponse Service::Handle(const HttpRequest& request) {
-  auto response = impl_->Route(request);
-  if (!response.ok()) return ErrorResponse(response.status());
-  return std::move(response).value();
+  const auto start = std::chrono::steady_clock::now();
+  const RequestCounters::Route route = RouteOf(request.target);
+  HttpResponse response;
+  if (route == RequestCounters::kMetrics && request.method == "GET") {
+    response = impl_->Metrics();
+  } else {
+    auto routed = impl_->Route(request);
+    response = routed.ok() ? std::move(routed).value() : ErrorResponse(routed.status());
+  }
+  if (route == RequestCounters::kAuthorize) {
+    impl_->authorize_latency.Observe(ElapsedUs(start));
+  }
+  impl_->requests.Count(route, response.status);
+  return response;
 }
 
 }  // namespace keyledger

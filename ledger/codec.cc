@@ -367,7 +367,7 @@ class BodyEncoder {
   schema::Envelope::Body::Builder body_;
 };
 
-void FillEnvelope(schema::Envelope::Builder b, const Event& event) {
+void FillEnvelope(schema::Envelope::Builder b, const Event& event, const EventBody& body) {
   b.setSequence(event.sequence);
   b.setRecordedAtUs(event.recorded_at_us);
   b.setStreamId(AsText(event.stream_id));
@@ -376,7 +376,7 @@ void FillEnvelope(schema::Envelope::Builder b, const Event& event) {
   b.setActor(AsText(event.actor));
   b.setPrevHash(AsData(event.prev_hash));
   BodyEncoder encoder(b.getBody());
-  std::visit(encoder, event.body);
+  std::visit(encoder, body);
 }
 
 // ---- Decoding -----------------------------------------------------------------
@@ -824,11 +824,17 @@ struct TypeNamer {
 
 }  // namespace
 
-std::string EncodeEventBody(const Event& event) {
-  assert(event.stream_id.size() <= kStreamIdBytesMax);
-  assert(event.actor.size() <= kActorBytesMax);
-  capnp::MallocMessageBuilder message;
-  FillEnvelope(message.initRoot<schema::Envelope>(), event);
+std::string EncodeEventBody(const Event& event) { return EncodeEventBody(event, event.body); }
+
+std::string EncodeEventBody(const Event& envelope, const EventBody& body) {
+  assert(envelope.stream_id.size() <= kStreamIdBytesMax);
+  assert(envelope.actor.size() <= kActorBytesMax);
+  // Most events fit in 1 KiB; the default first segment (8 KiB, zeroed) would
+  // cost more to clear than to encode. Larger events grow the message.
+  constexpr unsigned kFirstSegmentWords = 128;
+  capnp::MallocMessageBuilder message(kFirstSegmentWords,
+                                      capnp::AllocationStrategy::GROW_HEURISTICALLY);
+  FillEnvelope(message.initRoot<schema::Envelope>(), envelope, body);
   const kj::Array<capnp::word> words = capnp::messageToFlatArray(message);
   const kj::ArrayPtr<const kj::byte> bytes = words.asBytes();
   return std::string(reinterpret_cast<const char*>(bytes.begin()), bytes.size());

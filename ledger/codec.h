@@ -29,6 +29,9 @@ struct DecodeLimits {
 // Returns the body bytes for `event`: every envelope field except `hash`, plus the body.
 // REQUIRES: event.stream_id and event.actor are within their byte limits.
 std::string EncodeEventBody(const Event& event);
+// The same, with the body given apart: `envelope.body` is ignored. Saves a
+// copy of the body on the append path.
+std::string EncodeEventBody(const Event& envelope, const EventBody& body);
 
 // Decodes a body produced by EncodeEventBody. `hash` of the result is left zero.
 // Returns Corruption if the bytes are not a valid message or the union member is

@@ -111,6 +111,7 @@ struct Ledger::Rep {
   uint64_t synced_sequence = 0;  // every event <= this is on disk (fsync'ed)
   int64_t last_recorded_at_us = 0;
   bool closed = false;
+  LedgerStats stats;
 
   // Touched only by the group-commit leader (one at a time, outside mu).
   std::unordered_map<std::string, uint64_t> stream_versions;
@@ -289,8 +290,7 @@ Status Ledger::Rep::CommitGroup(std::vector<Writer*>& group, const LedgerHead& s
       envelope.event_id = e.event_id;
       envelope.actor = e.actor;
       envelope.prev_hash = tentative.hash;
-      envelope.body = e.body;
-      std::string body = EncodeEventBody(envelope);
+      std::string body = EncodeEventBody(envelope, e.body);
       if (body.size() > kEventBytesMax) {
         status = Status::InvalidArgument("event " + std::to_string(i) + " encodes to " +
                                          std::to_string(body.size()) + " bytes, over the " +
@@ -369,9 +369,19 @@ Result<AppendResult> Ledger::Append(const std::vector<NewEvent>& events,
 
   LedgerHead new_head;
   std::vector<std::pair<std::string, uint64_t>> versions;
+  const auto write_start = std::chrono::steady_clock::now();
   Status io = rep_->CommitGroup(group, start, now_us, &new_head, &versions);
+  const auto write_us = std::chrono::duration_cast<std::chrono::microseconds>(
+                            std::chrono::steady_clock::now() - write_start).count();
 
   lock.lock();
+  if (io.ok() && new_head.sequence > start.sequence) {
+    const uint64_t stored = new_head.sequence - start.sequence;
+    rep_->stats.group_commits++;
+    rep_->stats.events_appended += stored;
+    rep_->stats.group_events_max = std::max(rep_->stats.group_events_max, stored);
+    rep_->stats.write_us_total += static_cast<uint64_t>(write_us);
+  }
   if (io.ok()) {
     assert(new_head.sequence >= start.sequence);
     for (auto& [stream, version] : versions) rep_->stream_versions[stream] = version;
@@ -403,6 +413,11 @@ Result<AppendResult> Ledger::Append(const std::vector<NewEvent>& events,
 LedgerHead Ledger::head() const {
   std::lock_guard<std::mutex> lock(rep_->mu);
   return rep_->head;
+}
+
+LedgerStats Ledger::stats() const {
+  std::lock_guard<std::mutex> lock(rep_->mu);
+  return rep_->stats;
 }
 
 Result<std::vector<Event>> Ledger::ReadRange(uint64_t from, size_t max_events) const {

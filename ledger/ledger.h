@@ -63,6 +63,14 @@ struct VerifyResult {
   LedgerHead head;
 };
 
+// Counters since Open, for monitoring.
+struct LedgerStats {
+  uint64_t group_commits = 0;    // WriteBatches written (one per group)
+  uint64_t events_appended = 0;  // new events stored (not duplicates)
+  uint64_t group_events_max = 0; // most new events in one group so far
+  uint64_t write_us_total = 0;   // time spent in the RocksDB write, fsync included
+};
+
 // Limits on one Append call.
 constexpr size_t kAppendEventsMax = 10'000;
 constexpr size_t kEventBytesMax = 1u << 20;  // one encoded event
@@ -92,6 +100,9 @@ class Ledger {
 
   // The newest sequence and hash. Never blocks on I/O.
   LedgerHead head() const;
+
+  // Counters since Open. Never blocks on I/O.
+  LedgerStats stats() const;
 
   // Returns up to `max_events` events with sequence >= from, in order, each
   // checked against its stored hash and its predecessor's.

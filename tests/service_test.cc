@@ -336,6 +336,23 @@ TEST_F(ServiceTest, StateSurvivesRestart) {
   EXPECT_EQ(h.Call("GET", "/v1/workspaces/" + ws + "/keys/" + id).status, 200);
 }
 
+TEST_F(ServiceTest, MetricsInPrometheusFormat) {
+  std::string ws = h.CreateWorkspace();
+  h.Call("GET", "/v1/workspaces/" + ws);
+  h.Call("GET", "/v1/workspaces/nope");
+  auto r = h.Call("GET", "/metrics", "", "");
+  ASSERT_EQ(r.status, 200);
+  EXPECT_NE(r.raw.find("keyledger_http_requests_total{route=\"management\",status=\"201\"} 1"),
+            std::string::npos) << r.raw;
+  EXPECT_NE(r.raw.find("keyledger_http_requests_total{route=\"management\",status=\"404\"} 1"),
+            std::string::npos);
+  EXPECT_NE(r.raw.find("keyledger_append_latency_seconds_count{kind=\"command\"} 2"),
+            std::string::npos) << r.raw;  // the operator token, then the workspace
+  EXPECT_NE(r.raw.find("keyledger_ledger_head_sequence 2"), std::string::npos);
+  EXPECT_NE(r.raw.find("keyledger_authorize_latency_seconds_bucket{le=\"+Inf\"} 0"),
+            std::string::npos);
+}
+
 TEST_F(ServiceTest, UnknownRoutesAndMethods) {
   ExpectError(h.Call("GET", "/v2/anything"), 404, "not_found");
   std::string ws = h.CreateWorkspace();

@@ -61,7 +61,7 @@ Result<int64_t> ParseRfc3339(std::string_view text, std::string_view field) {
         "expected an RFC 3339 time such as \"2026-11-01T00:00:00Z\"", std::string(field));
   };
   size_t pos = 0;
-  int y, mo, d, h, mi, s;
+  int y = 0, mo = 0, d = 0, h = 0, mi = 0, s = 0;
   if (!ReadDigits(text, &pos, 4, &y) || !Expect(text, &pos, '-') ||
       !ReadDigits(text, &pos, 2, &mo) || !Expect(text, &pos, '-') ||
       !ReadDigits(text, &pos, 2, &d) || !Expect(text, &pos, 'T') ||
@@ -191,7 +191,7 @@ std::string BillingMonth::ToString() const {
 
 Result<BillingMonth> ParseBillingMonth(std::string_view text, std::string_view field) {
   size_t pos = 0;
-  int year, month;
+  int year = 0, month = 0;
   if (!ReadDigits(text, &pos, 4, &year) || pos >= text.size() || text[pos++] != '-' ||
       !ReadDigits(text, &pos, 2, &month) || pos != text.size()) {
     return Status::InvalidArgument("expected a month such as \"2026-04\"", std::string(field));

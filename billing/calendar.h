@@ -35,6 +35,12 @@ Result<int64_t> ParseRfc3339(std::string_view text, std::string_view field);
 // (or, where a clock change skips local midnight, the instant of that change)
 // and ends where month m+1 starts. So the months of one zone are contiguous and
 // disjoint, and MonthOf(t) == m exactly when t lies in m's bounds.
+//
+// NOTE: date reads the system's compiled zoneinfo (USE_OS_TZDB) and ignores the
+// POSIX rule at the end of each file, so instants after a zone's last listed
+// transition (2037 in Debian's files) keep that transition's offset: no DST
+// from 2038 on. Both functions agree with each other there; they are only off
+// by the DST hour against the real civil calendar.
 
 // The years a billing month may have: the four-digit years of "YYYY-MM".
 constexpr int kBillingYearMin = 1;
@@ -58,14 +64,16 @@ Result<BillingMonth> ParseBillingMonth(std::string_view text, std::string_view f
 // Returns the billing month that the UTC instant `utc_us` falls in, in
 // `timezone`. Errors: InvalidArgument field "billing_timezone" if `timezone`
 // is not a known IANA zone; InvalidArgument field "occurred_at" if that month's
-// year is outside kBillingYearMin..kBillingYearMax.
+// year is outside kBillingYearMin..kBillingYearMax; Internal if the tz
+// database fails while loading the zone's rules.
 Result<BillingMonth> MonthOf(int64_t utc_us, std::string_view timezone);
 
 // Returns [start, end) in UTC microseconds of `month` in `timezone` (see the
 // rules above; DST makes a month's length differ from its days x 24 h).
 // Errors: InvalidArgument field "billing_timezone" if `timezone` is unknown;
 // InvalidArgument field "month" if `month` is not a valid billing month (month
-// outside 1..12 or year outside kBillingYearMin..kBillingYearMax).
+// outside 1..12 or year outside kBillingYearMin..kBillingYearMax); Internal if
+// the tz database fails while loading the zone's rules.
 Result<std::pair<int64_t, int64_t>> MonthBoundsUs(const BillingMonth& month,
                                                   std::string_view timezone);
 

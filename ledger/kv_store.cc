@@ -4,11 +4,14 @@
 #include <rocksdb/convenience.h>
 #include <rocksdb/db.h>
 #include <rocksdb/filter_policy.h>
+#include <rocksdb/memtablerep.h>
+#include <rocksdb/slice_transform.h>
 #include <rocksdb/table.h>
 #include <rocksdb/write_batch.h>
 
 #include <algorithm>
 #include <cassert>
+#include <cstring>
 
 namespace keyledger {
 namespace {
@@ -29,6 +32,27 @@ bool Supports(rocksdb::CompressionType type) {
   return std::find(supported.begin(), supported.end(), type) != supported.end();
 }
 
+// The prefix of a key up to and including `delimiter` (the whole key if absent).
+class DelimitedPrefix final : public rocksdb::SliceTransform {
+ public:
+  explicit DelimitedPrefix(char delimiter) : delimiter_(delimiter) {}
+  const char* Name() const override { return "keyledger.DelimitedPrefix"; }
+  rocksdb::Slice Transform(const rocksdb::Slice& key) const override {
+    const void* at = std::memchr(key.data(), delimiter_, key.size());
+    size_t n = at ? static_cast<size_t>(static_cast<const char*>(at) - key.data()) + 1 : key.size();
+    return rocksdb::Slice(key.data(), n);
+  }
+  bool InDomain(const rocksdb::Slice& key) const override {
+    return std::memchr(key.data(), delimiter_, key.size()) != nullptr;
+  }
+
+ private:
+  char delimiter_;
+};
+
+constexpr size_t kHashedMemtableBuckets = 1u << 20;
+constexpr size_t kHashedMemtablePrefixBytes = 8;
+
 rocksdb::ColumnFamilyOptions MakeCfOptions(const ColumnFamilySpec& spec,
                                           const KvStoreOptions& options,
                                           const std::shared_ptr<rocksdb::Cache>& cache) {
@@ -44,12 +68,22 @@ rocksdb::ColumnFamilyOptions MakeCfOptions(const ColumnFamilySpec& spec,
   if (spec.point_lookups) {
     table.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));
     table.whole_key_filtering = true;
-    // A bloom filter over the memtable too: most lookups (new event ids) are
-    // for absent keys, and without it each one walks the skiplist.
-    cf.memtable_whole_key_filtering = true;
-    cf.memtable_prefix_bloom_size_ratio = 0.05;
+    // A bloom filter over a skiplist memtable too: most lookups (new event
+    // ids) are for absent keys. A hashed memtable answers those in O(1) already.
+    if (!spec.random_point_keys) {
+      cf.memtable_whole_key_filtering = true;
+      cf.memtable_prefix_bloom_size_ratio = 0.05;
+    }
   }
   cf.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
+  if (spec.random_point_keys) {
+    cf.prefix_extractor.reset(rocksdb::NewFixedPrefixTransform(kHashedMemtablePrefixBytes));
+    cf.memtable_factory.reset(rocksdb::NewHashSkipListRepFactory(kHashedMemtableBuckets));
+  }
+  if (spec.ordered_group_delimiter) {
+    cf.memtable_insert_with_hint_prefix_extractor =
+        std::make_shared<DelimitedPrefix>(*spec.ordered_group_delimiter);
+  }
   return cf;
 }
 
@@ -65,6 +99,9 @@ rocksdb::DBOptions MakeDbOptions(const KvStoreOptions& options) {
   // Smooth out SST writes so background flushes do not stall the synced WAL.
   db.bytes_per_sync = 1u << 20;
   db.wal_recovery_mode = rocksdb::WALRecoveryMode::kPointInTimeRecovery;
+  // Writes come from one group-commit leader at a time anyway; hashed
+  // memtables and insert hints need this off.
+  db.allow_concurrent_memtable_write = false;
   if (options.mode == OpenMode::kSecondary) db.max_open_files = -1;
   return db;
 }

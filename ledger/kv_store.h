@@ -20,6 +20,16 @@ struct ColumnFamilySpec {
   std::string name;
   // Adds a bloom filter (10 bits/key) for point lookups of absent keys.
   bool point_lookups = false;
+  // Keys are only ever looked up, never scanned in order, and arrive in
+  // random order (hashes): keep the memtable in a hash table of small
+  // skiplists instead of one big skiplist, so inserts and lookups cost O(1).
+  // REQUIRES: keys of at least 8 bytes. Scans of such a family still work
+  // (total order) but are slower.
+  bool random_point_keys = false;
+  // Keys are "<group>\0<rest>" and each group's keys arrive in order (a
+  // stream's versions): remember the insert position per group, so
+  // interleaved groups do not each pay a full skiplist search.
+  std::optional<char> ordered_group_delimiter;
 };
 
 enum class OpenMode : uint8_t {

@@ -155,7 +155,10 @@ Result<std::unique_ptr<Ledger>> Ledger::Open(const std::string& path,
   kv.mode = options.mode;
   kv.secondary_path = options.secondary_path;
   // Order matches LedgerColumnFamily.
-  kv.column_families = {{"events", false}, {"streams", true}, {"event_ids", true}, {"meta", false}};
+  kv.column_families = {{"events", false, false, std::nullopt},
+                        {"streams", false, false, '\0'},  // scanned, not probed
+                        {"event_ids", true, true, std::nullopt},
+                        {"meta", false, false, std::nullopt}};
   KL_ASSIGN_OR_RETURN(rep->store, KvStore::Open(path, kv));
 
   KL_ASSIGN_OR_RETURN(auto format, rep->store->Get(kCfMeta, kFormatKey));

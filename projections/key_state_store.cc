@@ -113,4 +113,23 @@ Result<std::unique_ptr<KeyState>> RebuildKeyState(const Ledger& ledger, uint64_t
   return state;
 }
 
+Result<std::unique_ptr<KeyState>> LoadKeyStateSnapshot(const std::string& path,
+                                                       const std::string& secondary_path) {
+  KvStoreOptions options;
+  options.mode = OpenMode::kSecondary;
+  options.secondary_path = secondary_path;
+  options.column_families = {{"key_state", false}, {"projection_meta", false}};  // as in Open
+  options.block_cache_bytes = 16u << 20;
+  KL_ASSIGN_OR_RETURN(auto store, KvStore::Open(path, options));
+  KL_ASSIGN_OR_RETURN(auto format, store->Get(kCfProjectionMeta, kFormatKey));
+  if (!format || *format != kFormatVersion) {
+    return Status::FailedPrecondition(
+        "the key-state store at " + path + " has format '" + format.value_or("") +
+        "', not '" + kFormatVersion + "' (the server rebuilds it at its next start)");
+  }
+  auto state = std::make_unique<KeyState>();
+  KL_RETURN_IF_ERROR(state->Load(*store, kCfKeyStateRecords));
+  return state;
+}
+
 }  // namespace keyledger

@@ -53,4 +53,20 @@ class KeyStateStore {
 // fresh KeyState: the reference a live projection must equal.
 Result<std::unique_ptr<KeyState>> RebuildKeyState(const Ledger& ledger, uint64_t until);
 
+// Loads the key-state projection persisted under `path` (a store that
+// KeyStateStore::Open wrote) without writing to it: the store is opened as a
+// RocksDB secondary instance, so the directory of a running server can be
+// read without stopping it. The result is the state the server last wrote
+// (its position() says which sequence it covers); it is not caught up with
+// the ledger. For audits: compare its Digest() with RebuildKeyState(ledger,
+// result->position()).
+// REQUIRES: `secondary_path` is an existing scratch directory, not shared with
+// another open store; the caller removes it after the result is dropped.
+// Returns FailedPrecondition if the store was never initialized or holds
+// another format version (the server rebuilds it at its next start),
+// IOError if it cannot be opened (e.g. `path` does not exist), Corruption on
+// an unreadable record.
+Result<std::unique_ptr<KeyState>> LoadKeyStateSnapshot(const std::string& path,
+                                                       const std::string& secondary_path);
+
 }  // namespace keyledger

@@ -4,6 +4,7 @@
 #include <bit>
 #include <cassert>
 #include <limits>
+#include <utility>
 
 namespace keyledger {
 namespace {
@@ -185,8 +186,8 @@ Result<LatencyHistogram> LatencyHistogram::Deserialize(std::string_view bytes) {
 }
 
 bool LatencyHistogram::operator==(const LatencyHistogram& other) const {
-  return count_ == other.count_ && min() == other.min() && max_ == other.max_ &&
-         counts_ == other.counts_;
+  if (count_ != other.count_ || min() != other.min() || max_ != other.max_) return false;
+  return count_ == 0 || counts_ == other.counts_;  // empty: every count is 0
 }
 
 // ---- CompactLatencyHistogram ----------------------------------------------------
@@ -198,7 +199,7 @@ void CompactLatencyHistogram::Record(uint64_t value_us) {
                              [](const Entry& e, uint16_t i) { return e.index < i; });
   // Only the last entry of a run of one index may be below the entry maximum.
   while (it != entries_.end() && it->index == index &&
-         it->count == std::numeric_limits<uint32_t>::max()) {
+         it->count == kEntryCountMax) {
     ++it;
   }
   if (it != entries_.end() && it->index == index) {
@@ -211,14 +212,52 @@ void CompactLatencyHistogram::Record(uint64_t value_us) {
   ++count_;
 }
 
+void CompactLatencyHistogram::Append(uint16_t index, uint64_t count,
+                                     std::vector<Entry>* out) {
+  assert(out->empty() || out->back().index <= index);
+  while (count > 0) {
+    if (!out->empty() && out->back().index == index && out->back().count < kEntryCountMax) {
+      const uint64_t add = std::min<uint64_t>(count, kEntryCountMax - out->back().count);
+      out->back().count += static_cast<uint32_t>(add);
+      count -= add;
+    } else {
+      const uint64_t add = std::min<uint64_t>(count, kEntryCountMax);
+      out->push_back(Entry{index, static_cast<uint32_t>(add)});
+      count -= add;
+    }
+  }
+}
+
+void CompactLatencyHistogram::Merge(const CompactLatencyHistogram& other) {
+  if (other.count_ == 0) return;
+  assert(count_ <= std::numeric_limits<uint64_t>::max() - other.count_);
+  std::vector<Entry> merged;
+  merged.reserve(entries_.size() + other.entries_.size());
+  size_t i = 0;
+  size_t j = 0;
+  while (i < entries_.size() || j < other.entries_.size()) {
+    const bool take_mine = j == other.entries_.size() ||
+                           (i < entries_.size() && entries_[i].index <= other.entries_[j].index);
+    const Entry& e = take_mine ? entries_[i++] : other.entries_[j++];
+    Append(e.index, e.count, &merged);
+  }
+  entries_ = std::move(merged);
+  min_ = count_ == 0 ? other.min_ : std::min(min_, other.min_);
+  max_ = std::max(max_, other.max_);
+  count_ += other.count_;
+}
+
 void CompactLatencyHistogram::MergeInto(LatencyHistogram* dense) const {
   assert(dense != nullptr);
   if (count_ == 0) return;
   assert(dense->count_ <= std::numeric_limits<uint64_t>::max() - count_);
+  uint64_t sum = 0;
   for (const Entry& e : entries_) {
-    assert(e.count > 0);
+    assert(e.count > 0 && e.index < kLatencyBucketCount);
     dense->counts_[e.index] += e.count;
+    sum += e.count;
   }
+  assert(sum == count_);
   dense->min_ = dense->count_ == 0 ? min_ : std::min(dense->min_, min_);
   dense->max_ = std::max(dense->max_, max_);
   dense->count_ += count_;

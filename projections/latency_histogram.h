@@ -129,7 +129,8 @@ class LatencyHistogram {
 // CompactLatencyHistogram: the same buckets held sparsely (only non-empty
 // buckets, 8 bytes each) for the many small histograms of a metrics fold.
 // Record may allocate when a bucket is used for the first time; a bucket is
-// held as a run of entries of at most 2^32 - 1 each.
+// held as a run of entries of at most 2^32 - 1 each, of which only the last
+// may be below that maximum.
 //
 // Thread safety: as LatencyHistogram.
 class CompactLatencyHistogram {
@@ -137,6 +138,10 @@ class CompactLatencyHistogram {
   // Records one occurrence of `value_us`.
   // REQUIRES: count() < UINT64_MAX.
   void Record(uint64_t value_us);
+
+  // Adds every recorded value of `other`. Allocates the merged entries once.
+  // REQUIRES: count() + other.count() does not overflow uint64_t.
+  void Merge(const CompactLatencyHistogram& other);
 
   // Adds every recorded value to `*dense`.
   // REQUIRES: dense != nullptr; the total count does not overflow.
@@ -153,6 +158,11 @@ class CompactLatencyHistogram {
     uint32_t count;
   };
   static_assert(sizeof(Entry) == 8);
+  static constexpr uint32_t kEntryCountMax = UINT32_MAX;
+
+  // Appends `count` values of bucket `index` to sorted `*out`, filling its
+  // last entry first. REQUIRES: out is empty or out->back().index <= index.
+  static void Append(uint16_t index, uint64_t count, std::vector<Entry>* out);
 
   std::vector<Entry> entries_;  // sorted by index; runs of one index allowed
   uint64_t count_ = 0;

@@ -29,10 +29,13 @@
 // occurred_at_us (the data plane stamps the first refusal of the aggregate).
 //
 // Buckets. Minute cells are kept for every (series, UTC minute) with data;
-// hour and day cells are maintained incrementally by the same Apply, and are
-// by construction the sum of their minutes. Query merges the coarsest cells
-// that tile each step window. Memory per cell is about 150 bytes plus 8 bytes
-// per distinct latency bucket used in it; nothing is ever evicted.
+// hour and day cells are maintained incrementally by the same Apply and equal
+// the sum of their minutes (the latencies of each series' latest minute reach
+// its hour and day when a later minute opens; Query adds them until then).
+// Query merges the coarsest cells that tile each step window: a 30-day query
+// at 1-hour step reads 720 hour cells, not 43,200 minutes. Memory per cell is
+// about 150 bytes plus 8 bytes per distinct latency bucket used in it;
+// nothing is ever evicted (retention is the owner's business).
 //
 // Times outside [0, kMetricsTimeUsLimit) are clamped into that range (the
 // ledger never records such times; clamping keeps the fold total).
@@ -47,6 +50,7 @@
 #include <map>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "ledger/event.h"
@@ -117,9 +121,9 @@ class MetricsFold {
   // fold cannot tell an unknown id from an idle one.
   // step_us: a multiple of 60 s that divides 86,400 s (1 min .. 1 day); the
   // windows are aligned to UTC (the epoch).
-  // Returns InvalidArgument with field
+  // Returns InvalidArgument (the first failing check, in this order) with field
   //   "step"  if step_us is not such a step, or (to_us - from_us) / step_us
-  //           exceeds kQueryPointsMax;
+  //           exceeds kQueryPointsMax (checked last);
   //   "from"  if from_us < 0, from_us >= kMetricsTimeUsLimit, or from_us is not
   //           a multiple of step_us;
   //   "to"    if to_us <= from_us, to_us > kMetricsTimeUsLimit, to_us is not a
@@ -156,7 +160,9 @@ class MetricsFold {
     uint64_t rate_limited = 0;
     uint64_t auth_denied = 0;
     uint64_t units = 0;
-    CompactLatencyHistogram latency;  // latency.count() == calls
+    // Minute cells: latency.count() == calls. Hour and day cells lack the
+    // latencies of their series' open minute (see Series::open).
+    CompactLatencyHistogram latency;
   };
   using CellMap = std::map<int64_t, Cell>;  // by UTC start
   static constexpr size_t kLevels = 3;      // minute, hour, day
@@ -169,10 +175,24 @@ class MetricsFold {
 
     std::array<CellMap, kLevels> levels;
     std::array<CellMap::iterator, kLevels> hints;  // last cell touched per level
+    // The latest minute cell (levels[0].end() if none). Its latencies are
+    // recorded in it alone and merged into its hour and day cells when a later
+    // minute opens, so an in-order call costs one histogram Record, not three.
+    // A call for an earlier minute (late) is recorded in all three cells.
+    CellMap::iterator open;
   };
-  using SeriesMap = std::map<std::string, Series, std::less<>>;
+  // Heterogeneous lookup: find by std::string_view without a copy.
+  struct IdHash {
+    using is_transparent = void;
+    size_t operator()(std::string_view id) const { return std::hash<std::string_view>{}(id); }
+  };
+  // Series never move (nodes of an unordered_map are stable), so hints stay valid.
+  using SeriesMap = std::unordered_map<std::string, Series, IdHash, std::equal_to<>>;
 
-  static void AddToCell(const Delta& delta, Cell* cell);
+  static void AddCounters(const Delta& delta, Cell* cell);
+  static void CloseOpenMinute(Series* series);
+  // Returns the calls of `cell` (at `level`) whose latencies it lacks.
+  static uint64_t PendingCalls(const Series& series, size_t level, const CellMap::value_type& cell);
   static void MergeCells(const CellMap& cells, int64_t from_us, int64_t to_us,
                          MetricsBucket* out);
   static void MergeRange(const Series& series, int64_t from_us, int64_t to_us,

@@ -18,6 +18,16 @@ struct BenchAppendOptions {
 // prints one JSON line with events_per_sec. Returns the process exit code.
 int RunBenchAppend(const BenchAppendOptions& options);
 
+struct BenchAuthorizeOptions {
+  int keys = 1000;
+  uint64_t iterations = 2'000'000;  // per thread
+  int threads = 1;
+  std::string data_dir;
+};
+// Creates a workspace with `keys` keys and times in-process authorization
+// decisions; prints one JSON line with decisions_per_sec.
+int RunBenchAuthorize(const BenchAuthorizeOptions& options);
+
 struct ServeOptions {
   std::string data_dir = "./data";
   std::string listen = "127.0.0.1:8080";  // HOST:PORT; IPv6 as [::1]:8080
@@ -27,5 +37,38 @@ struct ServeOptions {
 // Opens the ledger and projections under data_dir and serves HTTP until
 // SIGINT/SIGTERM. Returns the process exit code.
 int RunServe(const ServeOptions& options);
+
+// ---- Audit: read-only commands on the data directory of a (running) server --------
+//
+// Each opens DIR/ledger as a RocksDB secondary instance (scratch files in a
+// fresh directory under /tmp, removed at exit), so it never writes to DIR and
+// needs no server downtime. Exit codes: 0 success, 1 a failed check or an
+// error (stderr says which), 2 bad arguments.
+
+struct EventsDumpOptions {
+  std::string data_dir;  // the --data directory of `keyledger serve`
+  uint64_t from = 1;     // first sequence
+  uint64_t to = 0;       // last sequence; 0: the head
+  std::string stream;    // only this stream; empty: all
+};
+// Prints the events in [from, to] as JSON lines (tools/event_json.h) on stdout.
+int RunEventsDump(const EventsDumpOptions& options);
+
+struct AuditVerifyOptions {
+  std::string data_dir;
+  std::string expect_head;  // "SEQ:HASH" pinned earlier; empty: no pin
+};
+// Verifies the whole hash chain (Ledger::Verify) and prints
+// {"events_verified":N,"head_sequence":S,"head_hash":"hex"}. With a pin,
+// also checks that event SEQ is stored with hash HASH.
+int RunAuditVerify(const AuditVerifyOptions& options);
+
+struct AuditReplayOptions {
+  std::string data_dir;
+  std::string until;  // SEQ or RFC 3339; empty: compare with the live projections
+};
+// Rebuilds each projection from the log and compares its digest with the
+// live one persisted under DIR/projections; prints a table.
+int RunAuditReplay(const AuditReplayOptions& options);
 
 }  // namespace keyledger::tools

@@ -45,6 +45,80 @@ int main(int argc, char** argv) {
   append_cmd->add_option("--data", append.data_dir, "Scratch data directory")->required();
   append_cmd->callback([&] { exit_code = RunBenchAppend(append); });
 
+  // ---- events / audit: read-only, safe on the data directory of a running server ----
+  const char* kReadOnlyNote =
+      "Reads DIR/ledger through a RocksDB secondary instance (scratch files in a "
+      "temporary directory under /tmp, removed at exit): never writes to DIR and "
+      "works while `keyledger serve` runs.";
+  auto* events_cmd = app.add_subcommand("events", "Read the event log");
+  events_cmd->require_subcommand(1);
+  EventsDumpOptions dump;
+  auto* dump_cmd =
+      events_cmd->add_subcommand("dump", "Print events as JSON lines, one per event, oldest first");
+  dump_cmd->footer(kReadOnlyNote);
+  dump_cmd->add_option("--data", dump.data_dir, "Data directory of the server (holds ledger/)")
+      ->required();
+  dump_cmd->add_option("--from", dump.from, "First sequence to print")
+      ->check(CLI::Range(uint64_t{1}, UINT64_MAX))
+      ->capture_default_str();
+  dump_cmd->add_option("--to", dump.to, "Last sequence to print (0: the head)")
+      ->capture_default_str();
+  dump_cmd->add_option("--stream", dump.stream,
+                       "Only events of this stream, e.g. key/<id>, ws/<id>, calls/<key id>");
+  dump_cmd->callback([&] { exit_code = RunEventsDump(dump); });
+
+  auto* audit_cmd = app.add_subcommand(
+      "audit", "Prove the log was not changed and that projections follow from it");
+  audit_cmd->require_subcommand(1);
+  AuditVerifyOptions verify;
+  auto* verify_cmd = audit_cmd->add_subcommand(
+      "verify", "Recompute every hash of the chain; print the verified head, or exit 1 naming "
+                "the first bad sequence");
+  verify_cmd->footer(std::string("Checks every stored hash against the bytes and the previous "
+                                 "hash, that sequences are dense and stream versions go up by "
+                                 "one. Prints {\"events_verified\":N,\"head_sequence\":S,"
+                                 "\"head_hash\":\"hex\"}. ") +
+                     kReadOnlyNote);
+  verify_cmd->add_option("--data", verify.data_dir, "Data directory of the server (holds ledger/)")
+      ->required();
+  verify_cmd->add_option("--expect-head", verify.expect_head,
+                         "SEQ:HASH pinned earlier (GET /v1/ledger/head): also check that event "
+                         "SEQ is stored with hash HASH; exits 1 if not");
+  verify_cmd->callback([&] { exit_code = RunAuditVerify(verify); });
+
+  AuditReplayOptions replay;
+  auto* replay_cmd = audit_cmd->add_subcommand(
+      "replay", "Rebuild each projection from the log and compare its digest with the live one");
+  replay_cmd->footer(std::string("The live projection is read from DIR/projections through a "
+                                 "secondary instance too, and the rebuild stops at its "
+                                 "position. Prints a table; exits 1 on any difference. Folds "
+                                 "the log without re-checking hashes: run `audit verify` "
+                                 "first. ") +
+                     kReadOnlyNote);
+  replay_cmd->add_option("--data", replay.data_dir, "Data directory of the server (holds ledger/ "
+                                                    "and projections/)")
+      ->required();
+  replay_cmd->add_option("--until", replay.until,
+                         "Rebuild only up to this sequence, or up to the last event recorded at "
+                         "or before this RFC 3339 time, and print the digests without comparing");
+  replay_cmd->callback([&] { exit_code = RunAuditReplay(replay); });
+
+  BenchAuthorizeOptions authorize;
+  auto* authorize_cmd = bench_cmd->add_subcommand(
+      "authorize", "Time in-process authorization decisions (no HTTP)");
+  authorize_cmd->add_option("--keys", authorize.keys, "API keys to spread requests over")
+      ->check(CLI::Range(1, 100000))
+      ->capture_default_str();
+  authorize_cmd->add_option("--iterations", authorize.iterations, "Decisions per thread")
+      ->check(CLI::Range(uint64_t{1}, uint64_t{1'000'000'000}))
+      ->capture_default_str();
+  authorize_cmd->add_option("--threads", authorize.threads, "Concurrent threads")
+      ->check(CLI::Range(1, 64))
+      ->capture_default_str();
+  authorize_cmd->add_option("--data", authorize.data_dir, "Scratch data directory (wiped)")
+      ->required();
+  authorize_cmd->callback([&] { exit_code = RunBenchAuthorize(authorize); });
+
   CLI11_PARSE(app, argc, argv);
   return exit_code;
 }

@@ -1,0 +1,615 @@
+// The audit tools: EventToJson, `keyledger events dump`, `keyledger audit
+// verify` (with tampering written straight into RocksDB), `keyledger audit
+// replay`, KeyHistory and KeyAsOf. The CLI runs as a subprocess on a data
+// directory whose ledger stays open in this process, as a running server's would.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <utility>
+
+#include "billing/calendar.h"
+#include "ledger/hash.h"
+#include "ledger/ledger.h"
+#include "projections/key_history.h"
+#include "projections/key_state_store.h"
+#include "tests/test_util.h"
+#include "tools/event_json.h"
+
+namespace keyledger {
+namespace {
+
+using json = nlohmann::json;
+using testing::MakeCallEvent;
+using testing::MakeEventId;
+using testing::ScratchDir;
+
+constexpr int64_t kStartUs = 1'700'000'000'000'000;  // 2023-11-14T22:13:20Z
+constexpr int64_t kStepUs = 1'000'000;               // the clock moves 1 s per append
+
+Hash FilledHash(uint8_t b) {
+  Hash h;
+  h.fill(b);
+  return h;
+}
+
+// ---- Running the CLI --------------------------------------------------------------
+
+struct CliResult {
+  int exit_code = -1;
+  std::string out;
+  std::string err;
+  std::vector<json> Lines() const {
+    std::vector<json> lines;
+    std::istringstream in(out);
+    for (std::string line; std::getline(in, line);) lines.push_back(json::parse(line));
+    return lines;
+  }
+};
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+// Runs `keyledger args...` with stdout and stderr captured in files.
+CliResult RunCli(const std::vector<std::string>& args) {
+  ScratchDir io;
+  const std::string out_path = io.sub("out");
+  const std::string err_path = io.sub("err");
+  std::vector<std::string> all = {KEYLEDGER_BINARY};
+  all.insert(all.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (auto& a : all) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    int out = ::open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    int err = ::open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    if (out < 0 || err < 0 || ::dup2(out, 1) < 0 || ::dup2(err, 2) < 0) ::_exit(126);
+    ::execv(KEYLEDGER_BINARY, argv.data());
+    ::_exit(127);
+  }
+  CliResult r;
+  int status = 0;
+  EXPECT_EQ(::waitpid(pid, &status, 0), pid);
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  r.out = ReadAll(out_path);
+  r.err = ReadAll(err_path);
+  return r;
+}
+
+// ---- Tampering, as an attacker with disk access would ----------------------------
+
+void EditStore(const std::string& path, const std::vector<ColumnFamilySpec>& families,
+               const std::function<void(KvStore&, KvBatch&)>& edit) {
+  KvStoreOptions options;
+  options.column_families = families;
+  auto store = KvStore::Open(path, options);
+  ASSERT_TRUE(store.ok()) << store.ToStatus().ToString();
+  KvBatch batch(**store);
+  edit(**store, batch);
+  ASSERT_TRUE((*store)->Write(batch, Durability::kSync).ok());
+}
+
+void TamperLedger(const std::string& path, const std::function<void(KvStore&, KvBatch&)>& edit) {
+  EditStore(path, {{"events"}, {"streams"}, {"event_ids"}, {"meta"}}, edit);
+}
+
+std::string StoredValue(KvStore& store, uint64_t seq) {
+  auto v = store.Get(kCfEvents, EventKey(seq));
+  EXPECT_TRUE(v.ok() && v->has_value());
+  return v.ok() && v->has_value() ? **v : std::string();
+}
+
+// ---- A data directory with a real key lifecycle ------------------------------------
+
+// One expected history entry of key_a.
+struct Expected {
+  std::string type;
+  std::string actor;
+  std::vector<std::string> changes;
+};
+
+class AuditTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::filesystem::create_directories(data_);
+    OpenLedger();
+    ASSERT_NE(ledger_, nullptr);
+    BuildLifecycle();
+  }
+
+  void OpenLedger() {
+    LedgerOptions options;
+    options.clock = &clock_;
+    auto ledger = Ledger::Open(ledger_path(), options);
+    ASSERT_TRUE(ledger.ok()) << ledger.ToStatus().ToString();
+    ledger_ = std::move(ledger).value();
+  }
+
+  // Closes everything this process holds on the data directory.
+  void CloseAll() {
+    key_state_.reset();
+    ledger_.reset();
+  }
+
+  std::string ledger_path() const { return data_ + "/ledger"; }
+  std::string projections_path() const { return data_ + "/projections"; }
+
+  // Appends one event, folds it into the reference KeyState and records
+  // key_a as a GET would have shown it right after.
+  uint64_t Append(NewEvent e) {
+    clock_.AdvanceUs(kStepUs);
+    auto r = ledger_->Append({e});
+    EXPECT_TRUE(r.ok()) << r.ToStatus().ToString();
+    if (!r.ok()) return 0;
+    uint64_t seq = r->sequences.front();
+    auto stored = ledger_->Read(seq);
+    EXPECT_TRUE(stored.ok());
+    Status applied = reference_.Apply(*stored);
+    EXPECT_TRUE(applied.ok()) << applied.ToString();
+    seen_[seq] = reference_.FindKey("key_a");
+    return seq;
+  }
+
+  uint64_t Lifecycle(const std::string& stream, const std::string& actor, EventBody body) {
+    NewEvent e;
+    e.event_id = MakeEventId(++next_id_);
+    e.stream_id = stream;
+    e.actor = actor;
+    e.body = std::move(body);
+    return Append(std::move(e));
+  }
+
+  uint64_t Call() { return Append(MakeCallEvent(++next_id_, "key_a")); }
+
+  void BuildLifecycle() {
+    Lifecycle(kOperatorStream, "system", OperatorTokenSet{FilledHash(0x01)});
+    Lifecycle("ws/ws_a", "operator",
+              WorkspaceCreated{{"ws_a", "Acme", 100, "Europe/Berlin", ""}});
+    Lifecycle("sg/sg_a", "operator", SecurityGroupCreated{{"ws_a", "sg_a", "office", {"10.0.0.0/8"}, {}}});
+    Lifecycle("sg/sg_b", "operator", SecurityGroupCreated{{"ws_a", "sg_b", "anywhere", {"0.0.0.0/0"}, {}}});
+    created_ = Lifecycle("key/key_a", "token:alice",
+                         KeyCreated{"ws_a", "key_a", "a", "first key", "sg_a", FilledHash(0xa1)});
+    expected_.push_back({"key_created", "token:alice",
+                         {"created", "name \"a\"", "security_group sg_a", "description \"first key\""}});
+    Call();
+    Lifecycle("key/key_b", "token:alice",
+              KeyCreated{"ws_a", "key_b", "other", "", "sg_a", FilledHash(0xb1)});
+    Lifecycle("key/key_a", "token:bob", KeyRenamed{"ws_a", "key_a", "b"});
+    expected_.push_back({"key_renamed", "token:bob", {"name \"a\" -> \"b\""}});
+    Call();
+    Lifecycle("key/key_a", "token:bob", KeyDescriptionChanged{"ws_a", "key_a", "renamed key"});
+    expected_.push_back(
+        {"key_description_changed", "token:bob", {"description \"first key\" -> \"renamed key\""}});
+    Lifecycle("key/key_a", "operator", KeySecurityGroupChanged{"ws_a", "key_a", "sg_b"});
+    expected_.push_back({"key_security_group_changed", "operator", {"security_group sg_a -> sg_b"}});
+    Lifecycle("key/key_a", "token:alice", KeyLoggingSwitched{"ws_a", "key_a", true});
+    expected_.push_back({"key_logging_switched", "token:alice", {"logging false -> true"}});
+    Call();
+    const int64_t grace_until = clock_.NowUs() + kStepUs + 3'600'000'000;  // an hour after it
+    Lifecycle("key/key_a", "token:alice",
+              KeyRotated{"ws_a", "key_a", FilledHash(0xa2), grace_until});
+    expected_.push_back({"key_rotated", "token:alice",
+                         {"secret rotated (old secret valid until " + FormatRfc3339(grace_until) + ")"}});
+    Lifecycle("key/key_a", "operator", KeyRotated{"ws_a", "key_a", FilledHash(0xa3), 0});
+    expected_.push_back({"key_rotated", "operator", {"secret rotated (old secret revoked at once)"}});
+    Lifecycle("key/key_a", "token:bob", KeyRenamed{"ws_a", "key_a", "c \"quoted\""});
+    expected_.push_back({"key_renamed", "token:bob", {"name \"b\" -> \"c \\\"quoted\\\"\""}});
+    Call();
+    deleted_ = Lifecycle("key/key_a", "operator", KeyDeleted{"ws_a", "key_a"});
+    expected_.push_back({"key_deleted", "operator", {"deleted"}});
+    Call();
+  }
+
+  // Opens the live key-state projection as `serve` does.
+  void OpenKeyStateStore() {
+    auto store = KeyStateStore::Open(projections_path(), ledger_.get());
+    ASSERT_TRUE(store.ok()) << store.ToStatus().ToString();
+    key_state_ = std::move(store).value();
+  }
+
+  ScratchDir dir_;
+  const std::string data_ = dir_.sub("data");
+  ManualClock clock_{kStartUs};
+  std::unique_ptr<Ledger> ledger_;
+  std::unique_ptr<KeyStateStore> key_state_;
+  KeyState reference_;
+  std::map<uint64_t, std::optional<KeyView>> seen_;  // key_a right after each sequence
+  std::vector<Expected> expected_;
+  uint64_t next_id_ = 0;
+  uint64_t created_ = 0;
+  uint64_t deleted_ = 0;
+};
+
+// ---- EventToJson --------------------------------------------------------------------
+
+template <size_t... I>
+void ExpectEveryAlternative(std::index_sequence<I...>) {
+  auto check = [](EventBody body) {
+    Event e;
+    e.body = std::move(body);
+    json j = EventToJson(e);
+    EXPECT_EQ(j.at("type"), EventTypeName(e.body));
+    EXPECT_TRUE(j.at("data").is_object()) << j.dump();
+    EXPECT_FALSE(j.at("data").empty()) << j.at("type");
+    EXPECT_NO_THROW(DumpJsonLine(j));
+  };
+  (check(EventBody(std::in_place_index<I>)), ...);
+}
+
+TEST(EventJson, CoversEveryAlternative) {
+  ExpectEveryAlternative(std::make_index_sequence<std::variant_size_v<EventBody>>{});
+}
+
+TEST(EventJson, EnvelopeHexTimesAndInvalidUtf8) {
+  ApiCallRecorded call;
+  call.key_id = "key_a";
+  call.status = 201;
+  call.request.headers.push_back({"content-type", "image/png"});
+  call.request.body_excerpt = std::string("\xff\xfe ok", 5);
+  Event e;
+  e.sequence = 3;
+  e.recorded_at_us = kStartUs + 123'456;
+  e.stream_id = "calls/key_a";
+  e.stream_version = 2;
+  e.event_id = MakeEventId(9);
+  e.actor = "gateway";
+  e.prev_hash = FilledHash(0xab);
+  e.hash = FilledHash(0xcd);
+  e.body = call;
+  json j = json::parse(DumpJsonLine(EventToJson(e)));
+  EXPECT_EQ(j["sequence"], 3);
+  EXPECT_EQ(j["recorded_at"], "2023-11-14T22:13:20.123456Z");
+  EXPECT_EQ(j["recorded_at_us"], kStartUs + 123'456);
+  EXPECT_EQ(j["stream_id"], "calls/key_a");
+  EXPECT_EQ(j["stream_version"], 2);
+  EXPECT_EQ(j["event_id"], ToHex(e.event_id.data(), e.event_id.size()));
+  EXPECT_EQ(j["actor"], "gateway");
+  EXPECT_EQ(j["prev_hash"], ToHex(FilledHash(0xab)));
+  EXPECT_EQ(j["hash"], ToHex(FilledHash(0xcd)));
+  EXPECT_EQ(j["type"], "api_call_recorded");
+  EXPECT_EQ(j["data"]["status"], 201);
+  EXPECT_EQ(j["data"]["request"]["headers"][0]["value"], "image/png");
+  EXPECT_EQ(j["data"]["request"]["body_excerpt"], "\xEF\xBF\xBD\xEF\xBF\xBD ok");
+}
+
+TEST(EventJson, EnumsByNameAndWebhookSecretRedacted) {
+  AlarmCreated alarm;
+  alarm.metric = AlarmMetric::kLatencyP95Ms;
+  alarm.comparator = Comparator::kGreaterOrEqual;
+  alarm.channels = {EmailChannel{"ops@example.com"}, WebhookChannel{"https://h.example", "s3cret"}};
+  Event e;
+  e.body = alarm;
+  std::string line = DumpJsonLine(EventToJson(e));
+  json j = json::parse(line);
+  EXPECT_EQ(j["data"]["metric"], "latency_p95_ms");
+  EXPECT_EQ(j["data"]["comparator"], "greater_or_equal");
+  EXPECT_EQ(j["data"]["channels"][0]["to"], "ops@example.com");
+  EXPECT_EQ(j["data"]["channels"][1]["url"], "https://h.example");
+  EXPECT_EQ(line.find("s3cret"), std::string::npos);
+
+  PricePlanPublished plan;
+  plan.tiers = {{1000, 5}, {std::nullopt, 2}};
+  e.body = plan;
+  j = EventToJson(e);
+  EXPECT_EQ(j["data"]["tiers"][0]["up_to"], 1000);
+  EXPECT_TRUE(j["data"]["tiers"][1]["up_to"].is_null());
+  EXPECT_EQ(j["data"]["mode"], "graduated");
+}
+
+// ---- events dump ----------------------------------------------------------------------
+
+TEST_F(AuditTest, DumpPrintsEveryEventWhileTheLedgerIsOpen) {
+  const uint64_t head = ledger_->head().sequence;
+  CliResult r = RunCli({"events", "dump", "--data", data_});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto lines = r.Lines();
+  ASSERT_EQ(lines.size(), head);
+  for (uint64_t i = 0; i < head; i++) {
+    auto stored = ledger_->Read(i + 1);
+    ASSERT_TRUE(stored.ok());
+    EXPECT_EQ(lines[i]["sequence"], i + 1);
+    EXPECT_EQ(lines[i]["hash"], ToHex(stored->hash));
+    EXPECT_EQ(lines[i]["type"], EventTypeName(stored->body));
+  }
+  EXPECT_EQ(lines[created_ - 1]["data"]["name"], "a");
+  EXPECT_EQ(lines[created_ - 1]["actor"], "token:alice");
+  // Events appended after a dump are seen by the next one: no restart needed.
+  Call();
+  EXPECT_EQ(RunCli({"events", "dump", "--data", data_}).Lines().size(), head + 1);
+}
+
+TEST_F(AuditTest, DumpFiltersBySequenceAndStream) {
+  CliResult range = RunCli({"events", "dump", "--data", data_, "--from", "3", "--to", "6"});
+  ASSERT_EQ(range.exit_code, 0) << range.err;
+  auto lines = range.Lines();
+  ASSERT_EQ(lines.size(), 4u);
+  EXPECT_EQ(lines.front()["sequence"], 3);
+  EXPECT_EQ(lines.back()["sequence"], 6);
+
+  CliResult stream = RunCli({"events", "dump", "--data", data_, "--stream", "key/key_a"});
+  ASSERT_EQ(stream.exit_code, 0) << stream.err;
+  lines = stream.Lines();
+  ASSERT_EQ(lines.size(), expected_.size());
+  for (size_t i = 0; i < lines.size(); i++) {
+    EXPECT_EQ(lines[i]["stream_id"], "key/key_a");
+    EXPECT_EQ(lines[i]["stream_version"], i + 1);
+    EXPECT_EQ(lines[i]["type"], expected_[i].type);
+  }
+  CliResult tail = RunCli({"events", "dump", "--data", data_, "--stream", "key/key_a", "--from",
+                           std::to_string(deleted_)});
+  ASSERT_EQ(tail.Lines().size(), 1u);
+  EXPECT_EQ(tail.Lines()[0]["type"], "key_deleted");
+
+  CliResult beyond = RunCli({"events", "dump", "--data", data_, "--from", "1000"});
+  EXPECT_EQ(beyond.exit_code, 0) << beyond.err;
+  EXPECT_TRUE(beyond.out.empty());
+  CliResult backwards = RunCli({"events", "dump", "--data", data_, "--from", "5", "--to", "4"});
+  EXPECT_EQ(backwards.exit_code, 2);
+}
+
+TEST_F(AuditTest, MissingDirectoriesAreNamed) {
+  CliResult none = RunCli({"events", "dump", "--data", dir_.sub("nope")});
+  EXPECT_NE(none.exit_code, 0);
+  EXPECT_NE(none.err.find("does not exist"), std::string::npos) << none.err;
+  CliResult empty = RunCli({"audit", "verify", "--data", dir_.path()});
+  EXPECT_NE(empty.exit_code, 0);
+  EXPECT_NE(empty.err.find("no ledger at"), std::string::npos) << empty.err;
+}
+
+// ---- audit verify ----------------------------------------------------------------------
+
+TEST_F(AuditTest, VerifyPrintsTheVerifiedHead) {
+  CliResult r = RunCli({"audit", "verify", "--data", data_});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  ASSERT_EQ(r.Lines().size(), 1u);
+  json j = r.Lines()[0];
+  EXPECT_EQ(j["events_verified"], ledger_->head().sequence);
+  EXPECT_EQ(j["head_sequence"], ledger_->head().sequence);
+  EXPECT_EQ(j["head_hash"], ToHex(ledger_->head().hash));
+  EXPECT_FALSE(j.contains("expect_head"));
+}
+
+TEST_F(AuditTest, VerifyChecksAPinnedHead) {
+  auto pinned = ledger_->Read(5);
+  ASSERT_TRUE(pinned.ok());
+  const std::string pin = "5:" + ToHex(pinned->hash);
+  CliResult match = RunCli({"audit", "verify", "--data", data_, "--expect-head", pin});
+  EXPECT_EQ(match.exit_code, 0) << match.err;
+  EXPECT_EQ(match.Lines().at(0)["expect_head"], "match");
+
+  const std::string wrong = "5:" + ToHex(FilledHash(0x77));
+  CliResult mismatch = RunCli({"audit", "verify", "--data", data_, "--expect-head", wrong});
+  EXPECT_EQ(mismatch.exit_code, 1);
+  EXPECT_EQ(mismatch.Lines().at(0)["expect_head"], "mismatch");
+  EXPECT_NE(mismatch.err.find("--expect-head mismatch: event 5 has hash"), std::string::npos)
+      << mismatch.err;
+
+  const std::string beyond = "999:" + ToHex(pinned->hash);
+  CliResult gone = RunCli({"audit", "verify", "--data", data_, "--expect-head", beyond});
+  EXPECT_EQ(gone.exit_code, 1);
+  EXPECT_NE(gone.err.find("beyond the ledger head"), std::string::npos) << gone.err;
+
+  CliResult malformed = RunCli({"audit", "verify", "--data", data_, "--expect-head", "5-abc"});
+  EXPECT_EQ(malformed.exit_code, 2);
+  EXPECT_NE(malformed.err.find("SEQ:HASH"), std::string::npos) << malformed.err;
+}
+
+// A rewrite that re-chains every hash passes verify on its own; the pin an
+// outside party took earlier is what catches it.
+TEST_F(AuditTest, ARechainedLogFailsOnlyThePin) {
+  const std::string pin = std::to_string(deleted_) + ":" + ToHex(ledger_->Read(deleted_)->hash);
+  CloseAll();
+  // The attacker rebuilds the same history with one rename changed.
+  ScratchDir forged_dir;
+  {
+    ManualClock clock(kStartUs);
+    LedgerOptions options;
+    options.clock = &clock;
+    auto forged = Ledger::Open(forged_dir.sub("ledger"), options);
+    ASSERT_TRUE(forged.ok());
+    LedgerOptions original_options;
+    original_options.clock = &clock;
+    auto original = Ledger::Open(ledger_path(), original_options);
+    ASSERT_TRUE(original.ok());
+    auto events = (*original)->ReadRange(1, 1000);
+    ASSERT_TRUE(events.ok());
+    for (const Event& e : *events) {
+      clock.SetUs(e.recorded_at_us);
+      NewEvent copy{e.event_id, e.stream_id, std::nullopt, e.actor, e.body};
+      if (auto* rename = std::get_if<KeyRenamed>(&copy.body); rename && rename->name == "b") {
+        rename->name = "innocent";
+      }
+      ASSERT_TRUE((*forged)->Append({copy}).ok());
+    }
+  }
+  CliResult plain = RunCli({"audit", "verify", "--data", forged_dir.path()});
+  EXPECT_EQ(plain.exit_code, 0) << plain.err;
+  CliResult pinned = RunCli({"audit", "verify", "--data", forged_dir.path(), "--expect-head", pin});
+  EXPECT_EQ(pinned.exit_code, 1);
+  EXPECT_NE(pinned.err.find("mismatch"), std::string::npos) << pinned.err;
+}
+
+struct TamperCase {
+  const char* name;
+  uint64_t bad_sequence;
+  std::function<void(KvStore&, KvBatch&)> edit;
+};
+
+class AuditTamperTest : public AuditTest, public ::testing::WithParamInterface<TamperCase> {};
+
+TEST_P(AuditTamperTest, VerifyNamesTheFirstBadSequence) {
+  CloseAll();
+  TamperLedger(ledger_path(), GetParam().edit);
+  CliResult r = RunCli({"audit", "verify", "--data", data_});
+  EXPECT_EQ(r.exit_code, 1) << r.out << r.err;
+  const std::string where = "corruption at sequence " + std::to_string(GetParam().bad_sequence);
+  EXPECT_NE(r.err.find(where), std::string::npos) << r.err;
+  ASSERT_EQ(r.Lines().size(), 1u) << r.out;
+  EXPECT_EQ(r.Lines()[0]["first_bad_sequence"], GetParam().bad_sequence);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Tampering, AuditTamperTest,
+    ::testing::Values(
+        TamperCase{"FlippedByte", 7,
+                   [](KvStore& store, KvBatch& batch) {
+                     std::string v = StoredValue(store, 7);
+                     v[v.size() - 20] ^= 0x01;
+                     batch.Put(kCfEvents, EventKey(7), v);
+                   }},
+        TamperCase{"DeletedEvent", 12,
+                   [](KvStore&, KvBatch& batch) { batch.Delete(kCfEvents, EventKey(12)); }},
+        TamperCase{"DeletedLastEvent", 19,
+                   [](KvStore&, KvBatch& batch) { batch.Delete(kCfEvents, EventKey(19)); }},
+        TamperCase{"SwappedEvents", 4,
+                   [](KvStore& store, KvBatch& batch) {
+                     std::string a = StoredValue(store, 4);
+                     std::string b = StoredValue(store, 5);
+                     batch.Put(kCfEvents, EventKey(4), b);
+                     batch.Put(kCfEvents, EventKey(5), a);
+                   }},
+        TamperCase{"ForgedHeadHash", 19,
+                   [](KvStore& store, KvBatch& batch) {
+                     auto head = store.Get(kCfMeta, "head");
+                     ASSERT_TRUE(head.ok() && head->has_value());
+                     std::string v = **head;
+                     v[v.size() - 1] ^= 0x01;
+                     batch.Put(kCfMeta, "head", v);
+                   }}),
+    [](const auto& info) { return std::string(info.param.name); });
+
+TEST_F(AuditTest, TheLifecycleHasTheSequencesTheTamperCasesExpect) {
+  EXPECT_EQ(ledger_->head().sequence, 19u);  // DeletedLastEvent and ForgedHeadHash use it
+}
+
+// ---- audit replay ----------------------------------------------------------------------
+
+TEST_F(AuditTest, ReplayMatchesTheLiveProjectionOfARunningServer) {
+  OpenKeyStateStore();  // stays open, as in `serve`
+  CliResult r = RunCli({"audit", "replay", "--data", data_});
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  const std::string digest = ToHex(key_state_->state().Digest());
+  EXPECT_NE(r.out.find("key_state"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find(digest + "  " + digest + "  ok"), std::string::npos) << r.out;
+}
+
+TEST_F(AuditTest, ReplayFindsAChangedProjectionRecord) {
+  OpenKeyStateStore();
+  CloseAll();
+  EditStore(projections_path(), {{"key_state"}, {"projection_meta"}},
+            [](KvStore& store, KvBatch& batch) {
+              auto record = store.Get(0, "key/key_a");
+              ASSERT_TRUE(record.ok() && record->has_value());
+              json j = json::parse(**record);
+              j["security_group_id"] = "sg_a";  // no longer what the log says
+              batch.Put(0, "key/key_a", j.dump());
+            });
+  OpenLedger();
+  CliResult r = RunCli({"audit", "replay", "--data", data_});
+  EXPECT_EQ(r.exit_code, 1) << r.out;
+  EXPECT_NE(r.out.find("DIFFERENT"), std::string::npos) << r.out;
+  EXPECT_NE(r.err.find("1 of 1 projections do not match"), std::string::npos) << r.err;
+}
+
+TEST_F(AuditTest, ReplayWithoutAProjectionStoreSaysSo) {
+  CliResult r = RunCli({"audit", "replay", "--data", data_});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.out.find("no projection store at"), std::string::npos) << r.out;
+}
+
+TEST_F(AuditTest, ReplayUntilPrintsTheRebuiltDigestOnly) {
+  auto expected = RebuildKeyState(*ledger_, created_);
+  ASSERT_TRUE(expected.ok());
+  const std::string digest = ToHex((*expected)->Digest());
+  CliResult by_seq = RunCli({"audit", "replay", "--data", data_, "--until", std::to_string(created_)});
+  ASSERT_EQ(by_seq.exit_code, 0) << by_seq.out << by_seq.err;
+  EXPECT_NE(by_seq.out.find(digest), std::string::npos) << by_seq.out;
+  EXPECT_NE(by_seq.out.find("rebuilt (not compared)"), std::string::npos);
+
+  // A time between two events selects the earlier one.
+  const std::string at = FormatRfc3339(ledger_->Read(created_)->recorded_at_us + kStepUs / 2);
+  CliResult by_time = RunCli({"audit", "replay", "--data", data_, "--until", at});
+  ASSERT_EQ(by_time.exit_code, 0) << by_time.out << by_time.err;
+  EXPECT_NE(by_time.out.find(digest), std::string::npos) << by_time.out;
+
+  CliResult before = RunCli({"audit", "replay", "--data", data_, "--until", "2000-01-01T00:00:00Z"});
+  ASSERT_EQ(before.exit_code, 0) << before.err;
+  EXPECT_NE(before.out.find(ToHex(KeyState().Digest())), std::string::npos) << before.out;
+
+  EXPECT_EQ(RunCli({"audit", "replay", "--data", data_, "--until", "999"}).exit_code, 2);
+  EXPECT_EQ(RunCli({"audit", "replay", "--data", data_, "--until", "yesterday"}).exit_code, 2);
+}
+
+// ---- KeyAsOf and KeyHistory ------------------------------------------------------------
+
+TEST_F(AuditTest, KeyAsOfEqualsWhatTheProjectionShowedAtEverySequence) {
+  for (const auto& [seq, seen] : seen_) {
+    auto as_of = KeyAsOf(*ledger_, "key_a", seq);
+    ASSERT_TRUE(as_of.ok()) << as_of.ToStatus().ToString();
+    EXPECT_EQ(*as_of, seen) << "at sequence " << seq;
+  }
+  EXPECT_EQ(KeyAsOf(*ledger_, "key_a", created_ - 1).value(), std::nullopt);
+  auto after = KeyAsOf(*ledger_, "key_a", deleted_);
+  ASSERT_TRUE(after.ok() && after->has_value());
+  EXPECT_TRUE((*after)->deleted);
+  EXPECT_EQ(KeyAsOf(*ledger_, "key_zz", 100).status().code(), Code::kNotFound);
+}
+
+TEST_F(AuditTest, KeyHistoryListsEveryChangeWithItsActor) {
+  auto history = KeyHistory(*ledger_, "key_a");
+  ASSERT_TRUE(history.ok()) << history.ToStatus().ToString();
+  ASSERT_EQ(history->size(), expected_.size());
+  for (size_t i = 0; i < expected_.size(); i++) {
+    const KeyChange& c = (*history)[i];
+    EXPECT_EQ(c.type, expected_[i].type) << i;
+    EXPECT_EQ(c.actor, expected_[i].actor) << i;
+    EXPECT_EQ(c.changes, expected_[i].changes) << i;
+    auto stored = ledger_->Read(c.sequence);
+    ASSERT_TRUE(stored.ok());
+    EXPECT_EQ(stored->stream_id, "key/key_a");
+    EXPECT_EQ(c.recorded_at_us, stored->recorded_at_us);
+  }
+  EXPECT_EQ(history->front().sequence, created_);
+  EXPECT_EQ(history->back().sequence, deleted_);
+  EXPECT_EQ(KeyHistory(*ledger_, "key_zz").status().code(), Code::kNotFound);
+}
+
+TEST(FoldKeyEvent, RefusesEventsThatContradictTheKey) {
+  Event created;
+  created.sequence = 1;
+  created.stream_id = "key/key_a";
+  created.body = KeyCreated{"ws_a", "key_a", "a", "", "sg_a", FilledHash(1)};
+  Event renamed = created;
+  renamed.sequence = 2;
+  renamed.body = KeyRenamed{"ws_a", "key_a", "b"};
+  Event deleted = created;
+  deleted.sequence = 3;
+  deleted.body = KeyDeleted{"ws_a", "key_a"};
+
+  std::optional<KeyView> key;
+  EXPECT_EQ(FoldKeyEvent(renamed, &key).code(), Code::kCorruption);  // not created yet
+  ASSERT_TRUE(FoldKeyEvent(created, &key).ok());
+  EXPECT_EQ(FoldKeyEvent(created, &key).sequence(), 1u);  // created twice
+  Event other = renamed;
+  other.body = KeyRenamed{"ws_a", "key_b", "x"};
+  EXPECT_EQ(FoldKeyEvent(other, &key).code(), Code::kCorruption);
+  Event call = renamed;
+  call.body = ApiCallRecorded{};
+  EXPECT_EQ(FoldKeyEvent(call, &key).code(), Code::kCorruption);
+  ASSERT_TRUE(FoldKeyEvent(deleted, &key).ok());
+  EXPECT_EQ(FoldKeyEvent(renamed, &key).code(), Code::kCorruption);  // after deletion
+  EXPECT_EQ(key->name, "a");
+  EXPECT_TRUE(key->deleted);
+}
+
+}  // namespace
+}  // namespace keyledger

@@ -857,6 +857,10 @@ uint16_t ApiCallRecordedBodyKind() {
   return static_cast<uint16_t>(schema::Envelope::Body::API_CALL_RECORDED);
 }
 
+uint16_t AuthorizationDeniedBodyKind() {
+  return static_cast<uint16_t>(schema::Envelope::Body::AUTHORIZATION_DENIED);
+}
+
 const char* EventTypeName(const EventBody& body) { return std::visit(TypeNamer{}, body); }
 
 }  // namespace keyledger

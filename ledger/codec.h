@@ -58,5 +58,7 @@ Result<EnvelopeHeader> DecodeEnvelopeHeader(std::string_view body,
 
 // The body_kind of an ApiCallRecorded event, for cheap filtering.
 uint16_t ApiCallRecordedBodyKind();
+// The body_kind of an AuthorizationDenied event, for cheap filtering.
+uint16_t AuthorizationDeniedBodyKind();
 
 }  // namespace keyledger

@@ -7,6 +7,7 @@
 #include <type_traits>
 
 #include "ledger/hash.h"
+#include "projections/key_history.h"
 
 namespace keyledger {
 namespace {
@@ -65,10 +66,6 @@ Status KeyState::ApplyLocked(const Event& e) {
     return Status::Corruption("event refers to unknown " + std::string(what) + " " +
                                   std::string(id),
                               e.sequence);
-  };
-  auto key_for = [&](const std::string& key_id) -> KeyView* {
-    auto it = keys_.find(key_id);
-    return it == keys_.end() || it->second.deleted ? nullptr : &it->second;
   };
   auto compile_rules = [](SecurityGroupView& g) {
     auto rules = SecurityRules::Compile(g.ip_allow, g.origin_allow);
@@ -132,95 +129,17 @@ Status KeyState::ApplyLocked(const Event& e) {
           },
           [&](const KeyCreated& c) -> Status {
             if (!groups_.count(c.security_group_id)) return missing("group", c.security_group_id);
-            KeyView& k = keys_[c.key_id];
-            k = KeyView{};
-            k.workspace_id = c.workspace_id;
-            k.id = c.key_id;
-            k.name = c.name;
-            k.description = c.description;
-            k.security_group_id = c.security_group_id;
-            k.secret_hash = c.secret_hash;
-            k.created_at_us = k.updated_at_us = at;
-            k.version = e.stream_version;
-            secrets_[c.secret_hash] = SecretEntry{&k, false};
-            keys_per_group_[c.security_group_id]++;
-            MarkDirty(KeyRecord(c.key_id));
-            return Status::Ok();
-          },
-          [&](const KeyRenamed& c) -> Status {
-            KeyView* k = key_for(c.key_id);
-            if (!k) return missing("key", c.key_id);
-            k->name = c.name;
-            k->updated_at_us = at;
-            k->version = e.stream_version;
-            MarkDirty(KeyRecord(c.key_id));
-            return Status::Ok();
-          },
-          [&](const KeyDescriptionChanged& c) -> Status {
-            KeyView* k = key_for(c.key_id);
-            if (!k) return missing("key", c.key_id);
-            k->description = c.description;
-            k->updated_at_us = at;
-            k->version = e.stream_version;
-            MarkDirty(KeyRecord(c.key_id));
-            return Status::Ok();
+            return ApplyKeyEvent(e, c.key_id);
           },
           [&](const KeySecurityGroupChanged& c) -> Status {
-            KeyView* k = key_for(c.key_id);
-            if (!k) return missing("key", c.key_id);
             if (!groups_.count(c.security_group_id)) return missing("group", c.security_group_id);
-            keys_per_group_[k->security_group_id]--;
-            keys_per_group_[c.security_group_id]++;
-            k->security_group_id = c.security_group_id;
-            k->updated_at_us = at;
-            k->version = e.stream_version;
-            MarkDirty(KeyRecord(c.key_id));
-            return Status::Ok();
+            return ApplyKeyEvent(e, c.key_id);
           },
-          [&](const KeyLoggingSwitched& c) -> Status {
-            KeyView* k = key_for(c.key_id);
-            if (!k) return missing("key", c.key_id);
-            k->logging = c.enabled;
-            k->updated_at_us = at;
-            k->version = e.stream_version;
-            MarkDirty(KeyRecord(c.key_id));
-            return Status::Ok();
-          },
-          [&](const KeyRotated& c) -> Status {
-            KeyView* k = key_for(c.key_id);
-            if (!k) return missing("key", c.key_id);
-            // Only the secret just replaced survives a rotation, and only
-            // until its grace period ends.
-            if (k->old_secret_hash) secrets_.erase(*k->old_secret_hash);
-            secrets_.erase(k->secret_hash);
-            if (c.old_secret_valid_until_us > at) {
-              k->old_secret_hash = k->secret_hash;
-              k->old_secret_valid_until_us = c.old_secret_valid_until_us;
-              secrets_[k->secret_hash] = SecretEntry{k, true};
-            } else {
-              k->old_secret_hash.reset();
-              k->old_secret_valid_until_us = 0;
-            }
-            k->secret_hash = c.new_secret_hash;
-            secrets_[c.new_secret_hash] = SecretEntry{k, false};
-            k->rotated_at_us = at;
-            k->updated_at_us = at;
-            k->version = e.stream_version;
-            MarkDirty(KeyRecord(c.key_id));
-            return Status::Ok();
-          },
-          [&](const KeyDeleted& c) -> Status {
-            KeyView* k = key_for(c.key_id);
-            if (!k) return missing("key", c.key_id);
-            secrets_.erase(k->secret_hash);
-            if (k->old_secret_hash) secrets_.erase(*k->old_secret_hash);
-            keys_per_group_[k->security_group_id]--;
-            k->deleted = true;
-            k->updated_at_us = at;
-            k->version = e.stream_version;
-            MarkDirty(KeyRecord(c.key_id));
-            return Status::Ok();
-          },
+          [&](const KeyRenamed& c) -> Status { return ApplyKeyEvent(e, c.key_id); },
+          [&](const KeyDescriptionChanged& c) -> Status { return ApplyKeyEvent(e, c.key_id); },
+          [&](const KeyLoggingSwitched& c) -> Status { return ApplyKeyEvent(e, c.key_id); },
+          [&](const KeyRotated& c) -> Status { return ApplyKeyEvent(e, c.key_id); },
+          [&](const KeyDeleted& c) -> Status { return ApplyKeyEvent(e, c.key_id); },
           [&](const WorkspaceTokenCreated& c) -> Status {
             if (!workspaces_.count(c.workspace_id)) return missing("workspace", c.workspace_id);
             tokens_[c.token_id] = TokenView{c.workspace_id, c.token_id, c.token_hash, at, false};
@@ -244,6 +163,38 @@ Status KeyState::ApplyLocked(const Event& e) {
           [&](const auto&) -> Status { return Status::Ok(); },  // not a lifecycle event
       },
       e.body);
+}
+
+// The key fold itself is FoldKeyEvent (shared with KeyHistory/KeyAsOf); here
+// only the derived indexes follow the key from its old state to its new one.
+Status KeyState::ApplyKeyEvent(const Event& e, const std::string& key_id) {
+  auto it = keys_.find(key_id);
+  std::optional<KeyView> key;
+  if (it != keys_.end()) key = it->second;
+  KL_RETURN_IF_ERROR(FoldKeyEvent(e, &key));
+  assert(key.has_value());
+  KeyView& stored = keys_[key_id];
+  if (it != keys_.end()) UnindexKey(stored);
+  stored = std::move(*key);
+  IndexKey(stored);
+  MarkDirty(KeyRecord(key_id));
+  return Status::Ok();
+}
+
+void KeyState::IndexKey(const KeyView& k) {
+  if (k.deleted) return;
+  secrets_[k.secret_hash] = SecretEntry{&k, false};
+  if (k.old_secret_hash) secrets_[*k.old_secret_hash] = SecretEntry{&k, true};
+  keys_per_group_[k.security_group_id]++;
+}
+
+void KeyState::UnindexKey(const KeyView& k) {
+  if (k.deleted) return;
+  secrets_.erase(k.secret_hash);
+  if (k.old_secret_hash) secrets_.erase(*k.old_secret_hash);
+  size_t& users = keys_per_group_[k.security_group_id];
+  assert(users > 0);
+  users--;
 }
 
 uint64_t KeyState::position() const {
@@ -465,12 +416,7 @@ Status KeyState::Load(const KvStore& store, int cf) {
   KL_RETURN_IF_ERROR(scan);
   KL_RETURN_IF_ERROR(bad);
   // Rebuild the derived indexes.
-  for (const auto& [id, k] : keys_) {
-    if (k.deleted) continue;
-    secrets_[k.secret_hash] = SecretEntry{&k, false};
-    if (k.old_secret_hash) secrets_[*k.old_secret_hash] = SecretEntry{&k, true};
-    keys_per_group_[k.security_group_id]++;
-  }
+  for (const auto& [id, k] : keys_) IndexKey(k);
   for (const auto& [id, t] : tokens_) {
     if (!t.revoked) token_ids_by_hash_[t.token_hash] = t.id;
   }

@@ -185,6 +185,9 @@ class KeyState {
 
  private:
   Status ApplyLocked(const Event& event);
+  Status ApplyKeyEvent(const Event& event, const std::string& key_id);
+  void IndexKey(const KeyView& key);
+  void UnindexKey(const KeyView& key);
   void MarkDirty(std::string record_key);
 
   mutable std::shared_mutex mu_;

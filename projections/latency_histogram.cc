@@ -263,4 +263,42 @@ void CompactLatencyHistogram::MergeInto(LatencyHistogram* dense) const {
   dense->count_ += count_;
 }
 
+std::string CompactLatencyHistogram::Serialize() const {
+  std::string out;
+  out.push_back(static_cast<char>(kFormatVersion));
+  size_t used = 0;
+  for (size_t i = 0; i < entries_.size(); ++i) {
+    if (i == 0 || entries_[i].index != entries_[i - 1].index) ++used;
+  }
+  PutVarint(used, &out);
+  if (used == 0) return out;
+  PutVarint(min_, &out);
+  PutVarint(max_, &out);
+  size_t next = 0;  // the index a gap of 0 would name
+  size_t i = 0;
+  while (i < entries_.size()) {
+    const uint16_t index = entries_[i].index;
+    uint64_t count = 0;
+    for (; i < entries_.size() && entries_[i].index == index; ++i) count += entries_[i].count;
+    assert(count > 0 && index >= next);
+    PutVarint(index - next, &out);
+    PutVarint(count, &out);
+    next = size_t{index} + 1;
+  }
+  assert(out.size() <= kLatencySerializedBytesMax);
+  return out;
+}
+
+Result<CompactLatencyHistogram> CompactLatencyHistogram::Deserialize(std::string_view bytes) {
+  KL_ASSIGN_OR_RETURN(LatencyHistogram dense, LatencyHistogram::Deserialize(bytes));
+  CompactLatencyHistogram out;
+  for (size_t i = 0; i < kLatencyBucketCount; ++i) {
+    if (dense.counts_[i] != 0) Append(static_cast<uint16_t>(i), dense.counts_[i], &out.entries_);
+  }
+  out.count_ = dense.count_;
+  out.min_ = dense.min();
+  out.max_ = dense.max_;
+  return out;
+}
+
 }  // namespace keyledger

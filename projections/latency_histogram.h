@@ -152,6 +152,16 @@ class CompactLatencyHistogram {
   // Returns the number of sparse entries held (memory is 8 bytes each).
   size_t entry_count() const { return entries_.size(); }
 
+  // Returns the encoding LatencyHistogram::Serialize gives for the same
+  // values (same bytes), without building a dense histogram. For owners that
+  // persist many small histograms (projections/call_projections.h).
+  std::string Serialize() const;
+
+  // Decodes what either Serialize produced. Returns Corruption exactly when
+  // LatencyHistogram::Deserialize does. Uses a dense histogram on the stack
+  // (~14 KB) while decoding.
+  static Result<CompactLatencyHistogram> Deserialize(std::string_view bytes);
+
  private:
   struct Entry {
     uint16_t index;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cassert>
+#include <iterator>
 #include <string>
 #include <utility>
 
@@ -55,6 +56,35 @@ Status CheckRange(int64_t from_us, int64_t to_us, int64_t align_us) {
   }
   return Status::Ok();
 }
+
+void PutVarint(uint64_t v, std::string* out) {
+  while (v >= 0x80) {
+    out->push_back(static_cast<char>(static_cast<uint8_t>(v) | 0x80));
+    v >>= 7;
+  }
+  out->push_back(static_cast<char>(v));
+}
+
+// Reads a little-endian base-128 varint from the front of *in. Returns false
+// when truncated or longer than 64 bits.
+bool GetVarint(std::string_view* in, uint64_t* v) {
+  constexpr size_t kVarintBytesMax = 10;
+  uint64_t result = 0;
+  for (size_t i = 0; i < kVarintBytesMax && i < in->size(); ++i) {
+    const uint8_t byte = static_cast<uint8_t>((*in)[i]);
+    if (i == kVarintBytesMax - 1 && byte > 1) return false;
+    result |= uint64_t{byte & 0x7fu} << (7 * i);
+    if ((byte & 0x80) == 0) {
+      in->remove_prefix(i + 1);
+      *v = result;
+      return true;
+    }
+  }
+  return false;
+}
+
+// Version byte of a cell encoding (EncodeCell).
+constexpr uint8_t kCellFormatVersion = 1;
 
 }  // namespace
 
@@ -111,12 +141,13 @@ void MetricsFold::Apply(std::string_view workspace_id, std::string_view key_id,
                         int64_t occurred_at_us, const Delta& delta) {
   assert(delta.calls <= 1);
   const int64_t at_us = ClampTime(occurred_at_us);
-  ApplyToSeries(&workspaces_, workspace_id, at_us, delta);
-  if (!key_id.empty()) ApplyToSeries(&keys_, key_id, at_us, delta);
+  ApplyToSeries(MetricsScope::kWorkspace, workspace_id, at_us, delta);
+  if (!key_id.empty()) ApplyToSeries(MetricsScope::kKey, key_id, at_us, delta);
 }
 
-void MetricsFold::ApplyToSeries(SeriesMap* map, std::string_view id, int64_t at_us,
+void MetricsFold::ApplyToSeries(MetricsScope scope, std::string_view id, int64_t at_us,
                                 const Delta& delta) {
+  SeriesMap* map = scope == MetricsScope::kKey ? &keys_ : &workspaces_;
   auto found = map->find(id);
   if (found == map->end()) found = map->try_emplace(std::string(id)).first;
   Series& series = found->second;
@@ -129,8 +160,17 @@ void MetricsFold::ApplyToSeries(SeriesMap* map, std::string_view id, int64_t at_
     cell_count_ += level_cells.size() - before;
     series.hints[level] = cells[level];
     AddCounters(delta, &cells[level]->second);
+    if (track_changes_) MarkChanged(scope, &found->first, level, cells[level]);
   }
   if (series.open == series.levels[0].end() || cells[0]->first > series.open->first) {
+    if (track_changes_ && series.open != series.levels[0].end()) {
+      // Closing the open minute adds its latencies to its hour and day.
+      for (size_t level = 1; level < kLevels; ++level) {
+        auto it = series.levels[level].find(FloorTo(series.open->first, kLevelUs[level]));
+        assert(it != series.levels[level].end());
+        MarkChanged(scope, &found->first, level, it);
+      }
+    }
     CloseOpenMinute(&series);
     series.open = cells[0];
   }
@@ -250,6 +290,123 @@ Result<MetricsBucket> MetricsFold::Totals(MetricsScope scope, std::string_view i
   const Series* series = Find(scope, id);
   if (series != nullptr) MergeRange(*series, from_us, to_us, &total);
   return total;
+}
+
+// ---- Persistence ---------------------------------------------------------------------
+
+void MetricsFold::MarkChanged(MetricsScope scope, const std::string* id, size_t level,
+                              CellMap::iterator cell) {
+  if (cell->second.changed) return;
+  cell->second.changed = true;
+  changed_.push_back(ChangedCell{scope, static_cast<uint8_t>(level), id, cell});
+}
+
+void MetricsFold::TakeChangedCells(const CellVisitor& fn) {
+  for (const ChangedCell& c : changed_) {
+    assert(c.cell->second.changed);
+    c.cell->second.changed = false;
+    fn(CellRef{c.scope, *c.id, kLevelUs[c.level], c.cell->first}, EncodeCell(c.cell->second));
+  }
+  changed_.clear();
+}
+
+void MetricsFold::ForEachCell(const CellVisitor& fn) const {
+  for (MetricsScope scope : {MetricsScope::kKey, MetricsScope::kWorkspace}) {
+    const SeriesMap& map = scope == MetricsScope::kKey ? keys_ : workspaces_;
+    std::vector<const SeriesMap::value_type*> sorted;
+    sorted.reserve(map.size());
+    for (const auto& entry : map) sorted.push_back(&entry);
+    std::sort(sorted.begin(), sorted.end(),
+              [](const auto* a, const auto* b) { return a->first < b->first; });
+    for (const auto* entry : sorted) {
+      for (size_t level = 0; level < kLevels; ++level) {
+        for (const auto& [start_us, cell] : entry->second.levels[level]) {
+          fn(CellRef{scope, entry->first, kLevelUs[level], start_us}, EncodeCell(cell));
+        }
+      }
+    }
+  }
+}
+
+std::string MetricsFold::EncodeCell(const Cell& cell) {
+  std::string out;
+  out.push_back(static_cast<char>(kCellFormatVersion));
+  for (uint64_t v : {cell.calls, cell.errors_4xx, cell.errors_5xx, cell.rate_limited,
+                     cell.auth_denied, cell.units}) {
+    PutVarint(v, &out);
+  }
+  out += cell.latency.Serialize();
+  return out;
+}
+
+Status MetricsFold::DecodeCell(std::string_view bytes, Cell* cell) {
+  if (bytes.empty() || static_cast<uint8_t>(bytes[0]) != kCellFormatVersion) {
+    return Status::Corruption("metrics cell: unknown format version");
+  }
+  bytes.remove_prefix(1);
+  for (uint64_t* v : {&cell->calls, &cell->errors_4xx, &cell->errors_5xx, &cell->rate_limited,
+                      &cell->auth_denied, &cell->units}) {
+    if (!GetVarint(&bytes, v)) return Status::Corruption("metrics cell: truncated counter");
+  }
+  // MetricsBucket::error_rate_ppm relies on errors() <= requests().
+  if (cell->errors_4xx > cell->calls || cell->errors_5xx > cell->calls - cell->errors_4xx) {
+    return Status::Corruption("metrics cell: more errors than calls");
+  }
+  KL_ASSIGN_OR_RETURN(cell->latency, CompactLatencyHistogram::Deserialize(bytes));
+  if (cell->latency.count() > cell->calls) {
+    return Status::Corruption("metrics cell: more latencies than calls");
+  }
+  return Status::Ok();
+}
+
+Status MetricsFold::LoadCell(const CellRef& ref, std::string_view encoded) {
+  const auto level_it = std::find(kLevelUs.begin(), kLevelUs.end(), ref.width_us);
+  if (level_it == kLevelUs.end()) return Status::Corruption("metrics cell: unknown width");
+  if (ref.start_us < 0 || ref.start_us >= kMetricsTimeUsLimit || ref.start_us % ref.width_us != 0) {
+    return Status::Corruption("metrics cell: start outside the time range or unaligned");
+  }
+  Cell cell;
+  KL_RETURN_IF_ERROR(DecodeCell(encoded, &cell));
+  SeriesMap& map = ref.scope == MetricsScope::kKey ? keys_ : workspaces_;
+  auto found = map.find(ref.id);
+  if (found == map.end()) found = map.try_emplace(std::string(ref.id)).first;
+  CellMap& cells = found->second.levels[static_cast<size_t>(level_it - kLevelUs.begin())];
+  if (!cells.try_emplace(ref.start_us, std::move(cell)).second) {
+    return Status::Corruption("metrics cell: loaded twice");
+  }
+  ++cell_count_;
+  return Status::Ok();
+}
+
+Status MetricsFold::FinishSeries(Series* series) {
+  CellMap& minutes = series->levels[0];
+  series->open = minutes.empty() ? minutes.end() : std::prev(minutes.end());
+  for (const auto& minute : minutes) {
+    for (size_t level = 1; level < kLevels; ++level) {
+      if (!series->levels[level].contains(FloorTo(minute.first, kLevelUs[level]))) {
+        return Status::Corruption("metrics cell: a minute without its hour or day");
+      }
+    }
+  }
+  for (size_t level = 0; level < kLevels; ++level) {
+    for (const auto& cell : series->levels[level]) {
+      const uint64_t pending = PendingCalls(*series, level, cell);
+      if (cell.second.latency.count() + pending != cell.second.calls) {
+        return Status::Corruption("metrics cell: latency count disagrees with calls");
+      }
+    }
+  }
+  return Status::Ok();
+}
+
+Status MetricsFold::FinishLoad() {
+  for (SeriesMap* map : {&keys_, &workspaces_}) {
+    for (auto& [id, series] : *map) {
+      Status s = FinishSeries(&series);
+      if (!s.ok()) return Status::Corruption(s.message() + " (series " + id + ")");
+    }
+  }
+  return Status::Ok();
 }
 
 }  // namespace keyledger

@@ -141,6 +141,52 @@ class MetricsFold {
   // Returns the number of cells held (minutes + hours + days, all series).
   size_t cell_count() const { return cell_count_; }
 
+  // ---- Persistence: cells as records, for an owner that stores the fold ------
+  //
+  // The fold's whole state is its cells, each exactly as held: hour and day
+  // cells lack the latencies of their series' latest minute (see Series::open
+  // in the private section), which LoadCell + FinishLoad re-establish. So
+  // loading every cell a fold ever reported gives a fold equal to it: same
+  // queries, same further behaviour, same ForEachCell output.
+
+  // Names one cell. `id` is valid only during the visitor call.
+  struct CellRef {
+    MetricsScope scope = MetricsScope::kKey;
+    std::string_view id;
+    int64_t width_us = kMetricsMinuteUs;  // kMetricsMinuteUs, kMetricsHourUs or kMetricsDayUs
+    int64_t start_us = 0;                 // UTC start, a multiple of width_us
+  };
+  // Receives a cell and its encoding (valid only during the call).
+  using CellVisitor = std::function<void(const CellRef& cell, std::string_view encoded)>;
+
+  // Starts remembering which cells Apply* changes, for TakeChangedCells.
+  // Off by default (the pure fold pays nothing). Costs one flag test per cell
+  // touched and 32 bytes per changed cell until taken.
+  void TrackChanges() { track_changes_ = true; }
+
+  // Calls fn for every cell changed since the last call (or since
+  // TrackChanges), in no particular order, and forgets them.
+  void TakeChangedCells(const CellVisitor& fn);
+
+  // Calls fn for every cell in canonical order: key series before workspace
+  // series, ids in byte order, minutes before hours before days, then by
+  // start. Equal folds give equal calls (for digests).
+  void ForEachCell(const CellVisitor& fn) const;
+
+  // Restores one cell from its encoding. Call for every stored cell, in any
+  // order, then FinishLoad once before any Apply* or query.
+  // Returns Corruption if `encoded` is not a cell encoding, the width is not
+  // one of the three, start_us is not a multiple of width_us or outside
+  // [0, kMetricsTimeUsLimit), or the cell is already present.
+  // REQUIRES: no Apply* call yet.
+  Status LoadCell(const CellRef& cell, std::string_view encoded);
+
+  // Re-establishes each series' latest minute after the LoadCell calls.
+  // Returns Corruption if the loaded cells do not fit together (a cell whose
+  // latency count disagrees with its calls, an hour or day without the
+  // minutes it sums). REQUIRES: called once, after the last LoadCell.
+  Status FinishLoad();
+
  private:
   // What one event adds to a cell.
   struct Delta {
@@ -163,6 +209,7 @@ class MetricsFold {
     // Minute cells: latency.count() == calls. Hour and day cells lack the
     // latencies of their series' open minute (see Series::open).
     CompactLatencyHistogram latency;
+    bool changed = false;  // listed in changed_ (when tracking changes)
   };
   using CellMap = std::map<int64_t, Cell>;  // by UTC start
   static constexpr size_t kLevels = 3;      // minute, hour, day
@@ -200,12 +247,27 @@ class MetricsFold {
 
   void Apply(std::string_view workspace_id, std::string_view key_id, int64_t occurred_at_us,
              const Delta& delta);
-  void ApplyToSeries(SeriesMap* map, std::string_view id, int64_t at_us, const Delta& delta);
+  void ApplyToSeries(MetricsScope scope, std::string_view id, int64_t at_us, const Delta& delta);
   const Series* Find(MetricsScope scope, std::string_view id) const;
+
+  // A cell changed since the last TakeChangedCells. Series and cells are
+  // never erased and their nodes never move, so the pointers stay valid.
+  struct ChangedCell {
+    MetricsScope scope;
+    uint8_t level;
+    const std::string* id;  // the key of the series in keys_ / workspaces_
+    CellMap::iterator cell;
+  };
+  void MarkChanged(MetricsScope scope, const std::string* id, size_t level, CellMap::iterator cell);
+  static std::string EncodeCell(const Cell& cell);
+  static Status DecodeCell(std::string_view bytes, Cell* cell);
+  static Status FinishSeries(Series* series);
 
   SeriesMap keys_;
   SeriesMap workspaces_;
   size_t cell_count_ = 0;
+  bool track_changes_ = false;
+  std::vector<ChangedCell> changed_;
 };
 
 }  // namespace keyledger

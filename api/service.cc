@@ -7,6 +7,7 @@
 #include "api/json_input.h"
 #include "api/prometheus.h"
 #include "billing/calendar.h"
+#include "projections/key_history.h"
 #include "ledger/hash.h"
 
 namespace keyledger {
@@ -50,6 +51,11 @@ std::vector<std::string_view> SplitPath(std::string_view path) {
     path.remove_prefix(slash);
   }
   return out;
+}
+
+std::string_view QueryOf(const HttpRequest& req) {
+  size_t q = req.target.find('?');
+  return q == std::string::npos ? std::string_view() : std::string_view(req.target).substr(q + 1);
 }
 
 // Returns the raw value of query parameter `name` ("" if absent).
@@ -261,6 +267,14 @@ struct Service::Impl {
   Result<HttpResponse> PatchKey(const HttpRequest& req, const Principal& who, const KeyView& k);
   Result<HttpResponse> RotateKey(const HttpRequest& req, const Principal& who, const KeyView& k);
   Result<HttpResponse> DeleteKey(const Principal& who, const KeyView& k);
+  Result<HttpResponse> KeyHistoryResponse(const Principal& who, const WorkspaceView& ws,
+                                          std::string_view key_id);
+  Result<HttpResponse> KeyAsOfResponse(const HttpRequest& req, const Principal& who,
+                                       const WorkspaceView& ws, std::string_view key_id);
+  // A key of `ws` that exists or existed: deleted keys are visible to the
+  // operator only (auditors); a workspace token sees live keys only.
+  Result<KeyView> KeyForAudit(const Principal& who, const WorkspaceView& ws,
+                              std::string_view key_id) const;
 };
 
 Result<HttpResponse> Service::Impl::Route(const HttpRequest& req) {
@@ -274,10 +288,18 @@ Result<HttpResponse> Service::Impl::Route(const HttpRequest& req) {
     if (req.method != "POST") return Status::InvalidArgument("use POST", "method");
     return Authorize(req);
   }
-  if (seg.size() < 2 || seg[0] != "v1" || (seg[1] != "workspaces" && seg[1] != "calls")) {
+  static constexpr std::string_view kTopLevel[] = {"workspaces", "calls", "ledger"};
+  if (seg.size() < 2 || seg[0] != "v1" ||
+      std::find(std::begin(kTopLevel), std::end(kTopLevel), seg[1]) == std::end(kTopLevel)) {
     return Status::NotFound("no such endpoint: " + std::string(target.substr(0, q)));
   }
   KL_ASSIGN_OR_RETURN(Principal who, Authenticate(req));
+  if (seg.size() == 3 && seg[1] == "ledger" && seg[2] == "head") {
+    KL_RETURN_IF_ERROR(RequireOperator(who, "read the ledger head"));
+    LedgerHead head = d.ledger->head();
+    return JsonResponse(200, {{"sequence", head.sequence}, {"hash", ToHex(head.hash)}});
+  }
+  if (seg[1] == "ledger") return Status::NotFound("no such endpoint");
   if (seg.size() == 2 && seg[1] == "calls") {
     KL_RETURN_IF_ERROR(RequireOperator(who, "record calls"));
     if (req.method != "POST") return Status::InvalidArgument("use POST", "method");
@@ -496,6 +518,10 @@ Result<HttpResponse> Service::Impl::Keys(const HttpRequest& req, const Principal
     for (const auto& k : keys) items.push_back(KeyJson(k));
     Json next = keys.size() == limit ? Json(keys.back().id) : Json(nullptr);
     return JsonResponse(200, {{"keys", items}, {"next_cursor", next}});
+  }
+  if (m == "GET" && (seg.size() == 6 && seg[5] == "history")) return KeyHistoryResponse(who, ws, seg[4]);
+  if (m == "GET" && seg.size() == 5 && !QueryParam(QueryOf(req), "as_of").empty()) {
+    return KeyAsOfResponse(req, who, ws, seg[4]);
   }
   KL_ASSIGN_OR_RETURN(KeyView k, Key(ws.id, seg[4]));
   if (seg.size() == 5) {
@@ -868,6 +894,58 @@ Result<HttpResponse> Service::Impl::RecordCalls(const HttpRequest& req) {
   }
   KL_ASSIGN_OR_RETURN(RecordResult recorded, data_plane->RecordCalls(std::move(calls)));
   return JsonResponse(200, {{"recorded", recorded.recorded}, {"duplicates", recorded.duplicates}});
+}
+
+}  // namespace keyledger
+
+namespace keyledger {
+
+Result<KeyView> Service::Impl::KeyForAudit(const Principal& who, const WorkspaceView& ws,
+                                           std::string_view key_id) const {
+  auto k = state().FindKey(key_id);
+  if (!k || k->workspace_id != ws.id || (k->deleted && !who.is_operator)) {
+    return Status::NotFound("no key " + std::string(key_id) + " in this workspace", "key");
+  }
+  return *k;
+}
+
+Result<HttpResponse> Service::Impl::KeyHistoryResponse(const Principal& who,
+                                                       const WorkspaceView& ws,
+                                                       std::string_view key_id) {
+  KL_ASSIGN_OR_RETURN(KeyView key, KeyForAudit(who, ws, key_id));
+  KL_ASSIGN_OR_RETURN(std::vector<KeyChange> history, KeyHistory(*d.ledger, key.id));
+  Json events = Json::array();
+  for (const auto& c : history) {
+    events.push_back({{"sequence", c.sequence}, {"recorded_at", FormatRfc3339(c.recorded_at_us)},
+                      {"actor", c.actor}, {"type", c.type}, {"changes", c.changes}});
+  }
+  return JsonResponse(200, {{"key_id", key.id}, {"events", events}});
+}
+
+Result<HttpResponse> Service::Impl::KeyAsOfResponse(const HttpRequest& req, const Principal& who,
+                                                    const WorkspaceView& ws,
+                                                    std::string_view key_id) {
+  KL_ASSIGN_OR_RETURN(KeyView key, KeyForAudit(who, ws, key_id));
+  std::string_view as_of = QueryParam(QueryOf(req), "as_of");
+  uint64_t sequence = 0;
+  auto [end, ec] = std::from_chars(as_of.data(), as_of.data() + as_of.size(), sequence);
+  if (ec != std::errc() || end != as_of.data() + as_of.size()) {
+    // Not a sequence: an RFC 3339 time, resolved to the last event recorded by then.
+    std::string decoded(as_of);
+    for (size_t i = 0; (i = decoded.find("%3A", i)) != std::string::npos;) decoded.replace(i, 3, ":");
+    for (size_t i = 0; (i = decoded.find("%2B", i)) != std::string::npos;) decoded.replace(i, 3, "+");
+    KL_ASSIGN_OR_RETURN(int64_t at_us, ParseRfc3339(decoded, "as_of"));
+    KL_ASSIGN_OR_RETURN(auto history, KeyHistory(*d.ledger, key.id));
+    for (const auto& c : history) {
+      if (c.recorded_at_us <= at_us) sequence = c.sequence;
+    }
+  }
+  KL_ASSIGN_OR_RETURN(std::optional<KeyView> then, KeyAsOf(*d.ledger, key.id, sequence));
+  if (!then) return Status::NotFound("the key did not exist yet at " + std::string(as_of), "as_of");
+  Json j = KeyJson(*then);
+  j["deleted"] = then->deleted;
+  j["as_of"] = std::string(as_of);
+  return JsonResponse(200, j);
 }
 
 }  // namespace keyledger

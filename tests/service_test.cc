@@ -2,6 +2,7 @@
 // without sockets.
 #include <gtest/gtest.h>
 
+#include "billing/calendar.h"
 #include "ledger/hash.h"
 #include "tests/service_fixture.h"
 
@@ -351,6 +352,59 @@ TEST_F(ServiceTest, MetricsInPrometheusFormat) {
   EXPECT_NE(r.raw.find("keyledger_ledger_head_sequence 2"), std::string::npos);
   EXPECT_NE(r.raw.find("keyledger_authorize_latency_seconds_bucket{le=\"+Inf\"} 0"),
             std::string::npos);
+}
+
+TEST_F(ServiceTest, LedgerHeadIsForTheOperator) {
+  std::string ws = h.CreateWorkspace();
+  auto head = h.Call("GET", "/v1/ledger/head");
+  ASSERT_EQ(head.status, 200);
+  EXPECT_EQ(head.body["sequence"], h.ledger().head().sequence);
+  EXPECT_EQ(head.body["hash"], ToHex(h.ledger().head().hash));
+  std::string t = h.Call("POST", "/v1/workspaces/" + ws + "/tokens").body["token"];
+  ExpectError(h.Call("GET", "/v1/ledger/head", "", t), 403, "permission_denied");
+}
+
+TEST_F(ServiceTest, KeyHistoryAndPointInTimeState) {
+  std::string ws = h.CreateWorkspace();
+  std::string group = h.CreateGroup(ws);
+  std::string t = h.Call("POST", "/v1/workspaces/" + ws + "/tokens").body["token"];
+  auto [id, secret] = h.CreateKey(ws, group, "first");
+  std::string path = "/v1/workspaces/" + ws + "/keys/" + id;
+  uint64_t created_at = h.ledger().head().sequence;
+  h.clock().AdvanceUs(1'000'000);
+  ASSERT_EQ(h.Call("PATCH", path, R"({"name":"second","logging":true})", t).status, 200);
+  std::string between = FormatRfc3339(h.clock().NowUs() + 500'000);
+  h.clock().AdvanceUs(1'000'000);
+  ASSERT_EQ(h.Call("POST", path + "/rotate", "{}").status, 200);
+  ASSERT_EQ(h.Call("DELETE", path).status, 204);
+
+  auto history = h.Call("GET", path + "/history");
+  ASSERT_EQ(history.status, 200) << history.raw;
+  const auto& events = history.body["events"];
+  ASSERT_EQ(events.size(), 5u);
+  EXPECT_EQ(events[0]["type"], "key_created");
+  EXPECT_EQ(events[0]["actor"], "operator");
+  EXPECT_EQ(events[1]["type"], "key_renamed");
+  EXPECT_TRUE(events[1]["actor"].get<std::string>().starts_with("token/"));
+  EXPECT_NE(events[1]["changes"].dump().find("first"), std::string::npos);
+  EXPECT_EQ(events[2]["type"], "key_logging_switched");
+  EXPECT_EQ(events[3]["type"], "key_rotated");
+  EXPECT_EQ(events[4]["type"], "key_deleted");
+
+  auto then = h.Call("GET", path + "?as_of=" + std::to_string(created_at));
+  ASSERT_EQ(then.status, 200) << then.raw;
+  EXPECT_EQ(then.body["name"], "first");
+  EXPECT_EQ(then.body["logging"], false);
+  auto by_time = h.Call("GET", path + "?as_of=" + between);
+  ASSERT_EQ(by_time.status, 200) << by_time.raw;
+  EXPECT_EQ(by_time.body["name"], "second");
+  EXPECT_EQ(by_time.body["deleted"], false);
+  auto now = h.Call("GET", path + "?as_of=" + std::to_string(h.ledger().head().sequence));
+  EXPECT_EQ(now.body["deleted"], true);
+  ExpectError(h.Call("GET", path + "?as_of=1"), 404, "not_found", "as_of");
+  ExpectError(h.Call("GET", path + "?as_of=yesterday"), 400, "invalid_argument", "as_of");
+  // A deleted key's past is for the operator (auditors) only.
+  ExpectError(h.Call("GET", path + "/history", "", t), 404, "not_found", "key");
 }
 
 TEST_F(ServiceTest, UnknownRoutesAndMethods) {

@@ -1,0 +1,318 @@
+// CallProjections: the projections of API-call events, folded from the ledger
+// and kept in their own RocksDB (the server opens it at DATA/calls):
+//   - request logs: one entry per ApiCallRecorded with logged = true, per key,
+//     newest first, kept for log_retention_us;
+//   - metrics: MetricsFold's per-key and per-workspace minute/hour/day cells
+//     (ApiCallRecorded and AuthorizationDenied events);
+//   - usage: billable units per (workspace, billing month, key).
+//
+// Folding. Events are walked with Ledger::ScanRaw in sequence order. An event
+// whose envelope header says it is neither ApiCallRecorded nor
+// AuthorizationDenied is skipped without decoding its body. For a call:
+// MetricsFold::ApplyCall; its units count toward the billing month of its
+// occurred_at_us in the workspace's billing_timezone (see "Usage" below); and
+// when call.logged, a log entry is written. For a denial:
+// MetricsFold::ApplyDenial (denials have no log entry and no usage). Folds
+// never read a clock.
+//
+// Usage. A call with units > 0 adds them to (workspace_id, month, key_id),
+// where month = MonthOf(occurred_at_us, zone) (billing/calendar.h) and zone is
+// the workspace's billing_timezone read from the KeyState *when the event is
+// folded*; "UTC" when the KeyState does not know the workspace. RULE: usage
+// months use the workspace's billing time zone as of the fold. A rebuild
+// (which also reads the current zone) agrees with the live fold as long as
+// the zone did not change between the two; changing billing_timezone is
+// therefore meant for workspaces without issued invoices. A call whose month
+// cannot be computed (a zone unknown to the tz database, a year outside
+// 1..9999) or whose units would push its (workspace, month) total past
+// 2^64 - 1 is not counted, and usage_rejected() counts it; the same call is
+// rejected by every fold of the same log, so rebuilds still agree. Calls with
+// 0 units do not touch usage at all.
+//
+// Log entries. Stored under key_id '\0' big-endian(UINT64_MAX - sequence), so a
+// forward scan of one key is newest first (by ledger sequence, i.e. by the
+// order the calls were recorded, not by occurred_at). A call with an empty
+// key_id or one containing '\0' gets no log entry (the data plane never
+// records such calls). Excerpts are stored as recorded: the data plane has
+// already cut and redacted them (api/data_plane.h RedactExcerpt), the
+// projection adds nothing and removes nothing.
+//
+// Retention. Logs() never returns an entry whose occurred_at_us is older than
+// now_us - log_retention_us; SweepExpiredLogs() deletes such entries from the
+// derived store (never from the ledger), taking now from the injected Clock.
+// The tailing thread sweeps every log_sweep_interval_us.
+//
+// Persistence. Each folded batch (at most fold_batch_events_max events or
+// fold_batch_bytes_max stored bytes) becomes ONE RocksDB WriteBatch holding
+// the new log entries, every metrics cell and usage record the batch changed,
+// and the new position (sequence and ledger hash of the last event folded).
+// It is written with Durability::kAsync: the ledger is the durable truth and
+// the position travels with the records, so a write lost on power loss just
+// leaves an older consistent state whose tail is folded again at Open.
+// Column families: logs, log_times (occurred_at index for the sweep),
+// metrics, usage, meta. A store written by another format version, one whose
+// position is beyond the ledger head, or one whose stored hash of the event
+// at its position differs from the ledger's (the ledger lost a tail and was
+// appended to again) is wiped and rebuilt from the log at Open.
+//
+// Digest. Digest() hashes every metrics cell, every usage record, the count
+// of rejected usage, and a running hash over every log entry ever folded (in
+// sequence order; retention does not change it). Equal logs give equal
+// digests: a fresh in-memory fold (RebuildCallProjectionsDigest) of the events
+// up to position() must give the live Digest(), before and after a restart.
+//
+// Failure. If a fold or a write fails, the in-memory state may be ahead of the
+// store; the projection then refuses further folds (CatchUp*, returning the
+// first error every time) while queries keep answering from the state held.
+// Reopen to recover: the store on disk is consistent.
+//
+// Thread safety: thread-safe. Folds (CatchUp, CatchUpTo, the tailing thread)
+// run one at a time. Metrics, Totals, UsageFor, UsageMonths and Digest take a
+// shared lock on the in-memory state; a fold holds it exclusively while it
+// applies one batch (including reading that batch from the ledger), so a
+// query may wait for one batch. Logs reads the store without that lock.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <shared_mutex>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include "billing/calendar.h"
+#include "ledger/clock.h"
+#include "ledger/event.h"
+#include "ledger/kv_store.h"
+#include "ledger/ledger.h"
+#include "ledger/status.h"
+#include "projections/key_state.h"
+#include "projections/metrics_fold.h"
+
+namespace keyledger {
+
+struct CallProjectionsOptions {
+  // Log entries whose occurred_at is older than now - log_retention_us are not
+  // returned and are deleted by the sweep. Default 30 days. REQUIRES: > 0.
+  int64_t log_retention_us = 30LL * 24 * 3600 * 1'000'000;
+  // How often the tailing thread runs SweepExpiredLogs, by the injected clock.
+  // Default 10 minutes.
+  int64_t log_sweep_interval_us = 10LL * 60 * 1'000'000;
+  // Most events (of any type, skipped ones included) folded per persisted
+  // WriteBatch. Default 65,536. REQUIRES: > 0.
+  size_t fold_batch_events_max = 65'536;
+  // Most stored ledger bytes folded per WriteBatch: bounds the batch's memory,
+  // since logged calls carry excerpts. At least one event is always folded.
+  // Default 64 MiB.
+  size_t fold_batch_bytes_max = 64u << 20;
+  // How long the tailing thread waits in Ledger::WaitForSequence before it
+  // looks at Stop() and the sweep schedule again. Default 50 ms. REQUIRES: > 0.
+  int64_t tail_wait_us = 50'000;
+};
+
+// One logged call, as recorded (excerpts already cut and redacted by the writer).
+struct LogEntry {
+  uint64_t sequence = 0;  // ledger sequence of the ApiCallRecorded event
+  std::string request_id;
+  std::string workspace_id;
+  std::string key_id;
+  int64_t occurred_at_us = 0;
+  std::string method;
+  std::string path;
+  uint16_t status = 0;
+  uint64_t latency_us = 0;
+  uint64_t units = 0;
+  uint64_t request_bytes = 0;
+  uint64_t response_bytes = 0;
+  std::string client_ip;
+  std::string origin;
+  HttpExcerpt request;
+  HttpExcerpt response;
+  bool operator==(const LogEntry&) const = default;
+};
+
+// Most entries one Logs page returns.
+constexpr size_t kLogPageMax = 1000;
+// Most stored entries one Logs call examines (matching or not). When a page
+// stops here, it may hold fewer than `limit` entries (even none) and carries
+// a next_cursor: keep paging until next_cursor is empty.
+constexpr size_t kLogScanEntriesMax = 10'000;
+// A page stops adding entries once their stored size passes this (it always
+// holds at least one matching entry if there is one). Default-sized entries
+// are ~200 bytes; a fully logged call may approach 1 MiB.
+constexpr size_t kLogPageBytesMax = 8u << 20;
+
+struct LogQuery {
+  std::string key_id;  // REQUIRES (checked): non-empty, no '\0'
+  // Entries with from_us <= occurred_at_us < to_us. REQUIRES (checked): from_us < to_us.
+  int64_t from_us = 0;
+  int64_t to_us = INT64_MAX;
+  std::optional<uint16_t> status;    // only this exact status
+  std::optional<char> status_class;  // '1'..'5': only statuses class*100 .. class*100+99
+  size_t limit = 100;                // 1..kLogPageMax
+  std::string cursor;                // "" for the first page, else a next_cursor
+};
+
+struct LogPage {
+  std::vector<LogEntry> entries;  // newest first (by sequence)
+  // Opaque; "" when there is nothing more. Pass it back in LogQuery::cursor
+  // (with the same key_id) for the next page.
+  std::string next_cursor;
+};
+
+// Units of one workspace in one billing month.
+struct WorkspaceUsage {
+  BillingMonth month;
+  std::vector<KeyUsage> keys;  // keys with units > 0, sorted by key_id
+  uint64_t total = 0;          // sum of keys[i].quantity
+  uint64_t position = 0;       // the ledger sequence these figures cover
+};
+
+class CallProjections {
+ public:
+  // Opens (creating if missing) the store at `path`, loads the persisted
+  // state, and catches up with the ledger head (see the file comment for when
+  // the store is wiped and rebuilt instead).
+  // REQUIRES: ledger, key_state and clock non-null and outliving the result;
+  // options as documented on CallProjectionsOptions.
+  // Returns IOError if the store cannot be opened or written, Corruption if a
+  // stored record cannot be read or the ledger holds an undecodable event
+  // (with its sequence), or any error of CatchUp.
+  static Result<std::unique_ptr<CallProjections>> Open(const std::string& path,
+                                                       const Ledger* ledger,
+                                                       const KeyState* key_state,
+                                                       const Clock* clock,
+                                                       CallProjectionsOptions options);
+  // Stops the tailing thread. The store is closed; async writes already made
+  // survive a process exit.
+  ~CallProjections();
+  CallProjections(const CallProjections&) = delete;
+  CallProjections& operator=(const CallProjections&) = delete;
+
+  // Folds every event after position() up to the ledger head as of the call.
+  // Returns Corruption (with the sequence) for an undecodable event, IOError
+  // when the ledger cannot be read or the store written, or the first such
+  // error again after one happened (see Failure in the file comment).
+  Status CatchUp();
+
+  // As CatchUp, but folds only up to min(sequence, ledger head). Returns OK at
+  // once when position() >= sequence. On return with OK, position() >=
+  // min(sequence, head as of the call).
+  Status CatchUpTo(uint64_t sequence);
+
+  // Starts a background thread that follows the ledger (Ledger::WaitForSequence)
+  // and folds new events as they arrive, and sweeps expired log entries every
+  // log_sweep_interval_us. Fold errors are kept in tail_status() and retried
+  // after tail_wait_us (a broken projection stays broken). No-op if the thread
+  // was started before or Stop was called.
+  void Start();
+
+  // Stops and joins the tailing thread; returns after at most about
+  // tail_wait_us plus one batch. Idempotent; the destructor calls it.
+  void Stop();
+
+  // The last ledger sequence folded and persisted (0: none). Never blocks.
+  uint64_t position() const { return position_.load(std::memory_order_acquire); }
+
+  // Events walked past since Open (skipped ones included), and the call and
+  // denial events among them that were folded. Never block.
+  uint64_t events_scanned() const { return events_scanned_.load(std::memory_order_relaxed); }
+  uint64_t events_folded() const { return events_folded_.load(std::memory_order_relaxed); }
+
+  // Calls with units > 0 whose usage was not counted (see Usage above), over
+  // the whole log up to the position (persisted, not since Open).
+  uint64_t usage_rejected() const;
+
+  // OK, or the last error of the tailing thread's fold or sweep.
+  Status tail_status() const;
+
+  // A digest of the folded state (see Digest in the file comment).
+  Hash Digest() const;
+
+  // Returns one page of `query.key_id`'s log entries matching the query and
+  // not older than now_us - log_retention_us, newest first (by sequence).
+  // Pagination is stable while new calls arrive: new entries sort before any
+  // cursor, so later pages neither repeat nor skip entries (entries the sweep
+  // deletes or that expire meanwhile are simply not returned).
+  // Returns InvalidArgument with field
+  //   "key_id"        empty or containing '\0';
+  //   "to"            to_us <= from_us;
+  //   "limit"         0 or above kLogPageMax;
+  //   "status_class"  not one of '1'..'5';
+  //   "cursor"        not a cursor of this key_id (malformed, or another key's);
+  // IOError/Corruption from the store. The result owns its data.
+  Result<LogPage> Logs(const LogQuery& query, int64_t now_us) const;
+
+  // MetricsFold::Query / Totals on the folded state (same arguments, same
+  // errors; see projections/metrics_fold.h).
+  Result<std::vector<MetricsBucket>> Metrics(MetricsScope scope, std::string_view id,
+                                             int64_t from_us, int64_t to_us,
+                                             int64_t step_us) const;
+  Result<MetricsBucket> Totals(MetricsScope scope, std::string_view id, int64_t from_us,
+                               int64_t to_us) const;
+
+  // Returns the usage of `workspace_id` in `month` (no keys and total 0 if
+  // none), with the position it covers. Never fails.
+  WorkspaceUsage UsageFor(std::string_view workspace_id, const BillingMonth& month) const;
+
+  // Returns the months in which `workspace_id` has units, oldest first.
+  std::vector<BillingMonth> UsageMonths(std::string_view workspace_id) const;
+
+  // Deletes log entries with occurred_at_us < clock->NowUs() - log_retention_us
+  // from the store. Returns how many were deleted, or IOError/Corruption.
+  // Safe to run concurrently with folds and queries.
+  Result<size_t> SweepExpiredLogs();
+
+ private:
+  struct FoldState;
+  CallProjections(const Ledger* ledger, const KeyState* key_state, const Clock* clock,
+                  CallProjectionsOptions options);
+
+  Status LoadOrWipe();
+  Status Load();
+  Status Wipe();
+  Result<bool> StoreMatchesLedger(uint64_t position, const Hash& hash) const;
+  Status FoldBatchLocked(uint64_t to);
+  void TailLoop();
+  void MaybeSweep(int64_t* next_sweep_us);
+
+  const Ledger* const ledger_;
+  const KeyState* const key_state_;
+  const Clock* const clock_;
+  const CallProjectionsOptions options_;
+  std::unique_ptr<KvStore> store_;
+
+  // The in-memory folds. Written under state_mu_ held exclusively.
+  mutable std::shared_mutex state_mu_;
+  std::unique_ptr<FoldState> state_;
+
+  std::mutex fold_mu_;   // one fold at a time; guards broken_
+  Status broken_;        // the first fold/persist failure
+  std::mutex sweep_mu_;  // one sweep at a time
+  std::atomic<uint64_t> position_{0};
+  std::atomic<uint64_t> events_scanned_{0};
+  std::atomic<uint64_t> events_folded_{0};
+
+  mutable std::mutex tail_mu_;  // guards stopping_, started_, tail_status_
+  std::condition_variable tail_cv_;
+  bool stopping_ = false;
+  bool started_ = false;
+  Status tail_status_;
+  std::thread tailer_;
+};
+
+// Folds every API-call and denial event of `ledger` up to `until` (0: the
+// head) into a fresh in-memory state, reading billing time zones from
+// `key_state` as the live fold does, and returns its digest: the reference
+// CallProjections::Digest must equal when position() == until.
+// Returns Corruption (with the sequence) for an undecodable event, IOError if
+// the ledger cannot be read.
+Result<Hash> RebuildCallProjectionsDigest(const Ledger& ledger, const KeyState& key_state,
+                                          uint64_t until);
+
+}  // namespace keyledger

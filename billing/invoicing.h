@@ -18,7 +18,9 @@
 // round_half_even(quantity x unit_price_micros / 10^6); on the other kinds it
 // is 0 and amount_minor is the amount itself.
 // subtotal_minor = the sum of every line's amount_minor; there is no tax, so
-// total_minor = subtotal_minor. currency, plan_id and plan_version are the
+// total_minor = subtotal_minor. Only an adjustment can be negative (see below),
+// so a total below 0 is a credit owed to the customer; it is issued as is and
+// not carried forward. currency, plan_id and plan_version are the
 // plan's; key_usage is the input's (units > 0 per key, sorted by key id).
 //
 // Zero invoices: every workspace with a plan gets an invoice every month. With
@@ -29,26 +31,31 @@
 //
 // ---- Late usage: adjustment lines ---------------------------------------------
 //
-// A call that occurred in month m' but was recorded after m''s invoice never
-// changes that invoice. It appears on the workspace's NEXT invoice as one
-// "adjustment" line for m', priced with m''s plan version P':
-//   C = m''s full corrected quantity (every call of m' known at this
-//       invoice's covers_sequence);
-//   I = the units of m' already billed (m''s invoice plus earlier adjustments);
-//   A = the usage amount of m' already billed (the sum of those invoices'
-//       tier and adjustment lines for m', excluding the monthly fee);
+// A call that occurred in an earlier month e but was recorded after e's invoice
+// never changes that invoice. It appears on the workspace's NEXT invoice as one
+// "adjustment" line for e, priced with e's plan version Pe (the version in force
+// at e's end, the one e's own invoice used):
+//   C = e's full corrected quantity (every call of e known at this invoice's
+//       covers_sequence);
+//   I = the units of e already billed (e's invoice plus earlier adjustments);
+//   A = the usage amount of e already billed (the sum of those invoices' tier
+//       and adjustment lines for e, excluding the monthly fee);
 //   line: quantity = C - I, unit_price_micros = 0,
-//         amount_minor = Total(PriceUsage(P', C)) - A.
+//         amount_minor = Total(PriceUsage(Pe, C)) - A,
+//   where Total is the sum of the rounded lines.
 // That is "re-price the month's total, minus what was billed", not "price only
-// the extra units": under graduated tiers the two differ (the extra units may
-// fall in a cheaper tier, and rounding is per tier line), and only this rule
-// makes the sum of every invoice's usage amounts for m' equal the price of m''s
-// corrected quantity. Under volume pricing a larger quantity can cost less
-// (it falls in a cheaper tier for every unit), so an adjustment's amount may be
-// NEGATIVE: a credit. Its quantity is never negative (calls are only added).
-// The description reads e.g. "late usage for 2026-10: +123 units; 1234 units
-// re-priced under plan_1 v3: 24.68, minus 12.34 already invoiced for 1111
-// units", so each adjustment can be reproduced from the line alone.
+// the extra units": under graduated tiers the two differ (priced alone, the
+// extra units would start again at tier 1, though they are units I+1..C of the
+// month; and each tier line is rounded once, so even within one tier
+// round(a) + round(b) may differ from round(a + b)), and only this rule makes
+// the sum of every invoice's usage amounts for e equal
+// Total(PriceUsage(Pe, C)), the correct price of e. Under volume pricing a
+// larger quantity can cost less (every unit drops to a cheaper tier), so an
+// adjustment's amount may be NEGATIVE: a credit. Its quantity is never negative
+// (calls are only added). The description reads e.g. "late usage for 2026-10:
+// +123 units; 1234 units re-priced under plan_1 v3: 24.68, minus 12.34 already
+// invoiced for 1111 units", so each adjustment can be reproduced from the line
+// alone.
 //
 // ---- The digest -----------------------------------------------------------------
 //
@@ -89,17 +96,17 @@ namespace keyledger {
 // Limits of one invoice's input. They keep the encoded InvoiceIssued well
 // below the ledger's one-event limit (1 MiB): at most ~150 bytes per key entry,
 // ~300 per line.
-constexpr size_t kInvoiceIdBytesMax = 128;         // workspace_id and each key_id
-constexpr size_t kInvoiceKeyUsagesMax = 4096;      // keys with usage in one month
-constexpr size_t kInvoiceAdjustmentsMax = 120;     // earlier months adjusted at once (10 years)
+constexpr size_t kInvoiceIdBytesMax = 128;      // workspace_id and each key_id
+constexpr size_t kInvoiceKeyUsagesMax = 4096;   // keys with usage in one month
+constexpr size_t kInvoiceAdjustmentsMax = 120;  // earlier months adjusted at once (10 years)
 
 // The late usage of one earlier month (see "Late usage" above).
 struct Adjustment {
-  BillingMonth month;                     // the earlier month; before the invoice's month
+  BillingMonth month;                        // the earlier month; before the invoice's month
   const PricePlanPublished* plan = nullptr;  // that month's plan version; not owned
-  uint64_t corrected_quantity = 0;        // C: the month's units now known
-  uint64_t invoiced_quantity = 0;         // I: units of the month already billed
-  int64_t invoiced_usage_amount_minor = 0;  // A: usage amount of the month already billed
+  uint64_t corrected_quantity = 0;           // C: the month's units now known
+  uint64_t invoiced_quantity = 0;            // I: units of the month already billed
+  int64_t invoiced_usage_amount_minor = 0;   // A: usage amount of the month already billed
 };
 
 struct InvoiceInput {

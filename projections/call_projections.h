@@ -310,8 +310,9 @@ class CallProjections {
 // head) into a fresh in-memory state, reading billing time zones from
 // `key_state` as the live fold does, and returns its digest: the reference
 // CallProjections::Digest must equal when position() == until.
-// Returns Corruption (with the sequence) for an undecodable event, IOError if
-// the ledger cannot be read.
+// Returns InvalidArgument (field "until") if until is beyond the ledger head,
+// Corruption (with the sequence) for an undecodable event, IOError if the
+// ledger cannot be read.
 Result<Hash> RebuildCallProjectionsDigest(const Ledger& ledger, const KeyState& key_state,
                                           uint64_t until);
 

@@ -28,6 +28,8 @@ std::string WorkspaceRecord(std::string_view id) { return "ws/" + std::string(id
 std::string GroupRecord(std::string_view id) { return "sg/" + std::string(id); }
 std::string KeyRecord(std::string_view id) { return "key/" + std::string(id); }
 std::string TokenRecord(std::string_view id) { return "tok/" + std::string(id); }
+std::string PlanRecord(std::string_view id) { return "plan/" + std::string(id); }
+std::string InvoiceRecord(std::string_view key) { return "inv/" + std::string(key); }
 
 std::string HashHex(const Hash& h) { return ToHex(h); }
 Hash HashFromHex(const std::string& hex) {
@@ -79,7 +81,8 @@ Status KeyState::ApplyLocked(const Event& e) {
           [&](const WorkspaceCreated& c) -> Status {
             WorkspaceView& w = workspaces_[c.workspace_id];
             w = WorkspaceView{c.workspace_id, c.name, c.tps_limit, c.billing_timezone,
-                              c.price_plan_id, at, at, e.stream_version};
+                              c.price_plan_id, at, at, e.stream_version, {}};
+            if (!c.price_plan_id.empty()) w.plan_history.push_back({at, c.price_plan_id});
             MarkDirty(WorkspaceRecord(c.workspace_id));
             return Status::Ok();
           },
@@ -90,6 +93,7 @@ Status KeyState::ApplyLocked(const Event& e) {
             w.name = c.name;
             w.tps_limit = c.tps_limit;
             w.billing_timezone = c.billing_timezone;
+            if (c.price_plan_id != w.price_plan_id) w.plan_history.push_back({at, c.price_plan_id});
             w.price_plan_id = c.price_plan_id;
             w.updated_at_us = at;
             w.version = e.stream_version;
@@ -158,6 +162,32 @@ Status KeyState::ApplyLocked(const Event& e) {
           [&](const OperatorTokenSet& c) -> Status {
             operator_token_hash_ = c.token_hash;
             MarkDirty(kOperatorRecord);
+            return Status::Ok();
+          },
+          [&](const PricePlanPublished& c) -> Status {
+            auto& versions = plans_[c.plan_id];
+            if (c.version != versions.size() + 1) {
+              return Status::Corruption("plan " + c.plan_id + " version " +
+                                            std::to_string(c.version) + " out of order",
+                                        e.sequence);
+            }
+            versions.push_back(PlanVersionRef{c.version, e.sequence, at});
+            MarkDirty(PlanRecord(c.plan_id));
+            return Status::Ok();
+          },
+          [&](const InvoiceIssued& c) -> Status {
+            if (c.invoice_number != invoices_.size() + 1) {
+              return Status::Corruption("invoice number " + std::to_string(c.invoice_number) +
+                                            " leaves a gap after " +
+                                            std::to_string(invoices_.size()),
+                                        e.sequence);
+            }
+            std::string key = c.workspace_id + "/" + c.month;
+            if (invoices_.count(key)) {
+              return Status::Corruption("a second invoice for " + key, e.sequence);
+            }
+            invoices_[key] = InvoiceRef{c.workspace_id, c.month, c.invoice_number, e.sequence};
+            MarkDirty(InvoiceRecord(key));
             return Status::Ok();
           },
           [&](const auto&) -> Status { return Status::Ok(); },  // not a lifecycle event
@@ -271,6 +301,63 @@ std::vector<SecurityGroupView> KeyState::ListGroups(std::string_view workspace_i
   return out;
 }
 
+std::vector<WorkspaceView> KeyState::ListWorkspaces() const {
+  std::shared_lock<std::shared_mutex> lock(mu_);
+  std::vector<WorkspaceView> out;
+  for (const auto& [id, w] : workspaces_) out.push_back(w);
+  return out;
+}
+
+std::vector<PlanVersionRef> KeyState::PlanVersions(std::string_view plan_id) const {
+  std::shared_lock<std::shared_mutex> lock(mu_);
+  auto it = plans_.find(plan_id);
+  return it == plans_.end() ? std::vector<PlanVersionRef>{} : it->second;
+}
+
+std::optional<std::pair<std::string, PlanVersionRef>> KeyState::PlanInForce(
+    std::string_view workspace_id, int64_t at_us) const {
+  std::shared_lock<std::shared_mutex> lock(mu_);
+  auto ws = workspaces_.find(workspace_id);
+  if (ws == workspaces_.end()) return std::nullopt;
+  std::string plan_id;
+  for (const auto& a : ws->second.plan_history) {
+    if (a.at_us < at_us) plan_id = a.plan_id;
+  }
+  if (plan_id.empty()) return std::nullopt;
+  auto plan = plans_.find(plan_id);
+  if (plan == plans_.end()) return std::nullopt;
+  std::optional<PlanVersionRef> in_force;
+  for (const auto& v : plan->second) {
+    if (v.published_at_us < at_us) in_force = v;
+  }
+  if (!in_force) return std::nullopt;
+  return std::make_pair(plan_id, *in_force);
+}
+
+std::optional<InvoiceRef> KeyState::FindInvoice(std::string_view workspace_id,
+                                                std::string_view month) const {
+  std::shared_lock<std::shared_mutex> lock(mu_);
+  auto it = invoices_.find(std::string(workspace_id) + "/" + std::string(month));
+  if (it == invoices_.end()) return std::nullopt;
+  return it->second;
+}
+
+std::vector<InvoiceRef> KeyState::ListInvoices(std::string_view workspace_id) const {
+  std::shared_lock<std::shared_mutex> lock(mu_);
+  std::vector<InvoiceRef> out;
+  const std::string prefix = std::string(workspace_id) + "/";
+  for (auto it = invoices_.lower_bound(prefix); it != invoices_.end() && it->first.starts_with(prefix);
+       ++it) {
+    out.push_back(it->second);
+  }
+  return out;
+}
+
+uint64_t KeyState::invoice_count() const {
+  std::shared_lock<std::shared_mutex> lock(mu_);
+  return invoices_.size();
+}
+
 size_t KeyState::KeysUsingGroup(std::string_view group_id) const {
   std::shared_lock<std::shared_mutex> lock(mu_);
   auto it = keys_per_group_.find(std::string(group_id));
@@ -279,11 +366,29 @@ size_t KeyState::KeysUsingGroup(std::string_view group_id) const {
 
 namespace {
 
+json PlanHistoryJson(const std::vector<PlanAssignment>& history) {
+  json out = json::array();
+  for (const auto& a : history) out.push_back({{"at_us", a.at_us}, {"plan_id", a.plan_id}});
+  return out;
+}
+
 json ToJson(const WorkspaceView& w) {
   return {{"id", w.id}, {"name", w.name}, {"tps_limit", w.tps_limit},
           {"billing_timezone", w.billing_timezone}, {"price_plan_id", w.price_plan_id},
           {"created_at_us", w.created_at_us}, {"updated_at_us", w.updated_at_us},
-          {"version", w.version}};
+          {"version", w.version}, {"plan_history", PlanHistoryJson(w.plan_history)}};
+}
+json ToJson(const std::vector<PlanVersionRef>& versions) {
+  json out = json::array();
+  for (const auto& v : versions) {
+    out.push_back({{"version", v.version}, {"sequence", v.sequence},
+                   {"published_at_us", v.published_at_us}});
+  }
+  return out;
+}
+json ToJson(const InvoiceRef& i) {
+  return {{"workspace_id", i.workspace_id}, {"month", i.month}, {"number", i.number},
+          {"sequence", i.sequence}};
 }
 json ToJson(const SecurityGroupView& g) {
   return {{"workspace_id", g.workspace_id}, {"id", g.id}, {"name", g.name},
@@ -306,9 +411,19 @@ json ToJson(const TokenView& t) {
 }
 
 WorkspaceView WorkspaceFromJson(const json& j) {
-  return WorkspaceView{j.at("id"), j.at("name"), j.at("tps_limit"), j.at("billing_timezone"),
-                       j.at("price_plan_id"), j.at("created_at_us"), j.at("updated_at_us"),
-                       j.at("version")};
+  WorkspaceView w{j.at("id"), j.at("name"), j.at("tps_limit"), j.at("billing_timezone"),
+                  j.at("price_plan_id"), j.at("created_at_us"), j.at("updated_at_us"),
+                  j.at("version"), {}};
+  for (const auto& a : j.at("plan_history")) w.plan_history.push_back({a.at("at_us"), a.at("plan_id")});
+  return w;
+}
+std::vector<PlanVersionRef> PlanVersionsFromJson(const json& j) {
+  std::vector<PlanVersionRef> out;
+  for (const auto& v : j) out.push_back({v.at("version"), v.at("sequence"), v.at("published_at_us")});
+  return out;
+}
+InvoiceRef InvoiceFromJson(const json& j) {
+  return InvoiceRef{j.at("workspace_id"), j.at("month"), j.at("number"), j.at("sequence")};
 }
 SecurityGroupView GroupFromJson(const json& j) {
   SecurityGroupView g{j.at("workspace_id"), j.at("id"), j.at("name"),
@@ -357,6 +472,10 @@ void KeyState::Persist(KvBatch& batch, int cf) {
       value = ToJson(groups_.at(std::string(id.substr(3))));
     } else if (record.starts_with("key/")) {
       value = ToJson(keys_.at(std::string(id.substr(4))));
+    } else if (record.starts_with("plan/")) {
+      value = ToJson(plans_.at(std::string(id.substr(5))));
+    } else if (record.starts_with("inv/")) {
+      value = ToJson(invoices_.at(std::string(id.substr(4))));
     } else {
       assert(record.starts_with("tok/"));
       value = ToJson(tokens_.at(std::string(id.substr(4))));
@@ -406,6 +525,10 @@ Status KeyState::Load(const KvStore& store, int cf) {
       } else if (key.starts_with("tok/")) {
         auto t = TokenFromJson(j);
         tokens_[t.id] = t;
+      } else if (key.starts_with("plan/")) {
+        plans_[std::string(key.substr(5))] = PlanVersionsFromJson(j);
+      } else if (key.starts_with("inv/")) {
+        invoices_[std::string(key.substr(4))] = InvoiceFromJson(j);
       }
     } catch (const json::exception& e) {
       bad = Status::Corruption("key-state record " + std::string(key) + ": " + e.what());
@@ -433,6 +556,8 @@ Hash KeyState::Digest() const {
   for (const auto& [id, g] : groups_) all["sg"].push_back(ToJson(g));
   for (const auto& [id, k] : keys_) all["key"].push_back(ToJson(k));
   for (const auto& [id, t] : tokens_) all["tok"].push_back(ToJson(t));
+  for (const auto& [id, p] : plans_) all["plan"][id] = ToJson(p);
+  for (const auto& [id, i] : invoices_) all["inv"][id] = ToJson(i);
   return HashBytes(all.dump());
 }
 

@@ -26,6 +26,13 @@
 
 namespace keyledger {
 
+// From `at_us` on, the workspace is billed with plan `plan_id` ("" = none).
+struct PlanAssignment {
+  int64_t at_us = 0;
+  std::string plan_id;
+  bool operator==(const PlanAssignment&) const = default;
+};
+
 struct WorkspaceView {
   std::string id;
   std::string name;
@@ -35,7 +42,25 @@ struct WorkspaceView {
   int64_t created_at_us = 0;
   int64_t updated_at_us = 0;
   uint64_t version = 0;  // stream version of "ws/<id>"
+  std::vector<PlanAssignment> plan_history;  // oldest first
   bool operator==(const WorkspaceView&) const = default;
+};
+
+// Where a published price-plan version is in the ledger.
+struct PlanVersionRef {
+  uint32_t version = 0;
+  uint64_t sequence = 0;  // of its PricePlanPublished event
+  int64_t published_at_us = 0;
+  bool operator==(const PlanVersionRef&) const = default;
+};
+
+// Where an issued invoice is in the ledger.
+struct InvoiceRef {
+  std::string workspace_id;
+  std::string month;  // YYYY-MM
+  uint64_t number = 0;
+  uint64_t sequence = 0;  // of its InvoiceIssued event
+  bool operator==(const InvoiceRef&) const = default;
 };
 
 struct SecurityGroupView {
@@ -171,6 +196,24 @@ class KeyState {
   // Number of live keys using the group.
   size_t KeysUsingGroup(std::string_view group_id) const;
 
+  // Every workspace, in id order.
+  std::vector<WorkspaceView> ListWorkspaces() const;
+
+  // The published versions of a plan, oldest first (empty if unknown).
+  std::vector<PlanVersionRef> PlanVersions(std::string_view plan_id) const;
+  // The workspace's plan at `at_us` and that plan's newest version published
+  // before `at_us`: the billing rule "the version in force at the month's
+  // end". std::nullopt when the workspace had no plan then.
+  std::optional<std::pair<std::string, PlanVersionRef>> PlanInForce(std::string_view workspace_id,
+                                                                    int64_t at_us) const;
+  // The invoice of a workspace for a month (YYYY-MM), if issued.
+  std::optional<InvoiceRef> FindInvoice(std::string_view workspace_id,
+                                        std::string_view month) const;
+  // The workspace's invoices, oldest month first.
+  std::vector<InvoiceRef> ListInvoices(std::string_view workspace_id) const;
+  // Invoices issued so far; the next invoice number is this plus one.
+  uint64_t invoice_count() const;
+
   // Folded events whose record must be written by the next Persist.
   // Writes every record changed since the last Persist, plus the position,
   // into `batch` (column family `cf`). The caller writes the batch.
@@ -197,6 +240,8 @@ class KeyState {
   std::map<std::string, KeyView, std::less<>> keys_;
   std::map<std::string, TokenView, std::less<>> tokens_;
   std::optional<Hash> operator_token_hash_;
+  std::map<std::string, std::vector<PlanVersionRef>, std::less<>> plans_;
+  std::map<std::string, InvoiceRef, std::less<>> invoices_;  // key: workspace "/" month
   // Derived indexes, rebuilt by Load.
   struct SecretEntry {
     const KeyView* key;  // into keys_; std::map nodes are stable and keys are never erased

@@ -1,0 +1,988 @@
+#include "projections/call_projections.h"
+
+#include <algorithm>
+#include <cassert>
+#include <chrono>
+#include <limits>
+#include <map>
+#include <unordered_map>
+#include <utility>
+#include <variant>
+
+#include "ledger/codec.h"
+#include "ledger/hash.h"
+
+namespace keyledger {
+namespace {
+
+// Column families of the store, numbered in this order. Persistent: never renumber.
+constexpr int kCallCfLogs = 0;      // key_id '\0' BE(UINT64_MAX - sequence) -> log value
+constexpr int kCallCfLogTimes = 1;  // BE(ordered occurred_at) ‖ log key -> "" (the sweep's index)
+constexpr int kCallCfMetrics = 2;   // MetricsKey -> MetricsFold cell encoding
+constexpr int kCallCfUsage = 3;     // UsageKey -> varint units
+constexpr int kCallCfMeta = 4;
+constexpr int kCallCfs[] = {kCallCfLogs, kCallCfLogTimes, kCallCfMetrics, kCallCfUsage, kCallCfMeta};
+
+constexpr char kFormatKey[] = "format";
+// Bump when any record layout changes: the store is then rebuilt from the log.
+constexpr char kFormatVersion[] = "call-projections-1";
+constexpr char kPositionKey[] = "position";             // sequence (8 BE) ‖ ledger hash (32)
+constexpr char kLogChainKey[] = "log_chain";            // 32 bytes
+constexpr char kUsageRejectedKey[] = "usage_rejected";  // 8 BE
+constexpr size_t kPositionValueBytes = 8 + 32;
+
+constexpr uint8_t kLogValueVersion = 1;
+constexpr size_t kLogHeaderBytes = 1 + 8 + 2;  // version, ordered occurred_at, status
+constexpr size_t kSequenceBytes = 8;
+// Keys deleted per WriteBatch by the wipe and the sweep.
+constexpr size_t kDeleteBatchKeysMax = 10'000;
+// Events per batch of RebuildCallProjectionsDigest (time zones are re-read per batch, as live).
+constexpr size_t kRebuildBatchEventsMax = 65'536;
+constexpr char kDefaultTimeZone[] = "UTC";
+
+KvStoreOptions StoreOptions() {
+  KvStoreOptions options;
+  for (const char* name : {"logs", "log_times", "metrics", "usage", "meta"}) {  // kCallCf* order
+    ColumnFamilySpec spec;
+    spec.name = name;
+    options.column_families.push_back(std::move(spec));
+  }
+  options.block_cache_bytes = 16u << 20;
+  return options;
+}
+
+// ---- Encoding helpers ------------------------------------------------------------------
+
+void PutVarint(uint64_t v, std::string* out) {
+  while (v >= 0x80) {
+    out->push_back(static_cast<char>(static_cast<uint8_t>(v) | 0x80));
+    v >>= 7;
+  }
+  out->push_back(static_cast<char>(v));
+}
+
+// Reads a little-endian base-128 varint. Returns false if truncated or over 64 bits.
+bool GetVarint(std::string_view* in, uint64_t* v) {
+  constexpr size_t kVarintBytesMax = 10;
+  uint64_t result = 0;
+  for (size_t i = 0; i < kVarintBytesMax && i < in->size(); ++i) {
+    const uint8_t byte = static_cast<uint8_t>((*in)[i]);
+    if (i == kVarintBytesMax - 1 && byte > 1) return false;
+    result |= uint64_t{byte & 0x7fu} << (7 * i);
+    if ((byte & 0x80) == 0) {
+      in->remove_prefix(i + 1);
+      *v = result;
+      return true;
+    }
+  }
+  return false;
+}
+
+void PutBytes(std::string_view bytes, std::string* out) {
+  PutVarint(bytes.size(), out);
+  out->append(bytes);
+}
+
+bool GetBytes(std::string_view* in, std::string_view* out) {
+  uint64_t size = 0;
+  if (!GetVarint(in, &size) || size > in->size()) return false;
+  *out = in->substr(0, static_cast<size_t>(size));
+  in->remove_prefix(static_cast<size_t>(size));
+  return true;
+}
+
+bool GetString(std::string_view* in, std::string* out) {
+  std::string_view view;
+  if (!GetBytes(in, &view)) return false;
+  out->assign(view);
+  return true;
+}
+
+void AppendBigEndian16(std::string* out, uint16_t v) {
+  out->push_back(static_cast<char>(v >> 8));
+  out->push_back(static_cast<char>(v & 0xff));
+}
+
+uint16_t DecodeBigEndian16(const char* in) {
+  return static_cast<uint16_t>((static_cast<uint8_t>(in[0]) << 8) | static_cast<uint8_t>(in[1]));
+}
+
+// Maps int64 to uint64 preserving order, so big-endian keys sort by time.
+uint64_t OrderedTime(int64_t t) { return static_cast<uint64_t>(t) ^ (uint64_t{1} << 63); }
+int64_t TimeFromOrdered(uint64_t v) { return static_cast<int64_t>(v ^ (uint64_t{1} << 63)); }
+
+std::string EncodeHash(const Hash& h) { return std::string(h.begin(), h.end()); }
+
+bool DecodeHex(std::string_view hex, std::string* out) {
+  if (hex.size() % 2 != 0) return false;
+  auto nibble = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    return -1;
+  };
+  out->clear();
+  for (size_t i = 0; i < hex.size(); i += 2) {
+    const int hi = nibble(hex[i]);
+    const int lo = nibble(hex[i + 1]);
+    if (hi < 0 || lo < 0) return false;
+    out->push_back(static_cast<char>(hi << 4 | lo));
+  }
+  return true;
+}
+
+int64_t SaturatingSub(int64_t a, int64_t b) {
+  assert(b >= 0);
+  return a < std::numeric_limits<int64_t>::min() + b ? std::numeric_limits<int64_t>::min()
+                                                     : a - b;
+}
+
+// ---- Keys ------------------------------------------------------------------------------
+
+// REQUIRES: key_id has no '\0' (the prefix must end where the key id ends).
+void LogKey(std::string_view key_id, uint64_t sequence, std::string* out) {
+  assert(key_id.find('\0') == std::string_view::npos);
+  out->assign(key_id);
+  out->push_back('\0');
+  AppendBigEndian64(out, std::numeric_limits<uint64_t>::max() - sequence);
+}
+
+std::string LogTimeKey(int64_t occurred_at_us, std::string_view log_key) {
+  std::string key;
+  AppendBigEndian64(&key, OrderedTime(occurred_at_us));
+  key.append(log_key);
+  return key;
+}
+
+// scope (1) ‖ varint id size ‖ id ‖ width code (1) ‖ BE start (8).
+std::string MetricsKey(const MetricsFold::CellRef& cell) {
+  std::string key;
+  key.push_back(static_cast<char>(cell.scope));
+  PutBytes(cell.id, &key);
+  const char code = cell.width_us == kMetricsMinuteUs ? 'm' : cell.width_us == kMetricsHourUs ? 'h' : 'd';
+  assert(cell.width_us == kMetricsMinuteUs || cell.width_us == kMetricsHourUs ||
+         cell.width_us == kMetricsDayUs);
+  key.push_back(code);
+  AppendBigEndian64(&key, static_cast<uint64_t>(cell.start_us));
+  return key;
+}
+
+bool ParseMetricsKey(std::string_view key, MetricsFold::CellRef* cell) {
+  if (key.empty() || static_cast<uint8_t>(key[0]) > static_cast<uint8_t>(MetricsScope::kWorkspace)) {
+    return false;
+  }
+  cell->scope = static_cast<MetricsScope>(key[0]);
+  key.remove_prefix(1);
+  if (!GetBytes(&key, &cell->id) || key.size() != 1 + 8) return false;
+  switch (key[0]) {
+    case 'm': cell->width_us = kMetricsMinuteUs; break;
+    case 'h': cell->width_us = kMetricsHourUs; break;
+    case 'd': cell->width_us = kMetricsDayUs; break;
+    default: return false;
+  }
+  const uint64_t start = DecodeBigEndian64(key.data() + 1);
+  if (start > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) return false;
+  cell->start_us = static_cast<int64_t>(start);
+  return true;
+}
+
+// varint workspace size ‖ workspace ‖ BE16 year ‖ month (1) ‖ key id.
+std::string UsageKey(std::string_view workspace_id, const BillingMonth& month,
+                     std::string_view key_id) {
+  assert(month.year >= kBillingYearMin && month.year <= kBillingYearMax);
+  std::string key;
+  PutBytes(workspace_id, &key);
+  AppendBigEndian16(&key, static_cast<uint16_t>(month.year));
+  key.push_back(static_cast<char>(month.month));
+  key.append(key_id);
+  return key;
+}
+
+bool ParseUsageKey(std::string_view key, std::string_view* workspace_id, BillingMonth* month,
+                   std::string_view* key_id) {
+  if (!GetBytes(&key, workspace_id) || key.size() < 3) return false;
+  month->year = DecodeBigEndian16(key.data());
+  month->month = static_cast<uint8_t>(key[2]);
+  key.remove_prefix(3);
+  *key_id = key;
+  return month->year >= kBillingYearMin && month->year <= kBillingYearMax && month->month >= 1 &&
+         month->month <= 12;
+}
+
+// ---- Log values ------------------------------------------------------------------------
+//
+// version (1) ‖ BE ordered occurred_at (8) ‖ BE status (2) ‖ then, length-
+// prefixed or varint: request_id, workspace_id, method, path, latency_us,
+// units, request_bytes, response_bytes, client_ip, origin, request excerpt,
+// response excerpt (header count, then name and value per header, then body).
+// The fixed header lets Logs filter without decoding the rest.
+
+void PutExcerpt(const HttpExcerpt& excerpt, std::string* out) {
+  PutVarint(excerpt.headers.size(), out);
+  for (const HttpHeader& h : excerpt.headers) {
+    PutBytes(h.name, out);
+    PutBytes(h.value, out);
+  }
+  PutBytes(excerpt.body_excerpt, out);
+}
+
+bool GetExcerpt(std::string_view* in, HttpExcerpt* excerpt) {
+  uint64_t count = 0;
+  if (!GetVarint(in, &count) || count > in->size()) return false;  // >= 1 byte per header
+  excerpt->headers.resize(static_cast<size_t>(count));
+  for (HttpHeader& h : excerpt->headers) {
+    if (!GetString(in, &h.name) || !GetString(in, &h.value)) return false;
+  }
+  return GetString(in, &excerpt->body_excerpt);
+}
+
+void EncodeLogValue(const ApiCallRecorded& call, std::string* out) {
+  out->clear();
+  out->push_back(static_cast<char>(kLogValueVersion));
+  AppendBigEndian64(out, OrderedTime(call.occurred_at_us));
+  AppendBigEndian16(out, call.status);
+  PutBytes(call.request_id, out);
+  PutBytes(call.workspace_id, out);
+  PutBytes(call.method, out);
+  PutBytes(call.path, out);
+  for (uint64_t v : {call.latency_us, call.units, call.request_bytes, call.response_bytes}) {
+    PutVarint(v, out);
+  }
+  PutBytes(call.client_ip, out);
+  PutBytes(call.origin, out);
+  PutExcerpt(call.request, out);
+  PutExcerpt(call.response, out);
+}
+
+struct LogHeader {
+  int64_t occurred_at_us = 0;
+  uint16_t status = 0;
+};
+
+bool DecodeLogHeader(std::string_view value, LogHeader* header) {
+  if (value.size() < kLogHeaderBytes || static_cast<uint8_t>(value[0]) != kLogValueVersion) {
+    return false;
+  }
+  header->occurred_at_us = TimeFromOrdered(DecodeBigEndian64(value.data() + 1));
+  header->status = DecodeBigEndian16(value.data() + 9);
+  return true;
+}
+
+// REQUIRES: key is a log key (key_id '\0' 8 bytes).
+Status DecodeLogEntry(std::string_view key, std::string_view value, LogEntry* entry) {
+  assert(key.size() > kSequenceBytes && key[key.size() - kSequenceBytes - 1] == '\0');
+  LogHeader header;
+  if (!DecodeLogHeader(value, &header)) return Status::Corruption("log entry: bad header");
+  entry->key_id.assign(key.substr(0, key.size() - kSequenceBytes - 1));
+  entry->sequence = std::numeric_limits<uint64_t>::max() -
+                    DecodeBigEndian64(key.data() + key.size() - kSequenceBytes);
+  entry->occurred_at_us = header.occurred_at_us;
+  entry->status = header.status;
+  value.remove_prefix(kLogHeaderBytes);
+  bool ok = GetString(&value, &entry->request_id) && GetString(&value, &entry->workspace_id) &&
+            GetString(&value, &entry->method) && GetString(&value, &entry->path);
+  for (uint64_t* v : {&entry->latency_us, &entry->units, &entry->request_bytes,
+                      &entry->response_bytes}) {
+    ok = ok && GetVarint(&value, v);
+  }
+  ok = ok && GetString(&value, &entry->client_ip) && GetString(&value, &entry->origin) &&
+       GetExcerpt(&value, &entry->request) && GetExcerpt(&value, &entry->response) &&
+       value.empty();
+  return ok ? Status::Ok() : Status::Corruption("log entry: malformed body");
+}
+
+}  // namespace
+
+// ---- The in-memory fold ------------------------------------------------------------------
+
+namespace call_projections_internal {
+
+struct KeyUnits {
+  uint64_t units = 0;
+  bool changed = false;  // listed in the batch's changed usage
+};
+struct MonthUsage {
+  uint64_t total = 0;
+  std::map<std::string, KeyUnits, std::less<>> by_key;  // units > 0 only
+};
+using UsageTable = std::map<std::string, std::map<BillingMonth, MonthUsage>, std::less<>>;
+
+// The state of every call projection held in memory (logs live only in the
+// store; the fold keeps the running hash over them).
+struct FoldState {
+  MetricsFold metrics;
+  UsageTable usage;
+  Hash log_chain{};
+  uint64_t usage_rejected = 0;
+  uint64_t position = 0;  // the last sequence applied to this state
+};
+
+// Folds one batch of stored events into a FoldState. With `out`, collects the
+// records the batch adds or changes into it (the live projection); without,
+// only the state changes (the rebuild).
+class BatchFolder {
+ public:
+  BatchFolder(const KeyState& key_state, FoldState* state, KvBatch* out)
+      : key_state_(key_state),
+        state_(state),
+        out_(out),
+        call_kind_(ApiCallRecordedBodyKind()),
+        denial_kind_(AuthorizationDeniedBodyKind()) {}
+
+  // Folds the stored value of the event at `sequence`.
+  // Returns Corruption (with the sequence) when the value does not decode or
+  // sequences are not dense from state->position + 1.
+  Status Fold(uint64_t sequence, std::string_view stored);
+
+  // Adds the changed metrics cells and usage records to `out` and advances
+  // the state's position. Call once, after the last Fold.
+  void Finish();
+
+  uint64_t events_scanned() const { return events_scanned_; }
+  uint64_t events_folded() const { return events_folded_; }
+  uint64_t bytes() const { return bytes_; }
+  uint64_t last_sequence() const { return last_sequence_; }
+  const Hash& last_hash() const { return last_hash_; }
+
+ private:
+  // The billing zone of one workspace, read once per batch, and the month
+  // last resolved in it.
+  struct Zone {
+    std::string name;
+    const std::string* workspace = nullptr;  // key in state_->usage, once it has one
+    BillingMonth month;
+    int64_t start_us = 0;
+    int64_t end_us = 0;  // start == end: no month resolved yet
+    MonthUsage* usage = nullptr;
+  };
+  struct ChangedUsage {
+    const std::string* workspace;
+    BillingMonth month;
+    const std::string* key;
+    KeyUnits* units;
+  };
+
+  void FoldCall(uint64_t sequence, const ApiCallRecorded& call);
+  Zone& ZoneOf(const std::string& workspace_id);
+  // Returns the month usage of the call, or nullptr (and counts a rejection).
+  MonthUsage* ResolveUsage(const ApiCallRecorded& call);
+  void ApplyUsage(const ApiCallRecorded& call);
+  void AppendLog(uint64_t sequence, const ApiCallRecorded& call);
+
+  const KeyState& key_state_;
+  FoldState* const state_;
+  KvBatch* const out_;
+  const uint16_t call_kind_;
+  const uint16_t denial_kind_;
+  std::unordered_map<std::string, Zone> zones_;
+  std::vector<ChangedUsage> changed_usage_;
+  std::string log_key_;     // reused buffers
+  std::string log_value_;
+  std::string log_record_;
+  uint64_t events_scanned_ = 0;
+  uint64_t events_folded_ = 0;
+  uint64_t bytes_ = 0;
+  uint64_t last_sequence_ = 0;
+  Hash last_hash_{};
+};
+
+Status BatchFolder::Fold(uint64_t sequence, std::string_view stored) {
+  const uint64_t expected = (events_scanned_ == 0 ? state_->position : last_sequence_) + 1;
+  if (sequence != expected) {
+    return Status::Corruption("the ledger skips from " + std::to_string(expected - 1) + " to " +
+                                  std::to_string(sequence),
+                              expected);
+  }
+  Hash hash;
+  std::string_view body;
+  Status split = SplitStoredValue(stored, &hash, &body);
+  if (!split.ok()) return Status::Corruption(split.message(), sequence);
+  ++events_scanned_;
+  bytes_ += stored.size();
+  last_sequence_ = sequence;
+  last_hash_ = hash;
+  auto header = DecodeEnvelopeHeader(body);
+  if (!header.ok()) return Status::Corruption(header.status().message(), sequence);
+  if (header->body_kind != call_kind_ && header->body_kind != denial_kind_) return Status::Ok();
+  auto event = DecodeEventBody(body);
+  if (!event.ok()) return Status::Corruption(event.status().message(), sequence);
+  ++events_folded_;
+  if (const auto* call = std::get_if<ApiCallRecorded>(&event->body)) {
+    FoldCall(sequence, *call);
+    return Status::Ok();
+  }
+  if (const auto* denied = std::get_if<AuthorizationDenied>(&event->body)) {
+    state_->metrics.ApplyDenial(*denied);
+    return Status::Ok();
+  }
+  return Status::Corruption("the envelope's body kind disagrees with its body", sequence);
+}
+
+void BatchFolder::FoldCall(uint64_t sequence, const ApiCallRecorded& call) {
+  state_->metrics.ApplyCall(call);
+  ApplyUsage(call);
+  if (call.logged) AppendLog(sequence, call);
+}
+
+BatchFolder::Zone& BatchFolder::ZoneOf(const std::string& workspace_id) {
+  auto it = zones_.find(workspace_id);
+  if (it != zones_.end()) return it->second;
+  Zone zone;
+  std::optional<WorkspaceView> ws = key_state_.FindWorkspace(workspace_id);
+  zone.name = ws && !ws->billing_timezone.empty() ? ws->billing_timezone : kDefaultTimeZone;
+  return zones_.emplace(workspace_id, std::move(zone)).first->second;
+}
+
+MonthUsage* BatchFolder::ResolveUsage(const ApiCallRecorded& call) {
+  Zone& zone = ZoneOf(call.workspace_id);
+  const int64_t at = call.occurred_at_us;
+  if (zone.start_us <= at && at < zone.end_us) return zone.usage;
+  Result<BillingMonth> month = MonthOf(at, zone.name);
+  if (!month.ok()) return nullptr;
+  auto bounds = MonthBoundsUs(*month, zone.name);
+  if (!bounds.ok()) return nullptr;
+  // calendar.h: MonthOf(t) == m exactly when t lies in m's bounds.
+  assert(bounds->first <= at && at < bounds->second);
+  if (zone.workspace == nullptr) {
+    zone.workspace = &state_->usage.try_emplace(call.workspace_id).first->first;
+  }
+  auto ws = state_->usage.find(*zone.workspace);
+  assert(ws != state_->usage.end());
+  zone.month = *month;
+  zone.start_us = bounds->first;
+  zone.end_us = bounds->second;
+  zone.usage = &ws->second[*month];
+  return zone.usage;
+}
+
+void BatchFolder::ApplyUsage(const ApiCallRecorded& call) {
+  if (call.units == 0) return;
+  MonthUsage* usage = ResolveUsage(call);
+  if (usage == nullptr || usage->total > std::numeric_limits<uint64_t>::max() - call.units) {
+    ++state_->usage_rejected;
+    return;
+  }
+  usage->total += call.units;
+  auto key = usage->by_key.find(call.key_id);
+  if (key == usage->by_key.end()) key = usage->by_key.try_emplace(call.key_id).first;
+  key->second.units += call.units;  // <= total: no overflow
+  if (out_ != nullptr && !key->second.changed) {
+    key->second.changed = true;
+    const Zone& zone = zones_.find(call.workspace_id)->second;
+    changed_usage_.push_back(ChangedUsage{zone.workspace, zone.month, &key->first, &key->second});
+  }
+}
+
+void BatchFolder::AppendLog(uint64_t sequence, const ApiCallRecorded& call) {
+  if (call.key_id.empty() || call.key_id.find('\0') != std::string::npos) return;
+  LogKey(call.key_id, sequence, &log_key_);
+  EncodeLogValue(call, &log_value_);
+  // The key has a fixed shape (no '\0' in the id, 8 bytes after it), so
+  // key ‖ value names one entry unambiguously.
+  log_record_.assign(log_key_);
+  log_record_.append(log_value_);
+  state_->log_chain = ChainHash(state_->log_chain, log_record_);
+  if (out_ == nullptr) return;
+  out_->Put(kCallCfLogs, log_key_, log_value_);
+  out_->Put(kCallCfLogTimes, LogTimeKey(call.occurred_at_us, log_key_), "");
+}
+
+void BatchFolder::Finish() {
+  if (events_scanned_ > 0) state_->position = last_sequence_;
+  if (out_ == nullptr) return;
+  state_->metrics.TakeChangedCells([&](const MetricsFold::CellRef& cell, std::string_view encoded) {
+    out_->Put(kCallCfMetrics, MetricsKey(cell), encoded);
+  });
+  std::string value;
+  for (const ChangedUsage& c : changed_usage_) {
+    assert(c.units->changed && c.units->units > 0);
+    c.units->changed = false;
+    value.clear();
+    PutVarint(c.units->units, &value);
+    out_->Put(kCallCfUsage, UsageKey(*c.workspace, c.month, *c.key), value);
+  }
+  changed_usage_.clear();
+}
+
+Hash DigestOf(const FoldState& state) {
+  Hash h{};
+  std::string record;
+  state.metrics.ForEachCell([&](const MetricsFold::CellRef& cell, std::string_view encoded) {
+    record.clear();
+    record.push_back('m');
+    record += MetricsKey(cell);  // self-delimiting
+    record.append(encoded);
+    h = ChainHash(h, record);
+  });
+  for (const auto& [workspace, months] : state.usage) {
+    for (const auto& [month, usage] : months) {
+      for (const auto& [key, units] : usage.by_key) {
+        record.clear();
+    record.push_back('u');
+        PutVarint(units.units, &record);  // self-delimiting, so the key may run to the end
+        record += UsageKey(workspace, month, key);
+        h = ChainHash(h, record);
+      }
+    }
+  }
+  record.clear();
+    record.push_back('l');
+  record += EncodeHash(state.log_chain);
+  AppendBigEndian64(&record, state.usage_rejected);
+  return ChainHash(h, record);
+}
+
+// Folds (after, to] of `ledger` into `state` in batches, without storage.
+Status FoldInMemory(const Ledger& ledger, const KeyState& key_state, uint64_t to,
+                    FoldState* state) {
+  while (state->position < to) {
+    BatchFolder folder(key_state, state, nullptr);
+    Status fold;
+    KL_RETURN_IF_ERROR(
+        ledger.ScanRaw(state->position + 1, to, [&](uint64_t sequence, std::string_view value) {
+          fold = folder.Fold(sequence, value);
+          return fold.ok() && folder.events_scanned() < kRebuildBatchEventsMax;
+        }));
+    KL_RETURN_IF_ERROR(fold);
+    if (folder.events_scanned() == 0) {
+      return Status::Corruption("the ledger has no event " + std::to_string(state->position + 1),
+                                state->position + 1);
+    }
+    folder.Finish();
+  }
+  return Status::Ok();
+}
+
+}  // namespace call_projections_internal
+
+using call_projections_internal::BatchFolder;
+using call_projections_internal::MonthUsage;
+
+struct CallProjections::FoldState : call_projections_internal::FoldState {};
+
+// ---- CallProjections: open, load, wipe ---------------------------------------------------
+
+CallProjections::CallProjections(const Ledger* ledger, const KeyState* key_state,
+                                 const Clock* clock, CallProjectionsOptions options)
+    : ledger_(ledger), key_state_(key_state), clock_(clock), options_(options) {}
+
+CallProjections::~CallProjections() { Stop(); }
+
+Result<std::unique_ptr<CallProjections>> CallProjections::Open(const std::string& path,
+                                                               const Ledger* ledger,
+                                                               const KeyState* key_state,
+                                                               const Clock* clock,
+                                                               CallProjectionsOptions options) {
+  assert(ledger != nullptr && key_state != nullptr && clock != nullptr);
+  assert(options.log_retention_us > 0 && options.fold_batch_events_max > 0 &&
+         options.tail_wait_us > 0);
+  std::unique_ptr<CallProjections> self(new CallProjections(ledger, key_state, clock, options));
+  KL_ASSIGN_OR_RETURN(self->store_, KvStore::Open(path, StoreOptions()));
+  KL_RETURN_IF_ERROR(self->LoadOrWipe());
+  KL_RETURN_IF_ERROR(self->CatchUp());
+  return self;
+}
+
+Status CallProjections::LoadOrWipe() {
+  KL_ASSIGN_OR_RETURN(auto format, store_->Get(kCallCfMeta, kFormatKey));
+  if (!format || *format != kFormatVersion) return Wipe();
+  KL_ASSIGN_OR_RETURN(auto stored, store_->Get(kCallCfMeta, kPositionKey));
+  uint64_t position = 0;
+  Hash hash{};
+  if (stored) {
+    if (stored->size() != kPositionValueBytes) return Status::Corruption("call projections: bad position");
+    position = DecodeBigEndian64(stored->data());
+    std::copy(stored->begin() + 8, stored->end(), hash.begin());
+  }
+  KL_ASSIGN_OR_RETURN(bool matches, StoreMatchesLedger(position, hash));
+  return matches ? Load() : Wipe();
+}
+
+Result<bool> CallProjections::StoreMatchesLedger(uint64_t position, const Hash& hash) const {
+  if (position == 0) return true;
+  if (position > ledger_->head().sequence) return false;  // the ledger lost its tail
+  bool same = false;
+  Status split;
+  KL_RETURN_IF_ERROR(ledger_->ScanRaw(position, position, [&](uint64_t, std::string_view value) {
+    Hash stored;
+    std::string_view body;
+    split = SplitStoredValue(value, &stored, &body);
+    same = split.ok() && stored == hash;
+    return false;
+  }));
+  KL_RETURN_IF_ERROR(split);
+  return same;
+}
+
+Status CallProjections::Load() {
+  auto state = std::make_unique<FoldState>();
+  state->metrics.TrackChanges();
+  Status load;
+  KL_RETURN_IF_ERROR(store_->Scan(kCallCfMetrics, "", "", [&](std::string_view key, std::string_view value) {
+    MetricsFold::CellRef cell;
+    load = ParseMetricsKey(key, &cell) ? state->metrics.LoadCell(cell, value)
+                                       : Status::Corruption("call projections: bad metrics key");
+    return load.ok();
+  }));
+  KL_RETURN_IF_ERROR(load);
+  KL_RETURN_IF_ERROR(state->metrics.FinishLoad());
+  KL_RETURN_IF_ERROR(store_->Scan(kCallCfUsage, "", "", [&](std::string_view key, std::string_view value) {
+    std::string_view workspace, key_id;
+    BillingMonth month;
+    uint64_t units = 0;
+    if (!ParseUsageKey(key, &workspace, &month, &key_id) || !GetVarint(&value, &units) ||
+        !value.empty() || units == 0) {
+      load = Status::Corruption("call projections: bad usage record");
+      return false;
+    }
+    auto ws = state->usage.find(workspace);
+    if (ws == state->usage.end()) ws = state->usage.try_emplace(std::string(workspace)).first;
+    MonthUsage& usage = ws->second[month];
+    if (usage.total > std::numeric_limits<uint64_t>::max() - units) {
+      load = Status::Corruption("call projections: a month's usage exceeds 2^64-1");
+      return false;
+    }
+    usage.total += units;
+    usage.by_key[std::string(key_id)].units = units;
+    return true;
+  }));
+  KL_RETURN_IF_ERROR(load);
+  KL_ASSIGN_OR_RETURN(auto position, store_->Get(kCallCfMeta, kPositionKey));
+  KL_ASSIGN_OR_RETURN(auto chain, store_->Get(kCallCfMeta, kLogChainKey));
+  KL_ASSIGN_OR_RETURN(auto rejected, store_->Get(kCallCfMeta, kUsageRejectedKey));
+  if (position) {  // written together with the other two; sizes checked by LoadOrWipe
+    if (!chain || chain->size() != 32 || !rejected || rejected->size() != 8) {
+      return Status::Corruption("call projections: bad meta records");
+    }
+    state->position = DecodeBigEndian64(position->data());
+    std::copy(chain->begin(), chain->end(), state->log_chain.begin());
+    state->usage_rejected = DecodeBigEndian64(rejected->data());
+  }
+  position_.store(state->position, std::memory_order_release);
+  state_ = std::move(state);
+  return Status::Ok();
+}
+
+Status CallProjections::Wipe() {
+  for (int cf : kCallCfs) {
+    std::string start;
+    for (;;) {
+      KvBatch batch(*store_);
+      std::string last;
+      KL_RETURN_IF_ERROR(store_->Scan(cf, start, "", [&](std::string_view key, std::string_view) {
+        batch.Delete(cf, key);
+        last.assign(key);
+        return batch.count() < kDeleteBatchKeysMax;
+      }));
+      if (batch.count() == 0) break;
+      KL_RETURN_IF_ERROR(store_->Write(batch, Durability::kAsync));
+      start = last + '\0';  // the next key after `last`
+    }
+  }
+  KvBatch format(*store_);
+  format.Put(kCallCfMeta, kFormatKey, kFormatVersion);
+  KL_RETURN_IF_ERROR(store_->Write(format, Durability::kSync));
+  state_ = std::make_unique<FoldState>();
+  state_->metrics.TrackChanges();
+  position_.store(0, std::memory_order_release);
+  return Status::Ok();
+}
+
+// ---- Folding ---------------------------------------------------------------------------
+
+Status CallProjections::CatchUp() { return CatchUpTo(std::numeric_limits<uint64_t>::max()); }
+
+Status CallProjections::CatchUpTo(uint64_t sequence) {
+  std::lock_guard<std::mutex> lock(fold_mu_);
+  KL_RETURN_IF_ERROR(broken_);
+  const uint64_t to = std::min(sequence, ledger_->head().sequence);
+  while (position() < to) {
+    Status s = FoldBatchLocked(to);
+    if (!s.ok()) {
+      broken_ = s;
+      return s;
+    }
+  }
+  return Status::Ok();
+}
+
+// REQUIRES: fold_mu_ held, position() < to <= ledger head.
+Status CallProjections::FoldBatchLocked(uint64_t to) {
+  const uint64_t from = position() + 1;
+  assert(from <= to);
+  KvBatch batch(*store_);
+  uint64_t scanned = 0;
+  uint64_t folded = 0;
+  std::string meta_position;
+  std::string meta_chain;
+  std::string meta_rejected;
+  {
+    std::unique_lock<std::shared_mutex> lock(state_mu_);
+    assert(state_->position == from - 1);
+    BatchFolder folder(*key_state_, state_.get(), &batch);
+    Status fold;
+    KL_RETURN_IF_ERROR(ledger_->ScanRaw(from, to, [&](uint64_t sequence, std::string_view value) {
+      fold = folder.Fold(sequence, value);
+      return fold.ok() && folder.events_scanned() < options_.fold_batch_events_max &&
+             folder.bytes() < options_.fold_batch_bytes_max;
+    }));
+    KL_RETURN_IF_ERROR(fold);
+    if (folder.events_scanned() == 0) {
+      return Status::Corruption("the ledger has no event " + std::to_string(from), from);
+    }
+    folder.Finish();
+    scanned = folder.events_scanned();
+    folded = folder.events_folded();
+    AppendBigEndian64(&meta_position, folder.last_sequence());
+    meta_position += EncodeHash(folder.last_hash());
+    meta_chain = EncodeHash(state_->log_chain);
+    AppendBigEndian64(&meta_rejected, state_->usage_rejected);
+  }
+  batch.Put(kCallCfMeta, kPositionKey, meta_position);
+  batch.Put(kCallCfMeta, kLogChainKey, meta_chain);
+  batch.Put(kCallCfMeta, kUsageRejectedKey, meta_rejected);
+  // Async is enough: the ledger is the durable truth, and the position travels
+  // in this same batch as the records, so a write lost on power loss leaves
+  // an older consistent store whose tail Open simply folds again.
+  KL_RETURN_IF_ERROR(store_->Write(batch, Durability::kAsync));
+  position_.store(from - 1 + scanned, std::memory_order_release);
+  events_scanned_.fetch_add(scanned, std::memory_order_relaxed);
+  events_folded_.fetch_add(folded, std::memory_order_relaxed);
+  return Status::Ok();
+}
+
+// ---- The tailing thread ------------------------------------------------------------------
+
+void CallProjections::Start() {
+  std::lock_guard<std::mutex> lock(tail_mu_);
+  if (started_ || stopping_) return;
+  started_ = true;
+  tailer_ = std::thread([this] { TailLoop(); });
+}
+
+void CallProjections::Stop() {
+  std::thread tailer;
+  {
+    std::lock_guard<std::mutex> lock(tail_mu_);
+    stopping_ = true;
+    tailer = std::move(tailer_);
+  }
+  tail_cv_.notify_all();
+  if (tailer.joinable()) tailer.join();
+}
+
+Status CallProjections::tail_status() const {
+  std::lock_guard<std::mutex> lock(tail_mu_);
+  return tail_status_;
+}
+
+void CallProjections::TailLoop() {
+  int64_t next_sweep_us = clock_->NowUs();
+  for (;;) {
+    {
+      std::lock_guard<std::mutex> lock(tail_mu_);
+      if (stopping_) return;
+    }
+    const auto waited_from = std::chrono::steady_clock::now();
+    const uint64_t head = ledger_->WaitForSequence(position(), options_.tail_wait_us);
+    const bool progress = head > position();
+    Status fold = progress ? CatchUpTo(head) : Status::Ok();
+    if (progress) {
+      std::lock_guard<std::mutex> lock(tail_mu_);
+      tail_status_ = fold;
+    }
+    MaybeSweep(&next_sweep_us);
+    // WaitForSequence returns at once when the ledger is closed: do not spin.
+    const auto waited = std::chrono::steady_clock::now() - waited_from;
+    const bool returned_early =
+        !progress && waited < std::chrono::microseconds(options_.tail_wait_us / 2);
+    if (fold.ok() && !returned_early) continue;
+    std::unique_lock<std::mutex> lock(tail_mu_);
+    tail_cv_.wait_for(lock, std::chrono::microseconds(options_.tail_wait_us),
+                      [&] { return stopping_; });
+  }
+}
+
+void CallProjections::MaybeSweep(int64_t* next_sweep_us) {
+  const int64_t now = clock_->NowUs();
+  if (now < *next_sweep_us) return;
+  *next_sweep_us = now + options_.log_sweep_interval_us;
+  Result<size_t> swept = SweepExpiredLogs();
+  if (!swept.ok()) {
+    std::lock_guard<std::mutex> lock(tail_mu_);
+    tail_status_ = swept.status();
+  }
+}
+
+Result<size_t> CallProjections::SweepExpiredLogs() {
+  std::lock_guard<std::mutex> lock(sweep_mu_);
+  const int64_t cutoff = SaturatingSub(clock_->NowUs(), options_.log_retention_us);
+  std::string end;
+  AppendBigEndian64(&end, OrderedTime(cutoff));
+  size_t deleted = 0;
+  std::string start;
+  for (;;) {
+    KvBatch batch(*store_);
+    size_t keys = 0;
+    std::string last;
+    KL_RETURN_IF_ERROR(store_->Scan(kCallCfLogTimes, start, end, [&](std::string_view key, std::string_view) {
+      batch.Delete(kCallCfLogTimes, key);
+      if (key.size() > 8) batch.Delete(kCallCfLogs, key.substr(8));
+      last.assign(key);
+      return ++keys < kDeleteBatchKeysMax;
+    }));
+    if (keys == 0) break;
+    // Async: a lost delete is redone by the next sweep.
+    KL_RETURN_IF_ERROR(store_->Write(batch, Durability::kAsync));
+    deleted += keys;
+    if (keys < kDeleteBatchKeysMax) break;
+    start = last + '\0';
+  }
+  return deleted;
+}
+
+// ---- Queries ---------------------------------------------------------------------------
+
+uint64_t CallProjections::usage_rejected() const {
+  std::shared_lock<std::shared_mutex> lock(state_mu_);
+  return state_->usage_rejected;
+}
+
+Hash CallProjections::Digest() const {
+  std::shared_lock<std::shared_mutex> lock(state_mu_);
+  return call_projections_internal::DigestOf(*state_);
+}
+
+namespace {
+
+Status CheckLogQuery(const LogQuery& q) {
+  if (q.key_id.empty() || q.key_id.find('\0') != std::string::npos) {
+    return Status::InvalidArgument("key_id must be a key id", "key_id");
+  }
+  if (q.to_us <= q.from_us) return Status::InvalidArgument("to must be after from", "to");
+  if (q.limit == 0 || q.limit > kLogPageMax) {
+    return Status::InvalidArgument("limit must be 1.." + std::to_string(kLogPageMax), "limit");
+  }
+  if (q.status_class && (*q.status_class < '1' || *q.status_class > '5')) {
+    return Status::InvalidArgument("status_class must be one of 1, 2, 3, 4, 5", "status_class");
+  }
+  return Status::Ok();
+}
+
+bool Matches(const LogQuery& q, int64_t from_us, const LogHeader& h) {
+  if (h.occurred_at_us < from_us || h.occurred_at_us >= q.to_us) return false;
+  if (q.status && h.status != *q.status) return false;
+  return !q.status_class || h.status / 100 == static_cast<uint16_t>(*q.status_class - '0');
+}
+
+}  // namespace
+
+Result<LogPage> CallProjections::Logs(const LogQuery& query, int64_t now_us) const {
+  KL_RETURN_IF_ERROR(CheckLogQuery(query));
+  const std::string prefix = query.key_id + '\0';
+  std::string start = prefix;
+  if (!query.cursor.empty()) {
+    if (!DecodeHex(query.cursor, &start) || start.size() != prefix.size() + kSequenceBytes ||
+        !start.starts_with(prefix)) {
+      return Status::InvalidArgument("cursor is not a cursor of this key's log", "cursor");
+    }
+    start.push_back('\0');  // the first key after the cursor's
+  }
+  const std::string end = query.key_id + '\x01';
+  const int64_t from_us = std::max(query.from_us, SaturatingSub(now_us, options_.log_retention_us));
+  LogPage page;
+  size_t examined = 0;
+  size_t bytes = 0;
+  bool more = false;
+  std::string last_key;  // the last key returned or passed over
+  Status decode;
+  KL_RETURN_IF_ERROR(store_->Scan(kCallCfLogs, start, end, [&](std::string_view key, std::string_view value) {
+    if (examined == kLogScanEntriesMax) {
+      more = true;
+      return false;
+    }
+    ++examined;
+    LogHeader header;
+    const bool is_entry = key.size() == prefix.size() + kSequenceBytes;  // ids hold no '\0'
+    if (is_entry && !DecodeLogHeader(value, &header)) {
+      decode = Status::Corruption("log entry: bad header");
+      return false;
+    }
+    if (!is_entry || !Matches(query, from_us, header)) {
+      last_key.assign(key);
+      return true;
+    }
+    if (page.entries.size() == query.limit || bytes >= kLogPageBytesMax) {
+      more = true;
+      return false;
+    }
+    decode = DecodeLogEntry(key, value, &page.entries.emplace_back());
+    bytes += value.size();
+    last_key.assign(key);
+    return decode.ok();
+  }));
+  KL_RETURN_IF_ERROR(decode);
+  if (more) {
+    assert(!last_key.empty());
+    page.next_cursor = ToHex(reinterpret_cast<const uint8_t*>(last_key.data()), last_key.size());
+  }
+  return page;
+}
+
+Result<std::vector<MetricsBucket>> CallProjections::Metrics(MetricsScope scope,
+                                                            std::string_view id, int64_t from_us,
+                                                            int64_t to_us,
+                                                            int64_t step_us) const {
+  std::shared_lock<std::shared_mutex> lock(state_mu_);
+  return state_->metrics.Query(scope, id, from_us, to_us, step_us);
+}
+
+Result<MetricsBucket> CallProjections::Totals(MetricsScope scope, std::string_view id,
+                                              int64_t from_us, int64_t to_us) const {
+  std::shared_lock<std::shared_mutex> lock(state_mu_);
+  return state_->metrics.Totals(scope, id, from_us, to_us);
+}
+
+WorkspaceUsage CallProjections::UsageFor(std::string_view workspace_id,
+                                         const BillingMonth& month) const {
+  std::shared_lock<std::shared_mutex> lock(state_mu_);
+  WorkspaceUsage out;
+  out.month = month;
+  out.position = state_->position;
+  auto ws = state_->usage.find(workspace_id);
+  if (ws == state_->usage.end()) return out;
+  auto it = ws->second.find(month);
+  if (it == ws->second.end()) return out;
+  out.total = it->second.total;
+  out.keys.reserve(it->second.by_key.size());
+  for (const auto& [key_id, units] : it->second.by_key) {
+    out.keys.push_back(KeyUsage{key_id, units.units});
+  }
+  return out;
+}
+
+std::vector<BillingMonth> CallProjections::UsageMonths(std::string_view workspace_id) const {
+  std::shared_lock<std::shared_mutex> lock(state_mu_);
+  std::vector<BillingMonth> out;
+  auto ws = state_->usage.find(workspace_id);
+  if (ws == state_->usage.end()) return out;
+  for (const auto& entry : ws->second) out.push_back(entry.first);
+  return out;
+}
+
+// ---- Rebuild ---------------------------------------------------------------------------
+
+Result<Hash> RebuildCallProjectionsDigest(const Ledger& ledger, const KeyState& key_state,
+                                          uint64_t until) {
+  const uint64_t head = ledger.head().sequence;
+  if (until > head) {
+    return Status::InvalidArgument("until (" + std::to_string(until) +
+                                       ") is beyond the ledger head (" + std::to_string(head) + ")",
+                                   "until");
+  }
+  call_projections_internal::FoldState state;
+  KL_RETURN_IF_ERROR(call_projections_internal::FoldInMemory(ledger, key_state,
+                                                             until == 0 ? head : until, &state));
+  return call_projections_internal::DigestOf(state);
+}
+
+}  // namespace keyledger

@@ -1,0 +1,2 @@
+// Tests of CallProjections: request logs, metrics and usage folded from API-call events.
+#include <gtest/gtest.h>

@@ -1,0 +1,177 @@
+// Private to the api/ library: the Service's implementation struct and the
+// helpers its endpoint files share (service.cc: management; service_data_plane.cc;
+// service_audit.cc; service_billing.cc). Not part of any public interface.
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "api/data_plane.h"
+#include "api/json_input.h"
+#include "api/prometheus.h"
+#include "api/service.h"
+#include "ledger/hash.h"
+
+namespace keyledger {
+
+constexpr size_t kIdRandomBytes = 10;  // 80 bits: ids are not secrets, just unique
+constexpr size_t kOperatorTokenBytesMin = 16;
+constexpr size_t kSecurityGroupEntriesMax = 100;
+
+struct Principal {
+  bool is_operator = false;
+  std::string workspace_id;  // for a workspace token
+  std::string token_id;
+  std::string Actor() const { return is_operator ? "operator" : "token/" + token_id; }
+};
+
+// Response and request helpers shared by the endpoint files.
+HttpResponse JsonResponse(int status, const Json& body);
+HttpResponse NoContent();
+std::vector<std::string_view> SplitPath(std::string_view path);
+// The query string of the request target ("" if none).
+std::string_view QueryOf(const HttpRequest& req);
+// Returns the raw value of query parameter `name` ("" if absent).
+std::string_view QueryParam(std::string_view query, std::string_view name);
+// The "limit" query parameter, within 1..o.page_size_max (InvalidArgument otherwise).
+Result<size_t> PageSize(std::string_view query, const ServiceOptions& o);
+Json WorkspaceJson(const WorkspaceView& w);
+Json GroupJson(const SecurityGroupView& g);
+Json KeyJson(const KeyView& k);
+Hash HashSecret(std::string_view secret);
+// Durations are measured on the monotonic clock, never the injected one.
+uint64_t ElapsedUs(std::chrono::steady_clock::time_point start);
+
+struct Service::Impl {
+  ServiceDeps d;
+  ServiceOptions o;
+  std::unique_ptr<DataPlane> data_plane;
+  std::mutex command_mu;  // one command at a time: validate, append, fold
+  RequestCounters requests;
+  LatencyHistogramUs authorize_latency;
+  LatencyHistogramUs command_append_latency;
+
+  HttpResponse Metrics() const;
+
+  const KeyState& state() const { return d.key_state->state(); }
+
+  std::string NewId(std::string_view prefix) {
+    return std::string(prefix) + RandomBase32(*d.random, kIdRandomBytes);
+  }
+  std::string NewSecret(std::string_view prefix) {
+    return std::string(prefix) + RandomBase32(*d.random, kSecretBytes);
+  }
+
+  NewEvent MakeEvent(std::string stream, std::optional<uint64_t> expected, const Principal& who,
+                     EventBody body) {
+    NewEvent e;
+    d.random->Fill(e.event_id.data(), e.event_id.size());
+    e.stream_id = std::move(stream);
+    e.expected_version = expected;
+    e.actor = who.Actor();
+    e.body = std::move(body);
+    return e;
+  }
+
+  // REQUIRES: command_mu held.
+  Status Commit(const std::vector<NewEvent>& events) {
+    AppendOptions options;
+    options.durability = Durability::kSync;  // a command is acknowledged only when durable
+    const auto start = std::chrono::steady_clock::now();
+    KL_ASSIGN_OR_RETURN(AppendResult appended, d.ledger->Append(events, options));
+    command_append_latency.Observe(ElapsedUs(start));
+    return d.key_state->ApplyAppended(appended.sequences);
+  }
+
+  Result<Principal> Authenticate(const HttpRequest& req) const {
+    std::string_view auth = req.Header("authorization");
+    constexpr std::string_view kBearer = "bearer ";
+    if (auth.size() <= kBearer.size()) {
+      return Status::Unauthenticated("missing Authorization: Bearer <token> header");
+    }
+    std::string scheme(auth.substr(0, kBearer.size()));
+    for (char& c : scheme) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    if (scheme != kBearer) return Status::Unauthenticated("Authorization must use the Bearer scheme");
+    Hash h = HashSecret(auth.substr(kBearer.size()));
+    auto op = state().operator_token_hash();
+    if (op && ConstantTimeEqual(*op, h)) return Principal{true, "", ""};
+    auto token = state().FindTokenByHash(h);
+    if (token && !token->revoked) return Principal{false, token->workspace_id, token->id};
+    return Status::Unauthenticated("unknown or revoked token");
+  }
+
+  // Returns the workspace if `who` may see it; NotFound otherwise, so a
+  // workspace token learns nothing about other workspaces.
+  Result<WorkspaceView> Workspace(const Principal& who, std::string_view ws) const {
+    auto w = state().FindWorkspace(ws);
+    if (!w || (!who.is_operator && who.workspace_id != ws)) {
+      return Status::NotFound("no workspace " + std::string(ws), "workspace");
+    }
+    return *w;
+  }
+
+  Result<SecurityGroupView> Group(std::string_view ws, std::string_view id,
+                                  std::string_view field) const {
+    auto g = state().FindGroup(id);
+    if (!g || g->deleted || g->workspace_id != ws) {
+      return Status::NotFound("no security group " + std::string(id) + " in this workspace",
+                              std::string(field));
+    }
+    return *g;
+  }
+
+  Result<KeyView> Key(std::string_view ws, std::string_view id) const {
+    auto k = state().FindKey(id);
+    if (!k || k->deleted || k->workspace_id != ws) {
+      return Status::NotFound("no key " + std::string(id) + " in this workspace", "key");
+    }
+    return *k;
+  }
+
+  static Status RequireOperator(const Principal& who, std::string_view what,
+                                std::string field = {}) {
+    if (who.is_operator) return Status::Ok();
+    return Status::PermissionDenied("only the operator may " + std::string(what),
+                                    std::move(field));
+  }
+
+  Result<HttpResponse> Route(const HttpRequest& req);
+  Result<HttpResponse> Authorize(const HttpRequest& req);
+  Result<HttpResponse> RecordCalls(const HttpRequest& req);
+  Result<HttpResponse> Workspaces(const HttpRequest& req, const Principal& who,
+                                  const std::vector<std::string_view>& seg);
+  Result<HttpResponse> Tokens(const HttpRequest& req, const Principal& who,
+                              const WorkspaceView& ws, const std::vector<std::string_view>& seg);
+  Result<HttpResponse> Groups(const HttpRequest& req, const Principal& who,
+                              const WorkspaceView& ws, const std::vector<std::string_view>& seg);
+  Result<HttpResponse> Keys(const HttpRequest& req, const Principal& who,
+                            const WorkspaceView& ws, const std::vector<std::string_view>& seg);
+
+  Result<HttpResponse> CreateWorkspace(const HttpRequest& req, const Principal& who);
+  Result<HttpResponse> PatchWorkspace(const HttpRequest& req, const Principal& who,
+                                      const WorkspaceView& ws);
+  Result<HttpResponse> CreateGroup(const HttpRequest& req, const Principal& who,
+                                   const WorkspaceView& ws);
+  Result<HttpResponse> PatchGroup(const HttpRequest& req, const Principal& who,
+                                  const SecurityGroupView& g);
+  Result<HttpResponse> DeleteGroup(const Principal& who, const SecurityGroupView& g);
+  Result<HttpResponse> CreateKey(const HttpRequest& req, const Principal& who,
+                                 const WorkspaceView& ws);
+  Result<HttpResponse> PatchKey(const HttpRequest& req, const Principal& who, const KeyView& k);
+  Result<HttpResponse> RotateKey(const HttpRequest& req, const Principal& who, const KeyView& k);
+  Result<HttpResponse> DeleteKey(const Principal& who, const KeyView& k);
+  Result<HttpResponse> KeyHistoryResponse(const Principal& who, const WorkspaceView& ws,
+                                          std::string_view key_id);
+  Result<HttpResponse> KeyAsOfResponse(const HttpRequest& req, const Principal& who,
+                                       const WorkspaceView& ws, std::string_view key_id);
+  // A key of `ws` that exists or existed: deleted keys are visible to the
+  // operator only (auditors); a workspace token sees live keys only.
+  Result<KeyView> KeyForAudit(const Principal& who, const WorkspaceView& ws,
+                              std::string_view key_id) const;
+};
+
+}  // namespace keyledger

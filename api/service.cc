@@ -99,6 +99,26 @@ Json KeyJson(const KeyView& k) {
 
 Hash HashSecret(std::string_view secret) { return HashBytes(secret); }
 
+std::string PercentDecode(std::string_view text) {
+  auto hex = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+  };
+  std::string out;
+  for (size_t i = 0; i < text.size(); i++) {
+    if (text[i] == '%' && i + 2 < text.size() && hex(text[i + 1]) >= 0 &&
+        hex(text[i + 2]) >= 0) {
+      out.push_back(static_cast<char>(hex(text[i + 1]) * 16 + hex(text[i + 2])));
+      i += 2;
+    } else {
+      out.push_back(text[i] == '+' ? ' ' : text[i]);
+    }
+  }
+  return out;
+}
+
 // Durations are measured on the monotonic clock, never the injected one.
 uint64_t ElapsedUs(std::chrono::steady_clock::time_point start) {
   return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(
@@ -146,7 +166,8 @@ Result<HttpResponse> Service::Impl::Route(const HttpRequest& req) {
     if (req.method != "POST") return Status::InvalidArgument("use POST", "method");
     return Authorize(req);
   }
-  static constexpr std::string_view kTopLevel[] = {"workspaces", "calls", "ledger"};
+  static constexpr std::string_view kTopLevel[] = {"workspaces", "calls", "ledger", "price-plans",
+                                                   "invoice-runs"};
   if (seg.size() < 2 || seg[0] != "v1" ||
       std::find(std::begin(kTopLevel), std::end(kTopLevel), seg[1]) == std::end(kTopLevel)) {
     return Status::NotFound("no such endpoint: " + std::string(target.substr(0, q)));
@@ -158,6 +179,11 @@ Result<HttpResponse> Service::Impl::Route(const HttpRequest& req) {
     return JsonResponse(200, {{"sequence", head.sequence}, {"hash", ToHex(head.hash)}});
   }
   if (seg[1] == "ledger") return Status::NotFound("no such endpoint");
+  if (seg[1] == "price-plans") return PricePlans(req, who, seg);
+  if (seg[1] == "invoice-runs" && seg.size() == 2) {
+    if (req.method != "POST") return Status::InvalidArgument("use POST", "method");
+    return InvoiceRun(req, who);
+  }
   if (seg.size() == 2 && seg[1] == "calls") {
     KL_RETURN_IF_ERROR(RequireOperator(who, "record calls"));
     if (req.method != "POST") return Status::InvalidArgument("use POST", "method");
@@ -187,6 +213,11 @@ Result<HttpResponse> Service::Impl::Workspaces(const HttpRequest& req, const Pri
   if (collection == "tokens") return Tokens(req, who, ws, seg);
   if (collection == "security-groups") return Groups(req, who, ws, seg);
   if (collection == "keys") return Keys(req, who, ws, seg);
+  if (collection == "metrics" && seg.size() == 4 && req.method == "GET") {
+    return MetricsResponse(req, MetricsScope::kWorkspace, ws.id);
+  }
+  if (collection == "usage" && seg.size() == 4 && req.method == "GET") return Usage(req, ws);
+  if (collection == "invoices" && req.method == "GET") return Invoices(req, ws, seg);
   return Status::NotFound("no such endpoint under a workspace: " + std::string(collection));
 }
 
@@ -213,7 +244,8 @@ Result<HttpResponse> Service::Impl::CreateWorkspace(const HttpRequest& req, cons
 
 Result<HttpResponse> Service::Impl::PatchWorkspace(const HttpRequest& req, const Principal& who,
                                                    const WorkspaceView& ws) {
-  KL_ASSIGN_OR_RETURN(Json body, ParseObject(req.body, {"name", "tps_limit", "billing_timezone"}));
+  KL_ASSIGN_OR_RETURN(Json body, ParseObject(req.body, {"name", "tps_limit", "billing_timezone",
+                                                        "price_plan"}));
   WorkspaceChanged changed;
   static_cast<WorkspaceState&>(changed) =
       WorkspaceState{ws.id, ws.name, ws.tps_limit, ws.billing_timezone, ws.price_plan_id};
@@ -231,6 +263,14 @@ Result<HttpResponse> Service::Impl::PatchWorkspace(const HttpRequest& req, const
     KL_RETURN_IF_ERROR(RequireOperator(who, "change the billing time zone", "billing_timezone"));
     KL_RETURN_IF_ERROR(ValidateTimeZone(*tz, "billing_timezone"));
     changed.billing_timezone = *tz;
+  }
+  if (body.contains("price_plan")) {
+    KL_RETURN_IF_ERROR(RequireOperator(who, "set the price plan", "price_plan"));
+    KL_ASSIGN_OR_RETURN(auto plan, OptionalString(body, "price_plan"));
+    if (plan && state().PlanVersions(*plan).empty()) {
+      return Status::NotFound("no price plan " + *plan, "price_plan");
+    }
+    changed.price_plan_id = plan.value_or("");  // null clears the plan
   }
   if (static_cast<const WorkspaceState&>(changed) !=
       WorkspaceState{ws.id, ws.name, ws.tps_limit, ws.billing_timezone, ws.price_plan_id}) {
@@ -387,6 +427,10 @@ Result<HttpResponse> Service::Impl::Keys(const HttpRequest& req, const Principal
     if (m == "PATCH") return PatchKey(req, who, k);
     if (m == "DELETE") return DeleteKey(who, k);
     return Status::InvalidArgument("use GET, PATCH or DELETE", "method");
+  }
+  if (seg.size() == 6 && seg[5] == "logs" && m == "GET") return KeyLogs(req, k);
+  if (seg.size() == 6 && seg[5] == "metrics" && m == "GET") {
+    return MetricsResponse(req, MetricsScope::kKey, k.id);
   }
   if (seg.size() == 6 && seg[5] == "rotate") {
     if (m != "POST") return Status::InvalidArgument("use POST to rotate", "method");

@@ -23,6 +23,7 @@
 #include "ledger/random.h"
 #include "ledger/status.h"
 #include "api/data_plane.h"
+#include "projections/call_projections.h"
 #include "projections/key_state_store.h"
 #include "projections/rate_limiter.h"  // kTpsLimitMax
 
@@ -44,6 +45,7 @@ struct ServiceDeps {
   KeyStateStore* key_state = nullptr;     // REQUIRES: non-null, outlives the Service
   const Clock* clock = nullptr;           // REQUIRES: non-null, outlives the Service
   RandomSource* random = nullptr;         // REQUIRES: non-null, outlives the Service
+  CallProjections* calls = nullptr;       // REQUIRES: non-null, outlives the Service
 };
 
 // Limits on inputs, by name.

@@ -43,6 +43,8 @@ Json WorkspaceJson(const WorkspaceView& w);
 Json GroupJson(const SecurityGroupView& g);
 Json KeyJson(const KeyView& k);
 Hash HashSecret(std::string_view secret);
+// Decodes %XX escapes and '+' (as a space) in a query parameter value.
+std::string PercentDecode(std::string_view text);
 // Durations are measured on the monotonic clock, never the injected one.
 uint64_t ElapsedUs(std::chrono::steady_clock::time_point start);
 
@@ -170,6 +172,19 @@ struct Service::Impl {
                                        const WorkspaceView& ws, std::string_view key_id);
   // A key of `ws` that exists or existed: deleted keys are visible to the
   // operator only (auditors); a workspace token sees live keys only.
+  // Observability (service_observability.cc).
+  Result<HttpResponse> KeyLogs(const HttpRequest& req, const KeyView& key);
+  Result<HttpResponse> MetricsResponse(const HttpRequest& req, MetricsScope scope,
+                                       const std::string& id);
+  // Billing (service_billing.cc).
+  Result<HttpResponse> PricePlans(const HttpRequest& req, const Principal& who,
+                                  const std::vector<std::string_view>& seg);
+  Result<HttpResponse> InvoiceRun(const HttpRequest& req, const Principal& who);
+  Result<HttpResponse> Usage(const HttpRequest& req, const WorkspaceView& ws);
+  Result<HttpResponse> Invoices(const HttpRequest& req, const WorkspaceView& ws,
+                                const std::vector<std::string_view>& seg);
+  Result<InvoiceIssued> ReadInvoice(const InvoiceRef& ref) const;
+  Result<PricePlanPublished> ReadPlan(const std::string& plan_id, uint32_t version) const;
   Result<KeyView> KeyForAudit(const Principal& who, const WorkspaceView& ws,
                               std::string_view key_id) const;
 };

@@ -20,6 +20,7 @@ class ServiceHarness {
 
   void Open() {
     service_.reset();
+    calls_.reset();
     key_state_.reset();
     ledger_.reset();
     LedgerOptions lo;
@@ -30,8 +31,14 @@ class ServiceHarness {
     auto ks = KeyStateStore::Open(dir_.sub("projections"), ledger_.get());
     EXPECT_TRUE(ks.ok()) << ks.ToStatus().ToString();
     key_state_ = std::move(ks).value();
+    // No tailing thread: tests fold call events explicitly (calls().CatchUp()).
+    auto calls = CallProjections::Open(dir_.sub("calls"), ledger_.get(), &key_state_->state(),
+                                       &clock_, CallProjectionsOptions{});
+    EXPECT_TRUE(calls.ok()) << calls.ToStatus().ToString();
+    calls_ = std::move(calls).value();
     service_ = std::make_unique<Service>(
-        ServiceDeps{ledger_.get(), key_state_.get(), &clock_, &random_}, ServiceOptions{});
+        ServiceDeps{ledger_.get(), key_state_.get(), &clock_, &random_, calls_.get()},
+        ServiceOptions{});
     auto boot = service_->BootstrapOperatorToken(std::string(kOperatorToken));
     EXPECT_TRUE(boot.ok()) << boot.ToStatus().ToString();
   }
@@ -91,6 +98,7 @@ class ServiceHarness {
 
   Ledger& ledger() { return *ledger_; }
   Service& service() { return *service_; }
+  CallProjections& calls() { return *calls_; }
   KeyStateStore& key_state() { return *key_state_; }
   ManualClock& clock() { return clock_; }
 
@@ -100,6 +108,7 @@ class ServiceHarness {
   SeededRandom random_;
   std::unique_ptr<Ledger> ledger_;
   std::unique_ptr<KeyStateStore> key_state_;
+  std::unique_ptr<CallProjections> calls_;
   std::unique_ptr<Service> service_;
 };
 

@@ -18,6 +18,7 @@ struct Fixture {
   SecureRandom random;
   std::unique_ptr<Ledger> ledger;
   std::unique_ptr<KeyStateStore> key_state;
+  std::unique_ptr<CallProjections> calls;
   std::unique_ptr<Service> service;
   std::vector<std::string> secrets;
 };
@@ -43,8 +44,12 @@ Status Setup(Fixture& f, const std::string& dir, int keys) {
   lo.clock = &f.clock;
   KL_ASSIGN_OR_RETURN(f.ledger, Ledger::Open(dir + "/ledger", lo));
   KL_ASSIGN_OR_RETURN(f.key_state, KeyStateStore::Open(dir + "/projections", f.ledger.get()));
+  KL_ASSIGN_OR_RETURN(f.calls, CallProjections::Open(dir + "/calls", f.ledger.get(),
+                                                     &f.key_state->state(), &f.clock,
+                                                     CallProjectionsOptions{}));
   f.service = std::make_unique<Service>(
-      ServiceDeps{f.ledger.get(), f.key_state.get(), &f.clock, &f.random}, ServiceOptions{});
+      ServiceDeps{f.ledger.get(), f.key_state.get(), &f.clock, &f.random, f.calls.get()},
+      ServiceOptions{});
   const std::string op = "bench-operator-token";
   KL_RETURN_IF_ERROR(f.service->BootstrapOperatorToken(op).ToStatus());
   auto ws = Post(*f.service, "/v1/workspaces", R"({"name":"bench","tps_limit":1000000})", op);

@@ -55,7 +55,13 @@ int RunServe(const ServeOptions& options) {
   auto key_state = KeyStateStore::Open(options.data_dir + "/projections", ledger->get());
   if (!key_state.ok()) return Fail("open projections", key_state.status());
 
-  Service service(ServiceDeps{ledger->get(), key_state->get(), &clock, &random}, ServiceOptions{});
+  auto calls = CallProjections::Open(options.data_dir + "/calls", ledger->get(),
+                                     &(*key_state)->state(), &clock, CallProjectionsOptions{});
+  if (!calls.ok()) return Fail("open call projections", calls.status());
+  (*calls)->Start();
+
+  Service service(ServiceDeps{ledger->get(), key_state->get(), &clock, &random, calls->get()},
+                  ServiceOptions{});
   const char* env_token = std::getenv("KEYLEDGER_ADMIN_TOKEN");
   auto generated = service.BootstrapOperatorToken(
       env_token ? std::optional<std::string>(env_token) : std::nullopt);
@@ -74,6 +80,7 @@ int RunServe(const ServeOptions& options) {
   std::fflush(stdout);
   (*server)->WaitForSignal();  // stops accepting, drains in-flight requests
   service.Stop();              // flushes pending denial records
+  (*calls)->Stop();
   (*ledger)->Close();
   std::printf("keyledger stopped\n");
   return 0;

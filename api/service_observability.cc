@@ -1,0 +1,133 @@
+// The observability endpoints of the Service: per-key request logs and the
+// metrics of keys and workspaces, read from the call projections.
+#include <charconv>
+
+#include "api/service_internal.h"
+#include "billing/calendar.h"
+
+namespace keyledger {
+namespace {
+
+constexpr int64_t kSecondUs = 1'000'000;
+constexpr int64_t kDefaultMetricsRangeUs = 24 * 3600 * kSecondUs;
+constexpr int64_t kDefaultMetricsStepS = 3600;
+
+// Reads an optional RFC 3339 query parameter.
+Result<std::optional<int64_t>> TimeParam(std::string_view query, std::string_view name) {
+  std::string_view raw = QueryParam(query, name);
+  if (raw.empty()) return std::optional<int64_t>();
+  KL_ASSIGN_OR_RETURN(int64_t t, ParseRfc3339(PercentDecode(raw), name));
+  return std::optional<int64_t>(t);
+}
+
+Result<std::optional<int64_t>> IntParam(std::string_view query, std::string_view name,
+                                        int64_t min, int64_t max) {
+  std::string_view raw = QueryParam(query, name);
+  if (raw.empty()) return std::optional<int64_t>();
+  int64_t v = 0;
+  auto [end, ec] = std::from_chars(raw.data(), raw.data() + raw.size(), v);
+  if (ec != std::errc() || end != raw.data() + raw.size() || v < min || v > max) {
+    return Status::InvalidArgument("must be an integer from " + std::to_string(min) + " to " +
+                                       std::to_string(max),
+                                   std::string(name));
+  }
+  return std::optional<int64_t>(v);
+}
+
+// Microseconds as fractional milliseconds, exact (no floating point).
+Json Millis(uint64_t us) {
+  return Json::parse(std::to_string(us / 1000) + "." + std::to_string(1000 + us % 1000).substr(1));
+}
+
+// Parts per million as a fraction with six decimals, exact.
+Json Fraction(uint64_t ppm) {
+  return Json::parse(std::to_string(ppm / 1'000'000) + "." +
+                     std::to_string(1'000'000 + ppm % 1'000'000).substr(1));
+}
+
+Json ExcerptJson(const HttpExcerpt& e) {
+  Json headers = Json::object();
+  for (const auto& h : e.headers) headers[h.name] = h.value;
+  return {{"headers", headers}, {"body_excerpt", e.body_excerpt}};
+}
+
+Json LogEntryJson(const LogEntry& e) {
+  return {{"sequence", e.sequence}, {"request_id", e.request_id},
+          {"occurred_at", FormatRfc3339(e.occurred_at_us)}, {"method", e.method},
+          {"path", e.path}, {"status", e.status}, {"latency_ms", Millis(e.latency_us)},
+          {"units", e.units}, {"request_bytes", e.request_bytes},
+          {"response_bytes", e.response_bytes}, {"client_ip", e.client_ip},
+          {"origin", e.origin}, {"request", ExcerptJson(e.request)},
+          {"response", ExcerptJson(e.response)}};
+}
+
+Json BucketJson(const MetricsBucket& b, bool with_start) {
+  Json j = {{"calls", b.calls},
+            {"requests", b.requests()},
+            {"errors", b.errors()},
+            {"error_rate", Fraction(b.error_rate_ppm())},
+            {"errors_by_class", {{"4xx", b.errors_4xx}, {"5xx", b.errors_5xx},
+                                 {"429", b.rate_limited}, {"authorization", b.auth_denied}}},
+            {"latency_ms", {{"p50", Millis(b.latency.Percentile(500))},
+                            {"p95", Millis(b.latency.Percentile(950))},
+                            {"p99", Millis(b.latency.Percentile(990))},
+                            {"max", Millis(b.latency.max())}}},
+            {"units", b.units}};
+  if (with_start) j["start"] = FormatRfc3339(b.start_us);
+  return j;
+}
+
+}  // namespace
+
+Result<HttpResponse> Service::Impl::KeyLogs(const HttpRequest& req, const KeyView& key) {
+  std::string_view query = QueryOf(req);
+  LogQuery q;
+  q.key_id = key.id;
+  KL_ASSIGN_OR_RETURN(auto from, TimeParam(query, "from"));
+  KL_ASSIGN_OR_RETURN(auto to, TimeParam(query, "to"));
+  if (from) q.from_us = *from;
+  if (to) q.to_us = *to;
+  std::string_view status = QueryParam(query, "status");
+  if (status.size() == 3 && status.substr(1) == "xx" && status[0] >= '1' && status[0] <= '5') {
+    q.status_class = status[0];
+  } else if (!status.empty()) {
+    KL_ASSIGN_OR_RETURN(auto exact, IntParam(query, "status", 100, 599));
+    q.status = static_cast<uint16_t>(*exact);
+  }
+  KL_ASSIGN_OR_RETURN(auto limit, IntParam(query, "limit", 1, kLogPageMax));
+  q.limit = static_cast<size_t>(limit.value_or(100));
+  q.cursor = PercentDecode(QueryParam(query, "cursor"));
+  KL_ASSIGN_OR_RETURN(LogPage page, d.calls->Logs(q, d.clock->NowUs()));
+  Json entries = Json::array();
+  for (const auto& e : page.entries) entries.push_back(LogEntryJson(e));
+  Json next = page.next_cursor.empty() ? Json(nullptr) : Json(page.next_cursor);
+  return JsonResponse(200, {{"entries", entries}, {"next_cursor", next},
+                            {"logging", key.logging}});
+}
+
+Result<HttpResponse> Service::Impl::MetricsResponse(const HttpRequest& req, MetricsScope scope,
+                                                    const std::string& id) {
+  std::string_view query = QueryOf(req);
+  KL_ASSIGN_OR_RETURN(auto step_s, IntParam(query, "step", 60, 86'400));
+  const int64_t step_us = step_s.value_or(kDefaultMetricsStepS) * kSecondUs;
+  KL_ASSIGN_OR_RETURN(auto from, TimeParam(query, "from"));
+  KL_ASSIGN_OR_RETURN(auto to, TimeParam(query, "to"));
+  int64_t to_us = to.value_or(d.clock->NowUs());
+  int64_t from_us = from.value_or(to_us - kDefaultMetricsRangeUs);
+  if (from_us < 0 || to_us <= from_us) {
+    return Status::InvalidArgument("from must be before to", "from");
+  }
+  // Buckets are aligned to the step in UTC: widen the range to whole steps.
+  from_us -= from_us % step_us;
+  to_us += (step_us - to_us % step_us) % step_us;
+  KL_ASSIGN_OR_RETURN(auto series, d.calls->Metrics(scope, id, from_us, to_us, step_us));
+  KL_ASSIGN_OR_RETURN(MetricsBucket totals, d.calls->Totals(scope, id, from_us, to_us));
+  Json points = Json::array();
+  for (const auto& b : series) points.push_back(BucketJson(b, true));
+  return JsonResponse(200, {{"from", FormatRfc3339(from_us)}, {"to", FormatRfc3339(to_us)},
+                            {"step", step_us / kSecondUs}, {"series", points},
+                            {"totals", BucketJson(totals, false)},
+                            {"as_of_sequence", d.calls->position()}});
+}
+
+}  // namespace keyledger

@@ -1,0 +1,178 @@
+// Handler-level tests of billing: price plans, usage, invoice runs, late
+// usage adjustments, exports.
+#include <gtest/gtest.h>
+
+#include "billing/calendar.h"
+#include "billing/invoicing.h"
+#include "tests/service_fixture.h"
+
+namespace keyledger {
+namespace {
+
+using nlohmann::json;
+using testing::ServiceHarness;
+
+int64_t At(const std::string& rfc3339) { return ParseRfc3339(rfc3339, "t").value(); }
+
+class BillingApiTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    h.clock().SetUs(At("2026-10-10T00:00:00Z"));
+    auto plan = h.Call("POST", "/v1/price-plans", R"({"id":"std","currency":"USD","mode":"graduated",
+        "tiers":[{"up_to":10,"unit_price_micros":2000000},{"up_to":null,"unit_price_micros":1000000}],
+        "monthly_fee_minor":500})");
+    ASSERT_EQ(plan.status, 201) << plan.raw;
+    EXPECT_EQ(plan.body["version"], 1);
+    ws_ = h.CreateWorkspace("Acme");
+    ASSERT_EQ(h.Call("PATCH", "/v1/workspaces/" + ws_, R"({"price_plan":"std"})").status, 200);
+    group_ = h.CreateGroup(ws_);
+    key_ = h.CreateKey(ws_, group_).first;
+  }
+
+  void Record(const std::string& prefix, int n, const std::string& occurred_at,
+              const std::string& key = "") {
+    json calls = {{"calls", json::array()}};
+    for (int i = 0; i < n; i++) {
+      calls["calls"].push_back({{"request_id", prefix + std::to_string(i)},
+                                {"key_id", key.empty() ? key_ : key},
+                                {"occurred_at", occurred_at}, {"status", 200}});
+    }
+    auto r = h.Call("POST", "/v1/calls", calls.dump());
+    ASSERT_EQ(r.status, 200) << r.raw;
+  }
+
+  ServiceHarness h;
+  std::string ws_, group_, key_;
+};
+
+TEST_F(BillingApiTest, PlanValidationNamesTheField) {
+  auto bad_currency = h.Call("POST", "/v1/price-plans",
+                             R"({"id":"x","currency":"XYZ","mode":"volume","tiers":[{"up_to":null,"unit_price_micros":1}]})");
+  EXPECT_EQ(bad_currency.status, 400);
+  EXPECT_EQ(bad_currency.body["error"]["field"], "currency");
+  auto bad_tiers = h.Call("POST", "/v1/price-plans",
+                          R"({"id":"x","currency":"USD","mode":"volume","tiers":[{"up_to":5,"unit_price_micros":1}]})");
+  EXPECT_EQ(bad_tiers.status, 400) << bad_tiers.raw;
+  EXPECT_TRUE(bad_tiers.body["error"]["field"].get<std::string>().starts_with("tiers")) << bad_tiers.raw;
+  auto bad_mode = h.Call("POST", "/v1/price-plans",
+                         R"({"id":"x","currency":"USD","mode":"flat","tiers":[]})");
+  EXPECT_EQ(bad_mode.body["error"]["field"], "mode");
+  std::string t = h.Call("POST", "/v1/workspaces/" + ws_ + "/tokens").body["token"];
+  EXPECT_EQ(h.Call("GET", "/v1/price-plans/std", "", t).status, 403);
+  EXPECT_EQ(h.Call("POST", "/v1/invoice-runs", R"({"month":"2026-10"})", t).status, 403);
+  EXPECT_EQ(h.Call("PATCH", "/v1/workspaces/" + ws_, R"({"price_plan":"nope"})").status, 404);
+  // A new version does not change the first.
+  auto v2 = h.Call("POST", "/v1/price-plans", R"({"id":"std","currency":"USD","mode":"volume",
+        "tiers":[{"up_to":null,"unit_price_micros":500000}]})");
+  EXPECT_EQ(v2.body["version"], 2);
+  auto got = h.Call("GET", "/v1/price-plans/std");
+  EXPECT_EQ(got.body["version"], 2);
+  EXPECT_EQ(got.body["versions"].size(), 2u);
+}
+
+TEST_F(BillingApiTest, UsageAndTheMonthlyInvoice) {
+  Record("oct-", 15, "2026-10-09T12:00:00Z");
+  ASSERT_TRUE(h.calls().CatchUp().ok());
+  auto usage = h.Call("GET", "/v1/workspaces/" + ws_ + "/usage?month=2026-10");
+  ASSERT_EQ(usage.status, 200) << usage.raw;
+  EXPECT_EQ(usage.body["total_quantity"], 15);
+  EXPECT_EQ(usage.body["amount_minor"], 10 * 2 + 5 * 1);  // graduated: 10 at 2¢, 5 at 1¢
+  EXPECT_EQ(usage.body["amount"], "0.25");
+
+  // Not yet: October has not ended plus 24 h of grace.
+  auto early = h.Call("POST", "/v1/invoice-runs", R"({"month":"2026-10"})");
+  EXPECT_EQ(early.status, 409) << early.raw;
+  EXPECT_EQ(early.body["error"]["code"], "failed_precondition");
+  h.clock().SetUs(At("2026-11-01T12:00:00Z"));
+  EXPECT_EQ(h.Call("POST", "/v1/invoice-runs", R"({"month":"2026-10"})").status, 409);
+
+  h.clock().SetUs(At("2026-11-02T01:00:00Z"));
+  auto run = h.Call("POST", "/v1/invoice-runs", R"({"month":"2026-10"})");
+  ASSERT_EQ(run.status, 200) << run.raw;
+  ASSERT_EQ(run.body["issued"].size(), 1u);
+  const json& invoice = run.body["issued"][0];
+  EXPECT_EQ(invoice["invoice_number"], 1);
+  EXPECT_EQ(invoice["total_minor"], 25 + 500);
+  EXPECT_EQ(invoice["currency"], "USD");
+
+  // Running the month again returns the same invoice and appends nothing.
+  uint64_t head = h.ledger().head().sequence;
+  auto again = h.Call("POST", "/v1/invoice-runs", R"({"month":"2026-10"})");
+  ASSERT_EQ(again.status, 200);
+  EXPECT_EQ(again.body["issued"].size(), 0u);
+  ASSERT_EQ(again.body["already_issued"].size(), 1u);
+  EXPECT_EQ(again.body["already_issued"][0].dump(), invoice.dump());
+  EXPECT_EQ(h.ledger().head().sequence, head);
+
+  auto got = h.Call("GET", "/v1/workspaces/" + ws_ + "/invoices/2026-10");
+  EXPECT_EQ(got.body.dump(), invoice.dump());
+  auto csv = h.Call("GET", "/v1/workspaces/" + ws_ + "/invoices/2026-10?format=csv");
+  EXPECT_EQ(csv.status, 200);
+  EXPECT_EQ(csv.Header("content-type"), "text/csv; charset=utf-8");
+  EXPECT_NE(csv.raw.find("monthly_fee"), std::string::npos);
+  auto list = h.Call("GET", "/v1/workspaces/" + ws_ + "/invoices");
+  EXPECT_EQ(list.body["invoices"].size(), 1u);
+
+  // The stored invoice carries a digest anyone can recompute.
+  auto events = h.ledger().ReadStream("inv/" + ws_, 1, 10);
+  ASSERT_TRUE(events.ok());
+  ASSERT_EQ(events->size(), 1u);
+  EXPECT_TRUE(VerifyInvoiceDigest(std::get<InvoiceIssued>(events->front().body)).ok());
+}
+
+TEST_F(BillingApiTest, LateCallsBecomeAdjustmentsOnTheNextInvoice) {
+  h.clock().SetUs(At("2026-10-25T00:00:00Z"));
+  Record("oct-", 8, "2026-10-20T00:00:00Z");
+  h.clock().SetUs(At("2026-11-02T01:00:00Z"));
+  auto october = h.Call("POST", "/v1/invoice-runs", R"({"month":"2026-10"})");
+  ASSERT_EQ(october.status, 200) << october.raw;
+  EXPECT_EQ(october.body["issued"][0]["total_minor"], 8 * 2 + 500);
+
+  // Five more October calls arrive late, plus November's own.
+  h.clock().SetUs(At("2026-11-04T00:00:00Z"));
+  Record("late-", 5, "2026-10-31T23:00:00Z");
+  Record("nov-", 3, "2026-11-03T00:00:00Z");
+  auto unchanged = h.Call("GET", "/v1/workspaces/" + ws_ + "/invoices/2026-10");
+  EXPECT_EQ(unchanged.body["total_minor"], 8 * 2 + 500);  // never changes
+
+  h.clock().SetUs(At("2026-12-02T01:00:00Z"));
+  auto november = h.Call("POST", "/v1/invoice-runs", R"({"month":"2026-11"})");
+  ASSERT_EQ(november.status, 200) << november.raw;
+  const json& inv = november.body["issued"][0];
+  EXPECT_EQ(inv["invoice_number"], 2);
+  // October re-priced: 13 units = 10×2¢ + 3×1¢ = 23¢, minus 16¢ already billed = 7¢.
+  bool found_adjustment = false;
+  for (const auto& line : inv["lines"]) {
+    if (line["kind"] == "adjustment") {
+      found_adjustment = true;
+      EXPECT_EQ(line["month"], "2026-10");
+      EXPECT_EQ(line["quantity"], 5);
+      EXPECT_EQ(line["amount_minor"], 7);
+    }
+  }
+  EXPECT_TRUE(found_adjustment) << inv.dump();
+  EXPECT_EQ(inv["total_minor"], 3 * 2 + 500 + 7);
+}
+
+TEST_F(BillingApiTest, MonthFollowsTheWorkspaceTimeZoneAndCurrency) {
+  ASSERT_EQ(h.Call("POST", "/v1/price-plans", R"({"id":"krw","currency":"KRW","mode":"volume",
+        "tiers":[{"up_to":null,"unit_price_micros":1500000000}]})").status, 201);
+  auto seoul = h.Call("POST", "/v1/workspaces", R"({"name":"Seoul","billing_timezone":"Asia/Seoul"})");
+  std::string ws = seoul.body["id"];
+  ASSERT_EQ(h.Call("PATCH", "/v1/workspaces/" + ws, R"({"price_plan":"krw"})").status, 200);
+  std::string key = h.CreateKey(ws, h.CreateGroup(ws)).first;
+  h.clock().SetUs(At("2026-11-01T00:00:00Z"));
+  // 15:30 UTC on Oct 31 is already November 1st in Seoul.
+  Record("s-oct-", 2, "2026-10-31T14:30:00Z", key);
+  Record("s-nov-", 3, "2026-10-31T15:30:00Z", key);
+  ASSERT_TRUE(h.calls().CatchUp().ok());
+  EXPECT_EQ(h.Call("GET", "/v1/workspaces/" + ws + "/usage?month=2026-10").body["total_quantity"], 2);
+  auto nov = h.Call("GET", "/v1/workspaces/" + ws + "/usage?month=2026-11");
+  EXPECT_EQ(nov.body["total_quantity"], 3);
+  EXPECT_EQ(nov.body["amount_minor"], 4500);  // 3 × ₩1,500
+  EXPECT_EQ(nov.body["amount"], "4500");
+  EXPECT_EQ(h.Call("GET", "/v1/workspaces/" + ws + "/usage?month=2026-13").status, 400);
+}
+
+}  // namespace
+}  // namespace keyledger

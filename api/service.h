@@ -75,6 +75,11 @@ class Service {
   // Handles one request. Never throws.
   HttpResponse Handle(const HttpRequest& request);
 
+  // Handles one request as the operator, without authentication: for local
+  // command-line tools that open the data directory themselves (and so
+  // already have every power the operator has). Never reachable over HTTP.
+  HttpResponse HandleAsOperator(const HttpRequest& request);
+
   // The hot path, for in-process use and benchmarks.
   DataPlane& data_plane();
 

@@ -141,7 +141,9 @@ struct Service::Impl {
                                     std::move(field));
   }
 
-  Result<HttpResponse> Route(const HttpRequest& req);
+  // `trusted_operator`: skip authentication and act as the operator (local
+  // tools that already hold the data directory).
+  Result<HttpResponse> Route(const HttpRequest& req, bool trusted_operator);
   Result<HttpResponse> Authorize(const HttpRequest& req);
   Result<HttpResponse> RecordCalls(const HttpRequest& req);
   Result<HttpResponse> Workspaces(const HttpRequest& req, const Principal& who,

@@ -502,7 +502,7 @@ Status KeyState::Load(const KvStore& store, int cf) {
       return true;
     }
     json j = json::parse(value, nullptr, /*allow_exceptions=*/false);
-    if (j.is_discarded() || !j.is_object()) {
+    if (j.is_discarded() || !(j.is_object() || j.is_array())) {
       bad = Status::Corruption("unreadable key-state record " + std::string(key));
       return false;
     }

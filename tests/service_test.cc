@@ -328,7 +328,10 @@ TEST_F(ServiceTest, EveryEventRecordsItsActor) {
 }
 
 TEST_F(ServiceTest, StateSurvivesRestart) {
+  ASSERT_EQ(h.Call("POST", "/v1/price-plans", R"({"id":"p","currency":"EUR","mode":"volume",
+      "tiers":[{"up_to":null,"unit_price_micros":7}]})").status, 201);
   std::string ws = h.CreateWorkspace();
+  ASSERT_EQ(h.Call("PATCH", "/v1/workspaces/" + ws, R"({"price_plan":"p"})").status, 200);
   std::string group = h.CreateGroup(ws);
   auto [id, secret] = h.CreateKey(ws, group);
   Hash before = h.key_state().state().Digest();

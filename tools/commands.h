@@ -28,6 +28,20 @@ struct BenchAuthorizeOptions {
 // decisions; prints one JSON line with decisions_per_sec.
 int RunBenchAuthorize(const BenchAuthorizeOptions& options);
 
+struct InvoiceOptions {
+  std::string month;           // YYYY-MM
+  int64_t grace_hours = 24;    // run only
+  std::string format = "json"; // export: json or csv
+  std::string workspace;       // export: only this workspace ("" = all)
+  std::string data_dir;        // a stopped server's data directory, or
+  std::string server;          // a running server's base URL
+  std::string token;           // operator token for --server (default: $KEYLEDGER_ADMIN_TOKEN)
+};
+// POST /v1/invoice-runs for the month; prints the result JSON.
+int RunInvoiceRun(const InvoiceOptions& options);
+// Prints the month's invoices of every workspace as JSON or one CSV.
+int RunInvoiceExport(const InvoiceOptions& options);
+
 struct ServeOptions {
   std::string data_dir = "./data";
   std::string listen = "127.0.0.1:8080";  // HOST:PORT; IPv6 as [::1]:8080

@@ -119,6 +119,33 @@ int main(int argc, char** argv) {
       ->required();
   authorize_cmd->callback([&] { exit_code = RunBenchAuthorize(authorize); });
 
+  auto* invoice_cmd = app.add_subcommand("invoice", "Monthly invoice runs and exports for finance");
+  invoice_cmd->require_subcommand(1);
+  InvoiceOptions invoice;
+  auto add_target = [&invoice](CLI::App* cmd) {
+    cmd->add_option("--month", invoice.month, "Billing month, YYYY-MM")->required();
+    auto* data = cmd->add_option("--data", invoice.data_dir, "Data directory of a stopped server");
+    auto* server = cmd->add_option("--server", invoice.server,
+                                   "Base URL of a running server, e.g. http://127.0.0.1:8080");
+    data->excludes(server);
+    cmd->add_option("--token", invoice.token,
+                    "Operator token for --server (default: $KEYLEDGER_ADMIN_TOKEN)");
+  };
+  auto* run_cmd = invoice_cmd->add_subcommand("run", "Issue the month's invoices (idempotent)");
+  add_target(run_cmd);
+  run_cmd->add_option("--grace-hours", invoice.grace_hours,
+                      "Hours after the month's end (in each workspace's time zone) before it may be invoiced")
+      ->check(CLI::Range(int64_t{0}, int64_t{744}))
+      ->capture_default_str();
+  run_cmd->callback([&] { exit_code = RunInvoiceRun(invoice); });
+  auto* export_cmd = invoice_cmd->add_subcommand("export", "Print the month's issued invoices");
+  add_target(export_cmd);
+  export_cmd->add_option("--format", invoice.format, "json or csv")
+      ->check(CLI::IsMember({"json", "csv"}))
+      ->capture_default_str();
+  export_cmd->add_option("--workspace", invoice.workspace, "Only this workspace id");
+  export_cmd->callback([&] { exit_code = RunInvoiceExport(invoice); });
+
   CLI11_PARSE(app, argc, argv);
   return exit_code;
 }

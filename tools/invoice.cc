@@ -1,0 +1,170 @@
+// keyledger invoice run|export: finance's monthly invoice run and exports,
+// against a running server (--server, over HTTP with libcurl) or a stopped
+// data directory (--data, in process).
+#include <curl/curl.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <functional>
+#include <nlohmann/json.hpp>
+
+#include "api/service.h"
+#include "tools/commands.h"
+
+namespace keyledger::tools {
+namespace {
+
+using Json = nlohmann::json;
+using Transport = std::function<HttpResponse(const HttpRequest&)>;
+
+constexpr long kHttpTimeoutS = 600;  // an invoice run over many workspaces may take a while
+
+size_t AppendBody(char* data, size_t size, size_t count, void* out) {
+  static_cast<std::string*>(out)->append(data, size * count);
+  return size * count;
+}
+
+// Sends one request with libcurl. Transport errors become a 503 JSON error.
+HttpResponse SendOverHttp(const std::string& server, const std::string& token,
+                          const HttpRequest& req) {
+  CURL* curl = curl_easy_init();
+  HttpResponse resp;
+  std::string url = server + req.target;
+  curl_slist* headers = nullptr;
+  headers = curl_slist_append(headers, ("Authorization: Bearer " + token).c_str());
+  headers = curl_slist_append(headers, "Content-Type: application/json");
+  curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
+  curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, req.method.c_str());
+  curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
+  curl_easy_setopt(curl, CURLOPT_TIMEOUT, kHttpTimeoutS);
+  if (!req.body.empty()) {
+    curl_easy_setopt(curl, CURLOPT_POSTFIELDS, req.body.c_str());
+    curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE, static_cast<long>(req.body.size()));
+  }
+  curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, AppendBody);
+  curl_easy_setopt(curl, CURLOPT_WRITEDATA, &resp.body);
+  CURLcode rc = curl_easy_perform(curl);
+  if (rc != CURLE_OK) {
+    resp = JsonError(503, "unavailable", std::string("cannot reach ") + server + ": " +
+                                             curl_easy_strerror(rc));
+  } else {
+    long status = 0;
+    curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
+    resp.status = static_cast<int>(status);
+  }
+  curl_slist_free_all(headers);
+  curl_easy_cleanup(curl);
+  return resp;
+}
+
+// The whole server stack, in process, on a stopped data directory.
+struct LocalStack {
+  SystemClock clock;
+  SecureRandom random;
+  std::unique_ptr<Ledger> ledger;
+  std::unique_ptr<KeyStateStore> key_state;
+  std::unique_ptr<CallProjections> calls;
+  std::unique_ptr<Service> service;
+
+  Status Open(const std::string& dir) {
+    if (!std::filesystem::exists(dir + "/ledger")) {
+      return Status::NotFound("no ledger under " + dir + " (expected " + dir + "/ledger)");
+    }
+    LedgerOptions lo;
+    lo.clock = &clock;
+    KL_ASSIGN_OR_RETURN(ledger, Ledger::Open(dir + "/ledger", lo));
+    KL_ASSIGN_OR_RETURN(key_state, KeyStateStore::Open(dir + "/projections", ledger.get()));
+    KL_ASSIGN_OR_RETURN(calls, CallProjections::Open(dir + "/calls", ledger.get(),
+                                                     &key_state->state(), &clock,
+                                                     CallProjectionsOptions{}));
+    service = std::make_unique<Service>(
+        ServiceDeps{ledger.get(), key_state.get(), &clock, &random, calls.get()}, ServiceOptions{});
+    return Status::Ok();
+  }
+};
+
+// Chooses --server or --data; returns the transport or prints why not.
+Result<Transport> MakeTransport(const InvoiceOptions& o, std::unique_ptr<LocalStack>* local) {
+  if (o.server.empty() == o.data_dir.empty()) {
+    return Status::InvalidArgument("give exactly one of --server URL or --data DIR", "server");
+  }
+  if (!o.server.empty()) {
+    const char* env = std::getenv("KEYLEDGER_ADMIN_TOKEN");
+    std::string token = !o.token.empty() ? o.token : (env ? env : "");
+    if (token.empty()) {
+      return Status::InvalidArgument("--server needs --token or KEYLEDGER_ADMIN_TOKEN", "token");
+    }
+    return Transport([server = o.server, token](const HttpRequest& r) {
+      return SendOverHttp(server, token, r);
+    });
+  }
+  *local = std::make_unique<LocalStack>();
+  KL_RETURN_IF_ERROR((*local)->Open(o.data_dir));
+  Service* service = (*local)->service.get();
+  return Transport([service](const HttpRequest& r) { return service->HandleAsOperator(r); });
+}
+
+HttpRequest Request(std::string method, std::string target, std::string body = "") {
+  HttpRequest r;
+  r.method = std::move(method);
+  r.target = std::move(target);
+  r.body = std::move(body);
+  return r;
+}
+
+int Fail(const char* command, const std::string& message) {
+  std::fprintf(stderr, "keyledger invoice %s: %s\n", command, message.c_str());
+  return 1;
+}
+
+}  // namespace
+
+int RunInvoiceRun(const InvoiceOptions& options) {
+  std::unique_ptr<LocalStack> local;
+  auto transport = MakeTransport(options, &local);
+  if (!transport.ok()) return Fail("run", transport.status().ToString());
+  Json body = {{"month", options.month}, {"grace_hours", options.grace_hours}};
+  HttpResponse r = (*transport)(Request("POST", "/v1/invoice-runs", body.dump()));
+  if (r.status != 200) return Fail("run", std::to_string(r.status) + " " + r.body);
+  Json result = Json::parse(r.body, nullptr, false);
+  std::printf("%s\n", r.body.c_str());
+  std::fprintf(stderr, "month %s: %zu issued, %zu already issued, %zu not yet due\n",
+               options.month.c_str(), result["issued"].size(), result["already_issued"].size(),
+               result["not_due"].size());
+  if (local) local->service->Stop();
+  return 0;
+}
+
+int RunInvoiceExport(const InvoiceOptions& options) {
+  std::unique_ptr<LocalStack> local;
+  auto transport = MakeTransport(options, &local);
+  if (!transport.ok()) return Fail("export", transport.status().ToString());
+  HttpResponse list = (*transport)(Request("GET", "/v1/workspaces"));
+  if (list.status != 200) return Fail("export", std::to_string(list.status) + " " + list.body);
+  Json workspaces = Json::parse(list.body, nullptr, false)["workspaces"];
+  Json all = Json::array();
+  bool header_written = false;
+  for (const auto& ws : workspaces) {
+    std::string id = ws["id"];
+    if (!options.workspace.empty() && id != options.workspace) continue;
+    std::string target = "/v1/workspaces/" + id + "/invoices/" + options.month +
+                         (options.format == "csv" ? "?format=csv" : "");
+    HttpResponse r = (*transport)(Request("GET", target));
+    if (r.status == 404) continue;  // no invoice for this workspace and month
+    if (r.status != 200) return Fail("export", std::to_string(r.status) + " " + r.body);
+    if (options.format == "json") {
+      all.push_back(Json::parse(r.body, nullptr, false));
+      continue;
+    }
+    // One CSV for finance: the header row once, then every invoice's rows.
+    std::string_view csv = r.body;
+    if (header_written) csv.remove_prefix(std::min(csv.size(), csv.find("\r\n") + 2));
+    std::fwrite(csv.data(), 1, csv.size(), stdout);
+    header_written = true;
+  }
+  if (options.format == "json") std::printf("%s\n", all.dump(2).c_str());
+  if (local) local->service->Stop();
+  return 0;
+}
+
+}  // namespace keyledger::tools

@@ -1,11 +1,22 @@
 // keyledger: the event-sourced API-key ledger and billing engine.
 // One executable; each subcommand has --help.
 #include <CLI/CLI.hpp>
+#include <malloc.h>
+
+namespace {
+constexpr int kMmapThresholdBytes = 64 << 20;
+constexpr int kTrimThresholdBytes = 256 << 20;
+}  // namespace
 
 #include "tools/commands.h"
 
 int main(int argc, char** argv) {
   using namespace keyledger::tools;
+  // RocksDB allocates memtable arenas in 8 MiB blocks and frees them after
+  // each flush. Served from the heap instead of fresh mmaps, they are reused
+  // without a page fault per 4 KiB (about 9% of append CPU otherwise).
+  mallopt(M_MMAP_THRESHOLD, kMmapThresholdBytes);
+  mallopt(M_TRIM_THRESHOLD, kTrimThresholdBytes);
   CLI::App app{"keyledger: event-sourced API-key ledger and billing engine"};
   app.require_subcommand(1);
   int exit_code = 0;

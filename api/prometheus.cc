@@ -74,10 +74,11 @@ void RequestCounters::Render(std::string* out) const {
 }
 
 void RenderGauge(std::string* out, std::string_view name, std::string_view help, uint64_t value,
-                 std::string_view type) {
+                 std::string_view type, std::string_view labels) {
   *out += "# HELP " + std::string(name) + " " + std::string(help) + "\n";
   *out += "# TYPE " + std::string(name) + " " + std::string(type) + "\n";
-  *out += std::string(name) + " " + std::to_string(value) + "\n";
+  std::string braces = labels.empty() ? "" : "{" + std::string(labels) + "}";
+  *out += std::string(name) + braces + " " + std::to_string(value) + "\n";
 }
 
 }  // namespace keyledger

@@ -47,8 +47,9 @@ class RequestCounters {
   std::array<std::array<std::atomic<uint64_t>, kStatusCount>, kRouteCount> counts_{};
 };
 
-// Appends "# HELP", "# TYPE" and one sample line.
+// Appends "# HELP", "# TYPE" and one sample line. `labels` is either empty
+// or like `projection="key_state"`; it goes on the sample only.
 void RenderGauge(std::string* out, std::string_view name, std::string_view help, uint64_t value,
-                 std::string_view type = "gauge");
+                 std::string_view type = "gauge", std::string_view labels = {});
 
 }  // namespace keyledger

@@ -113,7 +113,7 @@ std::string PercentDecode(std::string_view text) {
       out.push_back(static_cast<char>(hex(text[i + 1]) * 16 + hex(text[i + 2])));
       i += 2;
     } else {
-      out.push_back(text[i] == '+' ? ' ' : text[i]);
+      out.push_back(text[i]);  // '+' stays '+': times carry offsets like +09:00
     }
   }
   return out;
@@ -142,7 +142,9 @@ HttpResponse ErrorResponse(const Status& s) {
     case Code::kConflict:
       return JsonError(409, "failed_precondition", s.message(), s.field());
     case Code::kResourceExhausted:
-      return JsonError(429, "rate_limited", s.message(), s.field());
+      // A size or amount limit of the stored state (rate limits answer 429
+      // from the data plane directly, never through a Status).
+      return JsonError(409, "failed_precondition", s.message(), s.field());
     case Code::kUnavailable:
       return JsonError(503, "unavailable", s.message());
     case Code::kOk:
@@ -185,7 +187,10 @@ Result<HttpResponse> Service::Impl::Route(const HttpRequest& req, bool trusted_o
   // is still true when their events land (and invoice numbers stay gap-free).
   std::unique_lock<std::mutex> command_lock(command_mu, std::defer_lock);
   if (req.method != "GET" && req.method != "HEAD") command_lock.lock();
-  if (seg.size() == 3 && seg[1] == "ledger" && seg[2] == "head") {
+  if (seg[1] == "calls" || seg[1] == "invoice-runs" || seg[1] == "ledger") {
+    if (seg.size() != (seg[1] == "ledger" ? 3u : 2u)) return Status::NotFound("no such endpoint");
+  }
+  if (seg.size() == 3 && seg[1] == "ledger" && seg[2] == "head" && req.method == "GET") {
     KL_RETURN_IF_ERROR(RequireOperator(who, "read the ledger head"));
     LedgerHead head = d.ledger->head();
     return JsonResponse(200, {{"sequence", head.sequence}, {"hash", ToHex(head.hash)}});
@@ -540,6 +545,7 @@ Service::Service(ServiceDeps deps, ServiceOptions options) : impl_(std::make_sha
   assert(deps.ledger && deps.key_state && deps.clock && deps.random);
   impl_->d = deps;
   impl_->o = options;
+  impl_->request_id_prefix = impl_->NewId("req_") + "-";
   impl_->data_plane = std::make_unique<DataPlane>(deps.ledger, &deps.key_state->state(),
                                                   deps.clock, deps.random, options.data_plane);
 }
@@ -609,8 +615,11 @@ HttpResponse Service::Impl::Metrics() const {
               stats.group_events_max);
   RenderGauge(&out, "keyledger_ledger_write_microseconds_total",
               "Time in RocksDB writes including fsync.", stats.write_us_total, "counter");
-  RenderGauge(&out, "keyledger_projection_position{projection=\"key_state\"}",
-              "Last sequence folded by the projection.", state().position());
+  RenderGauge(&out, "keyledger_projection_position", "Last sequence folded by the key-state projection.",
+              state().position(), "gauge", "projection=\"key_state\"");
+  RenderGauge(&out, "keyledger_projection_lag_events",
+              "Ledger events not yet folded by the call projections (logs, metrics, usage).",
+              d.ledger->head().sequence - std::min(d.ledger->head().sequence, d.calls->position()));
   RenderGauge(&out, "keyledger_denial_events_appended_total",
               "Aggregated authorization-denial events appended.",
               data_plane->denial_events_appended(), "counter");

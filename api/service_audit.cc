@@ -38,10 +38,7 @@ Result<HttpResponse> Service::Impl::KeyAsOfResponse(const HttpRequest& req, cons
   auto [end, ec] = std::from_chars(as_of.data(), as_of.data() + as_of.size(), sequence);
   if (ec != std::errc() || end != as_of.data() + as_of.size()) {
     // Not a sequence: an RFC 3339 time, resolved to the last event recorded by then.
-    std::string decoded(as_of);
-    for (size_t i = 0; (i = decoded.find("%3A", i)) != std::string::npos;) decoded.replace(i, 3, ":");
-    for (size_t i = 0; (i = decoded.find("%2B", i)) != std::string::npos;) decoded.replace(i, 3, "+");
-    KL_ASSIGN_OR_RETURN(int64_t at_us, ParseRfc3339(decoded, "as_of"));
+    KL_ASSIGN_OR_RETURN(int64_t at_us, ParseRfc3339(PercentDecode(as_of), "as_of"));
     KL_ASSIGN_OR_RETURN(auto history, KeyHistory(*d.ledger, key.id));
     for (const auto& c : history) {
       if (c.recorded_at_us <= at_us) sequence = c.sequence;

@@ -3,6 +3,7 @@
 // service_audit.cc; service_billing.cc). Not part of any public interface.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <memory>
 #include <mutex>
@@ -43,7 +44,7 @@ Json WorkspaceJson(const WorkspaceView& w);
 Json GroupJson(const SecurityGroupView& g);
 Json KeyJson(const KeyView& k);
 Hash HashSecret(std::string_view secret);
-// Decodes %XX escapes and '+' (as a space) in a query parameter value.
+// Decodes %XX escapes in a query parameter value ('+' is kept as is).
 std::string PercentDecode(std::string_view text);
 // Durations are measured on the monotonic clock, never the injected one.
 uint64_t ElapsedUs(std::chrono::steady_clock::time_point start);
@@ -60,6 +61,14 @@ struct Service::Impl {
   HttpResponse Metrics() const;
 
   const KeyState& state() const { return d.key_state->state(); }
+
+  // Request ids for callers that sent none: a random per-process prefix and
+  // a counter, unique without a syscall per request.
+  std::string request_id_prefix;
+  std::atomic<uint64_t> request_counter{0};
+  std::string NextRequestId() {
+    return request_id_prefix + std::to_string(request_counter.fetch_add(1, std::memory_order_relaxed));
+  }
 
   std::string NewId(std::string_view prefix) {
     return std::string(prefix) + RandomBase32(*d.random, kIdRandomBytes);

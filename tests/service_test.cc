@@ -353,6 +353,13 @@ TEST_F(ServiceTest, MetricsInPrometheusFormat) {
   EXPECT_NE(r.raw.find("keyledger_append_latency_seconds_count{kind=\"command\"} 2"),
             std::string::npos) << r.raw;  // the operator token, then the workspace
   EXPECT_NE(r.raw.find("keyledger_ledger_head_sequence 2"), std::string::npos);
+  EXPECT_NE(r.raw.find("\nkeyledger_projection_position{projection=\"key_state\"} 2\n"),
+            std::string::npos) << r.raw;
+  // Every "# HELP" and "# TYPE" line names a metric without labels.
+  for (size_t at = r.raw.find("# "); at != std::string::npos; at = r.raw.find("\n# ", at + 1)) {
+    std::string line = r.raw.substr(at, r.raw.find('\n', at + 1) - at);
+    EXPECT_EQ(line.find('{'), std::string::npos) << line;
+  }
   EXPECT_NE(r.raw.find("keyledger_authorize_latency_seconds_bucket{le=\"+Inf\"} 0"),
             std::string::npos);
 }

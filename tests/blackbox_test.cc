@@ -224,6 +224,29 @@ TEST_F(BlackBoxTest, RecordsCallsOnceOverHttp) {
   auto retry = Do("POST", "/v1/calls", calls.dump());
   EXPECT_EQ(Body(retry)["recorded"], 0);
   EXPECT_EQ(Body(retry)["duplicates"], 100);
+
+  // The tailing projections pick the calls up: metrics count each call once,
+  // usage counts the 90 successful (billable) ones.
+  json totals;
+  for (int attempt = 0; attempt < 100; attempt++) {
+    totals = Body(Do("GET", base + "/keys/" + key + "/metrics?step=3600"))["totals"];
+    if (totals.is_object() && totals["calls"] == 100) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_EQ(totals["calls"], 100) << totals.dump();
+  EXPECT_EQ(totals["errors_by_class"]["5xx"], 10);
+  auto usage = Do("GET", base + "/usage");
+  ASSERT_EQ(usage.status, 200) << usage.body;
+  EXPECT_EQ(Body(usage)["total_quantity"], 90);
+  // Logging was off: no log entries, but the endpoint answers.
+  auto logs = Do("GET", base + "/keys/" + key + "/logs");
+  ASSERT_EQ(logs.status, 200) << logs.body;
+  EXPECT_EQ(Body(logs)["entries"].size(), 0u);
+  // Prometheus text with the request counters.
+  auto metrics = Do("GET", "/metrics", "", "");
+  EXPECT_EQ(metrics.status, 200);
+  EXPECT_NE(metrics.body.find("keyledger_http_requests_total{route=\"calls\",status=\"200\"} 2"),
+            std::string::npos) << metrics.body;
 }
 
 }  // namespace

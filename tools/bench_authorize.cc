@@ -9,18 +9,13 @@
 
 #include "api/service.h"
 #include "tools/commands.h"
+#include "tools/local_stack.h"
 
 namespace keyledger::tools {
 namespace {
 
-struct Fixture {
-  SystemClock clock;
-  SecureRandom random;
-  std::unique_ptr<Ledger> ledger;
-  std::unique_ptr<KeyStateStore> key_state;
-  std::unique_ptr<CallProjections> calls;
-  std::unique_ptr<Service> service;
-  std::vector<std::string> secrets;
+struct Fixture : LocalStack {
+  std::vector<std::string> secrets;  // "Bearer <secret>" of each key
 };
 
 std::string Field(const HttpResponse& r, const std::string& name) {
@@ -40,16 +35,7 @@ HttpResponse Post(Service& s, const std::string& target, const std::string& body
 
 // Creates a workspace at the maximum TPS limit, one group and `keys` keys.
 Status Setup(Fixture& f, const std::string& dir, int keys) {
-  LedgerOptions lo;
-  lo.clock = &f.clock;
-  KL_ASSIGN_OR_RETURN(f.ledger, Ledger::Open(dir + "/ledger", lo));
-  KL_ASSIGN_OR_RETURN(f.key_state, KeyStateStore::Open(dir + "/projections", f.ledger.get()));
-  KL_ASSIGN_OR_RETURN(f.calls, CallProjections::Open(dir + "/calls", f.ledger.get(),
-                                                     &f.key_state->state(), &f.clock,
-                                                     CallProjectionsOptions{}));
-  f.service = std::make_unique<Service>(
-      ServiceDeps{f.ledger.get(), f.key_state.get(), &f.clock, &f.random, f.calls.get()},
-      ServiceOptions{});
+  KL_RETURN_IF_ERROR(f.Open(dir, /*create=*/true));
   const std::string op = "bench-operator-token";
   KL_RETURN_IF_ERROR(f.service->BootstrapOperatorToken(op).ToStatus());
   auto ws = Post(*f.service, "/v1/workspaces", R"({"name":"bench","tps_limit":1000000})", op);
@@ -109,7 +95,6 @@ int RunBenchAuthorize(const BenchAuthorizeOptions& options) {
       static_cast<unsigned long long>(total), static_cast<unsigned long long>(allowed.load()),
       options.keys, options.threads, seconds, static_cast<double>(total) / seconds,
       static_cast<double>(total) / seconds / options.threads);
-  f.service->Stop();
   return 0;
 }
 

@@ -10,6 +10,7 @@
 
 #include "api/service.h"
 #include "tools/commands.h"
+#include "tools/local_stack.h"
 
 namespace keyledger::tools {
 namespace {
@@ -57,32 +58,6 @@ HttpResponse SendOverHttp(const std::string& server, const std::string& token,
   return resp;
 }
 
-// The whole server stack, in process, on a stopped data directory.
-struct LocalStack {
-  SystemClock clock;
-  SecureRandom random;
-  std::unique_ptr<Ledger> ledger;
-  std::unique_ptr<KeyStateStore> key_state;
-  std::unique_ptr<CallProjections> calls;
-  std::unique_ptr<Service> service;
-
-  Status Open(const std::string& dir) {
-    if (!std::filesystem::exists(dir + "/ledger")) {
-      return Status::NotFound("no ledger under " + dir + " (expected " + dir + "/ledger)");
-    }
-    LedgerOptions lo;
-    lo.clock = &clock;
-    KL_ASSIGN_OR_RETURN(ledger, Ledger::Open(dir + "/ledger", lo));
-    KL_ASSIGN_OR_RETURN(key_state, KeyStateStore::Open(dir + "/projections", ledger.get()));
-    KL_ASSIGN_OR_RETURN(calls, CallProjections::Open(dir + "/calls", ledger.get(),
-                                                     &key_state->state(), &clock,
-                                                     CallProjectionsOptions{}));
-    service = std::make_unique<Service>(
-        ServiceDeps{ledger.get(), key_state.get(), &clock, &random, calls.get()}, ServiceOptions{});
-    return Status::Ok();
-  }
-};
-
 // Chooses --server or --data; returns the transport or prints why not.
 Result<Transport> MakeTransport(const InvoiceOptions& o, std::unique_ptr<LocalStack>* local) {
   if (o.server.empty() == o.data_dir.empty()) {
@@ -99,7 +74,7 @@ Result<Transport> MakeTransport(const InvoiceOptions& o, std::unique_ptr<LocalSt
     });
   }
   *local = std::make_unique<LocalStack>();
-  KL_RETURN_IF_ERROR((*local)->Open(o.data_dir));
+  KL_RETURN_IF_ERROR((*local)->Open(o.data_dir, /*create=*/false));
   Service* service = (*local)->service.get();
   return Transport([service](const HttpRequest& r) { return service->HandleAsOperator(r); });
 }
@@ -131,7 +106,6 @@ int RunInvoiceRun(const InvoiceOptions& options) {
   std::fprintf(stderr, "month %s: %zu issued, %zu already issued, %zu not yet due\n",
                options.month.c_str(), result["issued"].size(), result["already_issued"].size(),
                result["not_due"].size());
-  if (local) local->service->Stop();
   return 0;
 }
 
@@ -163,7 +137,6 @@ int RunInvoiceExport(const InvoiceOptions& options) {
     header_written = true;
   }
   if (options.format == "json") std::printf("%s\n", all.dump(2).c_str());
-  if (local) local->service->Stop();
   return 0;
 }
 

@@ -7,6 +7,7 @@
 #include "ledger/ledger.h"
 #include "projections/key_state_store.h"
 #include "tools/commands.h"
+#include "tools/local_stack.h"
 
 namespace keyledger::tools {
 namespace {
@@ -42,26 +43,11 @@ int RunServe(const ServeOptions& options) {
   http.threads = options.threads;
   http.body_bytes_max = options.body_bytes_max;
 
-  std::error_code ec;
-  std::filesystem::create_directories(options.data_dir, ec);
-  if (ec) return Fail("create " + options.data_dir, Status::IOError(ec.message()));
-
-  SystemClock clock;
-  SecureRandom random;
-  LedgerOptions ledger_options;
-  ledger_options.clock = &clock;
-  auto ledger = Ledger::Open(options.data_dir + "/ledger", ledger_options);
-  if (!ledger.ok()) return Fail("open ledger", ledger.status());
-  auto key_state = KeyStateStore::Open(options.data_dir + "/projections", ledger->get());
-  if (!key_state.ok()) return Fail("open projections", key_state.status());
-
-  auto calls = CallProjections::Open(options.data_dir + "/calls", ledger->get(),
-                                     &(*key_state)->state(), &clock, CallProjectionsOptions{});
-  if (!calls.ok()) return Fail("open call projections", calls.status());
-  (*calls)->Start();
-
-  Service service(ServiceDeps{ledger->get(), key_state->get(), &clock, &random, calls->get()},
-                  ServiceOptions{});
+  LocalStack stack;
+  Status opened = stack.Open(options.data_dir, /*create=*/true);
+  if (!opened.ok()) return Fail("open " + options.data_dir, opened);
+  stack.calls->Start();
+  Service& service = *stack.service;
   const char* env_token = std::getenv("KEYLEDGER_ADMIN_TOKEN");
   auto generated = service.BootstrapOperatorToken(
       env_token ? std::optional<std::string>(env_token) : std::nullopt);
@@ -76,12 +62,10 @@ int RunServe(const ServeOptions& options) {
   if (!server.ok()) return Fail("listen on " + options.listen, server.status());
   std::printf("keyledger serving on %s:%u (data %s, ledger head %llu)\n", http.host.c_str(),
               (*server)->port(), options.data_dir.c_str(),
-              static_cast<unsigned long long>((*ledger)->head().sequence));
+              static_cast<unsigned long long>(stack.ledger->head().sequence));
   std::fflush(stdout);
   (*server)->WaitForSignal();  // stops accepting, drains in-flight requests
-  service.Stop();              // flushes pending denial records
-  (*calls)->Stop();
-  (*ledger)->Close();
+  stack.Stop();                // flushes denials, stops the projections, closes the ledger
   std::printf("keyledger stopped\n");
   return 0;
 }

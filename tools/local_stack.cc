@@ -1,0 +1,32 @@
+#include "tools/local_stack.h"
+
+#include <filesystem>
+
+namespace keyledger::tools {
+
+Status LocalStack::Open(const std::string& dir, bool create, ServiceOptions options) {
+  if (!create && !std::filesystem::exists(dir + "/ledger")) {
+    return Status::NotFound("no ledger under " + dir + " (expected " + dir + "/ledger)");
+  }
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) return Status::IOError("create " + dir + ": " + ec.message());
+  LedgerOptions lo;
+  lo.clock = &clock;
+  KL_ASSIGN_OR_RETURN(ledger, Ledger::Open(dir + "/ledger", lo));
+  KL_ASSIGN_OR_RETURN(key_state, KeyStateStore::Open(dir + "/projections", ledger.get()));
+  KL_ASSIGN_OR_RETURN(calls, CallProjections::Open(dir + "/calls", ledger.get(),
+                                                   &key_state->state(), &clock,
+                                                   CallProjectionsOptions{}));
+  service = std::make_unique<Service>(
+      ServiceDeps{ledger.get(), key_state.get(), &clock, &random, calls.get()}, options);
+  return Status::Ok();
+}
+
+void LocalStack::Stop() {
+  if (service) service->Stop();
+  if (calls) calls->Stop();
+  if (ledger) ledger->Close();
+}
+
+}  // namespace keyledger::tools

@@ -1,0 +1,33 @@
+// The whole server stack opened in process on a data directory: ledger, key
+// state, call projections and the Service. Shared by `serve`, the invoice
+// commands and the authorize benchmark so they open data the same way.
+//
+// Thread safety: as its members; Open is not thread-safe.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "api/service.h"
+
+namespace keyledger::tools {
+
+struct LocalStack {
+  SystemClock clock;
+  SecureRandom random;
+  std::unique_ptr<Ledger> ledger;
+  std::unique_ptr<KeyStateStore> key_state;
+  std::unique_ptr<CallProjections> calls;
+  std::unique_ptr<Service> service;
+
+  // Opens DIR/ledger, DIR/projections and DIR/calls (creating them when
+  // `create` is true) and builds the Service. Returns NotFound if the ledger
+  // is missing and `create` is false, or the error of the store that failed.
+  Status Open(const std::string& dir, bool create, ServiceOptions options = {});
+
+  // Flushes denials and stops the call projections' thread. Idempotent.
+  void Stop();
+  ~LocalStack() { Stop(); }
+};
+
+}  // namespace keyledger::tools

@@ -6,41 +6,17 @@
 #include <limits>
 #include <utility>
 
+#include "ledger/varint.h"
+
 namespace keyledger {
 namespace {
 
 constexpr uint64_t kSubBuckets = uint64_t{1} << kLatencySubBucketBits;  // 64
 constexpr uint8_t kFormatVersion = 1;
-constexpr size_t kVarintBytesMax = 10;
 
 static_assert(kLatencyBucketCount == 1728);
 static_assert(kLatencyBucketCount <= std::numeric_limits<uint16_t>::max());
 
-void PutVarint(uint64_t v, std::string* out) {
-  while (v >= 0x80) {
-    out->push_back(static_cast<char>(static_cast<uint8_t>(v) | 0x80));
-    v >>= 7;
-  }
-  out->push_back(static_cast<char>(v));
-}
-
-// Reads a canonical little-endian base-128 varint from the front of *in.
-// Returns false when truncated, longer than 64 bits, or not minimal.
-bool GetVarint(std::string_view* in, uint64_t* v) {
-  uint64_t result = 0;
-  for (size_t i = 0; i < kVarintBytesMax && i < in->size(); ++i) {
-    const uint8_t byte = static_cast<uint8_t>((*in)[i]);
-    if (i == kVarintBytesMax - 1 && byte > 1) return false;  // beyond 64 bits
-    result |= uint64_t{byte & 0x7fu} << (7 * i);
-    if ((byte & 0x80) == 0) {
-      if (byte == 0 && i > 0) return false;  // non-minimal: trailing zero group
-      in->remove_prefix(i + 1);
-      *v = result;
-      return true;
-    }
-  }
-  return false;
-}
 
 }  // namespace
 

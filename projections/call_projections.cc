@@ -22,7 +22,8 @@ constexpr int kCallCfLogTimes = 1;  // BE(ordered occurred_at) ‖ log key -> ""
 constexpr int kCallCfMetrics = 2;   // MetricsKey -> MetricsFold cell encoding
 constexpr int kCallCfUsage = 3;     // UsageKey -> varint units
 constexpr int kCallCfMeta = 4;
-constexpr int kCallCfs[] = {kCallCfLogs, kCallCfLogTimes, kCallCfMetrics, kCallCfUsage, kCallCfMeta};
+constexpr int kCallCfs[] = {kCallCfLogs, kCallCfLogTimes, kCallCfMetrics, kCallCfUsage,
+                            kCallCfMeta};
 
 constexpr char kFormatKey[] = "format";
 // Bump when any record layout changes: the store is then rebuilt from the log.
@@ -133,8 +134,7 @@ bool DecodeHex(std::string_view hex, std::string* out) {
 
 int64_t SaturatingSub(int64_t a, int64_t b) {
   assert(b >= 0);
-  return a < std::numeric_limits<int64_t>::min() + b ? std::numeric_limits<int64_t>::min()
-                                                     : a - b;
+  return a < std::numeric_limits<int64_t>::min() + b ? std::numeric_limits<int64_t>::min() : a - b;
 }
 
 // ---- Keys ------------------------------------------------------------------------------
@@ -159,7 +159,9 @@ std::string MetricsKey(const MetricsFold::CellRef& cell) {
   std::string key;
   key.push_back(static_cast<char>(cell.scope));
   PutBytes(cell.id, &key);
-  const char code = cell.width_us == kMetricsMinuteUs ? 'm' : cell.width_us == kMetricsHourUs ? 'h' : 'd';
+  const char code = cell.width_us == kMetricsMinuteUs ? 'm'
+                    : cell.width_us == kMetricsHourUs ? 'h'
+                                                      : 'd';
   assert(cell.width_us == kMetricsMinuteUs || cell.width_us == kMetricsHourUs ||
          cell.width_us == kMetricsDayUs);
   key.push_back(code);
@@ -168,17 +170,25 @@ std::string MetricsKey(const MetricsFold::CellRef& cell) {
 }
 
 bool ParseMetricsKey(std::string_view key, MetricsFold::CellRef* cell) {
-  if (key.empty() || static_cast<uint8_t>(key[0]) > static_cast<uint8_t>(MetricsScope::kWorkspace)) {
+  if (key.empty() ||
+      static_cast<uint8_t>(key[0]) > static_cast<uint8_t>(MetricsScope::kWorkspace)) {
     return false;
   }
   cell->scope = static_cast<MetricsScope>(key[0]);
   key.remove_prefix(1);
   if (!GetBytes(&key, &cell->id) || key.size() != 1 + 8) return false;
   switch (key[0]) {
-    case 'm': cell->width_us = kMetricsMinuteUs; break;
-    case 'h': cell->width_us = kMetricsHourUs; break;
-    case 'd': cell->width_us = kMetricsDayUs; break;
-    default: return false;
+    case 'm':
+      cell->width_us = kMetricsMinuteUs;
+      break;
+    case 'h':
+      cell->width_us = kMetricsHourUs;
+      break;
+    case 'd':
+      cell->width_us = kMetricsDayUs;
+      break;
+    default:
+      return false;
   }
   const uint64_t start = DecodeBigEndian64(key.data() + 1);
   if (start > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) return false;
@@ -281,13 +291,12 @@ Status DecodeLogEntry(std::string_view key, std::string_view value, LogEntry* en
   value.remove_prefix(kLogHeaderBytes);
   bool ok = GetString(&value, &entry->request_id) && GetString(&value, &entry->workspace_id) &&
             GetString(&value, &entry->method) && GetString(&value, &entry->path);
-  for (uint64_t* v : {&entry->latency_us, &entry->units, &entry->request_bytes,
-                      &entry->response_bytes}) {
+  for (uint64_t* v :
+       {&entry->latency_us, &entry->units, &entry->request_bytes, &entry->response_bytes}) {
     ok = ok && GetVarint(&value, v);
   }
   ok = ok && GetString(&value, &entry->client_ip) && GetString(&value, &entry->origin) &&
-       GetExcerpt(&value, &entry->request) && GetExcerpt(&value, &entry->response) &&
-       value.empty();
+       GetExcerpt(&value, &entry->request) && GetExcerpt(&value, &entry->response) && value.empty();
   return ok ? Status::Ok() : Status::Corruption("log entry: malformed body");
 }
 
@@ -394,9 +403,9 @@ class BatchFolder {
 Status BatchFolder::Fold(uint64_t sequence, std::string_view stored) {
   const uint64_t expected = (events_scanned_ == 0 ? state_->position : last_sequence_) + 1;
   if (sequence != expected) {
-    return Status::Corruption("the ledger skips from " + std::to_string(expected - 1) + " to " +
-                                  std::to_string(sequence),
-                              expected);
+    return Status::Corruption(
+        "the ledger skips from " + std::to_string(expected - 1) + " to " + std::to_string(sequence),
+        expected);
   }
   Hash hash;
   std::string_view unaligned;
@@ -531,7 +540,7 @@ Hash DigestOf(const FoldState& state) {
     for (const auto& [month, usage] : months) {
       for (const auto& [key, units] : usage.by_key) {
         record.clear();
-    record.push_back('u');
+        record.push_back('u');
         PutVarint(units.units, &record);  // self-delimiting, so the key may run to the end
         record += UsageKey(workspace, month, key);
         h = ChainHash(h, record);
@@ -539,7 +548,7 @@ Hash DigestOf(const FoldState& state) {
     }
   }
   record.clear();
-    record.push_back('l');
+  record.push_back('l');
   record += EncodeHash(state.log_chain);
   AppendBigEndian64(&record, state.usage_rejected);
   return ChainHash(h, record);
@@ -603,7 +612,8 @@ Status CallProjections::LoadOrWipe() {
   uint64_t position = 0;
   Hash hash{};
   if (stored) {
-    if (stored->size() != kPositionValueBytes) return Status::Corruption("call projections: bad position");
+    if (stored->size() != kPositionValueBytes)
+      return Status::Corruption("call projections: bad position");
     position = DecodeBigEndian64(stored->data());
     std::copy(stored->begin() + 8, stored->end(), hash.begin());
   }
@@ -627,71 +637,106 @@ Result<bool> CallProjections::StoreMatchesLedger(uint64_t position, const Hash& 
   return same;
 }
 
+namespace {
+
+using call_projections_internal::FoldState;
+
+Status LoadMetrics(const KvStore& store, FoldState* state) {
+  Status load;
+  auto cell = [&](std::string_view key, std::string_view value) {
+    MetricsFold::CellRef ref;
+    load = ParseMetricsKey(key, &ref) ? state->metrics.LoadCell(ref, value)
+                                      : Status::Corruption("call projections: bad metrics key");
+    return load.ok();
+  };
+  KL_RETURN_IF_ERROR(store.Scan(kCallCfMetrics, "", "", cell));
+  KL_RETURN_IF_ERROR(load);
+  return state->metrics.FinishLoad();
+}
+
+// Adds one stored usage record to `state`.
+Status LoadUsageRecord(std::string_view key, std::string_view value, FoldState* state) {
+  std::string_view workspace, key_id;
+  BillingMonth month;
+  uint64_t units = 0;
+  if (!ParseUsageKey(key, &workspace, &month, &key_id) || !GetVarint(&value, &units) ||
+      !value.empty() || units == 0) {
+    return Status::Corruption("call projections: bad usage record");
+  }
+  auto ws = state->usage.find(workspace);
+  if (ws == state->usage.end()) ws = state->usage.try_emplace(std::string(workspace)).first;
+  MonthUsage& usage = ws->second[month];
+  if (usage.total > std::numeric_limits<uint64_t>::max() - units) {
+    return Status::Corruption("call projections: a month's usage exceeds 2^64-1");
+  }
+  usage.total += units;
+  usage.by_key[std::string(key_id)].units = units;
+  return Status::Ok();
+}
+
+Status LoadUsage(const KvStore& store, FoldState* state) {
+  Status load;
+  auto record = [&](std::string_view key, std::string_view value) {
+    load = LoadUsageRecord(key, value, state);
+    return load.ok();
+  };
+  KL_RETURN_IF_ERROR(store.Scan(kCallCfUsage, "", "", record));
+  return load;
+}
+
+// Reads the position, log chain and rejected-usage count (written together).
+Status LoadMeta(const KvStore& store, FoldState* state) {
+  KL_ASSIGN_OR_RETURN(auto position, store.Get(kCallCfMeta, kPositionKey));
+  if (!position) return Status::Ok();  // nothing folded yet
+  KL_ASSIGN_OR_RETURN(auto chain, store.Get(kCallCfMeta, kLogChainKey));
+  KL_ASSIGN_OR_RETURN(auto rejected, store.Get(kCallCfMeta, kUsageRejectedKey));
+  if (position->size() != kPositionValueBytes || !chain ||
+      chain->size() != state->log_chain.size() || !rejected || rejected->size() != 8) {
+    return Status::Corruption("call projections: bad meta records");
+  }
+  state->position = DecodeBigEndian64(position->data());
+  std::copy(chain->begin(), chain->end(), state->log_chain.begin());
+  state->usage_rejected = DecodeBigEndian64(rejected->data());
+  return Status::Ok();
+}
+
+}  // namespace
+
 Status CallProjections::Load() {
   auto state = std::make_unique<FoldState>();
   state->metrics.TrackChanges();
-  Status load;
-  KL_RETURN_IF_ERROR(store_->Scan(kCallCfMetrics, "", "", [&](std::string_view key, std::string_view value) {
-    MetricsFold::CellRef cell;
-    load = ParseMetricsKey(key, &cell) ? state->metrics.LoadCell(cell, value)
-                                       : Status::Corruption("call projections: bad metrics key");
-    return load.ok();
-  }));
-  KL_RETURN_IF_ERROR(load);
-  KL_RETURN_IF_ERROR(state->metrics.FinishLoad());
-  KL_RETURN_IF_ERROR(store_->Scan(kCallCfUsage, "", "", [&](std::string_view key, std::string_view value) {
-    std::string_view workspace, key_id;
-    BillingMonth month;
-    uint64_t units = 0;
-    if (!ParseUsageKey(key, &workspace, &month, &key_id) || !GetVarint(&value, &units) ||
-        !value.empty() || units == 0) {
-      load = Status::Corruption("call projections: bad usage record");
-      return false;
-    }
-    auto ws = state->usage.find(workspace);
-    if (ws == state->usage.end()) ws = state->usage.try_emplace(std::string(workspace)).first;
-    MonthUsage& usage = ws->second[month];
-    if (usage.total > std::numeric_limits<uint64_t>::max() - units) {
-      load = Status::Corruption("call projections: a month's usage exceeds 2^64-1");
-      return false;
-    }
-    usage.total += units;
-    usage.by_key[std::string(key_id)].units = units;
-    return true;
-  }));
-  KL_RETURN_IF_ERROR(load);
-  KL_ASSIGN_OR_RETURN(auto position, store_->Get(kCallCfMeta, kPositionKey));
-  KL_ASSIGN_OR_RETURN(auto chain, store_->Get(kCallCfMeta, kLogChainKey));
-  KL_ASSIGN_OR_RETURN(auto rejected, store_->Get(kCallCfMeta, kUsageRejectedKey));
-  if (position) {  // written together with the other two; sizes checked by LoadOrWipe
-    if (!chain || chain->size() != 32 || !rejected || rejected->size() != 8) {
-      return Status::Corruption("call projections: bad meta records");
-    }
-    state->position = DecodeBigEndian64(position->data());
-    std::copy(chain->begin(), chain->end(), state->log_chain.begin());
-    state->usage_rejected = DecodeBigEndian64(rejected->data());
-  }
+  KL_RETURN_IF_ERROR(LoadMetrics(*store_, state.get()));
+  KL_RETURN_IF_ERROR(LoadUsage(*store_, state.get()));
+  KL_RETURN_IF_ERROR(LoadMeta(*store_, state.get()));
   position_.store(state->position, std::memory_order_release);
   state_ = std::move(state);
   return Status::Ok();
 }
 
-Status CallProjections::Wipe() {
-  for (int cf : kCallCfs) {
-    std::string start;
-    for (;;) {
-      KvBatch batch(*store_);
-      std::string last;
-      KL_RETURN_IF_ERROR(store_->Scan(cf, start, "", [&](std::string_view key, std::string_view) {
-        batch.Delete(cf, key);
-        last.assign(key);
-        return batch.count() < kDeleteBatchKeysMax;
-      }));
-      if (batch.count() == 0) break;
-      KL_RETURN_IF_ERROR(store_->Write(batch, Durability::kAsync));
-      start = last + '\0';  // the next key after `last`
-    }
+namespace {
+
+// Deletes every key of column family `cf`, kDeleteBatchKeysMax per batch.
+Status DeleteAll(KvStore* store, int cf) {
+  std::string start;
+  for (;;) {
+    KvBatch batch(*store);
+    std::string last;
+    auto remove = [&](std::string_view key, std::string_view) {
+      batch.Delete(cf, key);
+      last.assign(key);
+      return batch.count() < kDeleteBatchKeysMax;
+    };
+    KL_RETURN_IF_ERROR(store->Scan(cf, start, "", remove));
+    if (batch.count() == 0) return Status::Ok();
+    KL_RETURN_IF_ERROR(store->Write(batch, Durability::kAsync));
+    start = last + '\0';  // the first key after `last`
   }
+}
+
+}  // namespace
+
+Status CallProjections::Wipe() {
+  for (int cf : kCallCfs) KL_RETURN_IF_ERROR(DeleteAll(store_.get(), cf));
   KvBatch format(*store_);
   format.Put(kCallCfMeta, kFormatKey, kFormatVersion);
   KL_RETURN_IF_ERROR(store_->Write(format, Durability::kSync));
@@ -706,6 +751,7 @@ Status CallProjections::Wipe() {
 Status CallProjections::CatchUp() { return CatchUpTo(std::numeric_limits<uint64_t>::max()); }
 
 Status CallProjections::CatchUpTo(uint64_t sequence) {
+  if (position() >= sequence) return Status::Ok();
   std::lock_guard<std::mutex> lock(fold_mu_);
   KL_RETURN_IF_ERROR(broken_);
   const uint64_t to = std::min(sequence, ledger_->head().sequence);
@@ -838,12 +884,13 @@ Result<size_t> CallProjections::SweepExpiredLogs() {
     KvBatch batch(*store_);
     size_t keys = 0;
     std::string last;
-    KL_RETURN_IF_ERROR(store_->Scan(kCallCfLogTimes, start, end, [&](std::string_view key, std::string_view) {
-      batch.Delete(kCallCfLogTimes, key);
-      if (key.size() > 8) batch.Delete(kCallCfLogs, key.substr(8));
-      last.assign(key);
-      return ++keys < kDeleteBatchKeysMax;
-    }));
+    KL_RETURN_IF_ERROR(
+        store_->Scan(kCallCfLogTimes, start, end, [&](std::string_view key, std::string_view) {
+          batch.Delete(kCallCfLogTimes, key);
+          if (key.size() > 8) batch.Delete(kCallCfLogs, key.substr(8));
+          last.assign(key);
+          return ++keys < kDeleteBatchKeysMax;
+        }));
     if (keys == 0) break;
     // Async: a lost delete is redone by the next sweep.
     KL_RETURN_IF_ERROR(store_->Write(batch, Durability::kAsync));
@@ -909,31 +956,32 @@ Result<LogPage> CallProjections::Logs(const LogQuery& query, int64_t now_us) con
   bool more = false;
   std::string last_key;  // the last key returned or passed over
   Status decode;
-  KL_RETURN_IF_ERROR(store_->Scan(kCallCfLogs, start, end, [&](std::string_view key, std::string_view value) {
-    if (examined == kLogScanEntriesMax) {
-      more = true;
-      return false;
-    }
-    ++examined;
-    LogHeader header;
-    const bool is_entry = key.size() == prefix.size() + kSequenceBytes;  // ids hold no '\0'
-    if (is_entry && !DecodeLogHeader(value, &header)) {
-      decode = Status::Corruption("log entry: bad header");
-      return false;
-    }
-    if (!is_entry || !Matches(query, from_us, header)) {
-      last_key.assign(key);
-      return true;
-    }
-    if (page.entries.size() == query.limit || bytes >= kLogPageBytesMax) {
-      more = true;
-      return false;
-    }
-    decode = DecodeLogEntry(key, value, &page.entries.emplace_back());
-    bytes += value.size();
-    last_key.assign(key);
-    return decode.ok();
-  }));
+  KL_RETURN_IF_ERROR(
+      store_->Scan(kCallCfLogs, start, end, [&](std::string_view key, std::string_view value) {
+        if (examined == kLogScanEntriesMax) {
+          more = true;
+          return false;
+        }
+        ++examined;
+        LogHeader header;
+        const bool is_entry = key.size() == prefix.size() + kSequenceBytes;  // ids hold no '\0'
+        if (is_entry && !DecodeLogHeader(value, &header)) {
+          decode = Status::Corruption("log entry: bad header");
+          return false;
+        }
+        if (!is_entry || !Matches(query, from_us, header)) {
+          last_key.assign(key);
+          return true;
+        }
+        if (page.entries.size() == query.limit || bytes >= kLogPageBytesMax) {
+          more = true;
+          return false;
+        }
+        decode = DecodeLogEntry(key, value, &page.entries.emplace_back());
+        bytes += value.size();
+        last_key.assign(key);
+        return decode.ok();
+      }));
   KL_RETURN_IF_ERROR(decode);
   if (more) {
     assert(!last_key.empty());
@@ -942,9 +990,8 @@ Result<LogPage> CallProjections::Logs(const LogQuery& query, int64_t now_us) con
   return page;
 }
 
-Result<std::vector<MetricsBucket>> CallProjections::Metrics(MetricsScope scope,
-                                                            std::string_view id, int64_t from_us,
-                                                            int64_t to_us,
+Result<std::vector<MetricsBucket>> CallProjections::Metrics(MetricsScope scope, std::string_view id,
+                                                            int64_t from_us, int64_t to_us,
                                                             int64_t step_us) const {
   std::shared_lock<std::shared_mutex> lock(state_mu_);
   return state_->metrics.Query(scope, id, from_us, to_us, step_us);

@@ -201,8 +201,10 @@ class CallProjections {
   Status CatchUp();
 
   // As CatchUp, but folds only up to min(sequence, ledger head). Returns OK at
-  // once when position() >= sequence. On return with OK, position() >=
-  // min(sequence, head as of the call).
+  // once, without waiting for a fold in progress, when position() >= sequence
+  // (even after a failure). On return with OK, position() >= min(sequence,
+  // head as of the call). For read-your-writes: CatchUpTo(the sequence an
+  // append returned).
   Status CatchUpTo(uint64_t sequence);
 
   // Starts a background thread that follows the ledger (Ledger::WaitForSequence)
@@ -213,7 +215,7 @@ class CallProjections {
   void Start();
 
   // Stops and joins the tailing thread; returns after at most about
-  // tail_wait_us plus one batch. Idempotent; the destructor calls it.
+  // tail_wait_us plus one batch or one sweep. Idempotent; the destructor calls it.
   void Stop();
 
   // The last ledger sequence folded and persisted (0: none). Never blocks.
@@ -251,8 +253,7 @@ class CallProjections {
   // MetricsFold::Query / Totals on the folded state (same arguments, same
   // errors; see projections/metrics_fold.h).
   Result<std::vector<MetricsBucket>> Metrics(MetricsScope scope, std::string_view id,
-                                             int64_t from_us, int64_t to_us,
-                                             int64_t step_us) const;
+                                             int64_t from_us, int64_t to_us, int64_t step_us) const;
   Result<MetricsBucket> Totals(MetricsScope scope, std::string_view id, int64_t from_us,
                                int64_t to_us) const;
 

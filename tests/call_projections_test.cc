@@ -77,8 +77,8 @@ struct World {
   }
 
   void SetLogging(const std::string& key_id, bool on) {
-    auto r = h.Call("PATCH", "/v1/workspaces/" + ws + "/keys/" + key_id,
-                    json{{"logging", on}}.dump());
+    auto r =
+        h.Call("PATCH", "/v1/workspaces/" + ws + "/keys/" + key_id, json{{"logging", on}}.dump());
     ASSERT_EQ(r.status, 200) << r.raw;
   }
 
@@ -154,7 +154,8 @@ TEST(CallProjectionsTest, TotalsEqualTheRecordedCallsAndDenials) {
   auto [key2, secret2] = w.h.CreateKey(w.ws, w.group, "second");
   w.Record(key2, 4, 201);
   // Denials: a key in a group that allows one network only.
-  std::string closed = w.h.CreateGroup(w.ws, {{"name", "closed"}, {"ip_allow", {"203.0.113.0/24"}}});
+  std::string closed =
+      w.h.CreateGroup(w.ws, {{"name", "closed"}, {"ip_allow", {"203.0.113.0/24"}}});
   auto [key3, secret3] = w.h.CreateKey(w.ws, closed, "closed");
   for (int i = 0; i < 3; i++) EXPECT_EQ(w.Authorize(secret3, "198.51.100.1"), 403);
   ASSERT_TRUE(w.h.service().data_plane().FlushDenials().ok());
@@ -241,7 +242,9 @@ TEST(CallProjectionsTest, NoKeySecretAppearsInALogEntry) {
   for (const std::string& s : {w.secret, other_secret}) {
     json c = w.CallJson(w.key, 200, w.h.clock().NowUs() - kSecondUs, 1);
     c["request"] = {{"headers",
-                     {{"Authorization", "Bearer " + s}, {"X-Api-Key", s}, {"X-Note", "k=" + s},
+                     {{"Authorization", "Bearer " + s},
+                      {"X-Api-Key", s},
+                      {"X-Note", "k=" + s},
                       {"Cookie", "session=" + s}}},
                     {"body_excerpt", "{\"key\":\"" + s + "\"}"}};
     c["response"] = {{"headers", {{"Set-Cookie", "k=" + s}, {"X-Echo", s}}},
@@ -456,8 +459,9 @@ TEST(CallProjectionsTest, UsageMonthsFollowTheWorkspaceBillingTimeZone) {
   const int64_t before_midnight = *ParseRfc3339("2026-05-31T14:59:59.999999Z", "t");
   const int64_t at_midnight = *ParseRfc3339("2026-05-31T15:00:00Z", "t");
   w.Post({w.CallJson(w.key, 200, before_midnight, 3), w.CallJson(w.key, 200, at_midnight, 4),
-          w.CallJson(seoul_key, 200, before_midnight, 5), w.CallJson(seoul_key, 200, at_midnight, 6),
-          w.CallJson(seoul_key2, 200, at_midnight, 7), w.CallJson(seoul_key, 500, at_midnight, 0)});
+          w.CallJson(seoul_key, 200, before_midnight, 5),
+          w.CallJson(seoul_key, 200, at_midnight, 6), w.CallJson(seoul_key2, 200, at_midnight, 7),
+          w.CallJson(seoul_key, 500, at_midnight, 0)});
   auto p = w.Open();
   ASSERT_NE(p, nullptr);
   const BillingMonth may{2026, 5}, june{2026, 6};
@@ -646,10 +650,10 @@ RC_GTEST_PROP(MetricsFoldPersistenceProp, RestoredFoldEqualsTheOriginal, ()) {
       rc::gen::set(&Op::latency_us, rc::gen::inRange<uint64_t>(0, 5'000'000)),
       rc::gen::set(&Op::status, rc::gen::element<uint16_t>(200, 429, 500)),
       rc::gen::set(&Op::cut, rc::gen::weightedElement<bool>({{1, true}, {3, false}}))));
-  const auto more = *rc::gen::container<std::vector<Op>>(rc::gen::build<Op>(
-      rc::gen::set(&Op::key, rc::gen::inRange(0, 3)),
-      rc::gen::set(&Op::minute, rc::gen::inRange<int64_t>(-90, 3100)),
-      rc::gen::set(&Op::latency_us, rc::gen::inRange<uint64_t>(0, 5'000'000))));
+  const auto more = *rc::gen::container<std::vector<Op>>(
+      rc::gen::build<Op>(rc::gen::set(&Op::key, rc::gen::inRange(0, 3)),
+                         rc::gen::set(&Op::minute, rc::gen::inRange<int64_t>(-90, 3100)),
+                         rc::gen::set(&Op::latency_us, rc::gen::inRange<uint64_t>(0, 5'000'000))));
   MetricsFold live;
   live.TrackChanges();
   struct Stored {
@@ -684,10 +688,12 @@ RC_GTEST_PROP(MetricsFoldPersistenceProp, RestoredFoldEqualsTheOriginal, ()) {
     ApplyOp(op, &restored);
   }
   RC_ASSERT(CellsOf(restored) == CellsOf(live));
-  constexpr int64_t kFrom = 1'780'000'000'000'000 - 1'780'000'000'000'000 % kMetricsDayUs - kMetricsDayUs;
+  constexpr int64_t kFrom =
+      1'780'000'000'000'000 - 1'780'000'000'000'000 % kMetricsDayUs - kMetricsDayUs;
   for (const char* key : {"k0", "k1", "k2"}) {
     auto a = live.Query(MetricsScope::kKey, key, kFrom, kFrom + 5 * kMetricsDayUs, kMetricsHourUs);
-    auto b = restored.Query(MetricsScope::kKey, key, kFrom, kFrom + 5 * kMetricsDayUs, kMetricsHourUs);
+    auto b =
+        restored.Query(MetricsScope::kKey, key, kFrom, kFrom + 5 * kMetricsDayUs, kMetricsHourUs);
     RC_ASSERT(a.ok() && b.ok());
     RC_ASSERT(*a == *b);
   }

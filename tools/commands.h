@@ -47,6 +47,9 @@ struct ServeOptions {
   std::string listen = "127.0.0.1:8080";  // HOST:PORT; IPv6 as [::1]:8080
   int threads = 4;
   size_t body_bytes_max = 1u << 20;
+  int64_t log_retention_days = 30;
+  int64_t max_lateness_days = 35;
+  bool workspace_tps_cap = false;
 };
 // Opens the ledger and projections under data_dir and serves HTTP until
 // SIGINT/SIGTERM. Returns the process exit code.

@@ -4,7 +4,8 @@
 
 namespace keyledger::tools {
 
-Status LocalStack::Open(const std::string& dir, bool create, ServiceOptions options) {
+Status LocalStack::Open(const std::string& dir, bool create, ServiceOptions options,
+                        CallProjectionsOptions call_options) {
   if (!create && !std::filesystem::exists(dir + "/ledger")) {
     return Status::NotFound("no ledger under " + dir + " (expected " + dir + "/ledger)");
   }
@@ -17,7 +18,7 @@ Status LocalStack::Open(const std::string& dir, bool create, ServiceOptions opti
   KL_ASSIGN_OR_RETURN(key_state, KeyStateStore::Open(dir + "/projections", ledger.get()));
   KL_ASSIGN_OR_RETURN(calls, CallProjections::Open(dir + "/calls", ledger.get(),
                                                    &key_state->state(), &clock,
-                                                   CallProjectionsOptions{}));
+                                                   call_options));
   service = std::make_unique<Service>(
       ServiceDeps{ledger.get(), key_state.get(), &clock, &random, calls.get()}, options);
   return Status::Ok();

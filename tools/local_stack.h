@@ -23,7 +23,8 @@ struct LocalStack {
   // Opens DIR/ledger, DIR/projections and DIR/calls (creating them when
   // `create` is true) and builds the Service. Returns NotFound if the ledger
   // is missing and `create` is false, or the error of the store that failed.
-  Status Open(const std::string& dir, bool create, ServiceOptions options = {});
+  Status Open(const std::string& dir, bool create, ServiceOptions options = {},
+              CallProjectionsOptions call_options = {});
 
   // Flushes denials and stops the call projections' thread. Idempotent.
   void Stop();

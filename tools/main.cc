@@ -33,6 +33,16 @@ int main(int argc, char** argv) {
   serve_cmd->add_option("--body-bytes-max", serve.body_bytes_max, "Largest request body accepted")
       ->check(CLI::Range(size_t{1024}, size_t{64} << 20))
       ->capture_default_str();
+  serve_cmd->add_option("--log-retention-days", serve.log_retention_days,
+                        "Days request logs are kept (in the derived store; the ledger keeps all)")
+      ->check(CLI::Range(int64_t{1}, int64_t{3650}))
+      ->capture_default_str();
+  serve_cmd->add_option("--max-lateness-days", serve.max_lateness_days,
+                        "Oldest occurred_at accepted by POST /v1/calls, in days")
+      ->check(CLI::Range(int64_t{1}, int64_t{365}))
+      ->capture_default_str();
+  serve_cmd->add_flag("--workspace-tps-cap", serve.workspace_tps_cap,
+                      "Also cap each workspace as a whole at its tps_limit (off: per key only)");
   serve_cmd->callback([&] { exit_code = RunServe(serve); });
 
   auto* bench_cmd = app.add_subcommand("bench", "Benchmarks");

@@ -43,8 +43,14 @@ int RunServe(const ServeOptions& options) {
   http.threads = options.threads;
   http.body_bytes_max = options.body_bytes_max;
 
+  constexpr int64_t kDayUs = 24LL * 3600 * 1'000'000;
+  ServiceOptions service_options;
+  service_options.data_plane.workspace_cap = options.workspace_tps_cap;
+  service_options.data_plane.max_lateness_us = options.max_lateness_days * kDayUs;
+  CallProjectionsOptions call_options;
+  call_options.log_retention_us = options.log_retention_days * kDayUs;
   LocalStack stack;
-  Status opened = stack.Open(options.data_dir, /*create=*/true);
+  Status opened = stack.Open(options.data_dir, /*create=*/true, service_options, call_options);
   if (!opened.ok()) return Fail("open " + options.data_dir, opened);
   stack.calls->Start();
   Service& service = *stack.service;

@@ -333,6 +333,9 @@ Result<RecordResult> DataPlane::RecordCalls(std::vector<CallReport> calls) {
     call.occurred_at_us = c.occurred_at_us;
     call.method = std::move(c.method);
     call.path = std::move(c.path);
+    // A secret pasted into a query string must not reach the ledger either.
+    RedactSecrets(&call.path);
+    RedactSecrets(&c.origin);
     call.status = c.status;
     call.latency_us = c.latency_us;
     call.units = c.units.value_or(c.status >= 200 && c.status < 300 ? 1 : 0);

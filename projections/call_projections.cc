@@ -12,6 +12,7 @@
 
 #include "ledger/codec.h"
 #include "ledger/hash.h"
+#include "ledger/varint.h"
 
 namespace keyledger {
 namespace {
@@ -54,31 +55,6 @@ KvStoreOptions StoreOptions() {
 }
 
 // ---- Encoding helpers ------------------------------------------------------------------
-
-void PutVarint(uint64_t v, std::string* out) {
-  while (v >= 0x80) {
-    out->push_back(static_cast<char>(static_cast<uint8_t>(v) | 0x80));
-    v >>= 7;
-  }
-  out->push_back(static_cast<char>(v));
-}
-
-// Reads a little-endian base-128 varint. Returns false if truncated or over 64 bits.
-bool GetVarint(std::string_view* in, uint64_t* v) {
-  constexpr size_t kVarintBytesMax = 10;
-  uint64_t result = 0;
-  for (size_t i = 0; i < kVarintBytesMax && i < in->size(); ++i) {
-    const uint8_t byte = static_cast<uint8_t>((*in)[i]);
-    if (i == kVarintBytesMax - 1 && byte > 1) return false;
-    result |= uint64_t{byte & 0x7fu} << (7 * i);
-    if ((byte & 0x80) == 0) {
-      in->remove_prefix(i + 1);
-      *v = result;
-      return true;
-    }
-  }
-  return false;
-}
 
 void PutBytes(std::string_view bytes, std::string* out) {
   PutVarint(bytes.size(), out);

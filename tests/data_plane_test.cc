@@ -229,6 +229,7 @@ TEST_F(DataPlaneTest, LoggedExcerptsAreRedactedAndUnloggedDropped) {
   ASSERT_EQ(h.Call("PATCH", "/v1/workspaces/" + ws_ + "/keys/" + key_, R"({"logging":true})")
                 .status, 200);
   call = Call("logged");
+  call["path"] = "/v1/render?api_key=" + secret_;
   call["request"] = {{"headers", {{"Authorization", "Bearer " + secret_}, {"X-Note", secret_}}},
                      {"body_excerpt", "key=" + secret_ + " " + std::string(5000, 'b')}};
   ASSERT_EQ(h.Call("POST", "/v1/calls", json{{"calls", {call}}}.dump()).status, 200);
@@ -246,6 +247,7 @@ TEST_F(DataPlaneTest, LoggedExcerptsAreRedactedAndUnloggedDropped) {
   EXPECT_LE(logged.request.body_excerpt.size(), kBodyExcerptBytesMax);
   EXPECT_GT(logged.request.body_excerpt.size(), kBodyExcerptBytesMax - 64);
   EXPECT_TRUE(logged.request.body_excerpt.starts_with("key=klk_[REDACTED] bbb"));
+  EXPECT_EQ(logged.path, "/v1/render?api_key=klk_[REDACTED]");
   for (const auto& e : *events) {
     const auto& c = std::get<ApiCallRecorded>(e.body);
     for (const auto& hd : c.request.headers) EXPECT_EQ(hd.value.find(secret_.substr(4)), std::string::npos);

@@ -49,6 +49,8 @@ int RunServe(const ServeOptions& options) {
   service_options.data_plane.max_lateness_us = options.max_lateness_days * kDayUs;
   CallProjectionsOptions call_options;
   call_options.log_retention_us = options.log_retention_days * kDayUs;
+  // Small batches keep the fold's exclusive lock short for concurrent queries.
+  call_options.fold_batch_events_max = 4096;
   LocalStack stack;
   Status opened = stack.Open(options.data_dir, /*create=*/true, service_options, call_options);
   if (!opened.ok()) return Fail("open " + options.data_dir, opened);

@@ -51,8 +51,9 @@ Json ExcerptJson(const HttpExcerpt& e) {
   return {{"headers", headers}, {"body_excerpt", e.body_excerpt}};
 }
 
-Json LogEntryJson(const LogEntry& e) {
-  return {{"sequence", e.sequence}, {"request_id", e.request_id},
+Json LogEntryJson(const LogEntry& entry) {
+  const ApiCallRecorded& e = entry.call;
+  return {{"sequence", entry.sequence}, {"request_id", e.request_id},
           {"occurred_at", FormatRfc3339(e.occurred_at_us)}, {"method", e.method},
           {"path", e.path}, {"status", e.status}, {"latency_ms", Millis(e.latency_us)},
           {"units", e.units}, {"request_bytes", e.request_bytes},

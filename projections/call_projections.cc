@@ -256,23 +256,25 @@ bool DecodeLogHeader(std::string_view value, LogHeader* header) {
 
 // REQUIRES: key is a log key (key_id '\0' 8 bytes).
 Status DecodeLogEntry(std::string_view key, std::string_view value, LogEntry* entry) {
+  ApiCallRecorded& call = entry->call;
+  call.logged = true;
   assert(key.size() > kSequenceBytes && key[key.size() - kSequenceBytes - 1] == '\0');
   LogHeader header;
   if (!DecodeLogHeader(value, &header)) return Status::Corruption("log entry: bad header");
-  entry->key_id.assign(key.substr(0, key.size() - kSequenceBytes - 1));
+  call.key_id.assign(key.substr(0, key.size() - kSequenceBytes - 1));
   entry->sequence = std::numeric_limits<uint64_t>::max() -
                     DecodeBigEndian64(key.data() + key.size() - kSequenceBytes);
-  entry->occurred_at_us = header.occurred_at_us;
-  entry->status = header.status;
+  call.occurred_at_us = header.occurred_at_us;
+  call.status = header.status;
   value.remove_prefix(kLogHeaderBytes);
-  bool ok = GetString(&value, &entry->request_id) && GetString(&value, &entry->workspace_id) &&
-            GetString(&value, &entry->method) && GetString(&value, &entry->path);
+  bool ok = GetString(&value, &call.request_id) && GetString(&value, &call.workspace_id) &&
+            GetString(&value, &call.method) && GetString(&value, &call.path);
   for (uint64_t* v :
-       {&entry->latency_us, &entry->units, &entry->request_bytes, &entry->response_bytes}) {
+       {&call.latency_us, &call.units, &call.request_bytes, &call.response_bytes}) {
     ok = ok && GetVarint(&value, v);
   }
-  ok = ok && GetString(&value, &entry->client_ip) && GetString(&value, &entry->origin) &&
-       GetExcerpt(&value, &entry->request) && GetExcerpt(&value, &entry->response) && value.empty();
+  ok = ok && GetString(&value, &call.client_ip) && GetString(&value, &call.origin) &&
+       GetExcerpt(&value, &call.request) && GetExcerpt(&value, &call.response) && value.empty();
   return ok ? Status::Ok() : Status::Corruption("log entry: malformed body");
 }
 

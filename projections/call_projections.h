@@ -118,21 +118,7 @@ struct CallProjectionsOptions {
 // One logged call, as recorded (excerpts already cut and redacted by the writer).
 struct LogEntry {
   uint64_t sequence = 0;  // ledger sequence of the ApiCallRecorded event
-  std::string request_id;
-  std::string workspace_id;
-  std::string key_id;
-  int64_t occurred_at_us = 0;
-  std::string method;
-  std::string path;
-  uint16_t status = 0;
-  uint64_t latency_us = 0;
-  uint64_t units = 0;
-  uint64_t request_bytes = 0;
-  uint64_t response_bytes = 0;
-  std::string client_ip;
-  std::string origin;
-  HttpExcerpt request;
-  HttpExcerpt response;
+  ApiCallRecorded call;   // as recorded; call.logged is always true here
   bool operator==(const LogEntry&) const = default;
 };
 

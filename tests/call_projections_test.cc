@@ -135,7 +135,7 @@ std::vector<LogEntry> AllLogs(const CallProjections& p, LogQuery query, int64_t 
 
 std::vector<std::string> RequestIds(const std::vector<LogEntry>& entries) {
   std::vector<std::string> ids;
-  for (const auto& e : entries) ids.push_back(e.request_id);
+  for (const auto& e : entries) ids.push_back(e.call.request_id);
   return ids;
 }
 
@@ -220,17 +220,17 @@ RC_GTEST_PROP(CallProjectionsProp, LogsHoldExactlyTheCallsMadeWhileLoggingWasOn,
   auto entries = AllLogs(*shared.projections, QueryFor(key, limit), w.h.clock().NowUs());
   RC_ASSERT(RequestIds(entries) == expected);
   for (size_t i = 0; i < entries.size(); i++) {
-    RC_ASSERT(entries[i].key_id == key);
-    RC_ASSERT(entries[i].workspace_id == w.ws);
+    RC_ASSERT(entries[i].call.key_id == key);
+    RC_ASSERT(entries[i].call.workspace_id == w.ws);
     RC_ASSERT(i == 0 || entries[i].sequence < entries[i - 1].sequence);
   }
 }
 
 std::string Flatten(const LogEntry& e) {
-  std::string all = e.request_id + e.workspace_id + e.key_id + e.method + e.path + e.client_ip +
-                    e.origin + e.request.body_excerpt + e.response.body_excerpt;
-  for (const auto& h : e.request.headers) all += h.name + h.value;
-  for (const auto& h : e.response.headers) all += h.name + h.value;
+  std::string all = e.call.request_id + e.call.workspace_id + e.call.key_id + e.call.method + e.call.path + e.call.client_ip +
+                    e.call.origin + e.call.request.body_excerpt + e.call.response.body_excerpt;
+  for (const auto& h : e.call.request.headers) all += h.name + h.value;
+  for (const auto& h : e.call.response.headers) all += h.name + h.value;
   return all;
 }
 
@@ -260,8 +260,8 @@ TEST(CallProjectionsTest, NoKeySecretAppearsInALogEntry) {
     const std::string all = Flatten(e);
     EXPECT_EQ(all.find(w.secret.substr(4)), std::string::npos) << all;
     EXPECT_EQ(all.find(other_secret.substr(4)), std::string::npos) << all;
-    EXPECT_NE(e.request.body_excerpt.find("[REDACTED]"), std::string::npos);
-    ASSERT_EQ(e.request.headers.size(), 4u);
+    EXPECT_NE(e.call.request.body_excerpt.find("[REDACTED]"), std::string::npos);
+    ASSERT_EQ(e.call.request.headers.size(), 4u);
   }
 }
 
@@ -289,7 +289,7 @@ TEST(CallProjectionsTest, PaginationIsStableWhileNewCallsArrive) {
   // A fresh first page starts with the new calls.
   auto fresh = AllLogs(*p, QueryFor(w.key, 7), now);
   ASSERT_EQ(fresh.size(), 35u);
-  EXPECT_EQ(fresh.front().request_id, second_batch.back());
+  EXPECT_EQ(fresh.front().call.request_id, second_batch.back());
   // The last page of an exact multiple ends with an empty cursor, not an empty page.
   auto all = p->Logs(QueryFor(w.key, 35), now);
   ASSERT_TRUE(all.ok());
@@ -319,12 +319,12 @@ TEST(CallProjectionsTest, LogQueriesFilterAndCheckTheirArguments) {
   q.status_class = '5';
   auto fives = AllLogs(*p, q, now);
   ASSERT_EQ(fives.size(), 1u);
-  EXPECT_EQ(fives[0].request_id, failed[0]);
-  EXPECT_EQ(fives[0].status, 503);
-  EXPECT_EQ(fives[0].method, "POST");
-  EXPECT_EQ(fives[0].path, "/v1/render");
-  EXPECT_EQ(fives[0].client_ip, "203.0.113.9");
-  EXPECT_EQ(fives[0].occurred_at_us, now - kSecondUs);
+  EXPECT_EQ(fives[0].call.request_id, failed[0]);
+  EXPECT_EQ(fives[0].call.status, 503);
+  EXPECT_EQ(fives[0].call.method, "POST");
+  EXPECT_EQ(fives[0].call.path, "/v1/render");
+  EXPECT_EQ(fives[0].call.client_ip, "203.0.113.9");
+  EXPECT_EQ(fives[0].call.occurred_at_us, now - kSecondUs);
   // Time window: occurred_at in [from, to).
   q = QueryFor(w.key);
   q.from_us = now - kSecondUs + 1;

@@ -442,6 +442,7 @@ Result<HttpResponse> Service::Impl::Keys(const HttpRequest& req, const Principal
     if (m == "DELETE") return DeleteKey(who, k);
     return Status::InvalidArgument("use GET, PATCH or DELETE", "method");
   }
+  if (seg.size() >= 6 && seg[5] == "alarms") return Alarms(req, who, k, seg);
   if (seg.size() == 6 && seg[5] == "logs" && m == "GET") return KeyLogs(req, k);
   if (seg.size() == 6 && seg[5] == "metrics" && m == "GET") {
     return MetricsResponse(req, MetricsScope::kKey, k.id);
@@ -536,6 +537,12 @@ Result<HttpResponse> Service::Impl::RotateKey(const HttpRequest& req, const Prin
 }
 
 Result<HttpResponse> Service::Impl::DeleteKey(const Principal& who, const KeyView& k) {
+  auto alarms = state().ListAlarms(k.id);
+  if (!alarms.empty()) {
+    std::string names;
+    for (const auto& a : alarms) names += (names.empty() ? "" : ", ") + a.spec.alarm_id + " (" + a.spec.name + ")";
+    return Status::FailedPrecondition("delete the key's alarms first: " + names, "alarms");
+  }
   KeyDeleted deleted{k.workspace_id, k.id};
   KL_RETURN_IF_ERROR(Commit({MakeEvent(KeyStream(k.id), k.version, who, deleted)}));
   return NoContent();

@@ -37,6 +37,9 @@ struct ServiceOptions {
   size_t page_size_default = 50;
   // Longest grace period a rotation may give the old secret. Default 7 days.
   int64_t rotation_grace_seconds_max = 7 * 24 * 3600;
+  // Allow alarm webhooks to loopback and private addresses (tests only; an
+  // SSRF guard refuses them by default).
+  bool allow_private_webhooks = false;
   DataPlaneOptions data_plane;
 };
 

@@ -15,6 +15,7 @@
 #include "api/json_input.h"
 #include "api/prometheus.h"
 #include "api/service.h"
+#include "projections/security_rules.h"
 #include "ledger/hash.h"
 
 namespace keyledger {
@@ -196,6 +197,11 @@ struct Service::Impl {
                                 const std::vector<std::string_view>& seg);
   Result<InvoiceIssued> ReadInvoice(const InvoiceRef& ref) const;
   Result<PricePlanPublished> ReadPlan(const std::string& plan_id, uint32_t version) const;
+  // Alarm rules (service_alarms.cc).
+  Result<HttpResponse> Alarms(const HttpRequest& req, const Principal& who, const KeyView& key,
+                              const std::vector<std::string_view>& seg);
+  Status ParseAlarmSpec(const Json& body, bool creating, AlarmSpec* spec,
+                        std::vector<std::string>* new_secrets);
   Result<KeyView> KeyForAudit(const Principal& who, const WorkspaceView& ws,
                               std::string_view key_id) const;
 };

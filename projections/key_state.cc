@@ -30,6 +30,7 @@ std::string KeyRecord(std::string_view id) { return "key/" + std::string(id); }
 std::string TokenRecord(std::string_view id) { return "tok/" + std::string(id); }
 std::string PlanRecord(std::string_view id) { return "plan/" + std::string(id); }
 std::string InvoiceRecord(std::string_view key) { return "inv/" + std::string(key); }
+std::string AlarmRecord(std::string_view id) { return "alarm/" + std::string(id); }
 
 std::string HashHex(const Hash& h) { return ToHex(h); }
 Hash HashFromHex(const std::string& hex) {
@@ -190,6 +191,31 @@ Status KeyState::ApplyLocked(const Event& e) {
             MarkDirty(InvoiceRecord(key));
             return Status::Ok();
           },
+          [&](const AlarmCreated& c) -> Status {
+            auto key = keys_.find(c.key_id);
+            if (key == keys_.end() || key->second.deleted) return missing("key", c.key_id);
+            alarms_[c.alarm_id] = AlarmView{c, at, at, e.stream_version, false};
+            MarkDirty(AlarmRecord(c.alarm_id));
+            return Status::Ok();
+          },
+          [&](const AlarmChanged& c) -> Status {
+            auto it = alarms_.find(c.alarm_id);
+            if (it == alarms_.end() || it->second.deleted) return missing("alarm", c.alarm_id);
+            it->second.spec = c;
+            it->second.updated_at_us = at;
+            it->second.version = e.stream_version;
+            MarkDirty(AlarmRecord(c.alarm_id));
+            return Status::Ok();
+          },
+          [&](const AlarmDeleted& c) -> Status {
+            auto it = alarms_.find(c.alarm_id);
+            if (it == alarms_.end() || it->second.deleted) return missing("alarm", c.alarm_id);
+            it->second.deleted = true;
+            it->second.updated_at_us = at;
+            it->second.version = e.stream_version;
+            MarkDirty(AlarmRecord(c.alarm_id));
+            return Status::Ok();
+          },
           [&](const auto&) -> Status { return Status::Ok(); },  // not a lifecycle event
       },
       e.body);
@@ -301,6 +327,22 @@ std::vector<SecurityGroupView> KeyState::ListGroups(std::string_view workspace_i
   return out;
 }
 
+std::optional<AlarmView> KeyState::FindAlarm(std::string_view alarm_id) const {
+  std::shared_lock<std::shared_mutex> lock(mu_);
+  auto it = alarms_.find(alarm_id);
+  if (it == alarms_.end()) return std::nullopt;
+  return it->second;
+}
+
+std::vector<AlarmView> KeyState::ListAlarms(std::string_view key_id) const {
+  std::shared_lock<std::shared_mutex> lock(mu_);
+  std::vector<AlarmView> out;
+  for (const auto& [id, a] : alarms_) {
+    if (!a.deleted && a.spec.key_id == key_id) out.push_back(a);
+  }
+  return out;
+}
+
 std::vector<WorkspaceView> KeyState::ListWorkspaces() const {
   std::shared_lock<std::shared_mutex> lock(mu_);
   std::vector<WorkspaceView> out;
@@ -386,6 +428,26 @@ json ToJson(const std::vector<PlanVersionRef>& versions) {
   }
   return out;
 }
+json ToJson(const AlarmView& a) {
+  json channels = json::array();
+  for (const auto& c : a.spec.channels) {
+    if (const auto* email = std::get_if<EmailChannel>(&c)) {
+      channels.push_back({{"type", "email"}, {"to", email->to}});
+    } else {
+      const auto& hook = std::get<WebhookChannel>(c);
+      channels.push_back({{"type", "webhook"}, {"url", hook.url}, {"secret", hook.secret}});
+    }
+  }
+  const AlarmSpec& s = a.spec;
+  return {{"workspace_id", s.workspace_id}, {"key_id", s.key_id}, {"alarm_id", s.alarm_id},
+          {"name", s.name}, {"metric", static_cast<int>(s.metric)},
+          {"comparator", static_cast<int>(s.comparator)}, {"threshold_micros", s.threshold_micros},
+          {"period_seconds", s.period_seconds}, {"evaluation_periods", s.evaluation_periods},
+          {"datapoints_to_alarm", s.datapoints_to_alarm},
+          {"missing_data", static_cast<int>(s.missing_data)}, {"channels", channels},
+          {"created_at_us", a.created_at_us}, {"updated_at_us", a.updated_at_us},
+          {"version", a.version}, {"deleted", a.deleted}};
+}
 json ToJson(const InvoiceRef& i) {
   return {{"workspace_id", i.workspace_id}, {"month", i.month}, {"number", i.number},
           {"sequence", i.sequence}};
@@ -421,6 +483,33 @@ std::vector<PlanVersionRef> PlanVersionsFromJson(const json& j) {
   std::vector<PlanVersionRef> out;
   for (const auto& v : j) out.push_back({v.at("version"), v.at("sequence"), v.at("published_at_us")});
   return out;
+}
+AlarmView AlarmFromJson(const json& j) {
+  AlarmView a;
+  AlarmSpec& s = a.spec;
+  s.workspace_id = j.at("workspace_id");
+  s.key_id = j.at("key_id");
+  s.alarm_id = j.at("alarm_id");
+  s.name = j.at("name");
+  s.metric = static_cast<AlarmMetric>(j.at("metric").get<int>());
+  s.comparator = static_cast<Comparator>(j.at("comparator").get<int>());
+  s.threshold_micros = j.at("threshold_micros");
+  s.period_seconds = j.at("period_seconds");
+  s.evaluation_periods = j.at("evaluation_periods");
+  s.datapoints_to_alarm = j.at("datapoints_to_alarm");
+  s.missing_data = static_cast<MissingData>(j.at("missing_data").get<int>());
+  for (const auto& c : j.at("channels")) {
+    if (c.at("type") == "email") {
+      s.channels.push_back(EmailChannel{c.at("to")});
+    } else {
+      s.channels.push_back(WebhookChannel{c.at("url"), c.at("secret")});
+    }
+  }
+  a.created_at_us = j.at("created_at_us");
+  a.updated_at_us = j.at("updated_at_us");
+  a.version = j.at("version");
+  a.deleted = j.at("deleted");
+  return a;
 }
 InvoiceRef InvoiceFromJson(const json& j) {
   return InvoiceRef{j.at("workspace_id"), j.at("month"), j.at("number"), j.at("sequence")};
@@ -476,6 +565,8 @@ void KeyState::Persist(KvBatch& batch, int cf) {
       value = ToJson(plans_.at(std::string(id.substr(5))));
     } else if (record.starts_with("inv/")) {
       value = ToJson(invoices_.at(std::string(id.substr(4))));
+    } else if (record.starts_with("alarm/")) {
+      value = ToJson(alarms_.at(std::string(id.substr(6))));
     } else {
       assert(record.starts_with("tok/"));
       value = ToJson(tokens_.at(std::string(id.substr(4))));
@@ -529,6 +620,8 @@ Status KeyState::Load(const KvStore& store, int cf) {
         plans_[std::string(key.substr(5))] = PlanVersionsFromJson(j);
       } else if (key.starts_with("inv/")) {
         invoices_[std::string(key.substr(4))] = InvoiceFromJson(j);
+      } else if (key.starts_with("alarm/")) {
+        alarms_[std::string(key.substr(6))] = AlarmFromJson(j);
       }
     } catch (const json::exception& e) {
       bad = Status::Corruption("key-state record " + std::string(key) + ": " + e.what());
@@ -558,6 +651,7 @@ Hash KeyState::Digest() const {
   for (const auto& [id, t] : tokens_) all["tok"].push_back(ToJson(t));
   for (const auto& [id, p] : plans_) all["plan"][id] = ToJson(p);
   for (const auto& [id, i] : invoices_) all["inv"][id] = ToJson(i);
+  for (const auto& [id, a] : alarms_) all["alarm"][id] = ToJson(a);
   return HashBytes(all.dump());
 }
 

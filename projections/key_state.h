@@ -46,6 +46,16 @@ struct WorkspaceView {
   bool operator==(const WorkspaceView&) const = default;
 };
 
+// An alarm rule on one key's usage (evaluation and delivery are not built).
+struct AlarmView {
+  AlarmSpec spec;
+  int64_t created_at_us = 0;
+  int64_t updated_at_us = 0;
+  uint64_t version = 0;  // stream version of "alarm/<id>"
+  bool deleted = false;
+  bool operator==(const AlarmView&) const = default;
+};
+
 // Where a published price-plan version is in the ledger.
 struct PlanVersionRef {
   uint32_t version = 0;
@@ -196,6 +206,11 @@ class KeyState {
   // Number of live keys using the group.
   size_t KeysUsingGroup(std::string_view group_id) const;
 
+  // The alarm, deleted ones included; std::nullopt if unknown.
+  std::optional<AlarmView> FindAlarm(std::string_view alarm_id) const;
+  // The live alarms of a key, in id order.
+  std::vector<AlarmView> ListAlarms(std::string_view key_id) const;
+
   // Every workspace, in id order.
   std::vector<WorkspaceView> ListWorkspaces() const;
 
@@ -242,6 +257,7 @@ class KeyState {
   std::optional<Hash> operator_token_hash_;
   std::map<std::string, std::vector<PlanVersionRef>, std::less<>> plans_;
   std::map<std::string, InvoiceRef, std::less<>> invoices_;  // key: workspace "/" month
+  std::map<std::string, AlarmView, std::less<>> alarms_;
   // Derived indexes, rebuilt by Load.
   struct SecretEntry {
     const KeyView* key;  // into keys_; std::map nodes are stable and keys are never erased

@@ -1,0 +1,118 @@
+// Handler-level tests of alarm rules and the deletion guard.
+#include <gtest/gtest.h>
+
+#include "tests/service_fixture.h"
+
+namespace keyledger {
+namespace {
+
+using nlohmann::json;
+using testing::ServiceHarness;
+
+class AlarmsApiTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ws_ = h.CreateWorkspace();
+    key_ = h.CreateKey(ws_, h.CreateGroup(ws_)).first;
+    base_ = "/v1/workspaces/" + ws_ + "/keys/" + key_;
+  }
+  json Rule() {
+    return {{"name", "too many calls"}, {"metric", "calls"}, {"comparator", ">"},
+            {"threshold", 1000}, {"period_seconds", 300}, {"evaluation_periods", 3},
+            {"datapoints_to_alarm", 2},
+            {"channels", {{{"type", "email"}, {"to", "ops@example.com"}},
+                          {{"type", "webhook"}, {"url", "https://hooks.example.com/kl"}}}}};
+  }
+  ServiceHarness h;
+  std::string ws_, key_, base_;
+};
+
+TEST_F(AlarmsApiTest, CreateReadChangeDelete) {
+  auto created = h.Call("POST", base_ + "/alarms", Rule().dump());
+  ASSERT_EQ(created.status, 201) << created.raw;
+  std::string id = created.body["id"];
+  EXPECT_EQ(created.body["metric"], "calls");
+  EXPECT_EQ(created.body["threshold"], 1000);
+  EXPECT_EQ(created.body["state"], "INSUFFICIENT_DATA");
+  ASSERT_EQ(created.body["webhook_secrets"].size(), 1u);  // shown once
+  auto got = h.Call("GET", base_ + "/alarms/" + id);
+  EXPECT_EQ(got.status, 200);
+  EXPECT_FALSE(got.body.contains("webhook_secrets"));
+  EXPECT_EQ(got.raw.find(created.body["webhook_secrets"][0].get<std::string>()), std::string::npos);
+  auto patched = h.Call("PATCH", base_ + "/alarms/" + id,
+                        R"({"metric":"error_rate","threshold":0.05,"comparator":">="})");
+  ASSERT_EQ(patched.status, 200) << patched.raw;
+  EXPECT_EQ(patched.body["metric"], "error_rate");
+  EXPECT_EQ(patched.body["threshold"], 0.05);
+  EXPECT_EQ(patched.body["channels"].size(), 2u);
+  EXPECT_EQ(h.Call("GET", base_ + "/alarms").body["alarms"].size(), 1u);
+  EXPECT_EQ(h.Call("DELETE", base_ + "/alarms/" + id).status, 204);
+  EXPECT_EQ(h.Call("GET", base_ + "/alarms/" + id).status, 404);
+}
+
+TEST_F(AlarmsApiTest, BadRulesNameTheField) {
+  uint64_t head = h.ledger().head().sequence;
+  auto expect_field = [&](json rule, const std::string& field) {
+    auto r = h.Call("POST", base_ + "/alarms", rule.dump());
+    EXPECT_EQ(r.status, 400) << r.raw;
+    EXPECT_EQ(r.body["error"]["field"], field) << r.raw;
+  };
+  json r = Rule();
+  r["metric"] = "temperature";
+  expect_field(r, "metric");
+  r = Rule();
+  r.erase("threshold");
+  expect_field(r, "threshold");
+  r = Rule();
+  r["period_seconds"] = 30;
+  expect_field(r, "period_seconds");
+  r = Rule();
+  r["datapoints_to_alarm"] = 4;
+  expect_field(r, "datapoints_to_alarm");
+  r = Rule();
+  r["channels"] = json::array();
+  expect_field(r, "channels");
+  r = Rule();
+  r["channels"][0]["to"] = "not an address";
+  expect_field(r, "channels[0].to");
+  r = Rule();
+  r["channels"][1]["url"] = "http://127.0.0.1:9000/hook";  // SSRF guard
+  expect_field(r, "channels[1].url");
+  r = Rule();
+  r["channels"][1]["url"] = "http://192.168.1.5/hook";
+  expect_field(r, "channels[1].url");
+  r = Rule();
+  r["channels"][1]["url"] = "ftp://example.com/hook";
+  expect_field(r, "channels[1].url");
+  r = Rule();
+  r["colour"] = "red";
+  expect_field(r, "colour");
+  EXPECT_EQ(h.ledger().head().sequence, head);
+}
+
+TEST_F(AlarmsApiTest, AKeyWithAlarmsCannotBeDeleted) {
+  std::string id = h.Call("POST", base_ + "/alarms", Rule().dump()).body["id"];
+  auto refused = h.Call("DELETE", base_);
+  EXPECT_EQ(refused.status, 409);
+  EXPECT_EQ(refused.body["error"]["code"], "failed_precondition");
+  EXPECT_NE(refused.raw.find(id), std::string::npos);  // names the alarm
+  EXPECT_EQ(h.Call("GET", base_).status, 200);
+  ASSERT_EQ(h.Call("DELETE", base_ + "/alarms/" + id).status, 204);
+  EXPECT_EQ(h.Call("DELETE", base_).status, 204);
+  EXPECT_EQ(h.Call("GET", base_ + "/alarms").status, 404);
+  EXPECT_EQ(h.Call("GET", base_ + "/alarms/" + id).status, 404);
+}
+
+TEST_F(AlarmsApiTest, RulesSurviveRestartAndRebuild) {
+  ASSERT_EQ(h.Call("POST", base_ + "/alarms", Rule().dump()).status, 201);
+  Hash live = h.key_state().state().Digest();
+  auto rebuilt = RebuildKeyState(h.ledger(), 0);
+  ASSERT_TRUE(rebuilt.ok());
+  EXPECT_EQ((*rebuilt)->Digest(), live);
+  h.Open();
+  EXPECT_EQ(h.key_state().state().Digest(), live);
+  EXPECT_EQ(h.Call("GET", base_ + "/alarms").body["alarms"].size(), 1u);
+}
+
+}  // namespace
+}  // namespace keyledger

@@ -67,7 +67,8 @@ void RedactSecrets(std::string* text) {
   }
 }
 
-Status ValidateCall(const CallReport& c, size_t i, int64_t now_us, const DataPlaneOptions& o) {
+Status ValidateCall(const ApiCallRecorded& c, size_t i, int64_t now_us,
+                    const DataPlaneOptions& o) {
   auto field = [i](const char* name) {
     return "calls[" + std::to_string(i) + "]." + name;
   };
@@ -312,46 +313,35 @@ Result<RecordResult> DataPlane::RecordCalls(std::vector<CallReport> calls) {
   const int64_t now_us = clock_->NowUs();
   std::vector<NewEvent> events;
   events.reserve(calls.size());
-  std::unordered_set<std::string_view> request_ids;
+  std::unordered_set<std::string> request_ids;  // copies: the calls are moved into events
   size_t in_batch_duplicates = 0;
   for (size_t i = 0; i < calls.size(); i++) {
-    CallReport& c = calls[i];
-    KL_RETURN_IF_ERROR(ValidateCall(c, i, now_us, options_));
-    auto key = key_state_->FindKey(c.key_id);
+    ApiCallRecorded& call = calls[i].call;
+    KL_RETURN_IF_ERROR(ValidateCall(call, i, now_us, options_));
+    auto key = key_state_->FindKey(call.key_id);
     if (!key) {
-      return Status::InvalidArgument("unknown key " + c.key_id,
+      return Status::InvalidArgument("unknown key " + call.key_id,
                                      "calls[" + std::to_string(i) + "].key_id");
     }
-    if (!request_ids.insert(c.request_id).second) {
+    if (!request_ids.insert(call.request_id).second) {
       in_batch_duplicates++;
       continue;
     }
-    ApiCallRecorded call;
-    call.request_id = c.request_id;
     call.workspace_id = key->workspace_id;
-    call.key_id = c.key_id;
-    call.occurred_at_us = c.occurred_at_us;
-    call.method = std::move(c.method);
-    call.path = std::move(c.path);
+    call.units = calls[i].units.value_or(call.status >= 200 && call.status < 300 ? 1 : 0);
     // A secret pasted into a query string must not reach the ledger either.
     RedactSecrets(&call.path);
-    RedactSecrets(&c.origin);
-    call.status = c.status;
-    call.latency_us = c.latency_us;
-    call.units = c.units.value_or(c.status >= 200 && c.status < 300 ? 1 : 0);
-    call.request_bytes = c.request_bytes;
-    call.response_bytes = c.response_bytes;
-    call.client_ip = std::move(c.client_ip);
-    call.origin = std::move(c.origin);
+    RedactSecrets(&call.origin);
     // The key's logging switch decides whether request/response data is kept.
     call.logged = key->logging;
     if (call.logged) {
-      call.request = std::move(c.request);
-      call.response = std::move(c.response);
       TrimExcerpt(&call.request);
       TrimExcerpt(&call.response);
       RedactExcerpt(&call.request);
       RedactExcerpt(&call.response);
+    } else {
+      call.request = HttpExcerpt{};
+      call.response = HttpExcerpt{};
     }
     NewEvent e;
     e.event_id = CallEventId(call.request_id);

@@ -71,22 +71,11 @@ struct AuthorizeDecision {
   std::string message;       // for error bodies
 };
 
-// One call as reported by the gateway, already parsed.
+// One call as reported by the gateway, already parsed. RecordCalls fills in
+// call.workspace_id, call.logged and call.units itself.
 struct CallReport {
-  std::string request_id;
-  std::string key_id;
-  int64_t occurred_at_us = 0;
-  std::string method;
-  std::string path;
-  uint16_t status = 0;
-  uint64_t latency_us = 0;
+  ApiCallRecorded call;
   std::optional<uint64_t> units;  // default: 1 for a 2xx, 0 otherwise
-  uint64_t request_bytes = 0;
-  uint64_t response_bytes = 0;
-  std::string client_ip;
-  std::string origin;
-  HttpExcerpt request;
-  HttpExcerpt response;
 };
 
 struct RecordResult {

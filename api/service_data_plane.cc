@@ -61,7 +61,8 @@ Result<CallReport> ParseCall(const Json& call, size_t i) {
                ? s
                : Status::InvalidArgument(s.message(), prefix + s.field());
   };
-  CallReport c;
+  CallReport report;
+  ApiCallRecorded& c = report.call;
   auto str = [&](std::string_view name, std::string* out) -> Status {
     auto v = OptionalString(call, name);
     if (!v.ok()) return prefixed(v.status());
@@ -91,7 +92,7 @@ Result<CallReport> ParseCall(const Json& call, size_t i) {
   if (!status) return Status::InvalidArgument("status is required", prefix + "status");
   c.status = static_cast<uint16_t>(*status);
   KL_RETURN_IF_ERROR(num("units", INT64_MAX, &units));
-  if (units) c.units = static_cast<uint64_t>(*units);
+  if (units) report.units = static_cast<uint64_t>(*units);
   KL_RETURN_IF_ERROR(num("request_bytes", INT64_MAX, &request_bytes));
   KL_RETURN_IF_ERROR(num("response_bytes", INT64_MAX, &response_bytes));
   c.request_bytes = static_cast<uint64_t>(request_bytes.value_or(0));
@@ -109,7 +110,7 @@ Result<CallReport> ParseCall(const Json& call, size_t i) {
   }
   KL_ASSIGN_OR_RETURN(c.request, ParseExcerpt(call, "request", prefix + "request"));
   KL_ASSIGN_OR_RETURN(c.response, ParseExcerpt(call, "response", prefix + "response"));
-  return c;
+  return report;
 }
 
 }  // namespace

@@ -276,6 +276,13 @@ Result<HttpResponse> Service::Impl::PatchWorkspace(const HttpRequest& req, const
   if (tz) {
     KL_RETURN_IF_ERROR(RequireOperator(who, "change the billing time zone", "billing_timezone"));
     KL_RETURN_IF_ERROR(ValidateTimeZone(*tz, "billing_timezone"));
+    // Months are cut in this zone; once invoices exist, moving the cut would
+    // put calls of invoiced months into other months.
+    if (*tz != ws.billing_timezone && !state().ListInvoices(ws.id).empty()) {
+      return Status::FailedPrecondition(
+          "the workspace has invoices; its billing time zone can no longer change",
+          "billing_timezone");
+    }
     changed.billing_timezone = *tz;
   }
   if (body.contains("price_plan")) {

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <map>
 
+#include "api/invoice_compute.h"
 #include "api/service_internal.h"
 #include "billing/calendar.h"
 #include "billing/invoicing.h"
@@ -73,34 +74,8 @@ Json PlanJson(const PricePlanPublished& p) {
           {"tiers", tiers}, {"monthly_fee_minor", p.monthly_fee_minor}};
 }
 
-// What earlier invoices of a workspace billed for each month's usage.
-struct Billed {
-  uint64_t quantity = 0;
-  int64_t amount_minor = 0;
-  std::string plan_id;
-  uint32_t plan_version = 0;
-};
 
 }  // namespace
-
-Result<InvoiceIssued> Service::Impl::ReadInvoice(const InvoiceRef& ref) const {
-  KL_ASSIGN_OR_RETURN(Event e, d.ledger->Read(ref.sequence));
-  const auto* invoice = std::get_if<InvoiceIssued>(&e.body);
-  if (invoice == nullptr) return Status::Corruption("not an invoice", ref.sequence);
-  return *invoice;
-}
-
-Result<PricePlanPublished> Service::Impl::ReadPlan(const std::string& plan_id,
-                                                   uint32_t version) const {
-  auto versions = state().PlanVersions(plan_id);
-  if (version == 0 || version > versions.size()) {
-    return Status::NotFound("no version " + std::to_string(version) + " of plan " + plan_id);
-  }
-  KL_ASSIGN_OR_RETURN(Event e, d.ledger->Read(versions[version - 1].sequence));
-  const auto* plan = std::get_if<PricePlanPublished>(&e.body);
-  if (plan == nullptr) return Status::Corruption("not a price plan", e.sequence);
-  return *plan;
-}
 
 Result<HttpResponse> Service::Impl::PricePlans(const HttpRequest& req, const Principal& who,
                                                const std::vector<std::string_view>& seg) {
@@ -109,7 +84,7 @@ Result<HttpResponse> Service::Impl::PricePlans(const HttpRequest& req, const Pri
     std::string id(seg[2]);
     auto versions = state().PlanVersions(id);
     if (versions.empty()) return Status::NotFound("no price plan " + id, "price_plan");
-    KL_ASSIGN_OR_RETURN(PricePlanPublished latest, ReadPlan(id, versions.back().version));
+    KL_ASSIGN_OR_RETURN(PricePlanPublished latest, ReadPlan(state(), *d.ledger, id, versions.back().version));
     Json j = PlanJson(latest);
     Json history = Json::array();
     for (const auto& v : versions) {
@@ -167,7 +142,7 @@ Result<HttpResponse> Service::Impl::Usage(const HttpRequest& req, const Workspac
             {"total_quantity", usage.total}, {"as_of_sequence", usage.position}};
   auto in_force = state().PlanInForce(ws.id, bounds.second);
   if (in_force) {
-    KL_ASSIGN_OR_RETURN(PricePlanPublished plan, ReadPlan(in_force->first, in_force->second.version));
+    KL_ASSIGN_OR_RETURN(PricePlanPublished plan, ReadPlan(state(), *d.ledger, in_force->first, in_force->second.version));
     KL_ASSIGN_OR_RETURN(auto lines, PriceUsage(plan, usage.total));
     int64_t amount = 0;
     for (const auto& l : lines) amount += l.amount_minor;
@@ -195,61 +170,36 @@ Result<HttpResponse> Service::Impl::InvoiceRun(const HttpRequest& req, const Pri
   KL_ASSIGN_OR_RETURN(BillingMonth month, ParseBillingMonth(*month_text, "month"));
   KL_ASSIGN_OR_RETURN(auto grace, OptionalInt(body, "grace_hours", 0, kGraceHoursMax));
   const int64_t grace_us = grace.value_or(kGraceHoursDefault) * kHourUs;
-  // Usage must account for every call recorded before the run.
-  KL_RETURN_IF_ERROR(d.calls->CatchUpTo(d.ledger->head().sequence));
   const int64_t now_us = d.clock->NowUs();
-
   std::vector<NewEvent> events;
   Json issued = Json::array(), already = Json::array(), not_due = Json::array();
-  uint64_t next_number = state().invoice_count() + 1;
-  for (const WorkspaceView& ws : state().ListWorkspaces()) {
-    KL_ASSIGN_OR_RETURN(auto bounds, MonthBoundsUs(month, ws.billing_timezone));
-    if (auto done = state().FindInvoice(ws.id, month.ToString())) {
-      KL_ASSIGN_OR_RETURN(InvoiceIssued invoice, ReadInvoice(*done));
-      KL_ASSIGN_OR_RETURN(uint8_t exponent, ExponentOf(invoice));
-      already.push_back(InvoiceToJson(invoice, exponent));
-      continue;
-    }
-    auto in_force = state().PlanInForce(ws.id, bounds.second);
-    if (!in_force) continue;  // no plan at the month's end: nothing to bill
-    if (now_us < bounds.second + grace_us) {
-      not_due.push_back(ws.id);
-      continue;
-    }
-    KL_ASSIGN_OR_RETURN(PricePlanPublished plan, ReadPlan(in_force->first, in_force->second.version));
-    const WorkspaceUsage usage = d.calls->UsageFor(ws.id, month);
-
-    // What earlier invoices billed per month, for late-usage adjustments.
-    std::map<std::string, Billed> billed;
-    for (const InvoiceRef& ref : state().ListInvoices(ws.id)) {
-      KL_ASSIGN_OR_RETURN(InvoiceIssued earlier, ReadInvoice(ref));
-      Billed& own = billed[earlier.month];
-      own.plan_id = earlier.plan_id;
-      own.plan_version = earlier.plan_version;
-      for (const auto& line : earlier.lines) {
-        if (line.kind != "tier" && line.kind != "adjustment") continue;
-        billed[line.month].quantity += line.quantity;
-        billed[line.month].amount_minor += line.amount_minor;
+  // Usage accounts for every call recorded before the run, all of it at one
+  // position (folds held), which becomes every invoice's covers_sequence.
+  KL_RETURN_IF_ERROR(d.calls->WithPositionHeld(d.ledger->head().sequence, [&](uint64_t position) {
+    uint64_t next_number = state().invoice_count() + 1;
+    for (const WorkspaceView& ws : state().ListWorkspaces()) {
+      if (auto done = state().FindInvoice(ws.id, month.ToString())) {
+        KL_ASSIGN_OR_RETURN(InvoiceIssued invoice, ReadInvoice(*d.ledger, *done));
+        KL_ASSIGN_OR_RETURN(uint8_t exponent, ExponentOf(invoice));
+        already.push_back(InvoiceToJson(invoice, exponent));
+        continue;
       }
+      KL_ASSIGN_OR_RETURN(auto bounds, MonthBoundsUs(month, ws.billing_timezone));
+      if (!state().PlanInForce(ws.id, bounds.second)) continue;  // nothing to bill
+      if (now_us < bounds.second + grace_us) {
+        not_due.push_back(ws.id);
+        continue;
+      }
+      KL_ASSIGN_OR_RETURN(auto invoice, ComputeInvoice(state(), *d.ledger, *d.calls, ws, month,
+                                                       next_number, position));
+      assert(invoice.has_value());
+      KL_ASSIGN_OR_RETURN(uint8_t exponent, ExponentOf(*invoice));
+      issued.push_back(InvoiceToJson(*invoice, exponent));
+      events.push_back(MakeEvent(InvoiceStream(ws.id), std::nullopt, who, std::move(*invoice)));
+      next_number++;
     }
-    std::vector<std::unique_ptr<PricePlanPublished>> adjustment_plans;
-    std::vector<Adjustment> adjustments;
-    for (const auto& [month_key, b] : billed) {
-      if (month_key >= month.ToString() || b.plan_id.empty()) continue;
-      KL_ASSIGN_OR_RETURN(BillingMonth earlier_month, ParseBillingMonth(month_key, "month"));
-      const uint64_t corrected = d.calls->UsageFor(ws.id, earlier_month).total;
-      if (corrected <= b.quantity) continue;
-      KL_ASSIGN_OR_RETURN(PricePlanPublished p, ReadPlan(b.plan_id, b.plan_version));
-      adjustment_plans.push_back(std::make_unique<PricePlanPublished>(std::move(p)));
-      adjustments.push_back(Adjustment{earlier_month, adjustment_plans.back().get(), corrected,
-                                       b.quantity, b.amount_minor});
-    }
-    InvoiceInput input{ws.id, month, next_number, usage.position, &plan, usage.keys, adjustments};
-    KL_ASSIGN_OR_RETURN(InvoiceIssued invoice, BuildInvoice(input));
-    issued.push_back(InvoiceToJson(invoice, plan.currency_exponent));
-    events.push_back(MakeEvent(InvoiceStream(ws.id), std::nullopt, who, std::move(invoice)));
-    next_number++;
-  }
+    return Status::Ok();
+  }));
   if (events.empty() && already.empty() && !not_due.empty()) {
     return Status::FailedPrecondition(
         "month " + month.ToString() + " has not ended plus " +
@@ -267,7 +217,7 @@ Result<HttpResponse> Service::Impl::Invoices(const HttpRequest& req, const Works
   if (seg.size() == 4) {
     Json list = Json::array();
     for (const InvoiceRef& ref : state().ListInvoices(ws.id)) {
-      KL_ASSIGN_OR_RETURN(InvoiceIssued invoice, ReadInvoice(ref));
+      KL_ASSIGN_OR_RETURN(InvoiceIssued invoice, ReadInvoice(*d.ledger, ref));
       KL_ASSIGN_OR_RETURN(uint8_t exponent, ExponentOf(invoice));
       list.push_back({{"month", invoice.month}, {"invoice_number", invoice.invoice_number},
                       {"currency", invoice.currency}, {"total_minor", invoice.total_minor},
@@ -279,7 +229,7 @@ Result<HttpResponse> Service::Impl::Invoices(const HttpRequest& req, const Works
   if (seg.size() != 5) return Status::NotFound("no such endpoint");
   auto ref = state().FindInvoice(ws.id, seg[4]);
   if (!ref) return Status::NotFound("no invoice for " + std::string(seg[4]), "month");
-  KL_ASSIGN_OR_RETURN(InvoiceIssued invoice, ReadInvoice(*ref));
+  KL_ASSIGN_OR_RETURN(InvoiceIssued invoice, ReadInvoice(*d.ledger, *ref));
   KL_ASSIGN_OR_RETURN(uint8_t exponent, ExponentOf(invoice));
   std::string_view format = QueryParam(QueryOf(req), "format");
   if (format == "csv") {

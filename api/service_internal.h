@@ -195,8 +195,6 @@ struct Service::Impl {
   Result<HttpResponse> Usage(const HttpRequest& req, const WorkspaceView& ws);
   Result<HttpResponse> Invoices(const HttpRequest& req, const WorkspaceView& ws,
                                 const std::vector<std::string_view>& seg);
-  Result<InvoiceIssued> ReadInvoice(const InvoiceRef& ref) const;
-  Result<PricePlanPublished> ReadPlan(const std::string& plan_id, uint32_t version) const;
   // Alarm rules (service_alarms.cc).
   Result<HttpResponse> Alarms(const HttpRequest& req, const Principal& who, const KeyView& key,
                               const std::vector<std::string_view>& seg);

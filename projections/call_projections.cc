@@ -572,15 +572,23 @@ Result<std::unique_ptr<CallProjections>> CallProjections::Open(const std::string
                                                                const Ledger* ledger,
                                                                const KeyState* key_state,
                                                                const Clock* clock,
-                                                               CallProjectionsOptions options) {
+                                                               CallProjectionsOptions options,
+                                                               uint64_t fold_until) {
   assert(ledger != nullptr && key_state != nullptr && clock != nullptr);
   assert(options.log_retention_us > 0 && options.fold_batch_events_max > 0 &&
          options.tail_wait_us > 0);
   std::unique_ptr<CallProjections> self(new CallProjections(ledger, key_state, clock, options));
   KL_ASSIGN_OR_RETURN(self->store_, KvStore::Open(path, StoreOptions()));
   KL_RETURN_IF_ERROR(self->LoadOrWipe());
-  KL_RETURN_IF_ERROR(self->CatchUp());
+  KL_RETURN_IF_ERROR(fold_until == 0 ? self->CatchUp() : self->CatchUpTo(fold_until));
   return self;
+}
+
+Status CallProjections::WithPositionHeld(uint64_t sequence,
+                                         const std::function<Status(uint64_t)>& fn) {
+  KL_RETURN_IF_ERROR(CatchUpTo(sequence));
+  std::lock_guard<std::mutex> lock(fold_mu_);
+  return fn(position());
 }
 
 Status CallProjections::LoadOrWipe() {

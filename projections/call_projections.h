@@ -76,6 +76,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -169,11 +170,19 @@ class CallProjections {
   // Returns IOError if the store cannot be opened or written, Corruption if a
   // stored record cannot be read or the ledger holds an undecodable event
   // (with its sequence), or any error of CatchUp.
+  // `fold_until` (0: the head) stops the initial fold at that sequence; for
+  // reproducing a past state in a scratch store.
   static Result<std::unique_ptr<CallProjections>> Open(const std::string& path,
                                                        const Ledger* ledger,
                                                        const KeyState* key_state,
                                                        const Clock* clock,
-                                                       CallProjectionsOptions options);
+                                                       CallProjectionsOptions options,
+                                                       uint64_t fold_until = 0);
+
+  // Folds up to `sequence` (as CatchUpTo), then calls fn(position()) with
+  // folds held off, so every query fn makes sees that one position. Returns
+  // the fold's error or fn's. REQUIRES: fn does not fold.
+  Status WithPositionHeld(uint64_t sequence, const std::function<Status(uint64_t)>& fn);
   // Stops the tailing thread. The store is closed; async writes already made
   // survive a process exit.
   ~CallProjections();

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "billing/calendar.h"
+#include "api/invoice_compute.h"
 #include "billing/invoicing.h"
 #include "tests/service_fixture.h"
 
@@ -112,6 +113,9 @@ TEST_F(BillingApiTest, UsageAndTheMonthlyInvoice) {
   EXPECT_NE(csv.raw.find("monthly_fee"), std::string::npos);
   auto list = h.Call("GET", "/v1/workspaces/" + ws_ + "/invoices");
   EXPECT_EQ(list.body["invoices"].size(), 1u);
+  auto tz = h.Call("PATCH", "/v1/workspaces/" + ws_, R"({"billing_timezone":"Asia/Seoul"})");
+  EXPECT_EQ(tz.status, 409) << tz.raw;
+  EXPECT_EQ(tz.body["error"]["field"], "billing_timezone");
 
   // The stored invoice carries a digest anyone can recompute.
   auto events = h.ledger().ReadStream("inv/" + ws_, 1, 10);
@@ -152,6 +156,21 @@ TEST_F(BillingApiTest, LateCallsBecomeAdjustmentsOnTheNextInvoice) {
   }
   EXPECT_TRUE(found_adjustment) << inv.dump();
   EXPECT_EQ(inv["total_minor"], 3 * 2 + 500 + 7);
+
+  // Rebuilding from the log alone reproduces every issued invoice byte for
+  // byte, even though more calls arrived after each was issued.
+  Record("after-", 4, "2026-11-30T00:00:00Z");
+  const auto refs = h.key_state().state().ListInvoices(ws_);
+  ASSERT_EQ(refs.size(), 2u);
+  testing::ScratchDir scratch;
+  for (const InvoiceRef& ref : refs) {
+    auto stored = ReadInvoice(h.ledger(), ref);
+    ASSERT_TRUE(stored.ok());
+    auto again = ReproduceInvoice(h.ledger(), ref, scratch.sub(ref.month), &h.clock());
+    ASSERT_TRUE(again.ok()) << again.ToStatus().ToString();
+    EXPECT_EQ(InvoiceCanonicalBytes(*again), InvoiceCanonicalBytes(*stored)) << ref.month;
+    EXPECT_EQ(again->digest, stored->digest);
+  }
 }
 
 TEST_F(BillingApiTest, MonthFollowsTheWorkspaceTimeZoneAndCurrency) {

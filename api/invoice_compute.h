@@ -1,0 +1,47 @@
+// The computation of one workspace's invoice for one month, from the key
+// state, the ledger and the usage projection, shared by the invoice run and
+// by ReproduceInvoice, which recomputes an issued invoice from the log alone.
+//
+// Thread safety: stateless functions over thread-safe inputs.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "billing/calendar.h"
+#include "ledger/clock.h"
+#include "ledger/ledger.h"
+#include "ledger/status.h"
+#include "projections/call_projections.h"
+#include "projections/key_state.h"
+
+namespace keyledger {
+
+// Reads the invoice event `ref` points at. Corruption if it is not one.
+Result<InvoiceIssued> ReadInvoice(const Ledger& ledger, const InvoiceRef& ref);
+
+// Reads version `version` of plan `plan_id`. NotFound if unknown.
+Result<PricePlanPublished> ReadPlan(const KeyState& state, const Ledger& ledger,
+                                    const std::string& plan_id, uint32_t version);
+
+// Returns invoice number `number` of workspace `ws` for `month`, priced with
+// the plan in force at the month's end, covering the usage in `calls` as of
+// `covers_sequence`, with adjustment lines for late usage of months invoiced
+// before; std::nullopt when the workspace had no plan at the month's end.
+// REQUIRES: calls.position() == covers_sequence for the whole call (folds held).
+// Returns the errors of BuildInvoice, ReadPlan and ReadInvoice.
+Result<std::optional<InvoiceIssued>> ComputeInvoice(const KeyState& state, const Ledger& ledger,
+                                                    const CallProjections& calls,
+                                                    const WorkspaceView& ws,
+                                                    const BillingMonth& month, uint64_t number,
+                                                    uint64_t covers_sequence);
+
+// Recomputes the issued invoice `ref` from the ledger alone: the key state
+// folded up to just before the invoice, the usage folded (in a scratch store
+// under `scratch_dir`, REQUIRES: empty or absent) up to its covers_sequence.
+// Finance and auditors compare the result byte for byte with the stored one.
+Result<InvoiceIssued> ReproduceInvoice(const Ledger& ledger, const InvoiceRef& ref,
+                                       const std::string& scratch_dir, const Clock* clock);
+
+}  // namespace keyledger

@@ -517,7 +517,7 @@ TEST_F(AuditTest, ReplayFindsAChangedProjectionRecord) {
   CliResult r = RunCli({"audit", "replay", "--data", data_});
   EXPECT_EQ(r.exit_code, 1) << r.out;
   EXPECT_NE(r.out.find("DIFFERENT"), std::string::npos) << r.out;
-  EXPECT_NE(r.err.find("1 of 1 projections do not match"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("1 of 2 projections do not match"), std::string::npos) << r.err;
 }
 
 TEST_F(AuditTest, ReplayWithoutAProjectionStoreSaysSo) {

@@ -18,6 +18,7 @@
 #include <thread>
 #include <vector>
 
+#include "api/invoice_compute.h"
 #include "billing/calendar.h"
 #include "ledger/hash.h"
 #include "ledger/ledger.h"
@@ -343,8 +344,63 @@ Result<Hash> RebuiltKeyState(const Ledger& ledger, uint64_t to) {
   return state->Digest();
 }
 
+// Invoices: every issued invoice event, and the same invoices recomputed from
+// the log alone (ReproduceInvoice). The digest is over their digests in order.
+Result<Hash> InvoiceDigests(const Ledger& ledger, uint64_t to, bool reproduce) {
+  SystemClock clock;
+  std::string digests;
+  std::unique_ptr<ScratchDir> scratch;
+  Status failed;
+  KL_RETURN_IF_ERROR(ledger.ScanRaw(1, to, [&](uint64_t seq, std::string_view) {
+    auto event = ledger.Read(seq);
+    if (!event.ok()) {
+      failed = event.status();
+      return false;
+    }
+    const auto* invoice = std::get_if<InvoiceIssued>(&event->body);
+    if (invoice == nullptr) return true;
+    Hash digest = invoice->digest;
+    if (reproduce) {
+      if (!scratch) {
+        auto created = ScratchDir::Create();
+        if (!created.ok()) {
+          failed = created.status();
+          return false;
+        }
+        scratch = std::move(created).value();
+      }
+      auto dir = scratch->Sub("inv-" + std::to_string(seq));
+      InvoiceRef ref{invoice->workspace_id, invoice->month, invoice->invoice_number, seq};
+      auto again = dir.ok() ? ReproduceInvoice(ledger, ref, *dir, &clock)
+                            : Result<InvoiceIssued>(dir.status());
+      if (!again.ok()) {
+        failed = again.status();
+        return false;
+      }
+      digest = again->digest;
+    }
+    digests.append(reinterpret_cast<const char*>(digest.data()), digest.size());
+    return true;
+  }));
+  KL_RETURN_IF_ERROR(failed);
+  return HashBytes(digests);
+}
+
+Result<LiveProjection> LiveInvoices(const std::string& data_dir, const std::string& scratch) {
+  KL_ASSIGN_OR_RETURN(LedgerView view, OpenLedgerView(data_dir));
+  const uint64_t head = view.ledger->head().sequence;
+  KL_ASSIGN_OR_RETURN(Hash digest, InvoiceDigests(*view.ledger, head, /*reproduce=*/false));
+  return LiveProjection{digest, head};
+}
+
+Result<Hash> RebuiltInvoices(const Ledger& ledger, uint64_t to) {
+  if (to == 0) return HashBytes("");
+  return InvoiceDigests(ledger, to, /*reproduce=*/true);
+}
+
 constexpr ProjectionCheck kChecks[] = {
     {"key_state", LiveKeyState, RebuiltKeyState},
+    {"invoices", LiveInvoices, RebuiltInvoices},
 };
 
 struct ReplayRow {

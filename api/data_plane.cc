@@ -17,7 +17,6 @@ constexpr size_t kMethodBytesMax = 16;
 constexpr size_t kPathBytesMax = 2048;
 constexpr size_t kHeaderValueBytesMax = 8192;
 constexpr char kRedacted[] = "[REDACTED]";
-constexpr char kUnattributedStream[] = "denials/unattributed";
 
 // Returns the token of "Bearer <token>", or "" when the header is not that.
 std::string_view BearerToken(std::string_view header) {
@@ -273,7 +272,7 @@ Status DataPlane::FlushDenials() {
     denied.count = p.count;
     NewEvent e;
     random_->Fill(e.event_id.data(), e.event_id.size());
-    e.stream_id = key_id.empty() ? std::string(kUnattributedStream) : CallStream(key_id);
+    e.stream_id = key_id.empty() ? std::string(kUnattributedDenialStream) : CallStream(key_id);
     e.actor = "gateway";
     e.body = std::move(denied);
     events.push_back(std::move(e));

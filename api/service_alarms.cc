@@ -17,8 +17,6 @@ constexpr int64_t kPeriodSecondsMax = 86'400;
 constexpr int64_t kEvaluationPeriodsMax = 100;
 constexpr double kThresholdMax = 1e12;
 
-std::string AlarmStream(std::string_view id) { return "alarm/" + std::string(id); }
-
 template <typename E, size_t N>
 Result<E> ParseEnum(const Json& body, std::string_view field, const char* const (&names)[N],
                     std::optional<E> current) {

@@ -17,10 +17,6 @@ constexpr int64_t kHourUs = 3600LL * 1'000'000;
 constexpr int64_t kGraceHoursDefault = 24;
 constexpr int64_t kGraceHoursMax = 24 * 31;
 
-std::string PlanStream(std::string_view id) { return "plan/" + std::string(id); }
-std::string InvoiceStream(std::string_view workspace_id) {
-  return "inv/" + std::string(workspace_id);
-}
 
 Status ValidatePlanId(const std::string& id) {
   bool ok = !id.empty() && id.size() <= kPlanIdBytesMax &&
@@ -158,7 +154,11 @@ Result<HttpResponse> Service::Impl::Usage(const HttpRequest& req, const Workspac
 
 namespace {
 
-Result<uint8_t> ExponentOf(const InvoiceIssued& invoice) { return CurrencyExponent(invoice.currency); }
+// The invoice as finance reads it, with amounts in its currency's minor units.
+Result<Json> InvoiceJson(const InvoiceIssued& invoice) {
+  KL_ASSIGN_OR_RETURN(uint8_t exponent, CurrencyExponent(invoice.currency));
+  return InvoiceToJson(invoice, exponent);
+}
 
 }  // namespace
 
@@ -180,8 +180,8 @@ Result<HttpResponse> Service::Impl::InvoiceRun(const HttpRequest& req, const Pri
     for (const WorkspaceView& ws : state().ListWorkspaces()) {
       if (auto done = state().FindInvoice(ws.id, month.ToString())) {
         KL_ASSIGN_OR_RETURN(InvoiceIssued invoice, ReadInvoice(*d.ledger, *done));
-        KL_ASSIGN_OR_RETURN(uint8_t exponent, ExponentOf(invoice));
-        already.push_back(InvoiceToJson(invoice, exponent));
+        KL_ASSIGN_OR_RETURN(Json json, InvoiceJson(invoice));
+        already.push_back(std::move(json));
         continue;
       }
       KL_ASSIGN_OR_RETURN(auto bounds, MonthBoundsUs(month, ws.billing_timezone));
@@ -193,8 +193,8 @@ Result<HttpResponse> Service::Impl::InvoiceRun(const HttpRequest& req, const Pri
       KL_ASSIGN_OR_RETURN(auto invoice, ComputeInvoice(state(), *d.ledger, *d.calls, ws, month,
                                                        next_number, position));
       assert(invoice.has_value());
-      KL_ASSIGN_OR_RETURN(uint8_t exponent, ExponentOf(*invoice));
-      issued.push_back(InvoiceToJson(*invoice, exponent));
+      KL_ASSIGN_OR_RETURN(Json json, InvoiceJson(*invoice));
+      issued.push_back(std::move(json));
       events.push_back(MakeEvent(InvoiceStream(ws.id), std::nullopt, who, std::move(*invoice)));
       next_number++;
     }
@@ -218,7 +218,7 @@ Result<HttpResponse> Service::Impl::Invoices(const HttpRequest& req, const Works
     Json list = Json::array();
     for (const InvoiceRef& ref : state().ListInvoices(ws.id)) {
       KL_ASSIGN_OR_RETURN(InvoiceIssued invoice, ReadInvoice(*d.ledger, ref));
-      KL_ASSIGN_OR_RETURN(uint8_t exponent, ExponentOf(invoice));
+      KL_ASSIGN_OR_RETURN(uint8_t exponent, CurrencyExponent(invoice.currency));
       list.push_back({{"month", invoice.month}, {"invoice_number", invoice.invoice_number},
                       {"currency", invoice.currency}, {"total_minor", invoice.total_minor},
                       {"total", FormatMinor(invoice.total_minor, exponent)},
@@ -230,7 +230,7 @@ Result<HttpResponse> Service::Impl::Invoices(const HttpRequest& req, const Works
   auto ref = state().FindInvoice(ws.id, seg[4]);
   if (!ref) return Status::NotFound("no invoice for " + std::string(seg[4]), "month");
   KL_ASSIGN_OR_RETURN(InvoiceIssued invoice, ReadInvoice(*d.ledger, *ref));
-  KL_ASSIGN_OR_RETURN(uint8_t exponent, ExponentOf(invoice));
+  KL_ASSIGN_OR_RETURN(uint8_t exponent, CurrencyExponent(invoice.currency));
   std::string_view format = QueryParam(QueryOf(req), "format");
   if (format == "csv") {
     HttpResponse r;

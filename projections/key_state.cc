@@ -47,6 +47,9 @@ std::string SecurityGroupStream(std::string_view id) { return "sg/" + std::strin
 std::string KeyStream(std::string_view id) { return "key/" + std::string(id); }
 std::string TokenStream(std::string_view id) { return "tok/" + std::string(id); }
 std::string CallStream(std::string_view key_id) { return "calls/" + std::string(key_id); }
+std::string PlanStream(std::string_view id) { return "plan/" + std::string(id); }
+std::string InvoiceStream(std::string_view workspace_id) { return "inv/" + std::string(workspace_id); }
+std::string AlarmStream(std::string_view id) { return "alarm/" + std::string(id); }
 
 Status KeyState::Apply(const Event& event) {
   std::unique_lock<std::shared_mutex> lock(mu_);

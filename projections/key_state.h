@@ -151,7 +151,11 @@ std::string SecurityGroupStream(std::string_view group_id);
 std::string KeyStream(std::string_view key_id);
 std::string TokenStream(std::string_view token_id);
 std::string CallStream(std::string_view key_id);
+std::string PlanStream(std::string_view plan_id);
+std::string InvoiceStream(std::string_view workspace_id);
+std::string AlarmStream(std::string_view alarm_id);
 constexpr char kOperatorStream[] = "operator";
+constexpr char kUnattributedDenialStream[] = "denials/unattributed";
 
 class KeyState {
  public:

@@ -566,7 +566,20 @@ Service::Service(ServiceDeps deps, ServiceOptions options) : impl_(std::make_sha
 
 DataPlane& Service::data_plane() { return *impl_->data_plane; }
 
-void Service::Stop() { impl_->data_plane->Stop(); }
+void Service::AttachHttpServer(const HttpServer* server) {
+  impl_->http_server.store(server, std::memory_order_release);
+}
+
+Result<size_t> Service::EvaluateAlarms() { return impl_->EvaluateAlarms(); }
+
+Result<size_t> Service::DeliverNotifications() { return impl_->DeliverNotifications(); }
+
+void Service::StartAlarmLoops() { impl_->StartAlarmLoops(); }
+
+void Service::Stop() {
+  impl_->StopAlarmLoops();
+  impl_->data_plane->Stop();
+}
 
 Result<std::string> Service::BootstrapOperatorToken(const std::optional<std::string>& configured) {
   std::lock_guard<std::mutex> lock(impl_->command_mu);
@@ -637,6 +650,37 @@ HttpResponse Service::Impl::Metrics() const {
   RenderGauge(&out, "keyledger_denial_events_appended_total",
               "Aggregated authorization-denial events appended.",
               data_plane->denial_events_appended(), "counter");
+  if (const HttpServer* server = http_server.load(std::memory_order_acquire)) {
+    const HttpServerStats http = server->stats();
+    RenderGauge(&out, "keyledger_http_connections_accepted_total", "Connections that got a session.",
+                http.connections_accepted, "counter");
+    RenderGauge(&out, "keyledger_http_connections_rejected_total",
+                "Connections closed at accept (over the limit or stopping).",
+                http.connections_rejected, "counter");
+    RenderGauge(&out, "keyledger_http_connections_open", "Sessions alive now.", http.connections_open);
+    RenderGauge(&out, "keyledger_http_connections_timed_out_total",
+                "Connections closed by a read or write timeout.", http.connections_timed_out,
+                "counter");
+    RenderGauge(&out, "keyledger_http_requests_in_flight", "Requests being handled now.",
+                http.requests_in_flight);
+    RenderGauge(&out, "keyledger_http_requests_rejected_total",
+                "Requests answered 400/413/431 by the server before any handler.",
+                http.requests_rejected, "counter");
+    RenderGauge(&out, "keyledger_http_handler_errors_total",
+                "Handler calls that threw or returned an invalid response.", http.handler_errors,
+                "counter");
+  }
+  RenderGauge(&out, "keyledger_alarm_evaluation_errors_total",
+              "Alarm evaluations skipped because their data could not be read.",
+              alarm_evaluation_errors.load(std::memory_order_relaxed), "counter");
+  RenderGauge(&out, "keyledger_alarm_transitions_total", "Alarm state changes recorded since start.",
+              alarm_transitions.load(std::memory_order_relaxed), "counter");
+  RenderGauge(&out, "keyledger_notifications_delivered_total",
+              "Alarm notifications delivered since start.",
+              notifications_delivered.load(std::memory_order_relaxed), "counter");
+  RenderGauge(&out, "keyledger_notification_failures_total",
+              "Failed notification attempts since start (each retry counts).",
+              notification_failures.load(std::memory_order_relaxed), "counter");
   HttpResponse r;
   r.status = 200;
   r.headers.emplace_back("content-type", "text/plain; version=0.0.4");

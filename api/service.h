@@ -17,17 +17,40 @@
 #include <optional>
 #include <string>
 
+#include "api/http_server.h"
 #include "api/http_types.h"
 #include "ledger/clock.h"
 #include "ledger/ledger.h"
 #include "ledger/random.h"
 #include "ledger/status.h"
 #include "api/data_plane.h"
+#include "api/notify.h"
 #include "projections/call_projections.h"
 #include "projections/key_state_store.h"
 #include "projections/rate_limiter.h"  // kTpsLimitMax
 
 namespace keyledger {
+
+// Alarm evaluation and notification delivery (docs/api.md, "Alarms").
+struct AlarmOptions {
+  // How often the evaluation loop evaluates every alarm. Default 10 s.
+  int64_t evaluation_interval_us = 10'000'000;
+  // A period is evaluated once it ended this long ago, so that calls the
+  // gateway still holds in a batch are counted. Default 30 s.
+  int64_t settle_us = 30'000'000;
+  // How often the delivery loop looks for due notifications. Default 1 s.
+  int64_t delivery_poll_us = 1'000'000;
+  // The first retry waits 50-100 % of this; each further retry doubles it,
+  // up to retry_wait_us_max. Default 5 s.
+  int64_t retry_base_us = 5'000'000;
+  // Longest wait between two attempts. Default 1 h.
+  int64_t retry_wait_us_max = 3'600'000'000;
+  // No attempt is made later than this after the transition; the last
+  // failure is then recorded as final. Default 24 h.
+  int64_t retry_window_us = 24 * 3'600'000'000LL;
+  // Most notifications one delivery round attempts. Default 100.
+  size_t deliveries_per_round_max = 100;
+};
 
 struct ServiceOptions {
   // tps_limit of a new workspace when the request names none. Default 10.
@@ -41,6 +64,7 @@ struct ServiceOptions {
   // SSRF guard refuses them by default).
   bool allow_private_webhooks = false;
   DataPlaneOptions data_plane;
+  AlarmOptions alarms;
 };
 
 struct ServiceDeps {
@@ -49,6 +73,9 @@ struct ServiceDeps {
   const Clock* clock = nullptr;           // REQUIRES: non-null, outlives the Service
   RandomSource* random = nullptr;         // REQUIRES: non-null, outlives the Service
   CallProjections* calls = nullptr;       // REQUIRES: non-null, outlives the Service
+  // Sends alarm notifications; null: notifications wait in the outbox.
+  // REQUIRES: outlives the Service (or its Stop()).
+  Notifier* notifier = nullptr;
 };
 
 // Limits on inputs, by name.
@@ -86,7 +113,31 @@ class Service {
   // The hot path, for in-process use and benchmarks.
   DataPlane& data_plane();
 
-  // Flushes pending denials and stops background work. Idempotent.
+  // Adds the server's connection and request counters to GET /metrics.
+  // REQUIRES: `server` outlives every later Handle() call (or is detached
+  // with nullptr first).
+  void AttachHttpServer(const HttpServer* server);
+
+  // Evaluates every live alarm at the clock's now (docs/api.md, "Alarms")
+  // and records each state change as an AlarmStateChanged event. A rule whose
+  // data cannot be read keeps its state (counted in /metrics). Returns the
+  // number of transitions recorded, or the first ledger error.
+  Result<size_t> EvaluateAlarms();
+
+  // Attempts every notification due at the clock's now (at most
+  // options.alarms.deliveries_per_round_max), one after the other, and
+  // records each attempt (NotificationDelivered, or NotificationFailed with
+  // the next attempt's time). Returns the number attempted (0 without a
+  // notifier), or the first ledger error.
+  Result<size_t> DeliverNotifications();
+
+  // Starts two background threads: EvaluateAlarms every
+  // evaluation_interval_us and DeliverNotifications every delivery_poll_us.
+  // Stop() ends them. REQUIRES: called at most once.
+  void StartAlarmLoops();
+
+  // Stops the alarm loops, flushes pending denials and stops background
+  // work. Idempotent.
   void Stop();
 
  private:

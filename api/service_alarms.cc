@@ -1,6 +1,7 @@
-// The alarm-rule endpoints of the Service: rules on a key's usage, and the
-// rule that a key with alarms cannot be deleted. Evaluation and delivery
-// (e-mail, webhooks) are not built yet; see docs/api.md.
+// The alarm-rule endpoints of the Service: rules on a key's usage, their
+// history, and the rule that a key with alarms cannot be deleted. Evaluation
+// and delivery run in service_alarm_engine.cc.
+#include <charconv>
 #include <cmath>
 
 #include "api/service_internal.h"
@@ -16,6 +17,10 @@ constexpr size_t kUrlBytesMax = 2048;
 constexpr int64_t kPeriodSecondsMax = 86'400;
 constexpr int64_t kEvaluationPeriodsMax = 100;
 constexpr double kThresholdMax = 1e12;
+constexpr size_t kWebhookSecretBytesMin = 16;
+constexpr size_t kWebhookSecretBytesMax = 256;
+// Most events one history page returns.
+constexpr size_t kHistoryPageMax = 500;
 
 template <typename E, size_t N>
 Result<E> ParseEnum(const Json& body, std::string_view field, const char* const (&names)[N],
@@ -33,10 +38,6 @@ Result<E> ParseEnum(const Json& body, std::string_view field, const char* const 
   return Status::InvalidArgument("must be one of " + allowed, std::string(field));
 }
 
-// Schema order; the index is the enum value.
-constexpr const char* kMetricNames[] = {"calls", "errors", "error_rate", "latency_p95_ms", "units",
-                                        "spend_minor"};
-constexpr const char* kComparatorNames[] = {">", ">=", "<", "<="};
 constexpr const char* kMissingDataNames[] = {"missing", "ignore", "breaching", "not_breaching"};
 
 Status ValidateWebhookUrl(const std::string& url, bool allow_private, const std::string& field) {
@@ -49,14 +50,10 @@ Status ValidateWebhookUrl(const std::string& url, bool allow_private, const std:
   if (host.empty()) return Status::InvalidArgument("webhook url has no host", field);
   if (allow_private) return Status::Ok();
   // SSRF guard: no loopback or private addresses, by name or literal.
-  auto ip = ParseIpAddress(host.front() == '[' ? host.substr(1, host.size() - 2) : host);
+  // Names are checked again at connect time (api/notify.h), against DNS rebinding.
+  const std::string literal = host.front() == '[' ? host.substr(1, host.size() - 2) : host;
   bool is_private = host == "localhost" || host.ends_with(".localhost");
-  if (ip.ok()) {
-    static const char* kPrivate[] = {"0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8",
-                                     "169.254.0.0/16", "172.16.0.0/12", "192.168.0.0/16",
-                                     "::1/128", "fc00::/7", "fe80::/10", "::/128"};
-    for (const char* cidr : kPrivate) is_private |= ParseCidr(cidr)->Contains(*ip);
-  }
+  if (ParseIpAddress(literal).ok()) is_private |= !IsPublicAddress(literal);
   if (is_private) {
     return Status::InvalidArgument("webhook url points at a loopback or private address", field);
   }
@@ -81,19 +78,83 @@ Json AlarmJson(const AlarmView& a) {
     }
   }
   return {{"id", s.alarm_id}, {"key_id", s.key_id}, {"workspace_id", s.workspace_id},
-          {"name", s.name}, {"metric", kMetricNames[static_cast<int>(s.metric)]},
+          {"name", s.name}, {"metric", kAlarmMetricNames[static_cast<int>(s.metric)]},
           {"comparator", kComparatorNames[static_cast<int>(s.comparator)]},
-          {"threshold", Json::parse(std::to_string(s.threshold_micros / 1'000'000) + "." +
-                                    std::to_string(1'000'000 + std::llabs(s.threshold_micros % 1'000'000)).substr(1))},
+          {"threshold", Json::parse(FormatMicros(s.threshold_micros))},
           {"period_seconds", s.period_seconds}, {"evaluation_periods", s.evaluation_periods},
           {"datapoints_to_alarm", s.datapoints_to_alarm},
           {"missing_data", kMissingDataNames[static_cast<int>(s.missing_data)]},
-          {"channels", channels}, {"state", "INSUFFICIENT_DATA"},
+          {"channels", channels}, {"state", AlarmStateName(a.state)},
+          {"state_changed_at", a.state_changed_at_us ? Json(FormatRfc3339(a.state_changed_at_us))
+                                                     : Json(nullptr)},
+          {"state_reason", a.state_reason},
+          {"pending_notifications", a.outbox.size()},
           {"created_at", FormatRfc3339(a.created_at_us)},
           {"updated_at", FormatRfc3339(a.updated_at_us)}};
 }
 
+Json NotificationAttemptJson(const NotificationAttempt& a) {
+  return {{"notification_id", a.notification_id}, {"channel_index", a.channel_index},
+          {"attempt", a.attempt}, {"http_status", a.http_status}, {"error", a.error},
+          {"next_attempt_at",
+           a.next_attempt_at_us ? Json(FormatRfc3339(a.next_attempt_at_us)) : Json(nullptr)}};
+}
+
+// One event of an alarm's stream as its history shows it.
+Json AlarmHistoryJson(const Event& e) {
+  Json j = {{"sequence", e.sequence}, {"recorded_at", FormatRfc3339(e.recorded_at_us)},
+            {"actor", e.actor}};
+  std::visit(Overloaded{
+                 [&](const AlarmCreated&) { j["type"] = "created"; },
+                 [&](const AlarmChanged&) { j["type"] = "changed"; },
+                 [&](const AlarmDeleted&) { j["type"] = "deleted"; },
+                 [&](const AlarmStateChanged& c) {
+                   j["type"] = "state_changed";
+                   j["from"] = AlarmStateName(c.from);
+                   j["to"] = AlarmStateName(c.to);
+                   j["value"] = Json::parse(FormatMicros(c.value_micros));
+                   j["period_end"] = FormatRfc3339(c.evaluated_at_us);
+                   j["reason"] = c.reason;
+                 },
+                 [&](const NotificationDelivered& c) {
+                   j["type"] = "notification_delivered";
+                   j.update(NotificationAttemptJson(c));
+                 },
+                 [&](const NotificationFailed& c) {
+                   j["type"] = "notification_failed";
+                   j.update(NotificationAttemptJson(c));
+                 },
+                 [&](const auto&) { j["type"] = "other"; },
+             },
+             e.body);
+  return j;
+}
+
 }  // namespace
+
+// GET .../alarms/{id}/history?cursor=V&limit=N: the alarm's stream from
+// version V (default 1), oldest first.
+Result<HttpResponse> Service::Impl::AlarmHistory(const HttpRequest& req, const AlarmView& alarm) {
+  std::string_view query = QueryOf(req);
+  KL_ASSIGN_OR_RETURN(size_t limit, PageSize(query, o));
+  limit = std::min(limit, kHistoryPageMax);
+  std::string_view cursor = QueryParam(query, "cursor");
+  uint64_t from_version = 1;
+  if (!cursor.empty()) {
+    auto [end, ec] = std::from_chars(cursor.data(), cursor.data() + cursor.size(), from_version);
+    if (ec != std::errc() || end != cursor.data() + cursor.size() || from_version == 0) {
+      return Status::InvalidArgument("cursor must be a positive integer", "cursor");
+    }
+  }
+  KL_ASSIGN_OR_RETURN(auto events,
+                      d.ledger->ReadStream(AlarmStream(alarm.spec.alarm_id), from_version, limit));
+  Json items = Json::array();
+  for (const auto& e : events) items.push_back(AlarmHistoryJson(e));
+  Json next = events.size() == limit ? Json(std::to_string(events.back().stream_version + 1))
+                                     : Json(nullptr);
+  return JsonResponse(200, {{"alarm_id", alarm.spec.alarm_id}, {"state", AlarmStateName(alarm.state)},
+                            {"events", items}, {"next_cursor", next}});
+}
 
 // Fills `spec` from `body` over the values already in it (PATCH) or from
 // scratch (create, `creating`). Webhook secrets generated here are returned
@@ -106,7 +167,7 @@ Status Service::Impl::ParseAlarmSpec(const Json& body, bool creating, AlarmSpec*
   }
   auto current = [&](auto v) { return creating ? std::nullopt : std::optional(v); };
   KL_ASSIGN_OR_RETURN(spec->metric,
-                      ParseEnum<AlarmMetric>(body, "metric", kMetricNames, current(spec->metric)));
+                      ParseEnum<AlarmMetric>(body, "metric", kAlarmMetricNames, current(spec->metric)));
   KL_ASSIGN_OR_RETURN(spec->comparator, ParseEnum<Comparator>(body, "comparator", kComparatorNames,
                                                               current(spec->comparator)));
   KL_ASSIGN_OR_RETURN(spec->missing_data,
@@ -124,8 +185,11 @@ Status Service::Impl::ParseAlarmSpec(const Json& body, bool creating, AlarmSpec*
     return Status::InvalidArgument("threshold is required", "threshold");
   }
   KL_ASSIGN_OR_RETURN(auto period, OptionalInt(body, "period_seconds", 60, kPeriodSecondsMax));
-  if (period && *period % 60 != 0) {
-    return Status::InvalidArgument("must be a multiple of 60", "period_seconds");
+  // Periods tile the UTC day so that they align with the metrics cells.
+  if (period && (*period % 60 != 0 || 86'400 % *period != 0)) {
+    return Status::InvalidArgument(
+        "must be a multiple of 60 that divides 86400 (60, 120, 300, 600, 900, 3600, ...)",
+        "period_seconds");
   }
   if (period || creating) spec->period_seconds = static_cast<uint32_t>(period.value_or(300));
   KL_ASSIGN_OR_RETURN(auto periods, OptionalInt(body, "evaluation_periods", 1, kEvaluationPeriodsMax));
@@ -166,7 +230,13 @@ Status Service::Impl::ParseAlarmSpec(const Json& body, bool creating, AlarmSpec*
       KL_RETURN_IF_ERROR(ValidateWebhookUrl(url.value_or(""), o.allow_private_webhooks,
                                             field + ".url"));
       KL_ASSIGN_OR_RETURN(auto secret, OptionalString(c, "secret"));
-      std::string s = secret.value_or("whsec_" + RandomBase32(*d.random, kSecretBytes));
+      if (secret && (secret->size() < kWebhookSecretBytesMin || secret->size() > kWebhookSecretBytesMax)) {
+        return Status::InvalidArgument("a webhook secret has " +
+                                           std::to_string(kWebhookSecretBytesMin) + ".." +
+                                           std::to_string(kWebhookSecretBytesMax) + " bytes",
+                                       field + ".secret");
+      }
+      std::string s = secret.value_or(NewWebhookSecret(*d.random));
       if (!secret) new_secrets->push_back(s);
       spec->channels.push_back(WebhookChannel{*url, s});
     } else {
@@ -203,10 +273,15 @@ Result<HttpResponse> Service::Impl::Alarms(const HttpRequest& req, const Princip
     if (!secrets.empty()) j["webhook_secrets"] = secrets;
     return JsonResponse(201, j);
   }
-  if (seg.size() != 7) return Status::NotFound("no such endpoint under alarms");
+  const bool history = seg.size() == 8 && seg[7] == "history";
+  if (seg.size() != 7 && !history) return Status::NotFound("no such endpoint under alarms");
   auto alarm = state().FindAlarm(seg[6]);
   if (!alarm || alarm->deleted || alarm->spec.key_id != key.id) {
     return Status::NotFound("no alarm " + std::string(seg[6]) + " on this key", "alarm");
+  }
+  if (history) {
+    if (m != "GET") return Status::InvalidArgument("use GET", "method");
+    return AlarmHistory(req, *alarm);
   }
   if (m == "GET") return JsonResponse(200, AlarmJson(*alarm));
   if (m == "DELETE") {

@@ -5,6 +5,8 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <thread>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -13,8 +15,10 @@
 
 #include "api/data_plane.h"
 #include "api/json_input.h"
+#include "api/notify.h"
 #include "api/prometheus.h"
 #include "api/service.h"
+#include "projections/alarm_eval.h"
 #include "projections/security_rules.h"
 #include "ledger/hash.h"
 
@@ -58,6 +62,7 @@ struct Service::Impl {
   RequestCounters requests;
   LatencyHistogramUs authorize_latency;
   LatencyHistogramUs command_append_latency;
+  std::atomic<const HttpServer*> http_server{nullptr};
 
   HttpResponse Metrics() const;
 
@@ -195,9 +200,32 @@ struct Service::Impl {
   Result<HttpResponse> Usage(const HttpRequest& req, const WorkspaceView& ws);
   Result<HttpResponse> Invoices(const HttpRequest& req, const WorkspaceView& ws,
                                 const std::vector<std::string_view>& seg);
+  // Alarm evaluation and delivery (service_alarm_engine.cc).
+  std::atomic<uint64_t> alarm_evaluation_errors{0};
+  std::atomic<uint64_t> alarm_transitions{0};
+  std::atomic<uint64_t> notifications_delivered{0};
+  std::atomic<uint64_t> notification_failures{0};
+  std::mutex loops_mu;
+  std::condition_variable loops_cv;
+  bool loops_stopping = false;  // guarded by loops_mu
+  std::vector<std::thread> loops;
+  Result<size_t> EvaluateAlarms();
+  Result<size_t> DeliverNotifications();
+  Result<AlarmDecision> DecideAlarm(const AlarmView& alarm, int64_t now_us, int64_t* period_end_us);
+  Result<std::vector<std::optional<int64_t>>> SpendDatapoints(const AlarmSpec& spec, int64_t from_us,
+                                                              int64_t period_us);
+  int64_t NextAttemptUs(const PendingNotification& n, uint32_t attempt, int64_t now_us);
+  DeliveryResult Send(const OutboxEntry& entry, int64_t now_us);
+  // An event recorded by keyledger itself (actor "system/alarms").
+  NewEvent SystemEvent(std::string stream, std::optional<uint64_t> expected, EventBody body);
+  void StartAlarmLoops();
+  void StopAlarmLoops();
+  ~Impl() { StopAlarmLoops(); }
+
   // Alarm rules (service_alarms.cc).
   Result<HttpResponse> Alarms(const HttpRequest& req, const Principal& who, const KeyView& key,
                               const std::vector<std::string_view>& seg);
+  Result<HttpResponse> AlarmHistory(const HttpRequest& req, const AlarmView& alarm);
   Status ParseAlarmSpec(const Json& body, bool creating, AlarmSpec* spec,
                         std::vector<std::string>* new_secrets);
   Result<KeyView> KeyForAudit(const Principal& who, const WorkspaceView& ws,

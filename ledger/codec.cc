@@ -15,10 +15,12 @@
 #include <kj/array.h>
 #include <kj/exception.h>
 
+#include <bit>
 #include <cassert>
 #include <cstdint>
 #include <cstring>
 #include <exception>
+#include <optional>
 #include <string>
 #include <utility>
 #include <variant>
@@ -367,14 +369,14 @@ class BodyEncoder {
   schema::Envelope::Body::Builder body_;
 };
 
-void FillEnvelope(schema::Envelope::Builder b, const Event& event, const EventBody& body) {
-  b.setSequence(event.sequence);
-  b.setRecordedAtUs(event.recorded_at_us);
-  b.setStreamId(AsText(event.stream_id));
-  b.setStreamVersion(event.stream_version);
-  b.setEventId(AsData(event.event_id));
-  b.setActor(AsText(event.actor));
-  b.setPrevHash(AsData(event.prev_hash));
+void FillEnvelope(schema::Envelope::Builder b, const EnvelopeFields& e, const EventBody& body) {
+  b.setSequence(e.sequence);
+  b.setRecordedAtUs(e.recorded_at_us);
+  b.setStreamId(AsText(*e.stream_id));
+  b.setStreamVersion(e.stream_version);
+  b.setEventId(AsData(*e.event_id));
+  b.setActor(AsText(*e.actor));
+  b.setPrevHash(AsData(*e.prev_hash));
   BodyEncoder encoder(b.getBody());
   std::visit(encoder, body);
 }
@@ -824,20 +826,84 @@ struct TypeNamer {
 
 }  // namespace
 
+// The first segment is a buffer the encoder keeps; the message builder of
+// the last body stays alive until the next Encode (the returned bytes are in
+// its segment) and its destructor re-zeroes what it used, so a warm encoder
+// allocates nothing. A body that does not fit is encoded again into a larger
+// buffer: every body is one segment, so its bytes never depend on the
+// encoder's history.
+struct EventEncoder::Rep {
+  // Most events fit in 4 KiB (a logged call carries up to two 4 KiB excerpts).
+  static constexpr size_t kInitialSegmentWords = 512;
+  // A buffer grown past this (512 KiB) is released before the next body.
+  static constexpr size_t kRetainedSegmentWords = 64 * 1024;
+
+  size_t prefix_words = 0;
+  kj::Array<capnp::word> buffer;  // prefix || segment table (1 word) || segment 0
+  std::optional<capnp::MallocMessageBuilder> message;  // holds the last body
+
+  size_t head_words() const { return prefix_words + 1; }
+  kj::ArrayPtr<capnp::word> first_segment() {
+    return buffer.slice(head_words(), buffer.size());
+  }
+  void Allocate(size_t segment_words) {
+    message.reset();
+    buffer = kj::heapArray<capnp::word>(head_words() + segment_words);
+    std::memset(buffer.begin(), 0, buffer.size() * sizeof(capnp::word));
+  }
+};
+
+EventEncoder::EventEncoder(size_t prefix_bytes) : rep_(std::make_unique<Rep>()) {
+  assert(prefix_bytes % sizeof(capnp::word) == 0);
+  rep_->prefix_words = prefix_bytes / sizeof(capnp::word);
+  rep_->Allocate(Rep::kInitialSegmentWords);
+}
+
+EventEncoder::~EventEncoder() = default;
+
+std::span<char> EventEncoder::Encode(const EnvelopeFields& envelope, const EventBody& body) {
+  assert(envelope.stream_id != nullptr && envelope.stream_id->size() <= kStreamIdBytesMax);
+  assert(envelope.actor != nullptr && envelope.actor->size() <= kActorBytesMax);
+  assert(envelope.event_id != nullptr && envelope.prev_hash != nullptr);
+  Rep& r = *rep_;
+  r.message.reset();  // zeroes what the previous body used
+  if (r.buffer.size() - r.head_words() > Rep::kRetainedSegmentWords) {
+    r.Allocate(Rep::kInitialSegmentWords);
+  }
+  for (;;) {
+    r.message.emplace(r.first_segment(), capnp::AllocationStrategy::GROW_HEURISTICALLY);
+    FillEnvelope(r.message->initRoot<schema::Envelope>(), envelope, body);
+    auto segments = r.message->getSegmentsForOutput();
+    if (segments.size() == 1) {
+      assert(segments[0].begin() == r.first_segment().begin());
+      // The flat-array segment table of one segment: count - 1 (= 0), then its size.
+      static_assert(std::endian::native == std::endian::little, "Cap'n Proto is little-endian");
+      const uint32_t table[2] = {0, static_cast<uint32_t>(segments[0].size())};
+      std::memcpy(r.buffer.begin() + r.prefix_words, table, sizeof(table));
+      return std::span<char>(reinterpret_cast<char*>(r.buffer.begin()),
+                             (r.head_words() + segments[0].size()) * sizeof(capnp::word));
+    }
+    // Did not fit in one segment: grow, with room for far pointers, and retry.
+    size_t total_words = 0;
+    for (auto segment : segments) total_words += segment.size();
+    r.Allocate(total_words + total_words / 4 + 64);
+  }
+}
+
 std::string EncodeEventBody(const Event& event) { return EncodeEventBody(event, event.body); }
 
 std::string EncodeEventBody(const Event& envelope, const EventBody& body) {
-  assert(envelope.stream_id.size() <= kStreamIdBytesMax);
-  assert(envelope.actor.size() <= kActorBytesMax);
-  // Most events fit in 1 KiB; the default first segment (8 KiB, zeroed) would
-  // cost more to clear than to encode. Larger events grow the message.
-  constexpr unsigned kFirstSegmentWords = 128;
-  capnp::MallocMessageBuilder message(kFirstSegmentWords,
-                                      capnp::AllocationStrategy::GROW_HEURISTICALLY);
-  FillEnvelope(message.initRoot<schema::Envelope>(), envelope, body);
-  const kj::Array<capnp::word> words = capnp::messageToFlatArray(message);
-  const kj::ArrayPtr<const kj::byte> bytes = words.asBytes();
-  return std::string(reinterpret_cast<const char*>(bytes.begin()), bytes.size());
+  EventEncoder encoder;
+  EnvelopeFields fields;
+  fields.sequence = envelope.sequence;
+  fields.recorded_at_us = envelope.recorded_at_us;
+  fields.stream_id = &envelope.stream_id;
+  fields.stream_version = envelope.stream_version;
+  fields.event_id = &envelope.event_id;
+  fields.actor = &envelope.actor;
+  fields.prev_hash = &envelope.prev_hash;
+  const std::span<char> bytes = encoder.Encode(fields, body);
+  return std::string(bytes.data(), bytes.size());
 }
 
 Result<Event> DecodeEventBody(std::string_view body, const DecodeLimits& limits) {
@@ -862,5 +928,102 @@ uint16_t AuthorizationDeniedBodyKind() {
 }
 
 const char* EventTypeName(const EventBody& body) { return std::visit(TypeNamer{}, body); }
+
+// ---- Views of call events ------------------------------------------------------
+//
+// Each Read*View reads the same fields, in the same order and through the same
+// getters (so with the same checks) as the Read overload of its struct above,
+// keeping views instead of copies.
+
+namespace {
+
+std::string_view View(capnp::Text::Reader text) { return {text.cStr(), text.size()}; }
+
+std::string_view View(capnp::Data::Reader data) {
+  return {reinterpret_cast<const char*>(data.begin()), data.size()};
+}
+
+void ReadExcerptView(schema::HttpExcerpt::Reader r, HttpExcerptView* out) {
+  out->headers.clear();
+  for (schema::Header::Reader header : r.getHeaders()) {
+    out->headers.push_back(HttpHeaderView{View(header.getName()), View(header.getValue())});
+  }
+  out->body_excerpt = View(r.getBodyExcerpt());
+}
+
+void ReadCallView(schema::ApiCallRecorded::Reader r, ApiCallView* out) {
+  out->request_id = View(r.getRequestId());
+  out->workspace_id = View(r.getWorkspaceId());
+  out->key_id = View(r.getKeyId());
+  out->occurred_at_us = r.getOccurredAtUs();
+  out->method = View(r.getMethod());
+  out->path = View(r.getPath());
+  out->status = r.getStatus();
+  out->latency_us = r.getLatencyUs();
+  out->units = r.getUnits();
+  out->request_bytes = r.getRequestBytes();
+  out->response_bytes = r.getResponseBytes();
+  out->client_ip = View(r.getClientIp());
+  out->origin = View(r.getOrigin());
+  out->logged = r.getLogged();
+  ReadExcerptView(r.getRequest(), &out->request);
+  ReadExcerptView(r.getResponse(), &out->response);
+}
+
+Status ReadDenialView(schema::AuthorizationDenied::Reader r, AuthorizationDeniedView* out) {
+  out->request_id = View(r.getRequestId());
+  out->workspace_id = View(r.getWorkspaceId());
+  out->key_id = View(r.getKeyId());
+  out->occurred_at_us = r.getOccurredAtUs();
+  KL_RETURN_IF_ERROR(
+      ReadEnum(r.getReason(), kDenialReasonLast, "authorizationDenied.reason", &out->reason));
+  out->client_ip = View(r.getClientIp());
+  out->origin = View(r.getOrigin());
+  out->count = r.getCount();
+  return Status::Ok();
+}
+
+// ReadHeader's checks, without copying the stream id.
+Status CheckHeaderView(schema::Envelope::Reader r) {
+  (void)r.getSequence();
+  (void)r.getRecordedAtUs();
+  (void)r.getStreamId();  // validates the pointer, as ToString(getStreamId()) does
+  (void)r.getStreamVersion();
+  EventId event_id;
+  KL_RETURN_IF_ERROR(ReadFixed(r.getEventId(), "eventId", &event_id));
+  Hash prev_hash;
+  return ReadFixed(r.getPrevHash(), "prevHash", &prev_hash);
+}
+
+Status ReadCallEvent(schema::Envelope::Reader r, CallEventView* out) {
+  KL_RETURN_IF_ERROR(CheckHeaderView(r));
+  const schema::Envelope::Body::Reader body = r.getBody();
+  const schema::Envelope::Body::Which which = body.which();
+  out->body_kind = static_cast<uint16_t>(which);
+  if (which == schema::Envelope::Body::API_CALL_RECORDED) {
+    ReadCallView(body.getApiCallRecorded(), &out->call);
+  } else if (which == schema::Envelope::Body::AUTHORIZATION_DENIED) {
+    KL_RETURN_IF_ERROR(ReadDenialView(body.getAuthorizationDenied(), &out->denial));
+  } else {
+    return Status::Ok();  // as DecodeEnvelopeHeader: the body is not read
+  }
+  (void)r.getActor();  // as ReadEvent
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status DecodeCallEvent(std::string_view body, CallEventView* out, const DecodeLimits& limits) {
+  assert(out != nullptr);
+  if (!body.empty() && reinterpret_cast<uintptr_t>(body.data()) % alignof(capnp::word) != 0) {
+    return Status::InvalidArgument("event body is not word-aligned", "body");
+  }
+  return WithEnvelope<bool>(body, limits,
+                            [out](schema::Envelope::Reader r) -> Result<bool> {
+                              KL_RETURN_IF_ERROR(ReadCallEvent(r, out));
+                              return true;
+                            })
+      .ToStatus();
+}
 
 }  // namespace keyledger

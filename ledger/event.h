@@ -287,6 +287,15 @@ using EventBody = std::variant<
     AlarmStateChanged, NotificationDelivered, NotificationFailed, ApiCallRecorded,
     AuthorizationDenied, PricePlanPublished, InvoiceIssued, OperatorTokenSet>;
 
+// Visits an EventBody with one lambda per type:
+// std::visit(Overloaded{[](const KeyCreated&) {...}, [](const auto&) {...}}, body).
+template <typename... Ts>
+struct Overloaded : Ts... {
+  using Ts::operator()...;
+};
+template <typename... Ts>
+Overloaded(Ts...) -> Overloaded<Ts...>;
+
 // Returns a stable snake_case name of the body's type, e.g. "key_created".
 const char* EventTypeName(const EventBody& body);
 

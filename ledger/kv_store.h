@@ -67,10 +67,17 @@ class KvBatch {
 
   void Put(int cf, std::string_view key, std::string_view value);
   void Delete(int cf, std::string_view key);
+  // Marks the current end of the batch; RollbackToSavePoint drops every
+  // operation added since the most recent mark (and the mark), PopSavePoint
+  // drops the mark and keeps the operations. REQUIRES for both: a mark exists.
+  void SetSavePoint();
+  void RollbackToSavePoint();
+  void PopSavePoint();
   // Number of operations added.
   size_t count() const;
   // Approximate bytes in the batch.
   size_t bytes() const;
+  // Empties the batch, keeping its buffer for reuse.
   void Clear();
 
  private:

@@ -8,10 +8,11 @@
 #include <deque>
 #include <mutex>
 #include <unordered_map>
-#include <unordered_set>
+#include <span>
 
 #include "ledger/codec.h"
 #include "ledger/hash.h"
+#include "ledger/verify_chain.h"
 
 namespace keyledger {
 namespace {
@@ -20,7 +21,6 @@ constexpr char kHeadKey[] = "head";
 constexpr char kFormatKey[] = "format";
 constexpr char kFormatVersion[] = "keyledger-ledger-1";
 constexpr size_t kHashBytes = 32;
-constexpr uint64_t kVerifyProgressEvents = 65'536;
 constexpr size_t kStreamReadEventsMax = 100'000;
 
 std::string StreamKey(std::string_view stream_id, uint64_t version) {
@@ -30,9 +30,23 @@ std::string StreamKey(std::string_view stream_id, uint64_t version) {
   return key;
 }
 
-std::string EventIdKey(const EventId& id) {
-  return std::string(reinterpret_cast<const char*>(id.data()), id.size());
+std::string_view EventIdKey(const EventId& id) {
+  return std::string_view(reinterpret_cast<const char*>(id.data()), id.size());
 }
+
+// Big-endian, like AppendBigEndian64, into a fixed buffer.
+void PutBigEndian64(char out[8], uint64_t value) {
+  for (int i = 7; i >= 0; i--) {
+    out[i] = static_cast<char>(value & 0xff);
+    value >>= 8;
+  }
+}
+
+// Heterogeneous lookup: find a std::string key by std::string_view.
+struct StringHash {
+  using is_transparent = void;
+  size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+};
 
 std::string EncodeHead(const LedgerHead& head) {
   std::string v;
@@ -61,13 +75,19 @@ Status ValidateNewEvents(const std::vector<NewEvent>& events) {
     return Status::InvalidArgument("at most " + std::to_string(kAppendEventsMax) +
                                    " events per append", "events");
   }
-  std::unordered_set<std::string> ids;
   for (const auto& e : events) {
     KL_RETURN_IF_ERROR(ValidateStreamId(e.stream_id));
     if (e.actor.size() > kActorBytesMax) {
       return Status::InvalidArgument("actor too long", "actor");
     }
-    if (!ids.insert(EventIdKey(e.event_id)).second) {
+  }
+  if (events.size() > 1) {
+    std::vector<const EventId*> ids;
+    ids.reserve(events.size());
+    for (const auto& e : events) ids.push_back(&e.event_id);
+    std::sort(ids.begin(), ids.end(), [](const EventId* a, const EventId* b) { return *a < *b; });
+    auto same = [](const EventId* a, const EventId* b) { return *a == *b; };
+    if (std::adjacent_find(ids.begin(), ids.end(), same) != ids.end()) {
       return Status::InvalidArgument("an event id appears twice in one append", "event_id");
     }
   }
@@ -114,12 +134,17 @@ struct Ledger::Rep {
   LedgerStats stats;
 
   // Touched only by the group-commit leader (one at a time, outside mu).
-  std::unordered_map<std::string, uint64_t> stream_versions;
+  std::unordered_map<std::string, uint64_t, StringHash, std::equal_to<>> stream_versions;
+  EventEncoder encoder{kHashBytes};  // leaves room for the hash: stored = hash || body
+  std::unique_ptr<KvBatch> batch;    // reused, so its buffer is allocated once
 
   Result<uint64_t> LookupStreamVersion(std::string_view stream_id) const;
-  Result<uint64_t> CurrentStreamVersion(const std::string& stream_id);
+  Result<uint64_t> CurrentStreamVersion(std::string_view stream_id);
+  // `versions` gets views of stream ids in the group's events: valid until
+  // the group's writers are released.
   Status CommitGroup(std::vector<Writer*>& group, const LedgerHead& start, int64_t now_us,
-                     LedgerHead* new_head, std::vector<std::pair<std::string, uint64_t>>* versions);
+                     LedgerHead* new_head,
+                     std::vector<std::pair<std::string_view, uint64_t>>* versions);
   Result<Event> DecodeStored(uint64_t sequence, std::string_view value) const;
 };
 
@@ -134,12 +159,12 @@ Result<uint64_t> Ledger::Rep::LookupStreamVersion(std::string_view stream_id) co
   return DecodeBigEndian64(key.data() + floor.size());
 }
 
-Result<uint64_t> Ledger::Rep::CurrentStreamVersion(const std::string& stream_id) {
+Result<uint64_t> Ledger::Rep::CurrentStreamVersion(std::string_view stream_id) {
   auto it = stream_versions.find(stream_id);
   if (it != stream_versions.end()) return it->second;
   KL_ASSIGN_OR_RETURN(uint64_t version, LookupStreamVersion(stream_id));
   if (stream_versions.size() >= options.stream_cache_entries_max) stream_versions.clear();
-  stream_versions.emplace(stream_id, version);
+  stream_versions.emplace(std::string(stream_id), version);
   return version;
 }
 
@@ -155,11 +180,14 @@ Result<std::unique_ptr<Ledger>> Ledger::Open(const std::string& path,
   kv.mode = options.mode;
   kv.secondary_path = options.secondary_path;
   // Order matches LedgerColumnFamily.
+  // "events" needs no insert hint: its keys ascend, which RocksDB's skiplist
+  // already inserts from the last position.
   kv.column_families = {{"events", false, false, std::nullopt},
                         {"streams", false, false, '\0'},  // scanned, not probed
                         {"event_ids", true, true, std::nullopt},
                         {"meta", false, false, std::nullopt}};
   KL_ASSIGN_OR_RETURN(rep->store, KvStore::Open(path, kv));
+  rep->batch = std::make_unique<KvBatch>(*rep->store);
 
   KL_ASSIGN_OR_RETURN(auto format, rep->store->Get(kCfMeta, kFormatKey));
   if (format && *format != kFormatVersion) {
@@ -212,54 +240,54 @@ Result<Event> Ledger::Rep::DecodeStored(uint64_t sequence, std::string_view valu
   return event;
 }
 
-namespace {
-
-// One event encoded and ready for the batch.
-struct PreparedEvent {
-  uint64_t sequence;
-  std::string stream_key;
-  std::string value;  // hash || body
-  const EventId* event_id;
-};
-
-}  // namespace
-
 // Prepares and writes one group. Per-writer outcomes go into each Writer
 // (Conflict, InvalidArgument); the returned Status is the group's I/O outcome.
+// Each event is encoded (into the encoder's reused buffer), hashed in place
+// and copied once, into the WriteBatch; a writer that fails is rolled back
+// out of the batch to its save point.
 // REQUIRES: called by the current leader only, without holding mu.
 Status Ledger::Rep::CommitGroup(std::vector<Writer*>& group, const LedgerHead& start,
                                 int64_t now_us, LedgerHead* new_head,
-                                std::vector<std::pair<std::string, uint64_t>>* versions) {
-  // 1. Which proposed events are already stored?
-  std::vector<std::string> id_keys;
+                                std::vector<std::pair<std::string_view, uint64_t>>* versions) {
+  // 1. Which proposed events are already stored? One MultiGet for the group.
+  size_t group_events = 0;
+  for (Writer* w : group) group_events += w->events->size();
+  std::vector<std::string_view> id_views;
+  id_views.reserve(group_events);
   for (Writer* w : group) {
-    for (const auto& e : *w->events) id_keys.push_back(EventIdKey(e.event_id));
+    for (const auto& e : *w->events) id_views.push_back(EventIdKey(e.event_id));
   }
-  std::vector<std::string_view> id_views(id_keys.begin(), id_keys.end());
   std::vector<std::optional<std::string>> stored;
   KL_RETURN_IF_ERROR(store->MultiGet(kCfEventIds, id_views, &stored));
 
-  KvBatch batch(*store);
-  std::unordered_map<std::string, uint64_t> group_versions;  // stream -> version after group
-  std::unordered_map<std::string_view, uint64_t> group_ids;  // id -> sequence in this group
+  // A group that once grew the batch past 8 MiB gives that memory back.
+  constexpr size_t kBatchBytesRetained = 8u << 20;
+  if (batch->bytes() > kBatchBytesRetained) batch = std::make_unique<KvBatch>(*store);
+  batch->Clear();
+  // Views into the writers' events, which outlive the group.
+  std::unordered_map<std::string_view, uint64_t> group_versions;  // stream -> version after
+  std::unordered_map<std::string_view, uint64_t> group_ids;  // id -> sequence, earlier writers
+  // (stream, version before) per change by the current writer, to undo it.
+  std::vector<std::pair<std::string_view, std::optional<uint64_t>>> undo;
+  std::string stream_key;
   LedgerHead head = start;
   size_t writer_base = 0;  // index of this writer's first event in id_views
   bool needs_sync = false;
 
-  for (Writer* w : group) {
+  for (size_t wi = 0; wi < group.size(); wi++) {
+    Writer* w = group[wi];
     const auto& events = *w->events;
     w->result.sequences.assign(events.size(), 0);
-    std::unordered_map<std::string, uint64_t> overlay;  // this writer's stream versions
-    std::vector<PreparedEvent> prepared;
     LedgerHead tentative = head;
-    std::vector<size_t> prepared_index;  // event index of each prepared event
     Status status;
     const size_t base = writer_base;
     writer_base += events.size();
+    undo.clear();
+    batch->SetSavePoint();
     for (size_t i = 0; i < events.size(); i++) {
       const NewEvent& e = events[i];
       const auto& original = stored[base + i];
-      auto in_group = group_ids.find(id_views[base + i]);
+      auto in_group = group_ids.empty() ? group_ids.end() : group_ids.find(id_views[base + i]);
       if (original || in_group != group_ids.end()) {
         if (original && original->size() != 8) return Status::Corruption("bad event id index");
         uint64_t seq = original ? DecodeBigEndian64(original->data()) : in_group->second;
@@ -268,13 +296,13 @@ Status Ledger::Rep::CommitGroup(std::vector<Writer*>& group, const LedgerHead& s
         needs_sync |= seq > synced_sequence && w->durability == Durability::kSync;
         continue;
       }
+      const std::string_view stream_id = e.stream_id;
+      auto g = group_versions.find(stream_id);
       uint64_t current;
-      if (auto o = overlay.find(e.stream_id); o != overlay.end()) {
-        current = o->second;
-      } else if (auto g = group_versions.find(e.stream_id); g != group_versions.end()) {
+      if (g != group_versions.end()) {
         current = g->second;
       } else {
-        auto looked_up = CurrentStreamVersion(e.stream_id);
+        auto looked_up = CurrentStreamVersion(stream_id);
         if (!looked_up.ok()) return looked_up.status();
         current = *looked_up;
       }
@@ -284,58 +312,84 @@ Status Ledger::Rep::CommitGroup(std::vector<Writer*>& group, const LedgerHead& s
                                   std::to_string(*e.expected_version));
         break;
       }
-      overlay[e.stream_id] = current + 1;
-      Event envelope;
-      envelope.sequence = tentative.sequence + 1;
+      const uint64_t version = current + 1;
+      const uint64_t sequence = tentative.sequence + 1;
+      if (g != group_versions.end()) {
+        undo.emplace_back(stream_id, g->second);
+        g->second = version;
+      } else {
+        undo.emplace_back(stream_id, std::nullopt);
+        group_versions.emplace(stream_id, version);
+      }
+
+      EnvelopeFields envelope;
+      envelope.sequence = sequence;
       envelope.recorded_at_us = now_us;
-      envelope.stream_id = e.stream_id;
-      envelope.stream_version = current + 1;
-      envelope.event_id = e.event_id;
-      envelope.actor = e.actor;
-      envelope.prev_hash = tentative.hash;
-      std::string body = EncodeEventBody(envelope, e.body);
+      envelope.stream_id = &e.stream_id;
+      envelope.stream_version = version;
+      envelope.event_id = &e.event_id;
+      envelope.actor = &e.actor;
+      envelope.prev_hash = &tentative.hash;
+      const std::span<char> value = encoder.Encode(envelope, e.body);  // room || body
+      const std::string_view body(value.data() + kHashBytes, value.size() - kHashBytes);
       if (body.size() > kEventBytesMax) {
         status = Status::InvalidArgument("event " + std::to_string(i) + " encodes to " +
                                          std::to_string(body.size()) + " bytes, over the " +
                                          std::to_string(kEventBytesMax) + " limit", "events");
         break;
       }
-      Hash hash = ChainHash(tentative.hash, body);
-      std::string value(reinterpret_cast<const char*>(hash.data()), hash.size());
-      value += body;
-      tentative.sequence = envelope.sequence;
+      // hash(n) = BLAKE2b(hash(n-1) || body): with hash(n-1) in the room in
+      // front of the body that is one contiguous input, and the room then
+      // takes hash(n) (the same as ChainHash, in one call).
+      std::memcpy(value.data(), tentative.hash.data(), kHashBytes);
+      const Hash hash = HashBytes(std::string_view(value.data(), value.size()));
+      std::memcpy(value.data(), hash.data(), kHashBytes);
+
+      char sequence_be[8];
+      PutBigEndian64(sequence_be, sequence);
+      const std::string_view sequence_value(sequence_be, sizeof(sequence_be));
+      batch->Put(kCfEvents, sequence_value, std::string_view(value.data(), value.size()));
+      stream_key.assign(stream_id);
+      stream_key.push_back('\0');
+      AppendBigEndian64(&stream_key, version);
+      batch->Put(kCfStreams, stream_key, sequence_value);
+      batch->Put(kCfEventIds, id_views[base + i], sequence_value);
+
+      tentative.sequence = sequence;
       tentative.hash = hash;
-      prepared.push_back(PreparedEvent{envelope.sequence, StreamKey(e.stream_id, current + 1),
-                                       std::move(value), &e.event_id});
-      prepared_index.push_back(base + i);
-      w->result.sequences[i] = envelope.sequence;
+      w->result.sequences[i] = sequence;
     }
     if (!status.ok()) {
+      batch->RollbackToSavePoint();
+      for (auto u = undo.rbegin(); u != undo.rend(); ++u) {
+        if (u->second) {
+          group_versions[u->first] = *u->second;
+        } else {
+          group_versions.erase(u->first);
+        }
+      }
       w->status = status;
       continue;
     }
-    for (const auto& p : prepared) {
-      batch.Put(kCfEvents, EventKey(p.sequence), p.value);
-      std::string seq_value;
-      AppendBigEndian64(&seq_value, p.sequence);
-      batch.Put(kCfStreams, p.stream_key, seq_value);
-      batch.Put(kCfEventIds, EventIdKey(*p.event_id), seq_value);
+    batch->PopSavePoint();
+    if (wi + 1 < group.size()) {
+      // Later writers of this group may retry these ids.
+      for (size_t i = 0; i < events.size(); i++) {
+        const uint64_t seq = w->result.sequences[i];
+        if (seq > head.sequence) group_ids.emplace(id_views[base + i], seq);
+      }
     }
-    for (size_t j = 0; j < prepared.size(); j++) {
-      group_ids.emplace(id_views[prepared_index[j]], prepared[j].sequence);
-    }
-    for (auto& [stream, version] : overlay) group_versions[stream] = version;
     head = tentative;
     if (w->durability == Durability::kSync) needs_sync = true;
   }
 
   *new_head = head;
-  for (auto& [stream, version] : group_versions) versions->emplace_back(stream, version);
+  versions->assign(group_versions.begin(), group_versions.end());
   if (head.sequence == start.sequence) {
     return needs_sync ? store->SyncWal() : Status::Ok();
   }
-  batch.Put(kCfMeta, kHeadKey, EncodeHead(head));
-  return store->Write(batch, needs_sync ? Durability::kSync : Durability::kAsync);
+  batch->Put(kCfMeta, kHeadKey, EncodeHead(head));
+  return store->Write(*batch, needs_sync ? Durability::kSync : Durability::kAsync);
 }
 
 Result<AppendResult> Ledger::Append(const std::vector<NewEvent>& events,
@@ -371,7 +425,7 @@ Result<AppendResult> Ledger::Append(const std::vector<NewEvent>& events,
   lock.unlock();
 
   LedgerHead new_head;
-  std::vector<std::pair<std::string, uint64_t>> versions;
+  std::vector<std::pair<std::string_view, uint64_t>> versions;
   const auto write_start = std::chrono::steady_clock::now();
   Status io = rep_->CommitGroup(group, start, now_us, &new_head, &versions);
   const auto write_us = std::chrono::duration_cast<std::chrono::microseconds>(
@@ -387,7 +441,15 @@ Result<AppendResult> Ledger::Append(const std::vector<NewEvent>& events,
   }
   if (io.ok()) {
     assert(new_head.sequence >= start.sequence);
-    for (auto& [stream, version] : versions) rep_->stream_versions[stream] = version;
+    // The views point into the group's events: their writers are not released yet.
+    for (const auto& [stream, version] : versions) {
+      auto it = rep_->stream_versions.find(stream);
+      if (it != rep_->stream_versions.end()) {
+        it->second = version;
+      } else {
+        rep_->stream_versions.emplace(std::string(stream), version);
+      }
+    }
     if (new_head.sequence > start.sequence) {
       rep_->head = new_head;
       rep_->last_recorded_at_us = now_us;
@@ -539,51 +601,7 @@ uint64_t Ledger::WaitForSequence(uint64_t after, int64_t timeout_us) const {
 }
 
 Result<VerifyResult> Ledger::Verify(const std::function<void(uint64_t)>& progress) const {
-  VerifyResult result;
-  Hash prev{};
-  uint64_t expected = 1;
-  std::unordered_map<std::string, uint64_t> stream_versions;
-  Status bad;
-  KL_RETURN_IF_ERROR(ScanRaw(1, 0, [&](uint64_t seq, std::string_view value) {
-    if (seq != expected) {
-      bad = Status::Corruption("sequence " + std::to_string(expected) + " is missing", expected);
-      return false;
-    }
-    Hash stored_hash;
-    std::string_view body;
-    if (!SplitStoredValue(value, &stored_hash, &body).ok()) {
-      bad = Status::Corruption("stored event too short", seq);
-      return false;
-    }
-    if (!ConstantTimeEqual(ChainHash(prev, body), stored_hash)) {
-      bad = Status::Corruption("hash mismatch: stored bytes were changed", seq);
-      return false;
-    }
-    auto header = DecodeEnvelopeHeader(body);
-    if (!header.ok() || header->sequence != seq || !ConstantTimeEqual(header->prev_hash, prev)) {
-      bad = Status::Corruption(header.ok() ? "envelope does not match its position"
-                                           : header.status().message(), seq);
-      return false;
-    }
-    uint64_t& version = stream_versions[header->stream_id];
-    if (header->stream_version != version + 1) {
-      bad = Status::Corruption("stream " + header->stream_id + " jumps from version " +
-                               std::to_string(version) + " to " +
-                               std::to_string(header->stream_version), seq);
-      return false;
-    }
-    version = header->stream_version;
-    prev = stored_hash;
-    expected++;
-    result.events_verified++;
-    if (progress && result.events_verified % kVerifyProgressEvents == 0) {
-      progress(result.events_verified);
-    }
-    return true;
-  }));
-  KL_RETURN_IF_ERROR(bad);
-  result.head.sequence = expected - 1;
-  result.head.hash = prev;
+  KL_ASSIGN_OR_RETURN(VerifyResult result, ledger_internal::VerifyChain(*this, progress));
   LedgerHead stored_head = head();
   if (rep_->options.mode == OpenMode::kReadWrite &&
       (stored_head.sequence != result.head.sequence ||

@@ -130,8 +130,10 @@ class Ledger {
   uint64_t WaitForSequence(uint64_t after, int64_t timeout_us) const;
 
   // Walks the log from the first event: recomputes every hash from the stored
-  // bytes, checks sequences are dense and stream versions consistent.
-  // `progress` (may be empty) is called every 65,536 events with the count.
+  // bytes, checks sequences are dense and stream versions consistent. Reads
+  // on a second thread (ledger/verify_chain.h) so reading and hashing
+  // overlap. `progress` (may be empty) is called on the calling thread about
+  // every 65,536 events with the count verified so far.
   // Returns Corruption with the first bad sequence.
   Result<VerifyResult> Verify(const std::function<void(uint64_t)>& progress = {}) const;
 

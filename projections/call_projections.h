@@ -6,9 +6,12 @@
 //     (ApiCallRecorded and AuthorizationDenied events);
 //   - usage: billable units per (workspace, billing month, key).
 //
-// Folding. Events are walked with Ledger::ScanRaw in sequence order. An event
-// whose envelope header says it is neither ApiCallRecorded nor
-// AuthorizationDenied is skipped without decoding its body. For a call:
+// Folding. Events are walked with Ledger::ScanRaw in sequence order (for a
+// long range, on a second thread reading ahead of the fold: see
+// read_ahead_events_min). Each is decoded once (DecodeCallEvent, codec.h) into
+// views of its stored bytes; an event whose envelope says it is neither
+// ApiCallRecorded nor AuthorizationDenied is skipped without reading its
+// body. For a call:
 // MetricsFold::ApplyCall; its units count toward the billing month of its
 // occurred_at_us in the workspace's billing_timezone (see "Usage" below); and
 // when call.logged, a log entry is written. For a denial:
@@ -97,6 +100,14 @@
 
 namespace keyledger {
 
+namespace call_projections_internal {
+class ReadAhead;
+}  // namespace call_projections_internal
+
+// Least events per batch of Open's fold of a long backlog (see
+// CallProjectionsOptions::fold_batch_events_max).
+constexpr size_t kOpenFoldBatchEventsMin = 65'536;
+
 struct CallProjectionsOptions {
   // Log entries whose occurred_at is older than now - log_retention_us are not
   // returned and are deleted by the sweep. Default 30 days. REQUIRES: > 0.
@@ -105,7 +116,11 @@ struct CallProjectionsOptions {
   // Default 10 minutes.
   int64_t log_sweep_interval_us = 10LL * 60 * 1'000'000;
   // Most events (of any type, skipped ones included) folded per persisted
-  // WriteBatch. Default 65,536. REQUIRES: > 0.
+  // WriteBatch. Default 65,536. REQUIRES: > 0. (Open's own fold of a backlog
+  // of at least read_ahead_events_min events uses batches of at least
+  // kOpenFoldBatchEventsMin: nothing can query the projection yet, so holding
+  // the state lock per batch costs nothing, and larger batches rewrite each
+  // hour and day cell fewer times. The folded state is the same.)
   size_t fold_batch_events_max = 65'536;
   // Most stored ledger bytes folded per WriteBatch: bounds the batch's memory,
   // since logged calls carry excerpts. At least one event is always folded.
@@ -114,6 +129,11 @@ struct CallProjectionsOptions {
   // How long the tailing thread waits in Ledger::WaitForSequence before it
   // looks at Stop() and the sweep schedule again. Default 50 ms. REQUIRES: > 0.
   int64_t tail_wait_us = 50'000;
+  // A fold of at least this many events (a rebuild, a catch-up after a
+  // restart) reads the ledger on a second thread, ahead of the fold, so that
+  // RocksDB's reads and decompression overlap the fold: same events, same
+  // batches, same results. 0: never. Default 16,384.
+  uint64_t read_ahead_events_min = 16'384;
 };
 
 // One logged call, as recorded (excerpts already cut and redacted by the writer).
@@ -273,7 +293,8 @@ class CallProjections {
   Status Load();
   Status Wipe();
   Result<bool> StoreMatchesLedger(uint64_t position, const Hash& hash) const;
-  Status FoldBatchLocked(uint64_t to);
+  // `ahead` (may be null) reads the ledger from position() + 1 on.
+  Status FoldBatchLocked(uint64_t to, call_projections_internal::ReadAhead* ahead);
   void TailLoop();
   void MaybeSweep(int64_t* next_sweep_us);
 
@@ -281,6 +302,9 @@ class CallProjections {
   const KeyState* const key_state_;
   const Clock* const clock_;
   const CallProjectionsOptions options_;
+  // Events per folded batch: options_.fold_batch_events_max, or more during
+  // Open's own fold of a long backlog. Guarded by fold_mu_.
+  size_t batch_events_max_;
   std::unique_ptr<KvStore> store_;
 
   // The in-memory folds. Written under state_mu_ held exclusively.
@@ -311,5 +335,22 @@ class CallProjections {
 // ledger cannot be read.
 Result<Hash> RebuildCallProjectionsDigest(const Ledger& ledger, const KeyState& key_state,
                                           uint64_t until);
+
+// The digest of call projections that folded nothing.
+Hash EmptyCallProjectionsDigest();
+
+// The persisted call projections as the server last wrote them.
+struct CallProjectionsSnapshot {
+  Hash digest{};          // equals CallProjections::Digest() at that position
+  uint64_t position = 0;  // the last sequence folded
+};
+
+// Reads the store at `path` (DATA/calls) as a RocksDB secondary instance
+// (scratch files under `secondary_path`, REQUIRES: an empty directory), so a
+// running server's store is read without stopping or disturbing it.
+// Returns FailedPrecondition for a store of another format version,
+// Corruption for an unreadable record, IOError if it cannot be opened.
+Result<CallProjectionsSnapshot> LoadCallProjectionsSnapshot(const std::string& path,
+                                                            const std::string& secondary_path);
 
 }  // namespace keyledger

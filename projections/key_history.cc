@@ -11,13 +11,6 @@
 namespace keyledger {
 namespace {
 
-template <typename... Ts>
-struct Overloaded : Ts... {
-  using Ts::operator()...;
-};
-template <typename... Ts>
-Overloaded(Ts...) -> Overloaded<Ts...>;
-
 // `s` as a JSON string literal: quoted, escaped, invalid UTF-8 replaced.
 std::string Quote(const std::string& s) {
   return nlohmann::json(s).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);

@@ -2,6 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cassert>
 #include <mutex>
 #include <type_traits>
@@ -16,13 +17,6 @@ using json = nlohmann::json;
 
 constexpr char kPositionRecord[] = "position";
 constexpr char kOperatorRecord[] = "operator";
-
-template <typename... Ts>
-struct Overloaded : Ts... {
-  using Ts::operator()...;
-};
-template <typename... Ts>
-Overloaded(Ts...) -> Overloaded<Ts...>;
 
 std::string WorkspaceRecord(std::string_view id) { return "ws/" + std::string(id); }
 std::string GroupRecord(std::string_view id) { return "sg/" + std::string(id); }
@@ -50,6 +44,14 @@ std::string CallStream(std::string_view key_id) { return "calls/" + std::string(
 std::string PlanStream(std::string_view id) { return "plan/" + std::string(id); }
 std::string InvoiceStream(std::string_view workspace_id) { return "inv/" + std::string(workspace_id); }
 std::string AlarmStream(std::string_view id) { return "alarm/" + std::string(id); }
+
+bool TransitionNotifies(AlarmState from, AlarmState to) {
+  return from != to && (from == AlarmState::kAlarm || to == AlarmState::kAlarm);
+}
+
+std::string NotificationId(uint64_t sequence, uint32_t channel_index) {
+  return "msg_" + std::to_string(sequence) + "_" + std::to_string(channel_index);
+}
 
 Status KeyState::Apply(const Event& event) {
   std::unique_lock<std::shared_mutex> lock(mu_);
@@ -197,7 +199,11 @@ Status KeyState::ApplyLocked(const Event& e) {
           [&](const AlarmCreated& c) -> Status {
             auto key = keys_.find(c.key_id);
             if (key == keys_.end() || key->second.deleted) return missing("key", c.key_id);
-            alarms_[c.alarm_id] = AlarmView{c, at, at, e.stream_version, false};
+            AlarmView alarm;
+            alarm.spec = c;
+            alarm.created_at_us = alarm.updated_at_us = at;
+            alarm.version = e.stream_version;
+            alarms_[c.alarm_id] = std::move(alarm);
             MarkDirty(AlarmRecord(c.alarm_id));
             return Status::Ok();
           },
@@ -216,12 +222,73 @@ Status KeyState::ApplyLocked(const Event& e) {
             it->second.deleted = true;
             it->second.updated_at_us = at;
             it->second.version = e.stream_version;
+            it->second.outbox.clear();  // a deleted rule notifies no one
             MarkDirty(AlarmRecord(c.alarm_id));
             return Status::Ok();
+          },
+          [&](const AlarmStateChanged& c) -> Status { return ApplyAlarmTransition(e, c); },
+          [&](const NotificationDelivered& c) -> Status {
+            return ApplyNotificationAttempt(e, c, /*delivered=*/true);
+          },
+          [&](const NotificationFailed& c) -> Status {
+            return ApplyNotificationAttempt(e, c, /*delivered=*/false);
           },
           [&](const auto&) -> Status { return Status::Ok(); },  // not a lifecycle event
       },
       e.body);
+}
+
+// A transition is recorded only by the evaluator, with the alarm's stream
+// version as expected version, so its `from` is the folded state.
+Status KeyState::ApplyAlarmTransition(const Event& e, const AlarmStateChanged& c) {
+  auto it = alarms_.find(c.alarm_id);
+  if (it == alarms_.end() || it->second.deleted) {
+    return Status::Corruption("transition of unknown alarm " + c.alarm_id, e.sequence);
+  }
+  AlarmView& alarm = it->second;
+  if (c.from != alarm.state || c.to == c.from) {
+    return Status::Corruption("alarm " + c.alarm_id + " transition does not start from its state",
+                              e.sequence);
+  }
+  alarm.state = c.to;
+  alarm.state_changed_at_us = e.recorded_at_us;
+  alarm.state_reason = c.reason;
+  alarm.value_micros = c.value_micros;
+  alarm.version = e.stream_version;
+  if (TransitionNotifies(c.from, c.to)) {
+    for (uint32_t i = 0; i < alarm.spec.channels.size(); i++) {
+      alarm.outbox.push_back(PendingNotification{NotificationId(e.sequence, i), i,
+                                                 alarm.spec.channels[i], c, e.sequence,
+                                                 e.recorded_at_us, 0, e.recorded_at_us});
+    }
+  }
+  MarkDirty(AlarmRecord(c.alarm_id));
+  return Status::Ok();
+}
+
+// Attempts are recorded without an expected version (delivery runs beside
+// rule changes), so one may follow the alarm's deletion, which emptied the
+// outbox: such an attempt changes nothing but the stream version.
+Status KeyState::ApplyNotificationAttempt(const Event& e, const NotificationAttempt& c,
+                                          bool delivered) {
+  auto it = alarms_.find(c.alarm_id);
+  if (it == alarms_.end()) {
+    return Status::Corruption("notification of unknown alarm " + c.alarm_id, e.sequence);
+  }
+  AlarmView& alarm = it->second;
+  alarm.version = e.stream_version;
+  auto entry = std::find_if(alarm.outbox.begin(), alarm.outbox.end(),
+                            [&](const PendingNotification& n) { return n.id == c.notification_id; });
+  if (entry != alarm.outbox.end()) {
+    if (delivered || c.next_attempt_at_us == 0) {
+      alarm.outbox.erase(entry);
+    } else {
+      entry->attempts = c.attempt;
+      entry->next_attempt_at_us = c.next_attempt_at_us;
+    }
+  }
+  MarkDirty(AlarmRecord(c.alarm_id));
+  return Status::Ok();
 }
 
 // The key fold itself is FoldKeyEvent (shared with KeyHistory/KeyAsOf); here
@@ -346,6 +413,27 @@ std::vector<AlarmView> KeyState::ListAlarms(std::string_view key_id) const {
   return out;
 }
 
+std::vector<AlarmView> KeyState::ListAllAlarms() const {
+  std::shared_lock<std::shared_mutex> lock(mu_);
+  std::vector<AlarmView> out;
+  for (const auto& [id, a] : alarms_) {
+    if (!a.deleted) out.push_back(a);
+  }
+  return out;
+}
+
+std::vector<OutboxEntry> KeyState::DueNotifications(int64_t now_us, size_t max) const {
+  std::shared_lock<std::shared_mutex> lock(mu_);
+  std::vector<OutboxEntry> out;
+  for (const auto& [id, a] : alarms_) {
+    for (const auto& n : a.outbox) {
+      if (out.size() == max) return out;
+      if (n.next_attempt_at_us <= now_us) out.push_back(OutboxEntry{a.spec, n});
+    }
+  }
+  return out;
+}
+
 std::vector<WorkspaceView> KeyState::ListWorkspaces() const {
   std::shared_lock<std::shared_mutex> lock(mu_);
   std::vector<WorkspaceView> out;
@@ -431,16 +519,44 @@ json ToJson(const std::vector<PlanVersionRef>& versions) {
   }
   return out;
 }
+json ToJson(const AlarmChannel& c) {
+  if (const auto* email = std::get_if<EmailChannel>(&c)) return {{"type", "email"}, {"to", email->to}};
+  const auto& hook = std::get<WebhookChannel>(c);
+  return {{"type", "webhook"}, {"url", hook.url}, {"secret", hook.secret}};
+}
+AlarmChannel ChannelFromJson(const json& c) {
+  if (c.at("type") == "email") return EmailChannel{c.at("to")};
+  return WebhookChannel{c.at("url"), c.at("secret")};
+}
+json ToJson(const PendingNotification& n) {
+  const AlarmStateChanged& t = n.transition;
+  return {{"id", n.id}, {"channel_index", n.channel_index}, {"channel", ToJson(n.channel)},
+          {"from", static_cast<int>(t.from)}, {"to", static_cast<int>(t.to)},
+          {"value_micros", t.value_micros}, {"evaluated_at_us", t.evaluated_at_us},
+          {"reason", t.reason}, {"transition_sequence", n.transition_sequence},
+          {"created_at_us", n.created_at_us}, {"attempts", n.attempts},
+          {"next_attempt_at_us", n.next_attempt_at_us}};
+}
+PendingNotification PendingFromJson(const json& j, const AlarmSpec& s) {
+  PendingNotification n;
+  n.id = j.at("id");
+  n.channel_index = j.at("channel_index");
+  n.channel = ChannelFromJson(j.at("channel"));
+  n.transition = AlarmStateChanged{s.workspace_id, s.key_id, s.alarm_id,
+                                   static_cast<AlarmState>(j.at("from").get<int>()),
+                                   static_cast<AlarmState>(j.at("to").get<int>()),
+                                   j.at("value_micros"), j.at("evaluated_at_us"), j.at("reason")};
+  n.transition_sequence = j.at("transition_sequence");
+  n.created_at_us = j.at("created_at_us");
+  n.attempts = j.at("attempts");
+  n.next_attempt_at_us = j.at("next_attempt_at_us");
+  return n;
+}
 json ToJson(const AlarmView& a) {
   json channels = json::array();
-  for (const auto& c : a.spec.channels) {
-    if (const auto* email = std::get_if<EmailChannel>(&c)) {
-      channels.push_back({{"type", "email"}, {"to", email->to}});
-    } else {
-      const auto& hook = std::get<WebhookChannel>(c);
-      channels.push_back({{"type", "webhook"}, {"url", hook.url}, {"secret", hook.secret}});
-    }
-  }
+  for (const auto& c : a.spec.channels) channels.push_back(ToJson(c));
+  json outbox = json::array();
+  for (const auto& n : a.outbox) outbox.push_back(ToJson(n));
   const AlarmSpec& s = a.spec;
   return {{"workspace_id", s.workspace_id}, {"key_id", s.key_id}, {"alarm_id", s.alarm_id},
           {"name", s.name}, {"metric", static_cast<int>(s.metric)},
@@ -449,7 +565,9 @@ json ToJson(const AlarmView& a) {
           {"datapoints_to_alarm", s.datapoints_to_alarm},
           {"missing_data", static_cast<int>(s.missing_data)}, {"channels", channels},
           {"created_at_us", a.created_at_us}, {"updated_at_us", a.updated_at_us},
-          {"version", a.version}, {"deleted", a.deleted}};
+          {"version", a.version}, {"deleted", a.deleted}, {"state", static_cast<int>(a.state)},
+          {"state_changed_at_us", a.state_changed_at_us}, {"state_reason", a.state_reason},
+          {"value_micros", a.value_micros}, {"outbox", outbox}};
 }
 json ToJson(const InvoiceRef& i) {
   return {{"workspace_id", i.workspace_id}, {"month", i.month}, {"number", i.number},
@@ -501,17 +619,16 @@ AlarmView AlarmFromJson(const json& j) {
   s.evaluation_periods = j.at("evaluation_periods");
   s.datapoints_to_alarm = j.at("datapoints_to_alarm");
   s.missing_data = static_cast<MissingData>(j.at("missing_data").get<int>());
-  for (const auto& c : j.at("channels")) {
-    if (c.at("type") == "email") {
-      s.channels.push_back(EmailChannel{c.at("to")});
-    } else {
-      s.channels.push_back(WebhookChannel{c.at("url"), c.at("secret")});
-    }
-  }
+  for (const auto& c : j.at("channels")) s.channels.push_back(ChannelFromJson(c));
   a.created_at_us = j.at("created_at_us");
   a.updated_at_us = j.at("updated_at_us");
   a.version = j.at("version");
   a.deleted = j.at("deleted");
+  a.state = static_cast<AlarmState>(j.at("state").get<int>());
+  a.state_changed_at_us = j.at("state_changed_at_us");
+  a.state_reason = j.at("state_reason");
+  a.value_micros = j.at("value_micros");
+  for (const auto& n : j.at("outbox")) a.outbox.push_back(PendingFromJson(n, s));
   return a;
 }
 InvoiceRef InvoiceFromJson(const json& j) {

@@ -46,14 +46,50 @@ struct WorkspaceView {
   bool operator==(const WorkspaceView&) const = default;
 };
 
-// An alarm rule on one key's usage (evaluation and delivery are not built).
+// One notification of one alarm transition on one channel that is neither
+// delivered nor given up: an entry of the delivery outbox. The outbox is part
+// of the alarm's folded state, so it survives restarts with the ledger.
+struct PendingNotification {
+  // "msg_<transition sequence>_<channel index>": the webhook-id, stable
+  // across retries, so receivers can drop a repeat.
+  std::string id;
+  uint32_t channel_index = 0;
+  AlarmChannel channel;  // as it was at the transition
+  AlarmStateChanged transition;
+  uint64_t transition_sequence = 0;
+  int64_t created_at_us = 0;      // recorded_at of the transition
+  uint32_t attempts = 0;          // failed attempts so far
+  int64_t next_attempt_at_us = 0; // due from then on
+  bool operator==(const PendingNotification&) const = default;
+};
+
+// Returns true when a transition from `from` to `to` notifies: entering
+// ALARM, and leaving it (to OK: "resolved"; to INSUFFICIENT_DATA).
+bool TransitionNotifies(AlarmState from, AlarmState to);
+
+// Returns the outbox id of the notification of the transition at `sequence`
+// on channel `channel_index`.
+std::string NotificationId(uint64_t sequence, uint32_t channel_index);
+
+// An alarm rule on one key's usage, its state and its delivery outbox.
 struct AlarmView {
   AlarmSpec spec;
   int64_t created_at_us = 0;
   int64_t updated_at_us = 0;
   uint64_t version = 0;  // stream version of "alarm/<id>"
   bool deleted = false;
+  AlarmState state = AlarmState::kInsufficientData;
+  int64_t state_changed_at_us = 0;  // 0: never evaluated
+  std::string state_reason;
+  int64_t value_micros = 0;         // the datapoint of the last transition
+  std::vector<PendingNotification> outbox;  // oldest first; cleared on deletion
   bool operator==(const AlarmView&) const = default;
+};
+
+// A due notification with the rule it belongs to.
+struct OutboxEntry {
+  AlarmSpec alarm;
+  PendingNotification notification;
 };
 
 // Where a published price-plan version is in the ledger.
@@ -214,6 +250,11 @@ class KeyState {
   std::optional<AlarmView> FindAlarm(std::string_view alarm_id) const;
   // The live alarms of a key, in id order.
   std::vector<AlarmView> ListAlarms(std::string_view key_id) const;
+  // Every live alarm, in id order.
+  std::vector<AlarmView> ListAllAlarms() const;
+  // Outbox entries with next_attempt_at_us <= now_us, at most `max`, by
+  // alarm id then transition order.
+  std::vector<OutboxEntry> DueNotifications(int64_t now_us, size_t max) const;
 
   // Every workspace, in id order.
   std::vector<WorkspaceView> ListWorkspaces() const;
@@ -248,6 +289,9 @@ class KeyState {
  private:
   Status ApplyLocked(const Event& event);
   Status ApplyKeyEvent(const Event& event, const std::string& key_id);
+  Status ApplyAlarmTransition(const Event& event, const AlarmStateChanged& changed);
+  Status ApplyNotificationAttempt(const Event& event, const NotificationAttempt& attempt,
+                                  bool delivered);
   void IndexKey(const KeyView& key);
   void UnindexKey(const KeyView& key);
   void MarkDirty(std::string record_key);

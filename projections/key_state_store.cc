@@ -12,7 +12,7 @@ constexpr int kCfKeyStateRecords = 0;
 constexpr int kCfProjectionMeta = 1;
 constexpr char kFormatKey[] = "key_state_format";
 // Bump when the record layout changes: the store is then rebuilt from the log.
-constexpr char kFormatVersion[] = "key-state-3";
+constexpr char kFormatVersion[] = "key-state-4";
 
 // Folds lifecycle events in (from, to] into `state`, skipping call events by
 // their header alone.

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <cstring>
 #include <cassert>
 #include <limits>
 #include <utility>
@@ -188,8 +189,78 @@ void CompactLatencyHistogram::Record(uint64_t value_us) {
   ++count_;
 }
 
-void CompactLatencyHistogram::Append(uint16_t index, uint64_t count,
-                                     std::vector<Entry>* out) {
+// ---- CompactLatencyHistogram::Entries -------------------------------------------
+
+CompactLatencyHistogram::Entries& CompactLatencyHistogram::Entries::operator=(
+    const Entries& other) {
+  if (this != &other) {
+    Release();
+    Assign(other);
+  }
+  return *this;
+}
+
+CompactLatencyHistogram::Entries& CompactLatencyHistogram::Entries::operator=(
+    Entries&& other) noexcept {
+  if (this != &other) {
+    Release();
+    Steal(&other);
+  }
+  return *this;
+}
+
+void CompactLatencyHistogram::Entries::insert(Entry* pos, Entry e) {
+  const size_t at = static_cast<size_t>(pos - data());
+  assert(at <= size_);
+  if (size_ == capacity_) Grow(size_ + 1);
+  Entry* d = data();
+  std::memmove(d + at + 1, d + at, (size_ - at) * sizeof(Entry));
+  d[at] = e;
+  ++size_;
+}
+
+void CompactLatencyHistogram::Entries::Grow(size_t min_capacity) {
+  assert(min_capacity > capacity_);
+  const size_t capacity = std::max<size_t>(min_capacity, size_t{capacity_} * 2);
+  assert(capacity <= std::numeric_limits<uint32_t>::max());
+  Entry* heap = new Entry[capacity];
+  std::memcpy(heap, data(), size_ * sizeof(Entry));
+  if (!is_inline()) delete[] heap_;
+  heap_ = heap;
+  capacity_ = static_cast<uint32_t>(capacity);
+}
+
+// REQUIRES: this is empty and inline (constructed or released).
+void CompactLatencyHistogram::Entries::Assign(const Entries& other) {
+  assert(size_ == 0 && is_inline());
+  reserve(other.size_);
+  std::memcpy(data(), other.data(), other.size_ * sizeof(Entry));
+  size_ = other.size_;
+}
+
+// REQUIRES: this is empty and inline (constructed or released).
+void CompactLatencyHistogram::Entries::Steal(Entries* other) {
+  assert(size_ == 0 && is_inline());
+  if (other->is_inline()) {
+    std::memcpy(inline_, other->inline_, sizeof(inline_));
+  } else {
+    heap_ = other->heap_;
+    capacity_ = other->capacity_;
+    other->capacity_ = kInline;
+  }
+  size_ = other->size_;
+  other->size_ = 0;
+}
+
+void CompactLatencyHistogram::Entries::Release() {
+  if (!is_inline()) delete[] heap_;
+  capacity_ = kInline;
+  size_ = 0;
+}
+
+// ---- CompactLatencyHistogram ------------------------------------------------------
+
+void CompactLatencyHistogram::Append(uint16_t index, uint64_t count, Entries* out) {
   assert(out->empty() || out->back().index <= index);
   while (count > 0) {
     if (!out->empty() && out->back().index == index && out->back().count < kEntryCountMax) {
@@ -204,23 +275,100 @@ void CompactLatencyHistogram::Append(uint16_t index, uint64_t count,
   }
 }
 
+void CompactLatencyHistogram::AddInPlace(uint16_t index, uint32_t count) {
+  assert(count > 0);
+  auto it = std::lower_bound(entries_.begin(), entries_.end(), index,
+                             [](const Entry& e, uint16_t i) { return e.index < i; });
+  while (it != entries_.end() && it->index == index && it->count == kEntryCountMax) ++it;
+  if (it != entries_.end() && it->index == index) {  // the run's partial entry
+    const uint32_t room = kEntryCountMax - it->count;
+    if (count <= room) {
+      it->count += count;
+      return;
+    }
+    it->count = kEntryCountMax;
+    count -= room;
+    ++it;
+  }
+  entries_.insert(it, Entry{index, count});
+}
+
 void CompactLatencyHistogram::Merge(const CompactLatencyHistogram& other) {
   if (other.count_ == 0) return;
   assert(count_ <= std::numeric_limits<uint64_t>::max() - other.count_);
-  std::vector<Entry> merged;
-  merged.reserve(entries_.size() + other.entries_.size());
-  size_t i = 0;
-  size_t j = 0;
-  while (i < entries_.size() || j < other.entries_.size()) {
-    const bool take_mine = j == other.entries_.size() ||
-                           (i < entries_.size() && entries_[i].index <= other.entries_[j].index);
-    const Entry& e = take_mine ? entries_[i++] : other.entries_[j++];
-    Append(e.index, e.count, &merged);
+  if (&other == this) {  // the in-place paths read `other` while changing this
+    const CompactLatencyHistogram copy = other;
+    Merge(copy);
+    return;
   }
-  entries_ = std::move(merged);
+  // Every path leaves the same (canonical) entries.
+  if (other.entries_.size() <= kMergeEntryByEntryMax) {
+    for (const Entry& e : other.entries_) AddInPlace(e.index, e.count);
+  } else if (!MergeLinearInPlace(other.entries_)) {
+    MergeAllocating(other.entries_);
+  }
   min_ = count_ == 0 ? other.min_ : std::min(min_, other.min_);
   max_ = std::max(max_, other.max_);
   count_ += other.count_;
+}
+
+bool CompactLatencyHistogram::MergeLinearInPlace(const Entries& other) {
+  constexpr uint32_t kHalf = kEntryCountMax / 2;
+  // Both sides hold at most one entry per index (canonical, all below the
+  // maximum), and each sum fits one entry: count the indexes `other` adds.
+  size_t added = 0;
+  size_t i = 0;
+  for (const Entry& e : other) {
+    if (e.count > kHalf) return false;
+    while (i < entries_.size() && entries_[i].index < e.index) {
+      if (entries_[i].count > kHalf) return false;
+      ++i;
+    }
+    if (i < entries_.size() && entries_[i].index == e.index) {
+      if (entries_[i].count > kHalf) return false;
+    } else {
+      ++added;
+    }
+  }
+  for (; i < entries_.size(); ++i) {
+    if (entries_[i].count > kHalf) return false;
+  }
+  const size_t old_size = entries_.size();
+  entries_.resize_uninitialized(old_size + added);
+  // Backwards, so nothing is overwritten before it is read.
+  size_t mine = old_size;    // entries_[0, mine) not yet placed
+  size_t theirs = other.size();
+  size_t write = old_size + added;
+  while (theirs > 0) {
+    const Entry& o = other[theirs - 1];
+    if (mine > 0 && entries_[mine - 1].index > o.index) {
+      entries_[--write] = entries_[--mine];
+    } else if (mine > 0 && entries_[mine - 1].index == o.index) {
+      const Entry sum{o.index, entries_[mine - 1].count + o.count};
+      --mine;
+      entries_[--write] = sum;
+      --theirs;
+    } else {
+      entries_[--write] = o;
+      --theirs;
+    }
+  }
+  assert(write == mine);  // the rest of mine is already in place
+  return true;
+}
+
+void CompactLatencyHistogram::MergeAllocating(const Entries& other) {
+  Entries merged;
+  merged.reserve(entries_.size() + other.size());
+  size_t i = 0;
+  size_t j = 0;
+  while (i < entries_.size() || j < other.size()) {
+    const bool take_mine =
+        j == other.size() || (i < entries_.size() && entries_[i].index <= other[j].index);
+    const Entry& e = take_mine ? entries_[i++] : other[j++];
+    Append(e.index, e.count, &merged);
+  }
+  entries_ = std::move(merged);
 }
 
 void CompactLatencyHistogram::MergeInto(LatencyHistogram* dense) const {
@@ -241,13 +389,20 @@ void CompactLatencyHistogram::MergeInto(LatencyHistogram* dense) const {
 
 std::string CompactLatencyHistogram::Serialize() const {
   std::string out;
+  SerializeTo(&out);
+  return out;
+}
+
+void CompactLatencyHistogram::SerializeTo(std::string* out_string) const {
+  std::string& out = *out_string;
+  [[maybe_unused]] const size_t start = out.size();
   out.push_back(static_cast<char>(kFormatVersion));
   size_t used = 0;
   for (size_t i = 0; i < entries_.size(); ++i) {
     if (i == 0 || entries_[i].index != entries_[i - 1].index) ++used;
   }
   PutVarint(used, &out);
-  if (used == 0) return out;
+  if (used == 0) return;
   PutVarint(min_, &out);
   PutVarint(max_, &out);
   size_t next = 0;  // the index a gap of 0 would name
@@ -261,8 +416,7 @@ std::string CompactLatencyHistogram::Serialize() const {
     PutVarint(count, &out);
     next = size_t{index} + 1;
   }
-  assert(out.size() <= kLatencySerializedBytesMax);
-  return out;
+  assert(out.size() - start <= kLatencySerializedBytesMax);
 }
 
 Result<CompactLatencyHistogram> CompactLatencyHistogram::Deserialize(std::string_view bytes) {

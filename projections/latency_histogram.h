@@ -50,6 +50,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <vector>
 
 #include "ledger/status.h"
@@ -128,9 +129,10 @@ class LatencyHistogram {
 
 // CompactLatencyHistogram: the same buckets held sparsely (only non-empty
 // buckets, 8 bytes each) for the many small histograms of a metrics fold.
-// Record may allocate when a bucket is used for the first time; a bucket is
-// held as a run of entries of at most 2^32 - 1 each, of which only the last
-// may be below that maximum.
+// Up to two entries are held inside the object (a minute cell of a sparse
+// series allocates nothing); Record may allocate when a bucket is used for
+// the first time beyond that. A bucket is held as a run of entries of at most
+// 2^32 - 1 each, of which only the last may be below that maximum.
 //
 // Thread safety: as LatencyHistogram.
 class CompactLatencyHistogram {
@@ -139,7 +141,10 @@ class CompactLatencyHistogram {
   // REQUIRES: count() < UINT64_MAX.
   void Record(uint64_t value_us);
 
-  // Adds every recorded value of `other`. Allocates the merged entries once.
+  // Adds every recorded value of `other`. When `other` holds few entries (the
+  // common case of a metrics fold closing a minute with a few calls), they are
+  // added in place, allocating at most when the vector grows; otherwise the
+  // merged entries are allocated once.
   // REQUIRES: count() + other.count() does not overflow uint64_t.
   void Merge(const CompactLatencyHistogram& other);
 
@@ -156,6 +161,8 @@ class CompactLatencyHistogram {
   // values (same bytes), without building a dense histogram. For owners that
   // persist many small histograms (projections/call_projections.h).
   std::string Serialize() const;
+  // The same encoding, appended to `*out` (for owners reusing one buffer).
+  void SerializeTo(std::string* out) const;
 
   // Decodes what either Serialize produced. Returns Corruption exactly when
   // LatencyHistogram::Deserialize does. Uses a dense histogram on the stack
@@ -168,13 +175,82 @@ class CompactLatencyHistogram {
     uint32_t count;
   };
   static_assert(sizeof(Entry) == 8);
+  static_assert(std::is_trivially_copyable_v<Entry>);
+
+  // A vector of entries holding up to kInline of them inside itself.
+  class Entries {
+   public:
+    Entries() {}
+    Entries(const Entries& other) { Assign(other); }
+    Entries(Entries&& other) noexcept { Steal(&other); }
+    Entries& operator=(const Entries& other);
+    Entries& operator=(Entries&& other) noexcept;
+    ~Entries() { Release(); }
+
+    size_t size() const { return size_; }
+    bool empty() const { return size_ == 0; }
+    Entry* begin() { return data(); }
+    Entry* end() { return data() + size_; }
+    const Entry* begin() const { return data(); }
+    const Entry* end() const { return data() + size_; }
+    Entry& operator[](size_t i) { return data()[i]; }
+    const Entry& operator[](size_t i) const { return data()[i]; }
+    Entry& back() { return data()[size_ - 1]; }
+    void reserve(size_t n) {
+      if (n > capacity_) Grow(n);
+    }
+    void push_back(Entry e) {
+      if (size_ == capacity_) Grow(size_ + 1);
+      data()[size_++] = e;
+    }
+    // Inserts `e` before `pos` (an element of this vector or end()).
+    void insert(Entry* pos, Entry e);
+    // Sets the size to n; entries beyond the old size are unspecified.
+    void resize_uninitialized(size_t n) {
+      reserve(n);
+      size_ = static_cast<uint32_t>(n);
+    }
+
+   private:
+    static constexpr uint32_t kInline = 2;
+    bool is_inline() const { return capacity_ == kInline; }
+    Entry* data() { return is_inline() ? inline_ : heap_; }
+    const Entry* data() const { return is_inline() ? inline_ : heap_; }
+    void Grow(size_t min_capacity);
+    void Assign(const Entries& other);
+    void Steal(Entries* other);
+    void Release();
+
+    union {
+      Entry inline_[kInline];
+      Entry* heap_;
+    };
+    uint32_t size_ = 0;
+    uint32_t capacity_ = kInline;
+  };
   static constexpr uint32_t kEntryCountMax = UINT32_MAX;
+  // Merge adds `other` entry by entry in place when it has at most this many
+  // (binary search + insert each), else merges linearly in place.
+  static constexpr size_t kMergeEntryByEntryMax = 4;
+
+  // Adds `count` values of bucket `index` in place, keeping the entries
+  // canonical (per index: full entries, then at most one partial one).
+  void AddInPlace(uint16_t index, uint32_t count);
 
   // Appends `count` values of bucket `index` to sorted `*out`, filling its
   // last entry first. REQUIRES: out is empty or out->back().index <= index.
-  static void Append(uint16_t index, uint64_t count, std::vector<Entry>* out);
+  static void Append(uint16_t index, uint64_t count, Entries* out);
+  // Merges `other`'s entries by one backward pass, in place. Returns false
+  // (and changes nothing) if some entry of either holds more than half the
+  // entry maximum, so that a sum might not fit one entry.
+  bool MergeLinearInPlace(const Entries& other);
+  // Merges `other`'s entries into a new vector (any counts).
+  void MergeAllocating(const Entries& other);
 
-  std::vector<Entry> entries_;  // sorted by index; runs of one index allowed
+  // Sorted by index; runs of one index allowed. Canonical: every operation
+  // leaves, per index, full entries (kEntryCountMax) then at most one partial
+  // entry, so the entries are a function of the per-bucket totals.
+  Entries entries_;
   uint64_t count_ = 0;
   uint64_t min_ = 0;
   uint64_t max_ = 0;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cassert>
+#include <cstddef>
 #include <iterator>
 #include <string>
 #include <utility>
@@ -87,31 +88,39 @@ void MetricsBucket::Merge(const MetricsBucket& other) {
 
 // ---- MetricsFold -----------------------------------------------------------------------
 
-MetricsFold::Series::Series() {
-  for (size_t level = 0; level < kLevels; ++level) hints[level] = levels[level].end();
-  open = levels[0].end();
-}
-
 MetricsFold::MetricsFold() = default;
 MetricsFold::~MetricsFold() = default;
 
 void MetricsFold::ApplyCall(const ApiCallRecorded& call) {
+  ApplyCall(call.workspace_id, call.key_id, call.occurred_at_us, call.status, call.latency_us,
+            call.units);
+}
+
+void MetricsFold::ApplyCall(std::string_view workspace_id, std::string_view key_id,
+                            int64_t occurred_at_us, uint16_t status, uint64_t latency_us,
+                            uint64_t units) {
   Delta d;
   d.calls = 1;
-  d.units = call.units;
-  d.latency_us = call.latency_us;
-  if (call.status >= 400 && call.status <= 499) d.errors_4xx = 1;
-  if (call.status >= 500 && call.status <= 599) d.errors_5xx = 1;
-  if (call.status == 429) d.rate_limited = 1;
-  Apply(call.workspace_id, call.key_id, call.occurred_at_us, d);
+  d.units = units;
+  d.latency_us = latency_us;
+  if (status >= 400 && status <= 499) d.errors_4xx = 1;
+  if (status >= 500 && status <= 599) d.errors_5xx = 1;
+  if (status == 429) d.rate_limited = 1;
+  Apply(workspace_id, key_id, occurred_at_us, d);
 }
 
 void MetricsFold::ApplyDenial(const AuthorizationDenied& denied) {
-  if (denied.count == 0) return;
+  ApplyDenial(denied.workspace_id, denied.key_id, denied.occurred_at_us, denied.reason,
+              denied.count);
+}
+
+void MetricsFold::ApplyDenial(std::string_view workspace_id, std::string_view key_id,
+                              int64_t occurred_at_us, DenialReason reason, uint64_t count) {
+  if (count == 0) return;
   Delta d;
-  d.auth_denied = denied.count;
-  if (denied.reason == DenialReason::kRateLimited) d.rate_limited = denied.count;
-  Apply(denied.workspace_id, denied.key_id, denied.occurred_at_us, d);
+  d.auth_denied = count;
+  if (reason == DenialReason::kRateLimited) d.rate_limited = count;
+  Apply(workspace_id, key_id, occurred_at_us, d);
 }
 
 void MetricsFold::Apply(std::string_view workspace_id, std::string_view key_id,
@@ -122,45 +131,119 @@ void MetricsFold::Apply(std::string_view workspace_id, std::string_view key_id,
   if (!key_id.empty()) ApplyToSeries(MetricsScope::kKey, key_id, at_us, delta);
 }
 
+// ---- The series index ------------------------------------------------------------------
+
+const MetricsFold::SeriesIndex::Slot* MetricsFold::SeriesIndex::Find(std::string_view id,
+                                                                     size_t hash) const {
+  if (slots_.empty()) return nullptr;
+  const size_t mask = slots_.size() - 1;
+  for (size_t i = hash & mask;; i = (i + 1) & mask) {
+    const Slot& slot = slots_[i];
+    if (slot.id == nullptr) return nullptr;
+    if (slot.hash == hash && *slot.id == id) return &slot;
+  }
+}
+
+void MetricsFold::SeriesIndex::Insert(const std::string* id, size_t hash, Series* series) {
+  if (2 * (used_ + 1) > slots_.size()) {
+    std::vector<Slot> old = std::move(slots_);
+    slots_.assign(std::max<size_t>(16, old.size() * 2), Slot{});
+    used_ = 0;
+    for (const Slot& slot : old) {
+      if (slot.id != nullptr) Insert(slot.id, slot.hash, slot.series);
+    }
+  }
+  const size_t mask = slots_.size() - 1;
+  size_t i = hash & mask;
+  while (slots_[i].id != nullptr) i = (i + 1) & mask;
+  slots_[i] = Slot{hash, id, series};
+  ++used_;
+}
+
+const MetricsFold::SeriesIndex::Slot& MetricsFold::FindOrAddSeries(MetricsScope scope,
+                                                                   std::string_view id) {
+  SeriesIndex& index = scope == MetricsScope::kKey ? key_index_ : workspace_index_;
+  const size_t hash = IdHash{}(id);
+  if (const SeriesIndex::Slot* slot = index.Find(id, hash)) return *slot;
+  SeriesMap& map = scope == MetricsScope::kKey ? keys_ : workspaces_;
+  auto [it, added] = map.try_emplace(std::string(id));
+  assert(added);
+  index.Insert(&it->first, hash, &it->second);
+  const SeriesIndex::Slot* slot = index.Find(id, hash);
+  assert(slot != nullptr);
+  return *slot;
+}
+
+const MetricsFold::Series* MetricsFold::Find(MetricsScope scope, std::string_view id) const {
+  const SeriesIndex& index = scope == MetricsScope::kKey ? key_index_ : workspace_index_;
+  const SeriesIndex::Slot* slot = index.Find(id, IdHash{}(id));
+  return slot == nullptr ? nullptr : slot->series;
+}
+
+// ---- Cells -------------------------------------------------------------------------------
+
+MetricsFold::Cells::const_iterator MetricsFold::LowerBound(const Cells& cells, int64_t start_us) {
+  return std::lower_bound(cells.begin(), cells.end(), start_us,
+                          [](const Cell& c, int64_t t) { return c.start_us < t; });
+}
+
+size_t MetricsFold::FindOrInsertCell(Cells* cells, int64_t start_us, bool* inserted) {
+  *inserted = false;
+  // The common cases first: the latest cell again, or a new latest cell.
+  if (!cells->empty() && cells->back().start_us == start_us) return cells->size() - 1;
+  if (cells->empty() || cells->back().start_us < start_us) {
+    cells->emplace_back().start_us = start_us;
+    *inserted = true;
+    return cells->size() - 1;
+  }
+  const size_t at = static_cast<size_t>(LowerBound(*cells, start_us) - cells->begin());
+  if ((*cells)[at].start_us == start_us) return at;
+  Cell cell;
+  cell.start_us = start_us;
+  cells->insert(cells->begin() + static_cast<std::ptrdiff_t>(at), std::move(cell));
+  *inserted = true;
+  return at;
+}
+
 void MetricsFold::ApplyToSeries(MetricsScope scope, std::string_view id, int64_t at_us,
                                 const Delta& delta) {
-  SeriesMap* map = scope == MetricsScope::kKey ? &keys_ : &workspaces_;
-  auto found = map->find(id);
-  if (found == map->end()) found = map->try_emplace(std::string(id)).first;
-  Series& series = found->second;
-  std::array<CellMap::iterator, kLevels> cells;
-  for (size_t level = 0; level < kLevels; ++level) {
-    CellMap& level_cells = series.levels[level];
-    const size_t before = level_cells.size();
-    // The hint makes the common cases (same cell again, next cell) O(1).
-    cells[level] = level_cells.try_emplace(series.hints[level], FloorTo(at_us, kLevelUs[level]));
-    cell_count_ += level_cells.size() - before;
-    series.hints[level] = cells[level];
-    AddCounters(delta, &cells[level]->second);
-    if (track_changes_) MarkChanged(scope, &found->first, level, cells[level]);
-  }
-  if (series.open == series.levels[0].end() || cells[0]->first > series.open->first) {
-    if (track_changes_ && series.open != series.levels[0].end()) {
-      // Closing the open minute adds its latencies to its hour and day.
+  const SeriesIndex::Slot& slot = FindOrAddSeries(scope, id);
+  Series& series = *slot.series;
+  Cells& minutes = series.levels[0];
+  const int64_t minute_us = FloorTo(at_us, kMetricsMinuteUs);
+  // A later minute than the open one opens: the open minute closes first. Its
+  // hour and day are the latest (an event's hour and day are never before its
+  // minute's), so the cells added below go after them.
+  const bool opens = minutes.empty() || minute_us > minutes.back().start_us;
+  if (opens && !minutes.empty()) {
+    if (track_changes_) {  // closing adds the open minute's latencies to its hour and day
       for (size_t level = 1; level < kLevels; ++level) {
-        auto it = series.levels[level].find(FloorTo(series.open->first, kLevelUs[level]));
-        assert(it != series.levels[level].end());
-        MarkChanged(scope, &found->first, level, it);
+        MarkChanged(scope, slot, level, series.levels[level].size() - 1);
       }
     }
     CloseOpenMinute(&series);
-    series.open = cells[0];
   }
+  std::array<size_t, kLevels> cells;
+  for (size_t level = 0; level < kLevels; ++level) {
+    bool inserted = false;
+    cells[level] = FindOrInsertCell(&series.levels[level], FloorTo(at_us, kLevelUs[level]),
+                                    &inserted);
+    cell_count_ += inserted;
+    AddCounters(delta, &series.levels[level][cells[level]]);
+    if (track_changes_) MarkChanged(scope, slot, level, cells[level]);
+  }
+  const bool is_open = cells[0] == minutes.size() - 1;
+  assert(!opens || is_open);
   if (delta.calls == 1) {
-    cells[0]->second.latency.Record(delta.latency_us);
-    if (cells[0] != series.open) {  // late: its hour and day are not pending
-      cells[1]->second.latency.Record(delta.latency_us);
-      cells[2]->second.latency.Record(delta.latency_us);
+    minutes[cells[0]].latency.Record(delta.latency_us);
+    if (!is_open) {  // late: its hour and day are not pending
+      series.levels[1][cells[1]].latency.Record(delta.latency_us);
+      series.levels[2][cells[2]].latency.Record(delta.latency_us);
     }
   }
   for (size_t level = 0; level < kLevels; ++level) {
-    const Cell& c = cells[level]->second;
-    assert(c.latency.count() + PendingCalls(series, level, *cells[level]) == c.calls);
+    const Cell& c = series.levels[level][cells[level]];
+    assert(c.latency.count() + PendingCalls(series, level, c) == c.calls);
   }
 }
 
@@ -173,35 +256,29 @@ void MetricsFold::AddCounters(const Delta& delta, Cell* cell) {
   cell->units += delta.units;
 }
 
+// REQUIRES: the series has an open minute, and its hour and day are the
+// latest cells of their levels.
 void MetricsFold::CloseOpenMinute(Series* series) {
-  if (series->open == series->levels[0].end()) return;
-  const int64_t minute = series->open->first;
-  const CompactLatencyHistogram& latencies = series->open->second.latency;
+  assert(!series->levels[0].empty());
+  const Cell& open = series->levels[0].back();
   for (size_t level = 1; level < kLevels; ++level) {
-    auto it = series->levels[level].find(FloorTo(minute, kLevelUs[level]));
-    assert(it != series->levels[level].end());
-    it->second.latency.Merge(latencies);
+    Cell& parent = series->levels[level].back();
+    assert(parent.start_us == FloorTo(open.start_us, kLevelUs[level]));
+    parent.latency.Merge(open.latency);
   }
-  series->open = series->levels[0].end();
 }
 
-uint64_t MetricsFold::PendingCalls(const Series& series, size_t level,
-                                   const CellMap::value_type& cell) {
-  if (level == 0 || series.open == series.levels[0].end()) return 0;
-  const bool holds_open = FloorTo(series.open->first, kLevelUs[level]) == cell.first;
-  return holds_open ? series.open->second.calls : 0;
+uint64_t MetricsFold::PendingCalls(const Series& series, size_t level, const Cell& cell) {
+  if (level == 0 || series.levels[0].empty()) return 0;
+  const Cell& open = series.levels[0].back();
+  const bool holds_open = FloorTo(open.start_us, kLevelUs[level]) == cell.start_us;
+  return holds_open ? open.calls : 0;
 }
 
-const MetricsFold::Series* MetricsFold::Find(MetricsScope scope, std::string_view id) const {
-  const SeriesMap& map = scope == MetricsScope::kKey ? keys_ : workspaces_;
-  auto it = map.find(id);
-  return it == map.end() ? nullptr : &it->second;
-}
-
-void MetricsFold::MergeCells(const CellMap& cells, int64_t from_us, int64_t to_us,
+void MetricsFold::MergeCells(const Cells& cells, int64_t from_us, int64_t to_us,
                              MetricsBucket* out) {
-  for (auto it = cells.lower_bound(from_us); it != cells.end() && it->first < to_us; ++it) {
-    const Cell& c = it->second;
+  for (auto it = LowerBound(cells, from_us); it != cells.end() && it->start_us < to_us; ++it) {
+    const Cell& c = *it;
     out->calls += c.calls;
     out->errors_4xx += c.errors_4xx;
     out->errors_5xx += c.errors_5xx;
@@ -229,9 +306,9 @@ void MetricsFold::MergeRange(const Series& series, int64_t from_us, int64_t to_u
   MergeCells(series.levels[1], day_hi, hour_hi, out);
   MergeCells(series.levels[0], hour_hi, to_us, out);
   // The open minute's latencies are in its minute cell only.
-  const bool has_open = series.open != series.levels[0].end();
-  if (has_open && series.open->first >= hour_lo && series.open->first < hour_hi) {
-    series.open->second.latency.MergeInto(&out->latency);
+  if (!series.levels[0].empty()) {
+    const Cell& open = series.levels[0].back();
+    if (open.start_us >= hour_lo && open.start_us < hour_hi) open.latency.MergeInto(&out->latency);
   }
   assert(out->latency.count() == out->calls);
 }
@@ -271,18 +348,70 @@ Result<MetricsBucket> MetricsFold::Totals(MetricsScope scope, std::string_view i
 
 // ---- Persistence ---------------------------------------------------------------------
 
-void MetricsFold::MarkChanged(MetricsScope scope, const std::string* id, size_t level,
-                              CellMap::iterator cell) {
-  if (cell->second.changed) return;
-  cell->second.changed = true;
-  changed_.push_back(ChangedCell{scope, static_cast<uint8_t>(level), id, cell});
+void MetricsFold::MarkChanged(MetricsScope scope, const SeriesIndex::Slot& slot, size_t level,
+                              size_t index) {
+  Cell& cell = slot.series->levels[level][index];
+  if (cell.changed) return;
+  cell.changed = true;
+  changed_.push_back(ChangedCell{scope, static_cast<uint8_t>(level), slot.id, slot.series,
+                                 cell.start_us, index});
 }
 
 void MetricsFold::TakeChangedCells(const CellVisitor& fn) {
+  // Group the changed cells by series (counting sort), order the groups, and
+  // each group's cells.
+  struct Group {
+    const ChangedCell* first;  // scope and id
+    uint32_t begin = 0;        // into `order`
+    uint32_t count = 0;
+  };
+  std::vector<Group> groups;
   for (const ChangedCell& c : changed_) {
-    assert(c.cell->second.changed);
-    c.cell->second.changed = false;
-    fn(CellRef{c.scope, *c.id, kLevelUs[c.level], c.cell->first}, EncodeCell(c.cell->second));
+    if (c.series->take_group == UINT32_MAX) {
+      c.series->take_group = static_cast<uint32_t>(groups.size());
+      groups.push_back(Group{&c});
+    }
+    ++groups[c.series->take_group].count;
+  }
+  uint32_t next = 0;
+  for (Group& g : groups) {
+    g.begin = next;
+    next += g.count;
+    g.count = 0;
+  }
+  std::vector<const ChangedCell*> order(changed_.size());
+  for (const ChangedCell& c : changed_) {
+    Group& g = groups[c.series->take_group];
+    order[g.begin + g.count++] = &c;
+  }
+  std::sort(groups.begin(), groups.end(), [](const Group& a, const Group& b) {
+    if (a.first->scope != b.first->scope) return a.first->scope < b.first->scope;
+    const std::string& x = *a.first->id;
+    const std::string& y = *b.first->id;
+    return x.size() != y.size() ? x.size() < y.size() : x < y;
+  });
+  std::string encoded;
+  for (const Group& g : groups) {
+    const auto begin = order.begin() + g.begin;
+    const auto end = begin + g.count;
+    std::sort(begin, end, [](const ChangedCell* a, const ChangedCell* b) {
+      return a->level != b->level ? a->level > b->level : a->start_us < b->start_us;
+    });
+    g.first->series->take_group = UINT32_MAX;
+    for (auto it = begin; it != end; ++it) {
+      const ChangedCell& c = **it;
+      Cells& cells = c.series->levels[c.level];
+      // A late cell inserted after this one was marked moved it up.
+      size_t at = c.index_hint;
+      if (at >= cells.size() || cells[at].start_us != c.start_us) {
+        at = static_cast<size_t>(LowerBound(cells, c.start_us) - cells.begin());
+      }
+      Cell& cell = cells[at];
+      assert(cell.start_us == c.start_us && cell.changed);
+      cell.changed = false;
+      EncodeCell(cell, &encoded);
+      fn(CellRef{c.scope, *c.id, kLevelUs[c.level], c.start_us}, encoded);
+    }
   }
   changed_.clear();
 }
@@ -295,25 +424,26 @@ void MetricsFold::ForEachCell(const CellVisitor& fn) const {
     for (const auto& entry : map) sorted.push_back(&entry);
     std::sort(sorted.begin(), sorted.end(),
               [](const auto* a, const auto* b) { return a->first < b->first; });
+    std::string encoded;
     for (const auto* entry : sorted) {
       for (size_t level = 0; level < kLevels; ++level) {
-        for (const auto& [start_us, cell] : entry->second.levels[level]) {
-          fn(CellRef{scope, entry->first, kLevelUs[level], start_us}, EncodeCell(cell));
+        for (const Cell& cell : entry->second.levels[level]) {
+          EncodeCell(cell, &encoded);
+          fn(CellRef{scope, entry->first, kLevelUs[level], cell.start_us}, encoded);
         }
       }
     }
   }
 }
 
-std::string MetricsFold::EncodeCell(const Cell& cell) {
-  std::string out;
-  out.push_back(static_cast<char>(kCellFormatVersion));
+void MetricsFold::EncodeCell(const Cell& cell, std::string* out) {
+  out->clear();
+  out->push_back(static_cast<char>(kCellFormatVersion));
   for (uint64_t v : {cell.calls, cell.errors_4xx, cell.errors_5xx, cell.rate_limited,
                      cell.auth_denied, cell.units}) {
-    PutVarint(v, &out);
+    PutVarint(v, out);
   }
-  out += cell.latency.Serialize();
-  return out;
+  cell.latency.SerializeTo(out);
 }
 
 Status MetricsFold::DecodeCell(std::string_view bytes, Cell* cell) {
@@ -344,31 +474,46 @@ Status MetricsFold::LoadCell(const CellRef& ref, std::string_view encoded) {
   }
   Cell cell;
   KL_RETURN_IF_ERROR(DecodeCell(encoded, &cell));
-  SeriesMap& map = ref.scope == MetricsScope::kKey ? keys_ : workspaces_;
-  auto found = map.find(ref.id);
-  if (found == map.end()) found = map.try_emplace(std::string(ref.id)).first;
-  CellMap& cells = found->second.levels[static_cast<size_t>(level_it - kLevelUs.begin())];
-  if (!cells.try_emplace(ref.start_us, std::move(cell)).second) {
-    return Status::Corruption("metrics cell: loaded twice");
+  cell.start_us = ref.start_us;
+  const SeriesIndex::Slot& slot = FindOrAddSeries(ref.scope, ref.id);
+  Cells& cells = slot.series->levels[static_cast<size_t>(level_it - kLevelUs.begin())];
+  // A store scan delivers each level in order: mostly an append.
+  if (cells.empty() || cells.back().start_us < ref.start_us) {
+    cells.push_back(std::move(cell));
+  } else {
+    const auto at = LowerBound(cells, ref.start_us);
+    if (at->start_us == ref.start_us) return Status::Corruption("metrics cell: loaded twice");
+    cells.insert(at, std::move(cell));
   }
   ++cell_count_;
   return Status::Ok();
 }
 
 Status MetricsFold::FinishSeries(Series* series) {
-  CellMap& minutes = series->levels[0];
-  series->open = minutes.empty() ? minutes.end() : std::prev(minutes.end());
-  for (const auto& minute : minutes) {
+  const Cells& minutes = series->levels[0];
+  for (const Cell& minute : minutes) {
     for (size_t level = 1; level < kLevels; ++level) {
-      if (!series->levels[level].contains(FloorTo(minute.first, kLevelUs[level]))) {
+      const Cells& cells = series->levels[level];
+      const int64_t start = FloorTo(minute.start_us, kLevelUs[level]);
+      const auto it = LowerBound(cells, start);
+      if (it == cells.end() || it->start_us != start) {
         return Status::Corruption("metrics cell: a minute without its hour or day");
       }
     }
   }
+  // The open minute's hour and day are the latest: nothing after them.
+  for (size_t level = 1; level < kLevels; ++level) {
+    const Cells& cells = series->levels[level];
+    if (minutes.empty() ? !cells.empty()
+                        : cells.back().start_us !=
+                              FloorTo(minutes.back().start_us, kLevelUs[level])) {
+      return Status::Corruption("metrics cell: an hour or day after the last minute");
+    }
+  }
   for (size_t level = 0; level < kLevels; ++level) {
-    for (const auto& cell : series->levels[level]) {
+    for (const Cell& cell : series->levels[level]) {
       const uint64_t pending = PendingCalls(*series, level, cell);
-      if (cell.second.latency.count() + pending != cell.second.calls) {
+      if (cell.latency.count() + pending != cell.calls) {
         return Status::Corruption("metrics cell: latency count disagrees with calls");
       }
     }

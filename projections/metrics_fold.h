@@ -34,8 +34,9 @@
 // its hour and day when a later minute opens; Query adds them until then).
 // Query merges the coarsest cells that tile each step window: a 30-day query
 // at 1-hour step reads 720 hour cells, not 43,200 minutes. Memory per cell is
-// about 150 bytes plus 8 bytes per distinct latency bucket used in it;
-// nothing is ever evicted (retention is the owner's business).
+// about 100 bytes (in sorted vectors, up to twice that while they grow) plus
+// 8 bytes per distinct latency bucket used in it beyond two; nothing is ever
+// evicted (retention is the owner's business).
 //
 // Times outside [0, kMetricsTimeUsLimit) are clamped into that range (the
 // ledger never records such times; clamping keeps the fold total).
@@ -47,7 +48,6 @@
 #include <array>
 #include <cstdint>
 #include <functional>
-#include <map>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -110,10 +110,17 @@ class MetricsFold {
   // Counts one call in the minute, hour and day of call.occurred_at_us of
   // its series (see the file comment). Never fails.
   void ApplyCall(const ApiCallRecorded& call);
+  // The same from the fields the fold reads, for callers that hold views of a
+  // decoded event (projections/call_projections.cc) rather than the struct.
+  void ApplyCall(std::string_view workspace_id, std::string_view key_id, int64_t occurred_at_us,
+                 uint16_t status, uint64_t latency_us, uint64_t units);
 
   // Counts denied.count refusals in the minute, hour and day of
   // denied.occurred_at_us of its series. Never fails; count 0 is a no-op.
   void ApplyDenial(const AuthorizationDenied& denied);
+  // The same from the fields the fold reads.
+  void ApplyDenial(std::string_view workspace_id, std::string_view key_id,
+                   int64_t occurred_at_us, DenialReason reason, uint64_t count);
 
   // Returns one bucket per step window [s, s + step_us) for s = from_us,
   // from_us + step_us, ... < to_us, in time order, including empty windows
@@ -144,8 +151,8 @@ class MetricsFold {
   // ---- Persistence: cells as records, for an owner that stores the fold ------
   //
   // The fold's whole state is its cells, each exactly as held: hour and day
-  // cells lack the latencies of their series' latest minute (see Series::open
-  // in the private section), which LoadCell + FinishLoad re-establish. So
+  // cells lack the latencies of their series' latest minute (see Series in
+  // the private section), which LoadCell + FinishLoad re-establish. So
   // loading every cell a fold ever reported gives a fold equal to it: same
   // queries, same further behaviour, same ForEachCell output.
 
@@ -161,11 +168,15 @@ class MetricsFold {
 
   // Starts remembering which cells Apply* changes, for TakeChangedCells.
   // Off by default (the pure fold pays nothing). Costs one flag test per cell
-  // touched and 32 bytes per changed cell until taken.
+  // touched and 48 bytes per changed cell until taken.
   void TrackChanges() { track_changes_ = true; }
 
   // Calls fn for every cell changed since the last call (or since
-  // TrackChanges), in no particular order, and forgets them.
+  // TrackChanges), and forgets them. Order: key series before workspace
+  // series; shorter ids before longer ones, ids of one length in byte order;
+  // days before hours before minutes; then by start. (That is the byte order
+  // of keys laid out as scope, id length, id, width, big-endian start, so a
+  // store's writes of them arrive sorted.)
   void TakeChangedCells(const CellVisitor& fn);
 
   // Calls fn for every cell in canonical order: key series before workspace
@@ -200,6 +211,7 @@ class MetricsFold {
   };
   // The counters of one (series, minute | hour | day).
   struct Cell {
+    int64_t start_us = 0;  // UTC start, a multiple of the level's width
     uint64_t calls = 0;
     uint64_t errors_4xx = 0;
     uint64_t errors_5xx = 0;
@@ -207,40 +219,60 @@ class MetricsFold {
     uint64_t auth_denied = 0;
     uint64_t units = 0;
     // Minute cells: latency.count() == calls. Hour and day cells lack the
-    // latencies of their series' open minute (see Series::open).
+    // latencies of their series' open minute (see Series).
     CompactLatencyHistogram latency;
     bool changed = false;  // listed in changed_ (when tracking changes)
   };
-  using CellMap = std::map<int64_t, Cell>;  // by UTC start
+  // The cells of one level of one series, sorted by start_us. Events mostly
+  // arrive in time order, so a new cell is mostly appended; a late event's
+  // new cell is inserted in the middle. Cells move: hold indexes or starts.
+  using Cells = std::vector<Cell>;
   static constexpr size_t kLevels = 3;      // minute, hour, day
   static constexpr std::array<int64_t, kLevels> kLevelUs = {kMetricsMinuteUs, kMetricsHourUs,
                                                             kMetricsDayUs};
+  // The open minute is the latest minute cell, levels[0].back() (none when
+  // empty). Its latencies are recorded in it alone and merged into its hour
+  // and day cells, levels[1].back() and levels[2].back(), when a later minute
+  // opens, so an in-order call costs one histogram Record, not three. A call
+  // for an earlier minute (late) is recorded in all three cells.
   struct Series {
-    Series();
-    Series(const Series&) = delete;  // hints point into levels
-    Series& operator=(const Series&) = delete;
-
-    std::array<CellMap, kLevels> levels;
-    std::array<CellMap::iterator, kLevels> hints;  // last cell touched per level
-    // The latest minute cell (levels[0].end() if none). Its latencies are
-    // recorded in it alone and merged into its hour and day cells when a later
-    // minute opens, so an in-order call costs one histogram Record, not three.
-    // A call for an earlier minute (late) is recorded in all three cells.
-    CellMap::iterator open;
+    std::array<Cells, kLevels> levels;
+    uint32_t take_group = UINT32_MAX;  // scratch of TakeChangedCells
   };
   // Heterogeneous lookup: find by std::string_view without a copy.
   struct IdHash {
     using is_transparent = void;
     size_t operator()(std::string_view id) const { return std::hash<std::string_view>{}(id); }
   };
-  // Series never move (nodes of an unordered_map are stable), so hints stay valid.
+  // Owns the series; nodes never move, so the index below points into them.
   using SeriesMap = std::unordered_map<std::string, Series, IdHash, std::equal_to<>>;
+  // An open-addressing index over a SeriesMap's nodes: the lookup of every
+  // event, kept small and flat so that it mostly hits the cache.
+  class SeriesIndex {
+   public:
+    struct Slot {
+      size_t hash = 0;
+      const std::string* id = nullptr;  // nullptr: empty slot
+      Series* series = nullptr;
+    };
+    const Slot* Find(std::string_view id, size_t hash) const;
+    void Insert(const std::string* id, size_t hash, Series* series);
+
+   private:
+    std::vector<Slot> slots_;  // a power of two in size, at most half full
+    size_t used_ = 0;
+  };
 
   static void AddCounters(const Delta& delta, Cell* cell);
   static void CloseOpenMinute(Series* series);
   // Returns the calls of `cell` (at `level`) whose latencies it lacks.
-  static uint64_t PendingCalls(const Series& series, size_t level, const CellMap::value_type& cell);
-  static void MergeCells(const CellMap& cells, int64_t from_us, int64_t to_us,
+  static uint64_t PendingCalls(const Series& series, size_t level, const Cell& cell);
+  // Returns the index of the cell of `cells` starting at start_us, inserting
+  // an empty one if there is none (*inserted tells).
+  static size_t FindOrInsertCell(Cells* cells, int64_t start_us, bool* inserted);
+  // Returns the first cell of `cells` starting at or after start_us.
+  static Cells::const_iterator LowerBound(const Cells& cells, int64_t start_us);
+  static void MergeCells(const Cells& cells, int64_t from_us, int64_t to_us,
                          MetricsBucket* out);
   static void MergeRange(const Series& series, int64_t from_us, int64_t to_us,
                          MetricsBucket* out);
@@ -248,23 +280,32 @@ class MetricsFold {
   void Apply(std::string_view workspace_id, std::string_view key_id, int64_t occurred_at_us,
              const Delta& delta);
   void ApplyToSeries(MetricsScope scope, std::string_view id, int64_t at_us, const Delta& delta);
+  // Returns the series' index slot, adding an empty series if there is none.
+  const SeriesIndex::Slot& FindOrAddSeries(MetricsScope scope, std::string_view id);
   const Series* Find(MetricsScope scope, std::string_view id) const;
 
-  // A cell changed since the last TakeChangedCells. Series and cells are
-  // never erased and their nodes never move, so the pointers stay valid.
+  // A cell changed since the last TakeChangedCells. Series are never erased
+  // and their nodes never move; cells are never erased but move within their
+  // level, so they are named by start (with the index as a hint).
   struct ChangedCell {
     MetricsScope scope;
     uint8_t level;
     const std::string* id;  // the key of the series in keys_ / workspaces_
-    CellMap::iterator cell;
+    Series* series;
+    int64_t start_us;
+    size_t index_hint;
   };
-  void MarkChanged(MetricsScope scope, const std::string* id, size_t level, CellMap::iterator cell);
-  static std::string EncodeCell(const Cell& cell);
+  void MarkChanged(MetricsScope scope, const SeriesIndex::Slot& slot, size_t level,
+                   size_t index);
+  // Replaces *out with the encoding of `cell`.
+  static void EncodeCell(const Cell& cell, std::string* out);
   static Status DecodeCell(std::string_view bytes, Cell* cell);
   static Status FinishSeries(Series* series);
 
   SeriesMap keys_;
   SeriesMap workspaces_;
+  SeriesIndex key_index_;
+  SeriesIndex workspace_index_;
   size_t cell_count_ = 0;
   bool track_changes_ = false;
   std::vector<ChangedCell> changed_;

@@ -17,6 +17,7 @@
 #include "billing/calendar.h"
 #include "ledger/hash.h"
 #include "ledger/ledger.h"
+#include "projections/call_projections.h"
 #include "projections/key_history.h"
 #include "projections/key_state_store.h"
 #include "tests/test_util.h"
@@ -136,12 +137,14 @@ class AuditTest : public ::testing::Test {
 
   // Closes everything this process holds on the data directory.
   void CloseAll() {
+    calls_.reset();
     key_state_.reset();
     ledger_.reset();
   }
 
   std::string ledger_path() const { return data_ + "/ledger"; }
   std::string projections_path() const { return data_ + "/projections"; }
+  std::string calls_path() const { return data_ + "/calls"; }
 
   // Appends one event, folds it into the reference KeyState and records
   // key_a as a GET would have shown it right after.
@@ -209,11 +212,15 @@ class AuditTest : public ::testing::Test {
     Call();
   }
 
-  // Opens the live key-state projection as `serve` does.
-  void OpenKeyStateStore() {
+  // Opens the live key-state projection and the call projections as `serve` does.
+  void OpenProjections() {
     auto store = KeyStateStore::Open(projections_path(), ledger_.get());
     ASSERT_TRUE(store.ok()) << store.ToStatus().ToString();
     key_state_ = std::move(store).value();
+    auto calls = CallProjections::Open(calls_path(), ledger_.get(), &key_state_->state(), &clock_,
+                                       CallProjectionsOptions{});
+    ASSERT_TRUE(calls.ok()) << calls.ToStatus().ToString();
+    calls_ = std::move(calls).value();
   }
 
   ScratchDir dir_;
@@ -221,6 +228,7 @@ class AuditTest : public ::testing::Test {
   ManualClock clock_{kStartUs};
   std::unique_ptr<Ledger> ledger_;
   std::unique_ptr<KeyStateStore> key_state_;
+  std::unique_ptr<CallProjections> calls_;
   KeyState reference_;
   std::map<uint64_t, std::optional<KeyView>> seen_;  // key_a right after each sequence
   std::vector<Expected> expected_;
@@ -494,16 +502,33 @@ TEST_F(AuditTest, TheLifecycleHasTheSequencesTheTamperCasesExpect) {
 // ---- audit replay ----------------------------------------------------------------------
 
 TEST_F(AuditTest, ReplayMatchesTheLiveProjectionOfARunningServer) {
-  OpenKeyStateStore();  // stays open, as in `serve`
+  OpenProjections();  // stays open, as in `serve`
   CliResult r = RunCli({"audit", "replay", "--data", data_});
   ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
   const std::string digest = ToHex(key_state_->state().Digest());
   EXPECT_NE(r.out.find("key_state"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find(digest + "  " + digest + "  ok"), std::string::npos) << r.out;
+  const std::string calls = ToHex(calls_->Digest());
+  EXPECT_NE(r.out.find("call_projections"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find(calls + "  " + calls + "  ok"), std::string::npos) << r.out;
+}
+
+TEST_F(AuditTest, ReplayFindsAChangedCallProjectionRecord) {
+  OpenProjections();
+  CloseAll();
+  EditStore(calls_path(), {{"logs"}, {"log_times"}, {"metrics"}, {"usage"}, {"meta"}},
+            [](KvStore&, KvBatch& batch) {
+              batch.Put(4, "usage_rejected", std::string("\0\0\0\0\0\0\0\x07", 8));
+            });
+  OpenLedger();
+  CliResult r = RunCli({"audit", "replay", "--data", data_});
+  EXPECT_EQ(r.exit_code, 1) << r.out;
+  EXPECT_NE(r.out.find("DIFFERENT"), std::string::npos) << r.out;
+  EXPECT_NE(r.err.find("1 of 3 projections do not match"), std::string::npos) << r.err;
 }
 
 TEST_F(AuditTest, ReplayFindsAChangedProjectionRecord) {
-  OpenKeyStateStore();
+  OpenProjections();
   CloseAll();
   EditStore(projections_path(), {{"key_state"}, {"projection_meta"}},
             [](KvStore& store, KvBatch& batch) {
@@ -517,7 +542,7 @@ TEST_F(AuditTest, ReplayFindsAChangedProjectionRecord) {
   CliResult r = RunCli({"audit", "replay", "--data", data_});
   EXPECT_EQ(r.exit_code, 1) << r.out;
   EXPECT_NE(r.out.find("DIFFERENT"), std::string::npos) << r.out;
-  EXPECT_NE(r.err.find("1 of 2 projections do not match"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("1 of 3 projections do not match"), std::string::npos) << r.err;
 }
 
 TEST_F(AuditTest, ReplayWithoutAProjectionStoreSaysSo) {

@@ -8,8 +8,13 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 #include <thread>
+#include <vector>
+
+#include <sodium.h>
 
 #include "tests/http_client.h"
+#include "tests/support/smtp_sink.h"
+#include "tests/support/webhook_receiver.h"
 #include "tests/test_util.h"
 
 namespace keyledger {
@@ -18,7 +23,10 @@ namespace {
 using nlohmann::json;
 using testing::Fetch;
 using testing::RawResponse;
+using testing::ReceivedRequest;
 using testing::ScratchDir;
+using testing::SmtpSink;
+using testing::WebhookReceiver;
 
 constexpr char kAdminToken[] = "blackbox-operator-token";
 constexpr int kStartTimeoutMs = 20'000;
@@ -26,7 +34,13 @@ constexpr int kStartTimeoutMs = 20'000;
 // A `keyledger serve` child process. Stops it with SIGTERM on destruction.
 class ServerProcess {
  public:
-  explicit ServerProcess(const std::string& data_dir) {
+  explicit ServerProcess(const std::string& data_dir, std::vector<std::string> extra_args = {}) {
+    std::vector<std::string> args = {KEYLEDGER_BINARY, "serve", "--data", data_dir, "--listen",
+                                     "127.0.0.1:0", "--body-bytes-max", "65536"};
+    args.insert(args.end(), extra_args.begin(), extra_args.end());
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
     int out[2];
     if (::pipe(out) != 0) return;
     pid_ = ::fork();
@@ -34,8 +48,7 @@ class ServerProcess {
       ::dup2(out[1], STDOUT_FILENO);
       ::close(out[0]);
       ::setenv("KEYLEDGER_ADMIN_TOKEN", kAdminToken, 1);
-      ::execl(KEYLEDGER_BINARY, KEYLEDGER_BINARY, "serve", "--data", data_dir.c_str(), "--listen",
-              "127.0.0.1:0", "--body-bytes-max", "65536", static_cast<char*>(nullptr));
+      ::execv(KEYLEDGER_BINARY, argv.data());
       std::_Exit(127);
     }
     ::close(out[1]);
@@ -75,8 +88,10 @@ class ServerProcess {
 
 class BlackBoxTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    server_ = std::make_unique<ServerProcess>(dir_.sub("data"));
+  void SetUp() override { StartServer(); }
+  void StartServer(std::vector<std::string> extra_args = {}) {
+    server_.reset();
+    server_ = std::make_unique<ServerProcess>(dir_.sub("data"), std::move(extra_args));
     ASSERT_NE(server_->port(), 0) << "server did not start";
   }
 
@@ -247,6 +262,184 @@ TEST_F(BlackBoxTest, RecordsCallsOnceOverHttp) {
   EXPECT_EQ(metrics.status, 200);
   EXPECT_NE(metrics.body.find("keyledger_http_requests_total{route=\"calls\",status=\"200\"} 2"),
             std::string::npos) << metrics.body;
+  EXPECT_NE(metrics.body.find("keyledger_http_connections_accepted_total "), std::string::npos);
+  EXPECT_NE(metrics.body.find("keyledger_http_requests_in_flight 1"), std::string::npos)
+      << "the /metrics request itself is in flight";
+}
+
+
+// ---- Alarms: a real webhook receiver and SMTP sink, started by the test ----------
+
+std::string Rfc3339(std::chrono::system_clock::time_point t) {
+  std::time_t s = std::chrono::system_clock::to_time_t(t);
+  char text[32];
+  std::strftime(text, sizeof(text), "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&s));
+  return text;
+}
+
+// Recomputes a Standard Webhooks signature with libsodium directly.
+std::string ExpectedSignature(const std::string& secret_base64, const ReceivedRequest& r) {
+  std::vector<unsigned char> key(secret_base64.size());
+  size_t key_len = 0;
+  if (sodium_base642bin(key.data(), key.size(), secret_base64.data(), secret_base64.size(), nullptr,
+                        &key_len, nullptr, sodium_base64_VARIANT_ORIGINAL) != 0) {
+    return "bad secret";
+  }
+  std::string signed_text = r.Header("webhook-id") + "." + r.Header("webhook-timestamp") + "." + r.body;
+  unsigned char mac[crypto_auth_hmacsha256_BYTES];
+  crypto_auth_hmacsha256_state st;
+  crypto_auth_hmacsha256_init(&st, key.data(), key_len);
+  crypto_auth_hmacsha256_update(&st, reinterpret_cast<const unsigned char*>(signed_text.data()),
+                                signed_text.size());
+  crypto_auth_hmacsha256_final(&st, mac);
+  char b64[sodium_base64_ENCODED_LEN(sizeof(mac), sodium_base64_VARIANT_ORIGINAL)];
+  sodium_bin2base64(b64, sizeof(b64), mac, sizeof(mac), sodium_base64_VARIANT_ORIGINAL);
+  return std::string("v1,") + b64;
+}
+
+constexpr char kSecretBase64[] = "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+class AlarmBlackBoxTest : public BlackBoxTest {
+ protected:
+  void SetUp() override {
+    auto receiver = WebhookReceiver::Start();
+    ASSERT_TRUE(receiver.ok()) << receiver.ToStatus().ToString();
+    receiver_ = std::move(receiver).value();
+    auto sink = SmtpSink::Start();
+    ASSERT_TRUE(sink.ok()) << sink.ToStatus().ToString();
+    sink_ = std::move(sink).value();
+    StartServer(Args("200"));
+    // A workspace, a group and a key to watch.
+    base_ = "/v1/workspaces/" + Body(Do("POST", "/v1/workspaces", R"({"name":"Alarmed"})"))["id"].get<std::string>();
+    std::string group = Body(Do("POST", base_ + "/security-groups", R"({"name":"g"})"))["id"];
+    key_ = Body(Do("POST", base_ + "/keys", json{{"name", "renderer"}, {"security_group", group}}.dump()))["id"];
+  }
+  std::vector<std::string> Args(const std::string& retry_base_ms) {
+    return {"--allow-private-webhooks",  "--smtp",     sink_->HostPort(), "--alarm-interval-ms",
+            "100", "--alarm-settle-seconds", "0", "--notification-retry-base-ms", retry_base_ms};
+  }
+  std::string CreateAlarm(json rule) {
+    auto r = Do("POST", base_ + "/keys/" + key_ + "/alarms", rule.dump());
+    EXPECT_EQ(r.status, 201) << r.body;
+    return Body(r).value("id", "");
+  }
+  // Records `count` calls with `status` in each of the current minute and the
+  // five before it, so the last three complete minutes hold them even if a
+  // minute boundary passes during the test.
+  void RecordCalls(int count, int status) {
+    auto minute = std::chrono::floor<std::chrono::minutes>(std::chrono::system_clock::now());
+    json calls = json::array();
+    for (int m = 0; m < 6; m++) {
+      for (int i = 0; i < count; i++) {
+        calls.push_back({{"request_id", std::to_string(next_id_++)}, {"key_id", key_},
+                         {"occurred_at", Rfc3339(minute - std::chrono::minutes(m) + std::chrono::seconds(1))},
+                         {"status", status}, {"latency_ms", 15}});
+      }
+    }
+    auto r = Do("POST", "/v1/calls", json{{"calls", calls}}.dump());
+    ASSERT_EQ(r.status, 200) << r.body;
+  }
+  json History(const std::string& alarm) {
+    return Body(Do("GET", base_ + "/keys/" + key_ + "/alarms/" + alarm + "/history"))["events"];
+  }
+  static size_t CountType(const json& events, const std::string& type) {
+    size_t n = 0;
+    for (const auto& e : events) n += e["type"] == type;
+    return n;
+  }
+
+  std::unique_ptr<WebhookReceiver> receiver_;
+  std::unique_ptr<SmtpSink> sink_;
+  std::string base_, key_;
+  int next_id_ = 0;
+};
+
+TEST_F(AlarmBlackBoxTest, BreachAndRecoveryNotifyOnceEachWithSignedWebhooksAndEmail) {
+  std::string alarm = CreateAlarm(
+      {{"name", "failing renders"}, {"metric", "error_rate"}, {"comparator", ">="},
+       {"threshold", 0.5}, {"period_seconds", 60}, {"evaluation_periods", 3},
+       {"datapoints_to_alarm", 2}, {"missing_data", "ignore"},
+       {"channels", {{{"type", "webhook"}, {"url", receiver_->Url()},
+                      {"secret", std::string("whsec_") + kSecretBase64}},
+                     {{"type", "email"}, {"to", "ops@example.com"}}}}});
+  receiver_->FailNext(2, 500);  // the receiver fails twice, then succeeds
+  RecordCalls(20, 500);         // every call fails: error rate 1.0
+
+  ASSERT_TRUE(receiver_->WaitForRequests(3, 20'000)) << receiver_->RequestCount();
+  ASSERT_TRUE(sink_->WaitForMessages(1, 20'000));
+  auto requests = receiver_->Requests();
+  for (const auto& r : requests) {
+    EXPECT_EQ(r.method, "POST");
+    EXPECT_EQ(r.Header("webhook-id"), requests[0].Header("webhook-id"));
+    EXPECT_EQ(r.body, requests[0].body);
+    EXPECT_EQ(r.Header("webhook-signature"), ExpectedSignature(kSecretBase64, r));
+  }
+  json triggered = json::parse(requests[0].body);
+  EXPECT_EQ(triggered["type"], "alarm.triggered");
+  EXPECT_EQ(triggered["data"]["state"], "ALARM");
+  EXPECT_EQ(triggered["data"]["key_name"], "renderer");
+  EXPECT_EQ(triggered["data"]["value"], 1);
+  auto mail = sink_->Messages()[0];
+  EXPECT_EQ(mail.recipients, std::vector<std::string>{"ops@example.com"});
+  EXPECT_NE(mail.data.find("Subject: [keyledger] ALARM: failing renders (key renderer)"),
+            std::string::npos) << mail.data;
+  EXPECT_NE(mail.data.find("Metric:     error_rate"), std::string::npos) << mail.data;
+  EXPECT_NE(mail.data.find("Message-ID: <"), std::string::npos);
+
+  // The breach holds over many evaluation rounds: nothing more is sent.
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  EXPECT_EQ(receiver_->RequestCount(), 3u);
+  EXPECT_EQ(sink_->Messages().size(), 1u);
+  json history = History(alarm);
+  EXPECT_EQ(CountType(history, "state_changed"), 1u) << history.dump();
+  EXPECT_EQ(CountType(history, "notification_failed"), 2u);
+  EXPECT_EQ(CountType(history, "notification_delivered"), 2u);  // webhook + e-mail
+
+  // Recovery: enough successful calls bring the error rate to 1/4.
+  RecordCalls(60, 200);
+  ASSERT_TRUE(receiver_->WaitForRequests(4, 20'000));
+  ASSERT_TRUE(sink_->WaitForMessages(2, 20'000));
+  json resolved = json::parse(receiver_->Requests()[3].body);
+  EXPECT_EQ(resolved["type"], "alarm.resolved");
+  EXPECT_EQ(resolved["data"]["previous_state"], "ALARM");
+  EXPECT_EQ(resolved["data"]["state"], "OK");
+  EXPECT_NE(receiver_->Requests()[3].Header("webhook-id"), requests[0].Header("webhook-id"));
+  EXPECT_NE(sink_->Messages()[1].data.find("Subject: [keyledger] RESOLVED: failing renders"),
+            std::string::npos);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1000));
+  EXPECT_EQ(receiver_->RequestCount(), 4u);
+  EXPECT_EQ(sink_->Messages().size(), 2u);
+  auto alarm_now = Body(Do("GET", base_ + "/keys/" + key_ + "/alarms/" + alarm));
+  EXPECT_EQ(alarm_now["state"], "OK");
+  EXPECT_EQ(alarm_now["pending_notifications"], 0);
+}
+
+TEST_F(AlarmBlackBoxTest, ServerRestartedMidRetryStillDeliversOnce) {
+  StartServer(Args("600"));  // slower retries: the restart lands between attempts
+  std::string alarm = CreateAlarm(
+      {{"name", "busy"}, {"metric", "calls"}, {"comparator", ">"}, {"threshold", 10},
+       {"period_seconds", 60}, {"evaluation_periods", 1}, {"datapoints_to_alarm", 1},
+       {"missing_data", "ignore"},
+       {"channels", {{{"type", "webhook"}, {"url", receiver_->Url()},
+                      {"secret", std::string("whsec_") + kSecretBase64}}}}});
+  receiver_->FailNext(3, 503);
+  RecordCalls(20, 200);
+  ASSERT_TRUE(receiver_->WaitForRequests(1, 20'000));
+  EXPECT_EQ(server_->Stop(), 0);  // SIGTERM mid-retry
+  const size_t before_restart = receiver_->RequestCount();
+  ASSERT_LT(before_restart, 4u);  // no success yet: the first three attempts fail
+  StartServer(Args("600"));
+  ASSERT_TRUE(receiver_->WaitForRequests(4, 30'000)) << receiver_->RequestCount();
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  auto requests = receiver_->Requests();
+  ASSERT_EQ(requests.size(), 4u);  // exactly one successful delivery, never repeated
+  for (const auto& r : requests) {
+    EXPECT_EQ(r.Header("webhook-id"), requests[0].Header("webhook-id"));
+    EXPECT_EQ(r.Header("webhook-signature"), ExpectedSignature(kSecretBase64, r));
+  }
+  json history = History(alarm);
+  EXPECT_EQ(CountType(history, "notification_failed"), 3u) << history.dump();
+  EXPECT_EQ(CountType(history, "notification_delivered"), 1u);
 }
 
 }  // namespace

@@ -16,7 +16,11 @@ constexpr char kOperatorToken[] = "operator-token-for-tests";
 
 class ServiceHarness {
  public:
-  explicit ServiceHarness(uint64_t seed = 42) : random_(seed) { Open(); }
+  explicit ServiceHarness(uint64_t seed = 42, ServiceOptions options = {},
+                          Notifier* notifier = nullptr)
+      : random_(seed), options_(options), notifier_(notifier) {
+    Open();
+  }
 
   void Open() {
     service_.reset();
@@ -37,8 +41,8 @@ class ServiceHarness {
     EXPECT_TRUE(calls.ok()) << calls.ToStatus().ToString();
     calls_ = std::move(calls).value();
     service_ = std::make_unique<Service>(
-        ServiceDeps{ledger_.get(), key_state_.get(), &clock_, &random_, calls_.get()},
-        ServiceOptions{});
+        ServiceDeps{ledger_.get(), key_state_.get(), &clock_, &random_, calls_.get(), notifier_},
+        options_);
     auto boot = service_->BootstrapOperatorToken(std::string(kOperatorToken));
     EXPECT_TRUE(boot.ok()) << boot.ToStatus().ToString();
   }
@@ -106,6 +110,8 @@ class ServiceHarness {
   ScratchDir dir_;
   ManualClock clock_{1'780'000'000'000'000};
   SeededRandom random_;
+  ServiceOptions options_;
+  Notifier* notifier_;
   std::unique_ptr<Ledger> ledger_;
   std::unique_ptr<KeyStateStore> key_state_;
   std::unique_ptr<CallProjections> calls_;

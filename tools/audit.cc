@@ -22,6 +22,7 @@
 #include "billing/calendar.h"
 #include "ledger/hash.h"
 #include "ledger/ledger.h"
+#include "projections/call_projections.h"
 #include "projections/key_state.h"
 #include "projections/key_state_store.h"
 #include "tools/commands.h"
@@ -317,8 +318,8 @@ struct LiveProjection {
   uint64_t position = 0;  // the last sequence it has folded
 };
 
-// One row of the replay table. To add a projection (metrics, usage,
-// invoices), add a reader of its persisted state and a rebuild to kChecks.
+// One row of the replay table. To add a projection, add a reader of its
+// persisted state and a rebuild to kChecks.
 struct ProjectionCheck {
   const char* name;
   // Reads the live projection under data_dir without writing to it; scratch
@@ -342,6 +343,24 @@ Result<Hash> RebuiltKeyState(const Ledger& ledger, uint64_t to) {
   if (to == 0) return KeyState().Digest();  // RebuildKeyState reads 0 as "the head"
   KL_ASSIGN_OR_RETURN(auto state, RebuildKeyState(ledger, to));
   return state->Digest();
+}
+
+// Call projections (logs, metrics, usage): the store the server persisted,
+// and a fresh in-memory fold with the time zones of the key state rebuilt to
+// the same position (the live fold reads the zones current when it folds:
+// see the usage rule in projections/call_projections.h).
+Result<LiveProjection> LiveCallProjections(const std::string& data_dir, const std::string& scratch) {
+  const std::string path = data_dir + "/calls";
+  std::error_code ec;
+  if (!fs::exists(path + "/CURRENT", ec)) return Status::NotFound("no call projections at " + path);
+  KL_ASSIGN_OR_RETURN(CallProjectionsSnapshot live, LoadCallProjectionsSnapshot(path, scratch));
+  return LiveProjection{live.digest, live.position};
+}
+
+Result<Hash> RebuiltCallProjections(const Ledger& ledger, uint64_t to) {
+  if (to == 0) return EmptyCallProjectionsDigest();
+  KL_ASSIGN_OR_RETURN(auto key_state, RebuildKeyState(ledger, to));
+  return RebuildCallProjectionsDigest(ledger, *key_state, to);
 }
 
 // Invoices: every issued invoice event, and the same invoices recomputed from
@@ -400,6 +419,7 @@ Result<Hash> RebuiltInvoices(const Ledger& ledger, uint64_t to) {
 
 constexpr ProjectionCheck kChecks[] = {
     {"key_state", LiveKeyState, RebuiltKeyState},
+    {"call_projections", LiveCallProjections, RebuiltCallProjections},
     {"invoices", LiveInvoices, RebuiltInvoices},
 };
 

@@ -50,6 +50,16 @@ struct ServeOptions {
   int64_t log_retention_days = 30;
   int64_t max_lateness_days = 35;
   bool workspace_tps_cap = false;
+  // Alarms: SMTP relay for e-mail ("" = e-mail notifications fail and are
+  // retried until a relay is configured), webhook guard, loop timing.
+  std::string smtp;                 // HOST:PORT
+  std::string smtp_user;            // password from KEYLEDGER_SMTP_PASSWORD
+  bool smtp_starttls = false;
+  std::string smtp_from = "keyledger@localhost";
+  bool allow_private_webhooks = false;
+  int64_t alarm_interval_ms = 10'000;
+  int64_t alarm_settle_seconds = 30;
+  int64_t notification_retry_base_ms = 5'000;
 };
 // Opens the ledger and projections under data_dir and serves HTTP until
 // SIGINT/SIGTERM. Returns the process exit code.

@@ -20,7 +20,7 @@ Status LocalStack::Open(const std::string& dir, bool create, ServiceOptions opti
                                                    &key_state->state(), &clock,
                                                    call_options));
   service = std::make_unique<Service>(
-      ServiceDeps{ledger.get(), key_state.get(), &clock, &random, calls.get()}, options);
+      ServiceDeps{ledger.get(), key_state.get(), &clock, &random, calls.get(), notifier.get()}, options);
   return Status::Ok();
 }
 

@@ -18,6 +18,8 @@ struct LocalStack {
   std::unique_ptr<Ledger> ledger;
   std::unique_ptr<KeyStateStore> key_state;
   std::unique_ptr<CallProjections> calls;
+  // Alarm notifications; set before Open to let the Service deliver them.
+  std::unique_ptr<Notifier> notifier;
   std::unique_ptr<Service> service;
 
   // Opens DIR/ledger, DIR/projections and DIR/calls (creating them when

@@ -10,6 +10,11 @@ constexpr int kTrimThresholdBytes = 256 << 20;
 
 #include "tools/commands.h"
 
+namespace keyledger::tools {
+// `bench invoice-run` registers its own flags (tools/bench_invoice.cc).
+void AddBenchInvoiceCommand(CLI::App* bench, int* exit_code);
+}  // namespace keyledger::tools
+
 int main(int argc, char** argv) {
   using namespace keyledger::tools;
   // RocksDB allocates memtable arenas in 8 MiB blocks and frees them after
@@ -43,6 +48,26 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   serve_cmd->add_flag("--workspace-tps-cap", serve.workspace_tps_cap,
                       "Also cap each workspace as a whole at its tps_limit (off: per key only)");
+  serve_cmd->add_option("--smtp", serve.smtp,
+                        "SMTP relay HOST:PORT for alarm e-mail (password from KEYLEDGER_SMTP_PASSWORD)");
+  serve_cmd->add_option("--smtp-user", serve.smtp_user, "SMTP AUTH user name (default: no AUTH)");
+  serve_cmd->add_flag("--smtp-starttls", serve.smtp_starttls, "Require STARTTLS on the SMTP relay");
+  serve_cmd->add_option("--smtp-from", serve.smtp_from, "Sender address of alarm e-mail")
+      ->capture_default_str();
+  serve_cmd->add_flag("--allow-private-webhooks", serve.allow_private_webhooks,
+                      "Let alarm webhooks reach loopback and private addresses (tests; SSRF risk)");
+  serve_cmd->add_option("--alarm-interval-ms", serve.alarm_interval_ms,
+                        "How often every alarm is evaluated, in milliseconds")
+      ->check(CLI::Range(int64_t{10}, int64_t{3'600'000}))
+      ->capture_default_str();
+  serve_cmd->add_option("--alarm-settle-seconds", serve.alarm_settle_seconds,
+                        "A period is evaluated this long after it ended (late calls)")
+      ->check(CLI::Range(int64_t{0}, int64_t{3600}))
+      ->capture_default_str();
+  serve_cmd->add_option("--notification-retry-base-ms", serve.notification_retry_base_ms,
+                        "First retry delay of a failed notification; doubles per attempt")
+      ->check(CLI::Range(int64_t{10}, int64_t{3'600'000}))
+      ->capture_default_str();
   serve_cmd->callback([&] { exit_code = RunServe(serve); });
 
   auto* bench_cmd = app.add_subcommand("bench", "Benchmarks");
@@ -65,6 +90,7 @@ int main(int argc, char** argv) {
   append_cmd->add_flag("!--no-sync", append.sync, "Acknowledge before fsync (async durability)");
   append_cmd->add_option("--data", append.data_dir, "Scratch data directory")->required();
   append_cmd->callback([&] { exit_code = RunBenchAppend(append); });
+  AddBenchInvoiceCommand(bench_cmd, &exit_code);
 
   // ---- events / audit: read-only, safe on the data directory of a running server ----
   const char* kReadOnlyNote =

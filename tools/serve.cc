@@ -47,11 +47,23 @@ int RunServe(const ServeOptions& options) {
   ServiceOptions service_options;
   service_options.data_plane.workspace_cap = options.workspace_tps_cap;
   service_options.data_plane.max_lateness_us = options.max_lateness_days * kDayUs;
+  service_options.allow_private_webhooks = options.allow_private_webhooks;
+  service_options.alarms.evaluation_interval_us = options.alarm_interval_ms * 1000;
+  service_options.alarms.settle_us = options.alarm_settle_seconds * 1'000'000;
+  service_options.alarms.retry_base_us = options.notification_retry_base_ms * 1000;
+  NotifierOptions notifier;
+  notifier.allow_private_addresses = options.allow_private_webhooks;
+  notifier.smtp_host_port = options.smtp;
+  notifier.smtp_username = options.smtp_user;
+  if (const char* password = std::getenv("KEYLEDGER_SMTP_PASSWORD")) notifier.smtp_password = password;
+  notifier.smtp_starttls = options.smtp_starttls;
+  notifier.smtp_from = options.smtp_from;
   CallProjectionsOptions call_options;
   call_options.log_retention_us = options.log_retention_days * kDayUs;
   // Small batches keep the fold's exclusive lock short for concurrent queries.
   call_options.fold_batch_events_max = 4096;
   LocalStack stack;
+  stack.notifier = NewCurlNotifier(notifier);
   Status opened = stack.Open(options.data_dir, /*create=*/true, service_options, call_options);
   if (!opened.ok()) return Fail("open " + options.data_dir, opened);
   stack.calls->Start();
@@ -66,13 +78,17 @@ int RunServe(const ServeOptions& options) {
                 generated->c_str());
   }
 
+  service.StartAlarmLoops();
+
   auto server = HttpServer::Start(http, [&service](const HttpRequest& r) { return service.Handle(r); });
   if (!server.ok()) return Fail("listen on " + options.listen, server.status());
+  service.AttachHttpServer(server->get());
   std::printf("keyledger serving on %s:%u (data %s, ledger head %llu)\n", http.host.c_str(),
               (*server)->port(), options.data_dir.c_str(),
               static_cast<unsigned long long>(stack.ledger->head().sequence));
   std::fflush(stdout);
   (*server)->WaitForSignal();  // stops accepting, drains in-flight requests
+  service.AttachHttpServer(nullptr);
   stack.Stop();                // flushes denials, stops the projections, closes the ledger
   std::printf("keyledger stopped\n");
   return 0;

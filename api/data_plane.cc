@@ -147,19 +147,97 @@ void DataPlane::Stop() {
   }
   stop_cv_.notify_all();
   if (flusher_.joinable()) flusher_.join();
+  Status calls = FlushCalls();
+  if (!calls.ok()) std::fprintf(stderr, "keyledger: final call flush: %s\n", calls.ToString().c_str());
   Status last = FlushDenials();
   if (!last.ok()) std::fprintf(stderr, "keyledger: final denial flush: %s\n", last.ToString().c_str());
 }
 
 void DataPlane::FlushLoop() {
+  const auto tick = std::chrono::microseconds(
+      std::min(options_.denial_flush_interval_us, options_.call_flush_interval_us));
+  auto last_denial_flush = std::chrono::steady_clock::now();
   std::unique_lock<std::mutex> lock(denial_mu_);
   while (!stopping_) {
-    stop_cv_.wait_for(lock, std::chrono::microseconds(options_.denial_flush_interval_us));
+    stop_cv_.wait_for(lock, tick);
     if (stopping_) break;
     lock.unlock();
-    Status s = FlushDenials();
-    if (!s.ok()) std::fprintf(stderr, "keyledger: denial flush: %s\n", s.ToString().c_str());
+    if (calls_pending() > 0) {
+      Status s = FlushCalls();
+      if (!s.ok()) std::fprintf(stderr, "keyledger: call flush: %s\n", s.ToString().c_str());
+    }
+    const auto now = std::chrono::steady_clock::now();
+    if (now - last_denial_flush >= std::chrono::microseconds(options_.denial_flush_interval_us)) {
+      last_denial_flush = now;
+      Status s = FlushDenials();
+      if (!s.ok()) std::fprintf(stderr, "keyledger: denial flush: %s\n", s.ToString().c_str());
+    }
     lock.lock();
+  }
+}
+
+bool DataPlane::ReserveCall() {
+  std::lock_guard<std::mutex> lock(calls_mu_);
+  if (reserved_calls_ >= options_.queued_calls_max) return false;
+  reserved_calls_++;
+  return true;
+}
+
+void DataPlane::QueueReservedCall(CallReport report) {
+  bool batch_full = false;
+  {
+    std::lock_guard<std::mutex> lock(calls_mu_);
+    assert(reserved_calls_ > queued_calls_.size() && "QueueReservedCall without a reservation");
+    queued_calls_.push_back(std::move(report));
+    batch_full = queued_calls_.size() >= options_.calls_per_batch_max;
+  }
+  if (batch_full) stop_cv_.notify_all();  // wakes the flusher early (it re-checks stopping_)
+}
+
+size_t DataPlane::calls_pending() const {
+  std::lock_guard<std::mutex> lock(calls_mu_);
+  return reserved_calls_;
+}
+
+Status DataPlane::FlushCalls() {
+  std::lock_guard<std::mutex> flushing(flush_calls_mu_);
+  for (;;) {
+    std::vector<CallReport> batch;
+    {
+      std::lock_guard<std::mutex> lock(calls_mu_);
+      const size_t n = std::min(queued_calls_.size(), options_.calls_per_batch_max);
+      if (n == 0) return Status::Ok();
+      batch.assign(std::make_move_iterator(queued_calls_.begin()),
+                   std::make_move_iterator(queued_calls_.begin() + static_cast<ptrdiff_t>(n)));
+      queued_calls_.erase(queued_calls_.begin(), queued_calls_.begin() + static_cast<ptrdiff_t>(n));
+    }
+    const size_t taken = batch.size();
+    std::vector<CallReport> copy = batch;  // RecordCalls consumes its argument
+    auto recorded = RecordCalls(std::move(copy));
+    if (!recorded.ok() && recorded.status().code() == Code::kInvalidArgument) {
+      // One bad call must not hold up the rest: record them one by one.
+      for (CallReport& call : batch) {
+        const std::string request_id = call.call.request_id;
+        auto one = RecordCalls({std::move(call)});
+        if (!one.ok() && one.status().code() != Code::kInvalidArgument) {
+          std::fprintf(stderr, "keyledger: call flush: %s\n", one.status().ToString().c_str());
+        }
+        if (!one.ok()) {
+          calls_dropped_.fetch_add(1, std::memory_order_relaxed);
+          std::fprintf(stderr, "keyledger: gateway call %s not recorded: %s\n",
+                       request_id.c_str(), one.status().ToString().c_str());
+        }
+      }
+    } else if (!recorded.ok()) {
+      // Kept, in order, for the next flush.
+      std::lock_guard<std::mutex> lock(calls_mu_);
+      queued_calls_.insert(queued_calls_.begin(), std::make_move_iterator(batch.begin()),
+                           std::make_move_iterator(batch.end()));
+      return recorded.status();
+    }
+    std::lock_guard<std::mutex> lock(calls_mu_);
+    assert(reserved_calls_ >= taken);
+    reserved_calls_ -= taken;
   }
 }
 

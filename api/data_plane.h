@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <deque>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -42,6 +43,12 @@ struct DataPlaneOptions {
   // Distinct (key, reason) pairs held between flushes; more are counted as
   // unattributable. Default 100,000.
   size_t denial_entries_max = 100'000;
+  // Gateway mode: calls queued for recording (QueueReservedCall) are appended
+  // this often, or sooner once calls_per_batch_max are waiting. Default 100 ms.
+  int64_t call_flush_interval_us = 100'000;
+  // Gateway mode: most calls reserved or queued at once; beyond it,
+  // ReserveCall() refuses (the gateway answers 503). Default 100,000.
+  size_t queued_calls_max = 100'000;
   RateLimiterOptions rate_limiter;
 };
 
@@ -107,13 +114,34 @@ class DataPlane {
   // at shutdown; tests call it directly.
   Status FlushDenials();
 
+  // Gateway mode. Recording a relayed call cannot hold up its response, so
+  // calls are queued and the background flusher appends them durably in
+  // batches. A slot is reserved before the request is relayed, so a call
+  // whose request went upstream is never dropped for lack of room:
+  // ReserveCall() returns false (reserving nothing) when queued_calls_max
+  // calls are already reserved or queued.
+  [[nodiscard]] bool ReserveCall();
+  // Queues a call into a slot taken by ReserveCall().
+  // REQUIRES: a ReserveCall() returned true that no other call has used.
+  void QueueReservedCall(CallReport report);
+  // Appends queued calls now, in batches of calls_per_batch_max. Called by
+  // the background flusher and at Stop(). A batch that fails to append is
+  // kept for the next flush and its error returned; a call that can never be
+  // appended (invalid, e.g. its key's workspace vanished) is dropped,
+  // reported on stderr and counted in calls_dropped().
+  Status FlushCalls();
+  // Calls reserved or queued and not yet appended.
+  size_t calls_pending() const;
+  uint64_t calls_dropped() const { return calls_dropped_.load(std::memory_order_relaxed); }
+
   // Latency of the durable append in RecordCalls.
   const LatencyHistogramUs& append_latency() const { return append_latency_; }
 
   // Number of denials appended so far (events, not requests).
   uint64_t denial_events_appended() const { return denial_events_appended_.load(); }
 
-  // Stops the background flusher after a last flush. Idempotent.
+  // Stops the background flusher after a last flush of denials and queued
+  // calls. Idempotent. REQUIRES: no QueueReservedCall() after it.
   void Stop();
 
  private:
@@ -140,6 +168,13 @@ class DataPlane {
   bool stopping_ = false;
   std::thread flusher_;
   std::atomic<uint64_t> denial_events_appended_{0};
+
+  // Gateway mode's queue. Lock order: calls_mu_ is never held with denial_mu_.
+  mutable std::mutex calls_mu_;
+  std::deque<CallReport> queued_calls_;  // GUARDED_BY(calls_mu_)
+  size_t reserved_calls_ = 0;            // GUARDED_BY(calls_mu_); includes the queued
+  std::mutex flush_calls_mu_;            // one FlushCalls at a time, so order is kept
+  std::atomic<uint64_t> calls_dropped_{0};
   LatencyHistogramUs append_latency_;
 };
 

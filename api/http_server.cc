@@ -2,21 +2,30 @@
 // Beast's http_server_async / advanced_server examples: an accept loop on its
 // own strand, and one Session per connection on its own strand.
 //
-// Exceptions: Boost calls here use error_code overloads; what may still throw
-// (allocation, thread creation) is caught in Start() and in the I/O threads.
+// Gateway mode (HttpProxyOptions) relays a request and its response with one
+// C++20 coroutine per exchange, on the connection's strand: a relay is a loop
+// of reads and writes in two directions, which reads best as straight code.
+//
+// Exceptions: Boost calls here use error_code overloads (redirect_error in
+// coroutines); what may still throw (allocation, thread creation) is caught in
+// Start(), in the I/O threads and in a relay's completion handler.
 
 #include "api/http_server.h"
 
+#include <algorithm>
 #include <array>
 #include <atomic>
+#include <boost/asio/co_spawn.hpp>
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/redirect_error.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
+#include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
@@ -26,6 +35,7 @@
 #include <csignal>
 #include <cstdio>
 #include <exception>
+#include <limits>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -132,6 +142,59 @@ Status ValidateOptions(const HttpServerOptions& o, const HttpHandler& handler) {
   return Status::Ok();
 }
 
+// Smallest relay chunk: a chunk smaller than this only adds system calls.
+constexpr size_t kRelayChunkBytesMin = 1024;
+
+Status ValidateProxyOptions(const HttpProxyOptions& o) {
+  if (!o.hooks.is_own_target || !o.hooks.admit) {
+    return Status::InvalidArgument("both proxy hooks must be set", "proxy.hooks");
+  }
+  if (o.upstream_port == 0) {
+    return Status::InvalidArgument("upstream port must be 1..65535", "proxy.upstream_port");
+  }
+  const std::pair<int64_t, const char*> timeouts[] = {
+      {o.connect_timeout_ms, "proxy.connect_timeout_ms"},
+      {o.response_header_timeout_ms, "proxy.response_header_timeout_ms"},
+      {o.relay_idle_timeout_ms, "proxy.relay_idle_timeout_ms"},
+  };
+  for (const auto& [ms, name] : timeouts) {
+    if (ms < 1) return Status::InvalidArgument(std::string(name) + " must be >= 1", name);
+  }
+  if (o.relay_chunk_bytes < kRelayChunkBytesMin) {
+    return Status::InvalidArgument("relay_chunk_bytes must be >= " +
+                                       std::to_string(kRelayChunkBytesMin),
+                                   "proxy.relay_chunk_bytes");
+  }
+  if (o.response_header_bytes_max < 1) {
+    return Status::InvalidArgument("response_header_bytes_max must be >= 1",
+                                   "proxy.response_header_bytes_max");
+  }
+  return Status::Ok();
+}
+
+// Copies a header's fields, names lower-cased, in received order.
+template <class Fields>
+std::vector<std::pair<std::string, std::string>> LowerFields(const Fields& fields) {
+  std::vector<std::pair<std::string, std::string>> out;
+  for (const auto& field : fields) {
+    const beast::string_view name = field.name_string();
+    out.emplace_back(LowerAscii(std::string_view(name.data(), name.size())),
+                     std::string(field.value()));
+  }
+  return out;
+}
+
+// The request without its body.
+template <class Message>
+HttpRequest RequestHead(const Message& message, const std::string& remote_ip) {
+  HttpRequest request;
+  request.method = std::string(message.method_string());
+  request.target = std::string(message.target());
+  request.headers = LowerFields(message);
+  request.remote_ip = remote_ip;
+  return request;
+}
+
 }  // namespace
 
 // Statistics only: relaxed atomics, no ordering with anything else.
@@ -144,6 +207,9 @@ struct Counters {
   std::atomic<uint64_t> requests_in_flight{0};
   std::atomic<uint64_t> requests_rejected{0};
   std::atomic<uint64_t> handler_errors{0};
+  std::atomic<uint64_t> proxy_relayed{0};
+  std::atomic<uint64_t> proxy_answered{0};
+  std::atomic<uint64_t> proxy_upstream_failures{0};
 };
 
 void Increment(std::atomic<uint64_t>& counter) { counter.fetch_add(1, std::memory_order_relaxed); }
@@ -158,9 +224,11 @@ class Session;
 // run on the acceptor's strand.
 class ServerCore {
  public:
-  ServerCore(HttpServerOptions options, HttpHandler handler)
+  ServerCore(HttpServerOptions options, HttpHandler handler,
+             std::optional<HttpProxyOptions> proxy)
       : options_(std::move(options)),
         handler_(std::move(handler)),
+        proxy_(std::move(proxy)),
         ioc_(std::make_unique<net::io_context>(options_.threads)) {}
   ~ServerCore() { Stop(); }
 
@@ -181,6 +249,13 @@ class ServerCore {
   bool stopping() const { return stopping_.load(std::memory_order_acquire); }
   // Calls the handler; turns exceptions and invalid responses into 500.
   HttpResponse CallHandler(const HttpRequest& request);
+  // Gateway mode: nullptr when off.
+  const HttpProxyOptions* proxy() const { return proxy_ ? &*proxy_ : nullptr; }
+  const tcp::endpoint& upstream() const { return upstream_; }
+  // Whether `target` goes to the handler (always, when not in gateway mode).
+  bool IsOwnTarget(std::string_view target) const;
+  // Calls the admit hook; turns exceptions and invalid answers into 500.
+  ProxyAdmission Admit(const HttpRequest& head);
   // Called by ~Session.
   void Unregister(uint64_t session_id);
 
@@ -197,6 +272,8 @@ class ServerCore {
 
   const HttpServerOptions options_;
   const HttpHandler handler_;
+  const std::optional<HttpProxyOptions> proxy_;
+  tcp::endpoint upstream_;  // set by Listen() in gateway mode
   Counters counters_;
   std::atomic<bool> stopping_{false};
   uint16_t port_ = 0;
@@ -251,7 +328,30 @@ class Session : public std::enable_shared_from_this<Session> {
   void Handle();
   HttpRequest TakeRequest();
   void DoWriteError(int status, std::string_view code, std::string message);
+  // Puts `response` into response_, framed for the client.
+  void PrepareResponse(HttpResponse response, bool keep_alive, unsigned version);
   void DoWrite(HttpResponse response, bool keep_alive, unsigned version);
+
+  // Gateway mode.
+  void StartProxy();
+  net::awaitable<void> Relay(std::shared_ptr<Session> self, ProxyAdmission admission);
+  // Opens upstream_ (a fresh connection). Returns the error, if any.
+  net::awaitable<error_code> ConnectUpstream();
+  // Sends the request header upstream, reconnecting once when a kept-alive
+  // connection turns out to be closed by the upstream.
+  net::awaitable<error_code> WriteRequestHeader(
+      std::optional<http::request_serializer<http::buffer_body>>& serializer,
+      http::request<http::buffer_body>& request);
+  // Writes a response of the server's own in the middle of a relay (e.g.
+  // 502), then closes the connection.
+  // REQUIRES (both): reference arguments outlive the returned awaitable.
+  net::awaitable<void> AnswerAndClose(const HttpResponse& response, unsigned version);
+  // Counts an upstream failure, answers `status` and closes.
+  net::awaitable<void> FailUpstream(ProxyExchange& exchange, int status, std::string_view code,
+                                    const std::string& message, unsigned version);
+  void CloseUpstream();
+  // Whether the connection stays open after the current request.
+  bool MayKeepAlive(bool wants_keep_alive) const;
   void OnWrite(bool close, error_code ec, size_t bytes);
   void DoLinger();
   void DoLingerRead();
@@ -270,6 +370,10 @@ class Session : public std::enable_shared_from_this<Session> {
   bool waiting_for_request_ = false;  // no byte of the next request read yet
   size_t linger_bytes_ = 0;
   std::array<char, 4096> linger_buffer_;
+  // Gateway mode: the connection to the upstream, reused between exchanges.
+  std::optional<beast::tcp_stream> upstream_;
+  beast::flat_buffer upstream_buffer_;
+  std::vector<char> relay_buffer_;  // relay_chunk_bytes, allocated on first use
 };
 
 // ---------------------------------------------------------------------------
@@ -282,6 +386,10 @@ std::string Session::PeerIp(const tcp::socket& socket) {
 }
 
 void Session::Start() {
+  // A response may leave in more than one write (a relayed header, then its
+  // body): without TCP_NODELAY the second waits for the peer's delayed ACK.
+  error_code ec;
+  stream_.socket().set_option(tcp::no_delay(true), ec);  // best effort
   net::dispatch(stream_.get_executor(), [self = shared_from_this()] {
     // The first request must be complete within read_timeout_ms of accept.
     self->stream_.expires_after(Ms(self->core_.options().read_timeout_ms));
@@ -327,7 +435,12 @@ void Session::OnWaitForRequest(error_code ec, size_t bytes) {
 
 void Session::DoReadHeader() {
   parser_.emplace();
-  parser_->body_limit(core_.options().body_bytes_max);
+  // A declared length is checked against the limit while the header is
+  // parsed; in gateway mode the target is not known yet, so the larger of the
+  // two limits applies here and OnReadHeader narrows it for own requests.
+  const HttpProxyOptions* proxy = core_.proxy();
+  parser_->body_limit(proxy ? std::max(proxy->request_body_bytes_max, core_.options().body_bytes_max)
+                            : core_.options().body_bytes_max);
   parser_->header_limit(core_.options().header_bytes_max);
   http::async_read_header(stream_, buffer_, *parser_,
                           beast::bind_front_handler(&Session::OnReadHeader, shared_from_this()));
@@ -335,8 +448,15 @@ void Session::DoReadHeader() {
 
 void Session::OnReadHeader(error_code ec, size_t bytes) {
   if (ec) return OnReadError(ec);
-  if (parser_->is_done()) return Handle();  // no body
   const auto& request = parser_->get();
+  if (core_.proxy()) {
+    const beast::string_view target = request.target();
+    if (!core_.IsOwnTarget(std::string_view(target.data(), target.size()))) return StartProxy();
+    const uint64_t own_max = core_.options().body_bytes_max;
+    if (parser_->content_length().value_or(0) > own_max) return OnReadError(http::error::body_limit);
+    parser_->body_limit(own_max);
+  }
+  if (parser_->is_done()) return Handle();  // no body
   if (request.version() == 11 && beast::iequals(request[http::field::expect], "100-continue")) {
     return DoWriteContinue();
   }
@@ -392,27 +512,22 @@ void Session::Handle() {
   const bool wants_keep_alive = message.keep_alive();
   const unsigned version = message.version();
   requests_served_++;
-  const uint64_t served_max = core_.options().requests_per_connection_max;
   HttpResponse response = core_.CallHandler(request);
   // After the handler: Stop() may have begun while it ran.
-  const bool keep_alive = wants_keep_alive && !core_.stopping() &&
-                          (served_max == 0 || requests_served_ < served_max);
-  DoWrite(std::move(response), keep_alive, version);
+  DoWrite(std::move(response), MayKeepAlive(wants_keep_alive), version);
+}
+
+bool Session::MayKeepAlive(bool wants_keep_alive) const {
+  const uint64_t served_max = core_.options().requests_per_connection_max;
+  return wants_keep_alive && !core_.stopping() &&
+         (served_max == 0 || requests_served_ < served_max);
 }
 
 // Moves the parsed request out of parser_ (its header stays readable).
 HttpRequest Session::TakeRequest() {
   auto& message = parser_->get();
-  HttpRequest request;
-  request.method = std::string(message.method_string());
-  request.target = std::string(message.target());
-  for (const auto& field : message) {
-    const beast::string_view name = field.name_string();
-    request.headers.emplace_back(LowerAscii(std::string_view(name.data(), name.size())),
-                                 std::string(field.value()));
-  }
+  HttpRequest request = RequestHead(message, remote_ip_);
   request.body = std::move(message.body());
-  request.remote_ip = remote_ip_;
   return request;
 }
 
@@ -421,7 +536,7 @@ void Session::DoWriteError(int status, std::string_view code, std::string messag
   DoWrite(JsonError(status, code, message), /*keep_alive=*/false, /*version=*/11);
 }
 
-void Session::DoWrite(HttpResponse response, bool keep_alive, unsigned version) {
+void Session::PrepareResponse(HttpResponse response, bool keep_alive, unsigned version) {
   assert(IsValidResponse(response));
   response_ = {};
   response_.version(version);
@@ -433,6 +548,10 @@ void Session::DoWrite(HttpResponse response, bool keep_alive, unsigned version) 
   if (!StatusForbidsBody(response.status)) response_.content_length(response.body.size());
   response_.body() = std::move(response.body);
   response_.keep_alive(keep_alive);
+}
+
+void Session::DoWrite(HttpResponse response, bool keep_alive, unsigned version) {
+  PrepareResponse(std::move(response), keep_alive, version);
   const bool close = response_.need_eof();
   stream_.expires_after(Ms(core_.options().write_timeout_ms));
   http::async_write(stream_, response_,
@@ -474,6 +593,342 @@ void Session::OnLingerRead(error_code ec, size_t bytes) {
 void Session::Close() { stream_.close(); }
 
 // ---------------------------------------------------------------------------
+// Gateway mode: relaying to the upstream
+
+namespace {
+
+// Status reported for an exchange the client abandoned (nginx's convention).
+constexpr int kClientClosedStatus = 499;
+constexpr std::string_view kUpstreamUnavailable = "upstream_unavailable";
+constexpr std::string_view kUpstreamTimeout = "upstream_timeout";
+
+// Hop-by-hop headers (RFC 9110 section 7.6.1): never relayed. Framing
+// (content-length, transfer-encoding) is kept: the body is relayed as framed.
+constexpr std::string_view kHopByHopHeaders[] = {
+    "connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade",
+    "proxy-authenticate", "proxy-authorization"};
+
+template <class Fields>
+void EraseHopByHop(Fields& fields) {
+  std::vector<std::string> named;  // listed in Connection, also hop-by-hop
+  for (const auto& token : http::token_list{fields[http::field::connection]}) {
+    const std::string name = LowerAscii(std::string_view(token.data(), token.size()));
+    if (name != "content-length" && name != "transfer-encoding" && name != "host") {
+      named.push_back(name);
+    }
+  }
+  for (const std::string& name : named) fields.erase(name);
+  for (std::string_view name : kHopByHopHeaders) {
+    fields.erase(beast::string_view(name.data(), name.size()));
+  }
+}
+
+void EditRequestHeader(http::request<http::buffer_body>& request, const ProxyAdmission& admission,
+                       const std::string& remote_ip) {
+  EraseHopByHop(request);
+  request.erase(http::field::expect);  // the server answered 100-continue itself
+  for (const std::string& name : admission.remove_request_headers) request.erase(name);
+  for (const auto& [name, value] : admission.set_request_headers) request.set(name, value);
+  const std::string forwarded(request["x-forwarded-for"]);
+  request.set("x-forwarded-for", forwarded.empty() ? remote_ip : forwarded + ", " + remote_ip);
+  request.version(11);
+  request.keep_alive(true);
+}
+
+void EditResponseHeader(http::response<http::buffer_body>& response,
+                        const ProxyAdmission& admission, unsigned version, bool keep_alive) {
+  EraseHopByHop(response);
+  for (const auto& [name, value] : admission.set_response_headers) response.set(name, value);
+  response.version(version);
+  if (version < 11 && response.chunked()) {
+    // HTTP/1.0 has no chunked coding: the body ends with the connection.
+    response.chunked(false);
+    keep_alive = false;
+  }
+  response.keep_alive(keep_alive);
+}
+
+void Capture(std::string* excerpt, const char* data, size_t bytes, size_t excerpt_bytes_max) {
+  if (excerpt->size() >= excerpt_bytes_max) return;
+  excerpt->append(data, std::min(bytes, excerpt_bytes_max - excerpt->size()));
+}
+
+// Reports a relayed exchange to the hooks exactly once: when the relay calls
+// Report(), or else when it ends any other way (its coroutine destroyed at
+// server stop, an exception), as abandoned.
+class ExchangeReporter {
+ public:
+  explicit ExchangeReporter(std::function<void(ProxyExchange)> on_done)
+      : on_done_(std::move(on_done)), start_(std::chrono::steady_clock::now()) {}
+  ~ExchangeReporter() { Report(); }
+  ExchangeReporter(const ExchangeReporter&) = delete;
+  ExchangeReporter& operator=(const ExchangeReporter&) = delete;
+
+  ProxyExchange& exchange() { return exchange_; }
+
+  void Report() {
+    if (!on_done_) return;
+    if (exchange_.status == 0) exchange_.status = kClientClosedStatus;
+    exchange_.latency_us = std::chrono::duration_cast<std::chrono::microseconds>(
+                               std::chrono::steady_clock::now() - start_)
+                               .count();
+    std::function<void(ProxyExchange)> on_done = std::move(on_done_);
+    on_done_ = nullptr;
+    try {
+      on_done(std::move(exchange_));
+    } catch (...) {
+      // A hook bug must not take the connection's thread down.
+    }
+  }
+
+ private:
+  std::function<void(ProxyExchange)> on_done_;
+  const std::chrono::steady_clock::time_point start_;
+  ProxyExchange exchange_;
+};
+
+}  // namespace
+
+void Session::StartProxy() {
+  const auto& message = parser_->get();
+  const HttpRequest head = RequestHead(message, remote_ip_);
+  const unsigned version = message.version();
+  const bool body_pending = !parser_->is_done();
+  const bool wants_keep_alive = message.keep_alive();
+  requests_served_++;
+  ProxyAdmission admission = core_.Admit(head);
+  if (!admission.relay) {
+    Increment(core_.counters().proxy_answered);
+    // An unread body is not drained for reuse: the connection closes after the answer.
+    return DoWrite(std::move(admission.answer), !body_pending && MayKeepAlive(wants_keep_alive),
+                   version);
+  }
+  Increment(core_.counters().proxy_relayed);
+  auto self = shared_from_this();
+  net::co_spawn(stream_.get_executor(), Relay(self, std::move(admission)),
+                [self](std::exception_ptr error) {
+                  if (!error) return;
+                  self->CloseUpstream();
+                  self->Close();
+                });
+}
+
+net::awaitable<void> Session::Relay(std::shared_ptr<Session> self, ProxyAdmission admission) {
+  const HttpProxyOptions& o = *core_.proxy();
+  ExchangeReporter reporter(std::move(admission.on_done));
+  ProxyExchange& exchange = reporter.exchange();
+  const size_t capture_max = admission.capture_bytes_max;
+  if (relay_buffer_.size() != o.relay_chunk_bytes) relay_buffer_.resize(o.relay_chunk_bytes);
+  char* const chunk = relay_buffer_.data();
+  error_code ec;
+  auto token = net::redirect_error(net::use_awaitable, ec);
+
+  // The request: switch the parser to streaming (only the header was read).
+  http::request_parser<http::buffer_body> request{std::move(*parser_)};
+  parser_.reset();
+  request.body_limit(o.request_body_bytes_max);
+  auto& req = request.get();
+  const unsigned version = req.version();
+  const bool wants_keep_alive = req.keep_alive();
+  const bool is_head = req.method() == http::verb::head;
+  const bool expects_continue =
+      version == 11 && beast::iequals(req[http::field::expect], "100-continue");
+  EditRequestHeader(req, admission, remote_ip_);
+
+  if (expects_continue) {
+    stream_.expires_after(Ms(core_.options().write_timeout_ms));
+    co_await net::async_write(stream_, net::buffer(kContinueResponse, sizeof(kContinueResponse) - 1),
+                              token);
+    if (ec) co_return Close();  // reported as abandoned
+  }
+
+  std::optional<http::request_serializer<http::buffer_body>> request_writer;
+  ec = co_await WriteRequestHeader(request_writer, req);
+  if (ec) {
+    const std::string message = "the upstream could not be reached: " + ec.message();
+    co_await FailUpstream(exchange, 502, kUpstreamUnavailable, message, version);
+    co_return;
+  }
+  // The request body, as it arrives.
+  while (!request_writer->is_done()) {
+    size_t bytes = 0;
+    if (!request.is_done()) {
+      req.body().data = chunk;
+      req.body().size = o.relay_chunk_bytes;
+      stream_.expires_after(Ms(o.relay_idle_timeout_ms));
+      co_await http::async_read_some(stream_, buffer_, request, token);
+      if (ec == http::error::need_buffer) ec = {};
+      if (ec) {  // the client went away, stalled, or sent too much
+        CloseUpstream();
+        if (ec != http::error::body_limit) co_return Close();  // reported as abandoned
+        exchange.status = 413;
+        const HttpResponse answer = JsonError(
+            413, "payload_too_large",
+            "request body exceeds " + std::to_string(o.request_body_bytes_max) + " bytes");
+        co_await AnswerAndClose(answer, version);
+        co_return;
+      }
+      bytes = o.relay_chunk_bytes - req.body().size;
+      if (bytes == 0 && !request.is_done()) continue;
+    }
+    Capture(&exchange.request_body_excerpt, chunk, bytes, capture_max);
+    exchange.request_body_bytes += bytes;
+    req.body().data = bytes > 0 ? chunk : nullptr;
+    req.body().size = bytes;
+    req.body().more = !request.is_done();
+    upstream_->expires_after(Ms(o.relay_idle_timeout_ms));
+    co_await http::async_write(*upstream_, *request_writer, token);
+    if (ec == http::error::need_buffer) ec = {};
+    if (ec) {
+      const std::string message = "the upstream broke the connection: " + ec.message();
+      co_await FailUpstream(exchange, 502, kUpstreamUnavailable, message, version);
+      co_return;
+    }
+  }
+
+  // The response header; interim 1xx responses are dropped.
+  std::optional<http::response_parser<http::buffer_body>> response;
+  do {
+    response.emplace();
+    // The upstream is trusted with its response sizes. (Not boost::none:
+    // Beast 1.74 compares a declared length with it as "len > none", true.)
+    response->body_limit(std::numeric_limits<uint64_t>::max());
+    response->header_limit(o.response_header_bytes_max);
+    response->skip(is_head);
+    upstream_->expires_after(Ms(o.response_header_timeout_ms));
+    co_await http::async_read_header(*upstream_, upstream_buffer_, *response, token);
+  } while (!ec && response->get().result_int() < 200 && response->get().result_int() != 101);
+  if (ec || response->get().result_int() == 101) {
+    // Awaited with a local message: GCC 12 mishandles non-trivial
+    // temporaries (and conditionals) inside a co_await expression.
+    const bool timed_out = ec == beast::error::timeout;
+    std::string message;
+    if (timed_out) {
+      message = "the upstream did not answer within " +
+                std::to_string(o.response_header_timeout_ms) + " ms";
+    } else if (ec) {
+      message = "the upstream's response was unreadable: " + ec.message();
+    } else {
+      message = "the upstream switched protocols, which is not relayed";
+    }
+    co_await FailUpstream(exchange, timed_out ? 504 : 502,
+                          timed_out ? kUpstreamTimeout : kUpstreamUnavailable, message, version);
+    co_return;
+  }
+  auto& res = response->get();
+  exchange.status = static_cast<int>(res.result_int());
+  exchange.response_headers = LowerFields(res);
+  const bool upstream_keep_alive = res.keep_alive();
+  EditResponseHeader(res, admission, version, MayKeepAlive(wants_keep_alive));
+  http::response_serializer<http::buffer_body> response_writer{res};
+  stream_.expires_after(Ms(core_.options().write_timeout_ms));
+  co_await http::async_write_header(stream_, response_writer, token);
+  if (ec) {
+    exchange.status = kClientClosedStatus;
+    CloseUpstream();
+    co_return Close();
+  }
+  // The response body, as it arrives.
+  while (!response_writer.is_done()) {
+    size_t bytes = 0;
+    if (!response->is_done()) {
+      res.body().data = chunk;
+      res.body().size = o.relay_chunk_bytes;
+      upstream_->expires_after(Ms(o.relay_idle_timeout_ms));
+      co_await http::async_read_some(*upstream_, upstream_buffer_, *response, token);
+      if (ec == http::error::need_buffer) ec = {};
+      if (ec) {  // too late for a 502: the client sees the connection close early
+        exchange.upstream_failed = true;
+        Increment(core_.counters().proxy_upstream_failures);
+        CloseUpstream();
+        co_return Close();
+      }
+      bytes = o.relay_chunk_bytes - res.body().size;
+      if (bytes == 0 && !response->is_done()) continue;
+    }
+    Capture(&exchange.response_body_excerpt, chunk, bytes, capture_max);
+    exchange.response_body_bytes += bytes;
+    res.body().data = bytes > 0 ? chunk : nullptr;
+    res.body().size = bytes;
+    res.body().more = !response->is_done();
+    stream_.expires_after(Ms(o.relay_idle_timeout_ms));
+    co_await http::async_write(stream_, response_writer, token);
+    if (ec == http::error::need_buffer) ec = {};
+    if (ec) {
+      exchange.status = kClientClosedStatus;
+      CloseUpstream();
+      co_return Close();
+    }
+  }
+  if (!upstream_keep_alive) CloseUpstream();
+  reporter.Report();
+  if (res.need_eof()) co_return DoLinger();
+  DoWaitForRequest();
+}
+
+net::awaitable<error_code> Session::ConnectUpstream() {
+  CloseUpstream();
+  upstream_.emplace(stream_.get_executor());
+  upstream_->expires_after(Ms(core_.proxy()->connect_timeout_ms));
+  error_code ec;
+  co_await upstream_->async_connect(core_.upstream(), net::redirect_error(net::use_awaitable, ec));
+  if (!ec) upstream_->socket().set_option(tcp::no_delay(true), ec);
+  co_return ec;
+}
+
+net::awaitable<error_code> Session::WriteRequestHeader(
+    std::optional<http::request_serializer<http::buffer_body>>& serializer,
+    http::request<http::buffer_body>& request) {
+  const bool reused = upstream_.has_value();
+  error_code ec;
+  for (int attempt = 0; attempt < 2; attempt++) {
+    if (!upstream_) {
+      ec = co_await ConnectUpstream();
+      if (ec) co_return ec;
+    }
+    serializer.emplace(request);
+    upstream_->expires_after(Ms(core_.proxy()->relay_idle_timeout_ms));
+    co_await http::async_write_header(*upstream_, *serializer,
+                                      net::redirect_error(net::use_awaitable, ec));
+    // A kept-alive connection may have been closed by the upstream meanwhile.
+    if (!ec || !reused) break;
+    CloseUpstream();
+  }
+  co_return ec;
+}
+
+net::awaitable<void> Session::FailUpstream(ProxyExchange& exchange, int status,
+                                           std::string_view code, const std::string& message,
+                                           unsigned version) {
+  Increment(core_.counters().proxy_upstream_failures);
+  exchange.status = status;
+  exchange.upstream_failed = true;
+  CloseUpstream();
+  const HttpResponse answer = JsonError(status, code, message);
+  co_await AnswerAndClose(answer, version);
+}
+
+net::awaitable<void> Session::AnswerAndClose(const HttpResponse& response, unsigned version) {
+  PrepareResponse(response, /*keep_alive=*/false, version);
+  stream_.expires_after(Ms(core_.options().write_timeout_ms));
+  error_code ec;
+  co_await http::async_write(stream_, response_, net::redirect_error(net::use_awaitable, ec));
+  response_ = {};
+  if (ec) co_return Close();
+  DoLinger();  // drains what is left of the request
+}
+
+void Session::CloseUpstream() {
+  if (upstream_) {
+    error_code ec;
+    upstream_->socket().shutdown(tcp::socket::shutdown_both, ec);
+    upstream_->close();
+    upstream_.reset();
+  }
+  upstream_buffer_.clear();
+}
+
+// ---------------------------------------------------------------------------
 // ServerCore
 
 Status ServerCore::Listen() {
@@ -499,6 +954,15 @@ Status ServerCore::Listen() {
   const tcp::endpoint bound = acceptor_->local_endpoint(ec);
   if (ec) return Status::IOError("local address of " + where + ": " + ec.message());
   port_ = bound.port();
+  if (proxy_) {
+    const net::ip::address upstream = net::ip::make_address(proxy_->upstream_host, ec);
+    if (ec) {
+      return Status::InvalidArgument("upstream host is not an IP address literal: " +
+                                         proxy_->upstream_host,
+                                     "proxy.upstream_host");
+    }
+    upstream_ = tcp::endpoint(upstream, proxy_->upstream_port);
+  }
   DoAccept();
   return Status::Ok();
 }
@@ -621,6 +1085,39 @@ HttpResponse ServerCore::CallHandler(const HttpRequest& request) {
   return std::move(*response);
 }
 
+bool ServerCore::IsOwnTarget(std::string_view target) const {
+  if (!proxy_) return true;
+  try {
+    return proxy_->hooks.is_own_target(target);
+  } catch (...) {
+    return true;  // a hook bug: the handler answers (most likely 404), nothing is relayed
+  }
+}
+
+ProxyAdmission ServerCore::Admit(const HttpRequest& head) {
+  std::optional<ProxyAdmission> admission;
+  try {
+    admission = proxy_->hooks.admit(head);
+  } catch (...) {
+    // Swallowed on purpose, as in CallHandler.
+  }
+  const auto valid_fields = [](const std::vector<std::pair<std::string, std::string>>& fields) {
+    return std::all_of(fields.begin(), fields.end(), [](const auto& field) {
+      return IsValidHeaderName(field.first) && IsValidHeaderValue(field.second);
+    });
+  };
+  const bool valid = admission && (admission->relay ? valid_fields(admission->set_request_headers) &&
+                                                          valid_fields(admission->set_response_headers)
+                                                    : IsValidResponse(admission->answer));
+  if (!valid) {
+    Increment(counters_.handler_errors);
+    ProxyAdmission refused;
+    refused.answer = JsonError(500, "internal", "internal error");
+    return refused;
+  }
+  return std::move(*admission);
+}
+
 void ServerCore::Stop() {
   std::call_once(stop_once_, [this] { DoStop(); });
 }
@@ -699,6 +1196,9 @@ HttpServerStats ServerCore::stats() const {
   s.requests_in_flight = load(counters_.requests_in_flight);
   s.requests_rejected = load(counters_.requests_rejected);
   s.handler_errors = load(counters_.handler_errors);
+  s.proxy_relayed = load(counters_.proxy_relayed);
+  s.proxy_answered = load(counters_.proxy_answered);
+  s.proxy_upstream_failures = load(counters_.proxy_upstream_failures);
   return s;
 }
 
@@ -708,10 +1208,13 @@ HttpServerStats ServerCore::stats() const {
 // HttpServer
 
 Result<std::unique_ptr<HttpServer>> HttpServer::Start(HttpServerOptions options,
-                                                      HttpHandler handler) {
+                                                      HttpHandler handler,
+                                                      std::optional<HttpProxyOptions> proxy) {
   KL_RETURN_IF_ERROR(http_internal::ValidateOptions(options, handler));
+  if (proxy) KL_RETURN_IF_ERROR(http_internal::ValidateProxyOptions(*proxy));
   try {
-    auto core = std::make_unique<http_internal::ServerCore>(std::move(options), std::move(handler));
+    auto core = std::make_unique<http_internal::ServerCore>(std::move(options), std::move(handler),
+                                                            std::move(proxy));
     KL_RETURN_IF_ERROR(core->Listen());
     KL_RETURN_IF_ERROR(core->StartThreads());
     return std::unique_ptr<HttpServer>(new HttpServer(std::move(core)));

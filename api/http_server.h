@@ -24,6 +24,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "api/http_types.h"
@@ -60,6 +61,34 @@ struct HttpServerOptions {
   uint64_t requests_per_connection_max = 0;
 };
 
+// Gateway mode: relays requests that ProxyHooks::is_own_target refuses to an
+// upstream HTTP/1.1 server, streaming both bodies (at most relay_chunk_bytes
+// held per direction), with keep-alive connections to the upstream (one per
+// client connection, reused while both sides keep it alive).
+struct HttpProxyOptions {
+  // IP address literal of the upstream, and its port. Required.
+  std::string upstream_host;
+  uint16_t upstream_port = 0;
+  ProxyHooks hooks;  // REQUIRES: both functions set
+
+  // Time to open a TCP connection to the upstream; on expiry the client gets 502.
+  int64_t connect_timeout_ms = 5000;
+  // Time from the end of the request until the upstream's response header
+  // has arrived; on expiry the client gets 504.
+  int64_t response_header_timeout_ms = 120000;
+  // Longest wait for any one read or write while a body is relayed (in either
+  // direction); on expiry both connections are closed.
+  int64_t relay_idle_timeout_ms = 60000;
+  // Largest request body relayed (the server's own body_bytes_max does not
+  // apply to relayed requests); larger ones get 413 before anything is sent
+  // upstream when the length is declared, or a closed connection otherwise.
+  uint64_t request_body_bytes_max = 256ull << 20;
+  // Largest upstream response header block; larger ones get 502.
+  uint32_t response_header_bytes_max = 64 << 10;
+  // Size of each relay read/write.
+  size_t relay_chunk_bytes = 64 << 10;
+};
+
 // A snapshot of counters since Start(); for /metrics.
 struct HttpServerStats {
   uint64_t connections_accepted = 0;  // connections that got a session
@@ -70,6 +99,9 @@ struct HttpServerStats {
   uint64_t requests_in_flight = 0;     // handler calls running now
   uint64_t requests_rejected = 0;      // answered 400/413/431 by the server itself
   uint64_t handler_errors = 0;         // handler threw or returned an invalid response
+  uint64_t proxy_relayed = 0;          // gateway mode: exchanges relayed to the upstream
+  uint64_t proxy_answered = 0;         // gateway mode: answered by the hooks (refusals, preflights)
+  uint64_t proxy_upstream_failures = 0;  // 502/504 sent, or upstream broke mid-response
 };
 
 namespace http_internal {
@@ -87,8 +119,12 @@ class HttpServer {
   //                     is not an IP address literal, or handler is empty.
   //   IOError         - the address could not be bound or listened on (the
   //                     message names it), or threads could not be started.
+  // With `proxy`, the server runs in gateway mode (see HttpProxyOptions);
+  // InvalidArgument also when its upstream address, ports, hooks or limits
+  // are invalid (field "proxy.<name>").
   static Result<std::unique_ptr<HttpServer>> Start(HttpServerOptions options,
-                                                   HttpHandler handler);
+                                                   HttpHandler handler,
+                                                   std::optional<HttpProxyOptions> proxy = {});
 
   // Calls Stop().
   ~HttpServer();

@@ -54,3 +54,58 @@ HttpResponse JsonError(int status, std::string_view code, std::string_view messa
 using HttpHandler = std::function<HttpResponse(const HttpRequest&)>;
 
 }  // namespace keyledger
+
+namespace keyledger {
+
+// ---- Reverse proxy (gateway mode) --------------------------------------------
+//
+// With ProxyHooks given to HttpServer::Start, requests outside the server's
+// own paths are relayed to an upstream instead of being passed to the handler.
+// The hooks decide; the server only moves bytes.
+
+// What the server reports about one relayed exchange, once, when it ends.
+struct ProxyExchange {
+  // The upstream's status as relayed to the client; or the server's own
+  // answer when the upstream failed (502 unreachable or broken, 504 no
+  // response header in time); or 499 when the client went away before the
+  // response was complete.
+  int status = 0;
+  bool upstream_failed = false;      // 502/504 above, or broken mid-response
+  int64_t latency_us = 0;            // from admission to the last byte sent (or failure)
+  uint64_t request_body_bytes = 0;   // relayed to the upstream
+  uint64_t response_body_bytes = 0;  // relayed to the client
+  // The upstream's response headers (lower-cased names); empty when it failed.
+  std::vector<std::pair<std::string, std::string>> response_headers;
+  // The first ProxyAdmission::capture_bytes_max bytes of each body.
+  std::string request_body_excerpt;
+  std::string response_body_excerpt;
+};
+
+// The hooks' answer for one request, given its header (body not read yet).
+struct ProxyAdmission {
+  // false: `answer` is sent to the client instead (the request's body, if
+  // any, is not read and the connection is closed after the answer).
+  bool relay = false;
+  HttpResponse answer;
+  // Header changes for the upstream request: names (lower-case) removed, then
+  // fields set (replacing any of the same name).
+  std::vector<std::string> remove_request_headers;
+  std::vector<std::pair<std::string, std::string>> set_request_headers;
+  // Fields set on the response to the client (replacing the upstream's).
+  std::vector<std::pair<std::string, std::string>> set_response_headers;
+  // Bytes of each body to copy into ProxyExchange excerpts; 0 = none.
+  size_t capture_bytes_max = 0;
+  // Called exactly once when a relayed exchange ends, on an I/O thread; also
+  // when the server is stopped mid-exchange. Must not block.
+  std::function<void(ProxyExchange)> on_done;
+};
+
+struct ProxyHooks {
+  // true: the request is the server's own (passed to the HttpHandler).
+  // `target` is the request target as received (path and query).
+  std::function<bool(std::string_view target)> is_own_target;
+  // Decides a proxied request. `head` has everything but the body.
+  std::function<ProxyAdmission(const HttpRequest& head)> admit;
+};
+
+}  // namespace keyledger

@@ -669,7 +669,21 @@ HttpResponse Service::Impl::Metrics() const {
     RenderGauge(&out, "keyledger_http_handler_errors_total",
                 "Handler calls that threw or returned an invalid response.", http.handler_errors,
                 "counter");
+    RenderGauge(&out, "keyledger_gateway_relayed_total",
+                "Gateway mode: exchanges relayed to the upstream.", http.proxy_relayed, "counter");
+    RenderGauge(&out, "keyledger_gateway_answered_total",
+                "Gateway mode: requests answered without the upstream (refusals, preflights).",
+                http.proxy_answered, "counter");
+    RenderGauge(&out, "keyledger_gateway_upstream_failures_total",
+                "Gateway mode: 502/504 answered, or the upstream broke mid-response.",
+                http.proxy_upstream_failures, "counter");
   }
+  RenderGauge(&out, "keyledger_gateway_calls_pending",
+              "Gateway mode: relayed calls reserved or queued, not yet durable.",
+              data_plane->calls_pending());
+  RenderGauge(&out, "keyledger_gateway_calls_dropped_total",
+              "Gateway mode: relayed calls that could not be recorded (see stderr).",
+              data_plane->calls_dropped(), "counter");
   RenderGauge(&out, "keyledger_alarm_evaluation_errors_total",
               "Alarm evaluations skipped because their data could not be read.",
               alarm_evaluation_errors.load(std::memory_order_relaxed), "counter");

@@ -113,6 +113,13 @@ class Service {
   // The hot path, for in-process use and benchmarks.
   DataPlane& data_plane();
 
+  // Gateway mode (`serve --upstream`): hooks for HttpServer::Start that relay
+  // every request outside keyledger's own paths (/v1/..., /healthz,
+  // /metrics) to the rendering API, authorized as POST /v1/authorize decides
+  // and recorded as POST /v1/calls would (docs/api.md, "Gateway mode").
+  // REQUIRES: the server using them is stopped before Stop().
+  ProxyHooks GatewayHooks();
+
   // Adds the server's connection and request counters to GET /metrics.
   // REQUIRES: `server` outlives every later Handle() call (or is detached
   // with nullptr first).

@@ -1,12 +1,12 @@
 // The data-plane endpoints of the Service: POST /v1/authorize, POST /v1/calls.
 #include <algorithm>
+#include <cassert>
 
 #include "api/service_internal.h"
 #include "billing/calendar.h"
 
 
 namespace keyledger {
-namespace {
 
 void AddRateLimitHeaders(const AuthorizeDecision& d, HttpResponse* r) {
   if (!d.rate_checked) return;
@@ -18,6 +18,33 @@ void AddRateLimitHeaders(const AuthorizeDecision& d, HttpResponse* r) {
     r->headers.emplace_back("retry-after", ceil_seconds(std::max<int64_t>(d.rate.retry_after_us, 1)));
   }
 }
+
+HttpResponse AuthorizeRefusal(const AuthorizeDecision& decision) {
+  assert(decision.outcome != AuthorizeOutcome::kAllowed);
+  HttpResponse r;
+  switch (decision.outcome) {
+    case AuthorizeOutcome::kAllowed:
+      break;
+    case AuthorizeOutcome::kUnauthenticated:
+      r = JsonError(401, "unauthenticated", decision.message);
+      r.headers.emplace_back("www-authenticate", "Bearer");
+      break;
+    case AuthorizeOutcome::kForbidden:
+      r = JsonError(403, "permission_denied", decision.message,
+                    decision.reason == DenialReason::kIpNotAllowed ? "client_ip" : "origin");
+      break;
+    case AuthorizeOutcome::kRateLimited:
+      r = JsonError(429, "rate_limited", decision.message);
+      break;
+    case AuthorizeOutcome::kInvalidArgument:
+      r = JsonError(400, "invalid_argument", decision.message, "client_ip");
+      break;
+  }
+  AddRateLimitHeaders(decision, &r);
+  return r;
+}
+
+namespace {
 
 Result<HttpExcerpt> ParseExcerpt(const Json& call, std::string_view name, const std::string& field) {
   HttpExcerpt out;
@@ -127,36 +154,18 @@ Result<HttpResponse> Service::Impl::Authorize(const HttpRequest& req) {
   ar.origin = origin ? std::string_view(*origin) : req.Header("origin");
   ar.now_us = d.clock->NowUs();
   AuthorizeDecision decision = data_plane->Authorize(ar);
+  if (decision.outcome != AuthorizeOutcome::kAllowed) return AuthorizeRefusal(decision);
+  // The hot path: ids are generated base32 and need no escaping, so the
+  // body is assembled directly; only a caller's request_id is escaped.
   HttpResponse r;
-  switch (decision.outcome) {
-    case AuthorizeOutcome::kAllowed: {
-      // The hot path: ids are generated base32 and need no escaping, so the
-      // body is assembled directly; only a caller's request_id is escaped.
-      r.status = 200;
-      r.headers.emplace_back("content-type", "application/json");
-      r.body = "{\"allowed\":true,\"key_id\":\"" + decision.key_id + "\",\"workspace_id\":\"" +
-               decision.workspace_id + "\",\"logging\":" + (decision.logging ? "true" : "false") +
-               ",\"request_id\":" +
-               (request_id ? Json(*request_id).dump(-1, ' ', false, Json::error_handler_t::replace)
-                           : "\"" + NextRequestId() + "\"") +
-               "}";
-      break;
-    }
-    case AuthorizeOutcome::kUnauthenticated:
-      r = JsonError(401, "unauthenticated", decision.message);
-      r.headers.emplace_back("www-authenticate", "Bearer");
-      break;
-    case AuthorizeOutcome::kForbidden:
-      r = JsonError(403, "permission_denied", decision.message,
-                    decision.reason == DenialReason::kIpNotAllowed ? "client_ip" : "origin");
-      break;
-    case AuthorizeOutcome::kRateLimited:
-      r = JsonError(429, "rate_limited", decision.message);
-      break;
-    case AuthorizeOutcome::kInvalidArgument:
-      r = JsonError(400, "invalid_argument", decision.message, "client_ip");
-      break;
-  }
+  r.status = 200;
+  r.headers.emplace_back("content-type", "application/json");
+  r.body = "{\"allowed\":true,\"key_id\":\"" + decision.key_id + "\",\"workspace_id\":\"" +
+           decision.workspace_id + "\",\"logging\":" + (decision.logging ? "true" : "false") +
+           ",\"request_id\":" +
+           (request_id ? Json(*request_id).dump(-1, ' ', false, Json::error_handler_t::replace)
+                       : "\"" + NextRequestId() + "\"") +
+           "}";
   AddRateLimitHeaders(decision, &r);
   return r;
 }

@@ -54,6 +54,13 @@ std::string PercentDecode(std::string_view text);
 // Durations are measured on the monotonic clock, never the injected one.
 uint64_t ElapsedUs(std::chrono::steady_clock::time_point start);
 
+// Adds RateLimit-* (and Retry-After when refused) headers when the decision
+// checked the rate.
+void AddRateLimitHeaders(const AuthorizeDecision& d, HttpResponse* r);
+// The 400/401/403/429 answer for a refused authorization, with its headers.
+// REQUIRES: d.outcome != kAllowed.
+HttpResponse AuthorizeRefusal(const AuthorizeDecision& d);
+
 struct Service::Impl {
   ServiceDeps d;
   ServiceOptions o;
@@ -65,6 +72,9 @@ struct Service::Impl {
   std::atomic<const HttpServer*> http_server{nullptr};
 
   HttpResponse Metrics() const;
+  // Gateway mode (service_gateway.cc).
+  ProxyAdmission AdmitProxied(const HttpRequest& head);
+  HttpResponse AnswerPreflight(const HttpRequest& head, std::string_view origin) const;
 
   const KeyState& state() const { return d.key_state->state(); }
 

@@ -927,6 +927,10 @@ uint16_t AuthorizationDeniedBodyKind() {
   return static_cast<uint16_t>(schema::Envelope::Body::AUTHORIZATION_DENIED);
 }
 
+uint16_t InvoiceIssuedBodyKind() {
+  return static_cast<uint16_t>(schema::Envelope::Body::INVOICE_ISSUED);
+}
+
 const char* EventTypeName(const EventBody& body) { return std::visit(TypeNamer{}, body); }
 
 // ---- Views of call events ------------------------------------------------------

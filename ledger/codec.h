@@ -100,6 +100,8 @@ Result<EnvelopeHeader> DecodeEnvelopeHeader(std::string_view body,
 uint16_t ApiCallRecordedBodyKind();
 // The body_kind of an AuthorizationDenied event, for cheap filtering.
 uint16_t AuthorizationDeniedBodyKind();
+// The body_kind of an InvoiceIssued event, for cheap filtering.
+uint16_t InvoiceIssuedBodyKind();
 
 // ---- Views of call events, for folds that read millions of them ---------------
 //

@@ -29,7 +29,7 @@ struct ColumnFamilySpec {
   // Keys are "<group>\0<rest>" and each group's keys arrive in order (a
   // stream's versions): remember the insert position per group, so
   // interleaved groups do not each pay a full skiplist search.
-  std::optional<char> ordered_group_delimiter;
+  std::optional<char> ordered_group_delimiter = std::nullopt;
 };
 
 enum class OpenMode : uint8_t {

@@ -741,7 +741,7 @@ class ReadAhead {
 
 // Folds (after, to] of `ledger` into `state` in batches, without storage.
 Status FoldInMemory(const Ledger& ledger, const KeyState& key_state, uint64_t to,
-                    FoldState* state) {
+                    FoldState* state, const std::function<void(uint64_t)>& progress) {
   std::optional<ReadAhead> ahead;
   if (state->position < to && to - state->position >= kRebuildReadAheadEventsMin) {
     ahead.emplace(ledger, state->position + 1, to);
@@ -760,6 +760,7 @@ Status FoldInMemory(const Ledger& ledger, const KeyState& key_state, uint64_t to
                                 state->position + 1);
     }
     folder.Finish();
+    if (progress) progress(state->position);
   }
   return Status::Ok();
 }
@@ -1251,7 +1252,8 @@ std::vector<BillingMonth> CallProjections::UsageMonths(std::string_view workspac
 // ---- Rebuild ---------------------------------------------------------------------------
 
 Result<Hash> RebuildCallProjectionsDigest(const Ledger& ledger, const KeyState& key_state,
-                                          uint64_t until) {
+                                          uint64_t until,
+                                          const std::function<void(uint64_t)>& progress) {
   const uint64_t head = ledger.head().sequence;
   if (until > head) {
     return Status::InvalidArgument("until (" + std::to_string(until) +
@@ -1259,8 +1261,8 @@ Result<Hash> RebuildCallProjectionsDigest(const Ledger& ledger, const KeyState& 
                                    "until");
   }
   call_projections_internal::FoldState state;
-  KL_RETURN_IF_ERROR(call_projections_internal::FoldInMemory(ledger, key_state,
-                                                             until == 0 ? head : until, &state));
+  KL_RETURN_IF_ERROR(call_projections_internal::FoldInMemory(
+      ledger, key_state, until == 0 ? head : until, &state, progress));
   return call_projections_internal::DigestOf(state);
 }
 

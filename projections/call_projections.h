@@ -333,8 +333,10 @@ class CallProjections {
 // Returns InvalidArgument (field "until") if until is beyond the ledger head,
 // Corruption (with the sequence) for an undecodable event, IOError if the
 // ledger cannot be read.
+// `progress`, when set, is called after each batch with the last sequence folded.
 Result<Hash> RebuildCallProjectionsDigest(const Ledger& ledger, const KeyState& key_state,
-                                          uint64_t until);
+                                          uint64_t until,
+                                          const std::function<void(uint64_t)>& progress = {});
 
 // The digest of call projections that folded nothing.
 Hash EmptyCallProjectionsDigest();

@@ -328,6 +328,11 @@ uint64_t KeyState::position() const {
   return position_;
 }
 
+void KeyState::AdvancePosition(uint64_t sequence) {
+  std::unique_lock<std::shared_mutex> lock(mu_);
+  position_ = std::max(position_, sequence);
+}
+
 std::optional<WorkspaceView> KeyState::FindWorkspace(std::string_view id) const {
   std::shared_lock<std::shared_mutex> lock(mu_);
   auto it = workspaces_.find(id);
@@ -495,6 +500,14 @@ size_t KeyState::KeysUsingGroup(std::string_view group_id) const {
   std::shared_lock<std::shared_mutex> lock(mu_);
   auto it = keys_per_group_.find(std::string(group_id));
   return it == keys_per_group_.end() ? 0 : it->second;
+}
+
+bool KeyState::AnyGroupAllowsOrigin(std::string_view origin) const {
+  std::shared_lock<std::shared_mutex> lock(mu_);
+  for (const auto& [id, group] : groups_) {
+    if (!group.deleted && group.rules && group.rules->AllowsOrigin(origin)) return true;
+  }
+  return false;
 }
 
 namespace {

@@ -206,8 +206,17 @@ class KeyState {
   // REQUIRES: event.sequence > position().
   Status Apply(const Event& event);
 
-  // The last sequence folded (0: none).
+  // The last sequence folded (0: none). Events skipped by a caller that
+  // walked them (see AdvancePosition) count as folded.
   uint64_t position() const;
+
+  // Moves the position forward to `sequence` without folding anything, for a
+  // caller that walked every event in (position(), sequence] and applied
+  // each lifecycle event among them (the others never change the state):
+  // the persisted position then tells the next catch-up to start after them
+  // instead of re-reading every API call since the last lifecycle event.
+  // No-op when sequence <= position().
+  void AdvancePosition(uint64_t sequence);
 
   // Each returns a copy, std::nullopt if unknown. Deleted keys and groups are
   // returned with deleted = true; callers decide what a tombstone means.
@@ -245,6 +254,11 @@ class KeyState {
                                             std::string_view after, size_t limit) const;
   // Number of live keys using the group.
   size_t KeysUsingGroup(std::string_view group_id) const;
+  // Whether some live security group admits browser `origin` (an empty
+  // origin_allow admits every origin). For CORS preflights, which carry no
+  // key: the request that follows is checked against its key's own group.
+  // Linear in the number of groups.
+  bool AnyGroupAllowsOrigin(std::string_view origin) const;
 
   // The alarm, deleted ones included; std::nullopt if unknown.
   std::optional<AlarmView> FindAlarm(std::string_view alarm_id) const;

@@ -14,12 +14,20 @@ constexpr char kFormatKey[] = "key_state_format";
 // Bump when the record layout changes: the store is then rebuilt from the log.
 constexpr char kFormatVersion[] = "key-state-4";
 
-// Folds lifecycle events in (from, to] into `state`, skipping call events by
-// their header alone.
-Status FoldRange(const Ledger& ledger, uint64_t after, uint64_t to, KeyState* state) {
+// A rebuild reports its progress every this many events.
+constexpr uint64_t kRebuildProgressEvents = 65'536;
+
+// Folds lifecycle events in (after, to] into `state`, skipping call events by
+// their header alone, then advances the position to `to` (the last event
+// walked), so that a later catch-up does not walk the skipped events again.
+Status FoldRange(const Ledger& ledger, uint64_t after, uint64_t to, KeyState* state,
+                 const std::function<void(uint64_t)>& progress = {}) {
   const uint16_t call_kind = ApiCallRecordedBodyKind();
   Status fold;
+  uint64_t walked = after;  // the last sequence walked
   KL_RETURN_IF_ERROR(ledger.ScanRaw(after + 1, to, [&](uint64_t seq, std::string_view value) {
+    walked = seq;
+    if (progress && seq % kRebuildProgressEvents == 0) progress(seq);
     Hash hash;
     std::string_view body;
     fold = SplitStoredValue(value, &hash, &body);
@@ -42,7 +50,9 @@ Status FoldRange(const Ledger& ledger, uint64_t after, uint64_t to, KeyState* st
     fold = state->Apply(*event);
     return fold.ok();
   }));
-  return fold;
+  KL_RETURN_IF_ERROR(fold);
+  state->AdvancePosition(walked);
+  return Status::Ok();
 }
 
 }  // namespace
@@ -106,10 +116,11 @@ Status KeyStateStore::CatchUp() {
   return Persist();
 }
 
-Result<std::unique_ptr<KeyState>> RebuildKeyState(const Ledger& ledger, uint64_t until) {
+Result<std::unique_ptr<KeyState>> RebuildKeyState(const Ledger& ledger, uint64_t until,
+                                                  const std::function<void(uint64_t)>& progress) {
   auto state = std::make_unique<KeyState>();
   uint64_t to = until == 0 ? ledger.head().sequence : until;
-  KL_RETURN_IF_ERROR(FoldRange(ledger, 0, to, state.get()));
+  KL_RETURN_IF_ERROR(FoldRange(ledger, 0, to, state.get(), progress));
   return state;
 }
 

@@ -7,9 +7,15 @@
 // command's events land at sequences S.., every lifecycle event before S is
 // already folded, and the call events in between can be skipped.
 //
+// Position. The persisted position is the last event walked, not the last
+// lifecycle event folded: a catch-up (Open, CatchUp) advances it over the
+// call events it skipped, so reopening a caught-up store reads no event, and
+// one reopened after N more events reads those N once (by their headers).
+//
 // Thread safety: thread-safe; ApplyAppended and CatchUp serialize internally.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -34,7 +40,11 @@ class KeyStateStore {
   // Returns Corruption if the fold refuses an event, IOError on storage failure.
   Status ApplyAppended(const std::vector<uint64_t>& sequences);
 
-  // Folds every lifecycle event after the position up to the ledger head.
+  // Folds every lifecycle event after the position up to the ledger head,
+  // advances the position to that head (call events included) and persists.
+  // Safe at any time: a command's events it folds before ApplyAppended sees
+  // them are then skipped there as already folded.
+  // Returns Corruption if the fold refuses an event, IOError on storage failure.
   Status CatchUp();
 
   const KeyState& state() const { return *state_; }
@@ -50,8 +60,10 @@ class KeyStateStore {
 };
 
 // Folds every lifecycle event of `ledger` up to `until` (0: the head) into a
-// fresh KeyState: the reference a live projection must equal.
-Result<std::unique_ptr<KeyState>> RebuildKeyState(const Ledger& ledger, uint64_t until);
+// fresh KeyState: the reference a live projection must equal. `progress`, when
+// set, is called now and then with the last sequence walked (for progress bars).
+Result<std::unique_ptr<KeyState>> RebuildKeyState(
+    const Ledger& ledger, uint64_t until, const std::function<void(uint64_t)>& progress = {});
 
 // Loads the key-state projection persisted under `path` (a store that
 // KeyStateStore::Open wrote) without writing to it: the store is opened as a

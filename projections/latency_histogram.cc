@@ -112,7 +112,22 @@ std::string LatencyHistogram::Serialize() const {
   return out;
 }
 
-Result<LatencyHistogram> LatencyHistogram::Deserialize(std::string_view bytes) {
+namespace {
+
+// The decoded summary of a histogram encoding (see LatencyHistogram::Serialize).
+struct DecodedSummary {
+  uint64_t count = 0;  // sum of the bucket counts
+  uint64_t min = 0;    // meaningful only when count > 0
+  uint64_t max = 0;
+};
+
+// Parses what LatencyHistogram::Serialize produced, calling add(index, count)
+// for each used bucket in ascending index order (count > 0, their sum fits
+// in uint64_t). The single definition of what both Deserialize functions
+// accept: returns Corruption for anything else (`add` may have been called
+// for a prefix of the buckets by then).
+template <typename AddBucket>
+Status ParseHistogram(std::string_view bytes, DecodedSummary* out, AddBucket&& add) {
   if (bytes.empty() || static_cast<uint8_t>(bytes[0]) != kFormatVersion) {
     return Status::Corruption("latency histogram: unknown format version");
   }
@@ -121,10 +136,10 @@ Result<LatencyHistogram> LatencyHistogram::Deserialize(std::string_view bytes) {
   if (!GetVarint(&bytes, &used) || used > kLatencyBucketCount) {
     return Status::Corruption("latency histogram: bad bucket count");
   }
-  LatencyHistogram h;
+  *out = DecodedSummary{};
   if (used == 0) {
     if (!bytes.empty()) return Status::Corruption("latency histogram: trailing bytes");
-    return h;
+    return Status::Ok();
   }
   uint64_t lo = 0;
   uint64_t hi = 0;
@@ -143,22 +158,36 @@ Result<LatencyHistogram> LatencyHistogram::Deserialize(std::string_view bytes) {
     if (gap >= kLatencyBucketCount - next) {
       return Status::Corruption("latency histogram: bucket index out of range");
     }
-    if (count == 0 || count > std::numeric_limits<uint64_t>::max() - h.count_) {
+    if (count == 0 || count > std::numeric_limits<uint64_t>::max() - out->count) {
       return Status::Corruption("latency histogram: bad bucket count value");
     }
     const size_t index = static_cast<size_t>(next + gap);
-    h.counts_[index] = count;
-    h.count_ += count;
+    add(index, count);
+    out->count += count;
     if (n == 0) first = index;
     last = index;
     next = index + 1;
   }
   if (!bytes.empty()) return Status::Corruption("latency histogram: trailing bytes");
-  if (BucketIndex(lo) != first || BucketIndex(hi) != last || (h.count_ == 1 && lo != hi)) {
+  if (LatencyHistogram::BucketIndex(lo) != first || LatencyHistogram::BucketIndex(hi) != last ||
+      (out->count == 1 && lo != hi)) {
     return Status::Corruption("latency histogram: min/max outside their buckets");
   }
-  h.min_ = lo;
-  h.max_ = hi;
+  out->min = lo;
+  out->max = hi;
+  return Status::Ok();
+}
+
+}  // namespace
+
+Result<LatencyHistogram> LatencyHistogram::Deserialize(std::string_view bytes) {
+  LatencyHistogram h;
+  DecodedSummary summary;
+  KL_RETURN_IF_ERROR(
+      ParseHistogram(bytes, &summary, [&](size_t index, uint64_t count) { h.counts_[index] = count; }));
+  h.count_ = summary.count;
+  h.min_ = summary.min;
+  h.max_ = summary.max;
   return h;
 }
 
@@ -420,14 +449,15 @@ void CompactLatencyHistogram::SerializeTo(std::string* out_string) const {
 }
 
 Result<CompactLatencyHistogram> CompactLatencyHistogram::Deserialize(std::string_view bytes) {
-  KL_ASSIGN_OR_RETURN(LatencyHistogram dense, LatencyHistogram::Deserialize(bytes));
   CompactLatencyHistogram out;
-  for (size_t i = 0; i < kLatencyBucketCount; ++i) {
-    if (dense.counts_[i] != 0) Append(static_cast<uint16_t>(i), dense.counts_[i], &out.entries_);
-  }
-  out.count_ = dense.count_;
-  out.min_ = dense.min();
-  out.max_ = dense.max_;
+  DecodedSummary summary;
+  // Buckets arrive in ascending index order: each is appended.
+  KL_RETURN_IF_ERROR(ParseHistogram(bytes, &summary, [&](size_t index, uint64_t count) {
+    Append(static_cast<uint16_t>(index), count, &out.entries_);
+  }));
+  out.count_ = summary.count;
+  out.min_ = summary.min;
+  out.max_ = summary.max;
   return out;
 }
 

@@ -165,8 +165,9 @@ class CompactLatencyHistogram {
   void SerializeTo(std::string* out) const;
 
   // Decodes what either Serialize produced. Returns Corruption exactly when
-  // LatencyHistogram::Deserialize does. Uses a dense histogram on the stack
-  // (~14 KB) while decoding.
+  // LatencyHistogram::Deserialize does (both use one parser). Builds the
+  // sparse entries directly: no dense histogram, no allocation beyond the
+  // entries themselves (a metrics store load decodes millions of these).
   static Result<CompactLatencyHistogram> Deserialize(std::string_view bytes);
 
  private:

@@ -442,5 +442,175 @@ TEST_F(AlarmBlackBoxTest, ServerRestartedMidRetryStillDeliversOnce) {
   EXPECT_EQ(CountType(history, "notification_delivered"), 1u);
 }
 
+// Gateway mode: keyledger in front of a rendering API (a WebhookReceiver
+// standing in for it), relaying what it authorizes and recording each call.
+class GatewayBlackBoxTest : public BlackBoxTest {
+ protected:
+  static constexpr char kOrigin[] = "https://app.example.com";
+
+  void SetUp() override {
+    auto upstream = WebhookReceiver::Start();
+    ASSERT_TRUE(upstream.ok()) << upstream.ToStatus().ToString();
+    upstream_ = std::move(upstream).value();
+    StartServer({"--upstream", "http://127.0.0.1:" + std::to_string(upstream_->port())});
+    auto ws = Do("POST", "/v1/workspaces", R"({"name":"Renderer","tps_limit":3})");
+    ASSERT_EQ(ws.status, 201) << ws.body;
+    ws_ = Body(ws)["id"];
+    base_ = "/v1/workspaces/" + ws_;
+    // Browser callers from one origin only; the client address is loopback.
+    std::string group = Body(Do("POST", base_ + "/security-groups",
+                                json{{"name", "web"},
+                                     {"ip_allow", {"127.0.0.0/8", "::1/128"}},
+                                     {"origin_allow", {kOrigin}}}
+                                    .dump()))["id"];
+    for (auto* key : {&key_a_, &key_b_}) {
+      auto created = Do("POST", base_ + "/keys", json{{"name", "k"}, {"security_group", group}}.dump());
+      ASSERT_EQ(created.status, 201) << created.body;
+      key->first = Body(created)["id"];
+      key->second = Body(created)["secret"];
+    }
+    ASSERT_EQ(Do("PATCH", base_ + "/keys/" + key_a_.first, R"({"logging":true})").status, 200);
+  }
+
+  // A request of the rendering API's own, sent to keyledger.
+  RawResponse Render(const std::string& method, const std::string& target, const std::string& body,
+                     const std::string& secret, const std::string& origin = kOrigin) {
+    std::string headers = origin.empty() ? "" : "Origin: " + origin + "\r\n";
+    return Do(method, target, body, secret, headers);
+  }
+
+  // Polls the key's log until it holds `n` entries (the call projections fold
+  // in the background after the gateway's batch is durable).
+  json WaitForLogEntries(const std::string& key, size_t n) {
+    json entries;
+    for (int i = 0; i < 100; i++) {
+      entries = Body(Do("GET", base_ + "/keys/" + key + "/logs"))["entries"];
+      if (entries.is_array() && entries.size() >= n) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    return entries;
+  }
+
+  std::unique_ptr<WebhookReceiver> upstream_;
+  std::string ws_, base_;
+  std::pair<std::string, std::string> key_a_, key_b_;  // id, secret
+};
+
+TEST_F(GatewayBlackBoxTest, RelaysAuthorizedRequestsStreamingBothBodiesAndRecordsThem) {
+  // Larger than a relay chunk in both directions.
+  std::string request_body(200'000, 'q');
+  for (size_t i = 0; i < request_body.size(); i += 97) request_body[i] = static_cast<char>('a' + i % 26);
+  std::string response_body(300'000, 'r');
+  for (size_t i = 0; i < response_body.size(); i += 89) response_body[i] = static_cast<char>('A' + i % 26);
+  upstream_->SetResponseBody(response_body);
+
+  auto r = Render("POST", "/render?size=large", request_body, key_a_.second);
+  ASSERT_EQ(r.status, 200) << r.body.substr(0, 200);
+  EXPECT_EQ(r.body, response_body);
+  EXPECT_EQ(r.Header("ratelimit-limit"), "3");
+  EXPECT_FALSE(r.Header("x-request-id").empty());
+  EXPECT_EQ(r.Header("access-control-allow-origin"), kOrigin);
+
+  ASSERT_EQ(upstream_->RequestCount(), 1u);
+  const ReceivedRequest got = upstream_->Requests()[0];
+  EXPECT_EQ(got.method, "POST");
+  EXPECT_EQ(got.target, "/render?size=large");
+  EXPECT_EQ(got.body, request_body);
+  EXPECT_EQ(got.Header("authorization"), "") << "the secret must not reach the upstream";
+  EXPECT_EQ(got.Header("x-keyledger-key-id"), key_a_.first);
+  EXPECT_EQ(got.Header("x-keyledger-workspace-id"), ws_);
+  EXPECT_EQ(got.Header("x-request-id"), r.Header("x-request-id"));
+  EXPECT_EQ(got.Header("x-forwarded-for"), "127.0.0.1");
+
+  // Recorded as a call: in the key's log (logging is on) with the upstream's
+  // status, sizes and excerpts, and the secret redacted.
+  json entries = WaitForLogEntries(key_a_.first, 1);
+  ASSERT_EQ(entries.size(), 1u) << entries.dump();
+  const json& e = entries[0];
+  EXPECT_EQ(e["request_id"], r.Header("x-request-id"));
+  EXPECT_EQ(e["path"], "/render?size=large");
+  EXPECT_EQ(e["method"], "POST");
+  EXPECT_EQ(e["status"], 200);
+  EXPECT_EQ(e["units"], 1);
+  EXPECT_EQ(e["request_bytes"], request_body.size());
+  EXPECT_EQ(e["response_bytes"], response_body.size());
+  EXPECT_EQ(e["origin"], kOrigin);
+  EXPECT_EQ(e["request"]["body_excerpt"].get<std::string>(), request_body.substr(0, 4096));
+  EXPECT_EQ(e["response"]["body_excerpt"].get<std::string>(), response_body.substr(0, 4096));
+  const std::string log_text = entries.dump();
+  EXPECT_EQ(log_text.find(key_a_.second), std::string::npos) << "a secret reached the log";
+
+  // Usage counts it once.
+  auto metrics = Body(Do("GET", base_ + "/keys/" + key_a_.first + "/metrics"));
+  EXPECT_EQ(metrics["totals"]["calls"], 1) << metrics.dump();
+}
+
+TEST_F(GatewayBlackBoxTest, RefusesWithoutRelayingAndLimitsEachKeyAlone) {
+  EXPECT_EQ(Render("GET", "/render", "", "").status, 401);
+  EXPECT_EQ(Render("GET", "/render", "", "klk_notakey").status, 401);
+  EXPECT_EQ(Render("GET", "/render", "", key_a_.second, "https://evil.example").status, 403);
+  EXPECT_EQ(upstream_->RequestCount(), 0u) << "refused requests must not reach the upstream";
+
+  // keyledger's own paths are never relayed.
+  EXPECT_EQ(Do("GET", "/healthz", "", "").status, 200);
+  EXPECT_EQ(Do("GET", "/v1/nothing-here").status, 404);
+  EXPECT_EQ(upstream_->RequestCount(), 0u);
+
+  // A burst on key A meets 429s with Retry-After; key B keeps passing.
+  int limited = 0;
+  for (int i = 0; i < 12; i++) {
+    auto r = Render("GET", "/render", "", key_a_.second);
+    if (r.status == 429) {
+      limited++;
+      EXPECT_FALSE(r.Header("retry-after").empty());
+      EXPECT_EQ(r.Header("access-control-allow-origin"), kOrigin);
+    } else {
+      EXPECT_EQ(r.status, 200) << r.body;
+    }
+  }
+  EXPECT_GT(limited, 0);
+  EXPECT_EQ(Render("GET", "/render", "", key_b_.second).status, 200);
+  EXPECT_EQ(upstream_->RequestCount(), static_cast<size_t>(12 - limited + 1));
+}
+
+TEST_F(GatewayBlackBoxTest, AnswersCorsPreflightsForAllowedOriginsOnly) {
+  auto ok = Do("OPTIONS", "/render", "", "",
+               std::string("Origin: ") + kOrigin +
+                   "\r\nAccess-Control-Request-Method: POST\r\n"
+                   "Access-Control-Request-Headers: authorization, content-type\r\n");
+  EXPECT_EQ(ok.status, 204) << ok.body;
+  EXPECT_EQ(ok.Header("access-control-allow-origin"), kOrigin);
+  EXPECT_EQ(ok.Header("access-control-allow-methods"), "POST");
+  EXPECT_EQ(ok.Header("access-control-allow-headers"), "authorization, content-type");
+  auto refused = Do("OPTIONS", "/render", "", "",
+                    "Origin: https://evil.example\r\nAccess-Control-Request-Method: POST\r\n");
+  EXPECT_EQ(refused.status, 403);
+  EXPECT_EQ(refused.Header("access-control-allow-origin"), "");
+  EXPECT_EQ(upstream_->RequestCount(), 0u);
+}
+
+TEST_F(GatewayBlackBoxTest, RelaysUpstreamErrorsAndAnswers502WhenItIsDown) {
+  upstream_->FailNext(1, 503);
+  auto failed = Render("GET", "/render", "", key_a_.second);
+  EXPECT_EQ(failed.status, 503);
+  upstream_.reset();  // the rendering API goes away
+  auto down = Render("GET", "/render", "", key_b_.second);
+  EXPECT_EQ(down.status, 502) << down.body;
+  EXPECT_EQ(Body(down)["error"]["code"], "upstream_unavailable");
+  // Both are recorded, with the status the client got.
+  json entries = WaitForLogEntries(key_a_.first, 1);
+  ASSERT_EQ(entries.size(), 1u);
+  EXPECT_EQ(entries[0]["status"], 503);
+  EXPECT_EQ(entries[0]["units"], 0);
+  json b_metrics;
+  for (int i = 0; i < 100; i++) {
+    b_metrics = Body(Do("GET", base_ + "/keys/" + key_b_.first + "/metrics"));
+    if (b_metrics["totals"]["calls"] == 1) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_EQ(b_metrics["totals"]["calls"], 1) << b_metrics.dump();
+  EXPECT_EQ(b_metrics["totals"]["errors"], 1) << b_metrics.dump();
+}
+
 }  // namespace
 }  // namespace keyledger

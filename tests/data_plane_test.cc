@@ -287,5 +287,122 @@ TEST_F(DataPlaneTest, DenialsAreRecordedAndAggregated) {
   EXPECT_EQ(h.ledger().head().sequence, head);
 }
 
+// Gateway mode at the handler level: what the hooks decide and record,
+// without sockets (the relay itself is covered by the black-box tests).
+HttpRequest GatewayHead(const std::string& secret, const std::string& origin) {
+  HttpRequest head;
+  head.method = "POST";
+  head.target = "/render?w=64";
+  head.remote_ip = "203.0.113.9";
+  if (!secret.empty()) head.headers.emplace_back("authorization", "Bearer " + secret);
+  if (!origin.empty()) head.headers.emplace_back("origin", origin);
+  head.headers.emplace_back("content-type", "application/json");
+  return head;
+}
+
+std::string FieldOf(const std::vector<std::pair<std::string, std::string>>& fields,
+                    const std::string& name) {
+  for (const auto& [k, v] : fields) {
+    if (k == name) return v;
+  }
+  return "";
+}
+
+TEST_F(DataPlaneTest, GatewayHooksRelayAuthorizedRequestsAndRecordEachOnce) {
+  ProxyHooks hooks = h.service().GatewayHooks();
+  EXPECT_TRUE(hooks.is_own_target("/v1/authorize"));
+  EXPECT_TRUE(hooks.is_own_target("/healthz?x"));
+  EXPECT_FALSE(hooks.is_own_target("/v1render"));
+  EXPECT_FALSE(hooks.is_own_target("/render"));
+
+  ProxyAdmission admitted = hooks.admit(GatewayHead(secret_, "https://app.example.com"));
+  ASSERT_TRUE(admitted.relay) << admitted.answer.body;
+  EXPECT_EQ(admitted.remove_request_headers, std::vector<std::string>{"authorization"});
+  EXPECT_EQ(FieldOf(admitted.set_request_headers, "x-keyledger-key-id"), key_);
+  EXPECT_EQ(FieldOf(admitted.set_response_headers, "ratelimit-limit"), "3");
+  EXPECT_EQ(FieldOf(admitted.set_response_headers, "access-control-allow-origin"),
+            "https://app.example.com");
+  EXPECT_EQ(admitted.capture_bytes_max, 0u);  // logging is off
+  const std::string request_id = FieldOf(admitted.set_request_headers, "x-request-id");
+  EXPECT_EQ(h.service().data_plane().calls_pending(), 1u);  // reserved before the relay
+
+  ProxyExchange exchange;
+  exchange.status = 201;
+  exchange.latency_us = 12'000;
+  exchange.request_body_bytes = 10;
+  exchange.response_body_bytes = 2048;
+  admitted.on_done(exchange);
+  const uint64_t head_before = h.ledger().head().sequence;
+  ASSERT_TRUE(h.service().data_plane().FlushCalls().ok());
+  EXPECT_EQ(h.service().data_plane().calls_pending(), 0u);
+  EXPECT_EQ(h.ledger().head().sequence, head_before + 1);
+  auto events = h.ledger().ReadStream("calls/" + key_, 1, 10);
+  ASSERT_TRUE(events.ok());
+  ASSERT_EQ(events->size(), 1u);
+  const auto& call = std::get<ApiCallRecorded>(events->at(0).body);
+  EXPECT_EQ(call.request_id, request_id);
+  EXPECT_EQ(call.status, 201);
+  EXPECT_EQ(call.units, 1u);
+  EXPECT_EQ(call.latency_us, 12'000u);
+  EXPECT_EQ(call.path, "/render?w=64");
+  EXPECT_EQ(call.client_ip, "203.0.113.9");
+  EXPECT_EQ(call.response_bytes, 2048u);
+  EXPECT_FALSE(call.logged);
+}
+
+TEST_F(DataPlaneTest, GatewayHooksAnswerRefusalsAndPreflightsThemselves) {
+  ProxyHooks hooks = h.service().GatewayHooks();
+  ProxyAdmission no_key = hooks.admit(GatewayHead("", "https://app.example.com"));
+  EXPECT_FALSE(no_key.relay);
+  EXPECT_EQ(no_key.answer.status, 401);
+  ProxyAdmission wrong_origin = hooks.admit(GatewayHead(secret_, "https://evil.test"));
+  EXPECT_FALSE(wrong_origin.relay);
+  EXPECT_EQ(wrong_origin.answer.status, 403);
+  EXPECT_EQ(FieldOf(wrong_origin.answer.headers, "access-control-allow-origin"), "");
+  EXPECT_EQ(h.service().data_plane().calls_pending(), 0u);
+
+  HttpRequest preflight = GatewayHead("", "https://app.example.com");
+  preflight.method = "OPTIONS";
+  preflight.headers.emplace_back("access-control-request-method", "POST");
+  ProxyAdmission answered = hooks.admit(preflight);
+  EXPECT_FALSE(answered.relay);
+  EXPECT_EQ(answered.answer.status, 204);
+  EXPECT_EQ(FieldOf(answered.answer.headers, "access-control-allow-origin"),
+            "https://app.example.com");
+  // The open group admits every origin, so a preflight from anywhere passes;
+  // the request that follows is checked against its key's own group.
+  preflight.headers[1].second = "https://elsewhere.test";
+  EXPECT_EQ(hooks.admit(preflight).answer.status, 204);
+  preflight.headers.back().second = "TRACE";
+  EXPECT_EQ(hooks.admit(preflight).answer.status, 403);
+}
+
+TEST(DataPlaneGatewayQueueTest, RefusesToRelayWhenRecordingIsFullAndLosesNothing) {
+  ServiceOptions options;
+  options.data_plane.queued_calls_max = 2;
+  ServiceHarness h(7, options);
+  const std::string ws = h.CreateWorkspace();
+  ASSERT_EQ(h.Call("PATCH", "/v1/workspaces/" + ws, R"({"tps_limit":100})").status, 200);
+  const std::string group = h.CreateGroup(ws, {{"name", "open"}});
+  auto [key, secret] = h.CreateKey(ws, group);
+  ProxyHooks hooks = h.service().GatewayHooks();
+  ProxyAdmission first = hooks.admit(GatewayHead(secret, ""));
+  ProxyAdmission second = hooks.admit(GatewayHead(secret, ""));
+  ASSERT_TRUE(first.relay && second.relay);
+  ProxyAdmission third = hooks.admit(GatewayHead(secret, ""));
+  EXPECT_FALSE(third.relay);
+  EXPECT_EQ(third.answer.status, 503);
+  EXPECT_EQ(FieldOf(third.answer.headers, "retry-after"), "1");
+  ProxyExchange done;
+  done.status = 200;
+  first.on_done(done);
+  second.on_done(done);
+  ASSERT_TRUE(h.service().data_plane().FlushCalls().ok());
+  EXPECT_TRUE(hooks.admit(GatewayHead(secret, "")).relay);  // room again
+  auto events = h.ledger().ReadStream("calls/" + key, 1, 10);
+  ASSERT_TRUE(events.ok());
+  EXPECT_EQ(events->size(), 2u);
+}
+
 }  // namespace
 }  // namespace keyledger

@@ -16,6 +16,7 @@
 #include <cerrno>
 #include <chrono>
 #include <map>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
@@ -438,6 +439,171 @@ TEST(HttpServerTest, WaitForSignalReturnsOnSigterm) {
   waiter.join();
   Client late(server->port());
   EXPECT_FALSE(late.connected() && late.Send(Get("/")) && late.ReadResponse());
+}
+
+// ---- Gateway mode: relaying to an upstream ------------------------------------
+
+// A gateway in front of an echo server; the hooks are scripted per test.
+struct ProxyFixture {
+  std::unique_ptr<HttpServer> upstream = StartServer();
+  std::mutex mu;
+  std::vector<ProxyExchange> done;  // GUARDED_BY(mu)
+  std::atomic<int> admitted{0};
+  std::unique_ptr<HttpServer> gateway;
+
+  // Relays every target but /own, adding x-test, capturing 5 bytes of each body.
+  ProxyHooks Hooks() {
+    ProxyHooks hooks;
+    hooks.is_own_target = [](std::string_view target) { return target == "/own"; };
+    hooks.admit = [this](const HttpRequest& head) {
+      admitted++;
+      ProxyAdmission a;
+      if (head.target == "/refuse") {
+        a.answer = JsonError(403, "permission_denied", "no");
+        return a;
+      }
+      if (head.target == "/throw") throw std::runtime_error("hook bug");
+      a.relay = true;
+      a.remove_request_headers = {"authorization"};
+      a.set_request_headers = {{"x-test", "from-gateway " + std::string(head.Header("authorization"))}};
+      a.set_response_headers = {{"x-gateway", "1"}};
+      a.capture_bytes_max = 5;
+      a.on_done = [this](ProxyExchange e) {
+        std::lock_guard<std::mutex> lock(mu);
+        done.push_back(std::move(e));
+      };
+      return a;
+    };
+    return hooks;
+  }
+
+  void Start(HttpServerOptions options = {}, uint16_t upstream_port = 0) {
+    HttpProxyOptions proxy;
+    proxy.upstream_host = "127.0.0.1";
+    proxy.upstream_port = upstream_port ? upstream_port : upstream->port();
+    proxy.hooks = Hooks();
+    options.port = 0;
+    auto started = HttpServer::Start(
+        options, [](const HttpRequest&) { HttpResponse r; r.body = "own"; return r; }, proxy);
+    ASSERT_TRUE(started.ok()) << started.ToStatus().ToString();
+    gateway = std::move(started).value();
+  }
+
+  std::vector<ProxyExchange> Done(size_t n) {
+    Eventually(n, [this] { std::lock_guard<std::mutex> lock(mu); return uint64_t{done.size()}; });
+    std::lock_guard<std::mutex> lock(mu);
+    return done;
+  }
+};
+
+TEST(HttpProxyTest, RelaysOverOneKeptAliveUpstreamConnectionAndReportsEachExchange) {
+  ProxyFixture f;
+  f.Start();
+  Client client(f.gateway->port());
+  for (int i = 0; i < 3; i++) {
+    ASSERT_TRUE(client.Send(Post("/render/" + std::to_string(i), "hello world",
+                                 "Authorization: Bearer s3cret\r\n")));
+    auto r = client.ReadResponse();
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 200);
+    // The echo shows what reached the upstream: the hook's header, not the secret.
+    EXPECT_EQ(r->body, "POST /render/" + std::to_string(i) + "|from-gateway Bearer s3cret|127.0.0.1|hello world");
+    EXPECT_EQ(r->Header("x-gateway"), "1");
+  }
+  EXPECT_EQ(f.upstream->stats().connections_accepted, 1u);
+  EXPECT_EQ(f.upstream->stats().requests_total, 3u);
+  auto done = f.Done(3);
+  ASSERT_EQ(done.size(), 3u);
+  for (const auto& e : done) {
+    EXPECT_EQ(e.status, 200);
+    EXPECT_FALSE(e.upstream_failed);
+    EXPECT_EQ(e.request_body_bytes, 11u);
+    EXPECT_EQ(e.request_body_excerpt, "hello");
+    EXPECT_EQ(e.response_body_excerpt, "POST ");
+    EXPECT_GT(e.response_body_bytes, 11u);
+    EXPECT_GE(e.latency_us, 0);
+  }
+  EXPECT_EQ(f.gateway->stats().proxy_relayed, 3u);
+  EXPECT_EQ(f.gateway->stats().requests_total, 0u);  // the handler saw none
+}
+
+TEST(HttpProxyTest, OwnTargetsGoToTheHandlerAndRefusalsNeverReachTheUpstream) {
+  ProxyFixture f;
+  f.Start();
+  auto own = testing::Fetch(f.gateway->port(), "GET", "/own");
+  ASSERT_TRUE(own);
+  EXPECT_EQ(own->body, "own");
+  // Refused with a body pending: answered, then the connection closes.
+  Client client(f.gateway->port());
+  ASSERT_TRUE(client.Send(Post("/refuse", std::string(3000, 'b'))));
+  auto refused = client.ReadResponse();
+  ASSERT_TRUE(refused);
+  ExpectJsonError(*refused, 403, "permission_denied");
+  EXPECT_TRUE(client.ReadEof());
+  auto hook_bug = testing::Fetch(f.gateway->port(), "GET", "/throw");
+  ASSERT_TRUE(hook_bug);
+  EXPECT_EQ(hook_bug->status, 500);
+  EXPECT_EQ(f.upstream->stats().requests_total, 0u);
+  EXPECT_EQ(f.gateway->stats().proxy_answered, 2u);
+  EXPECT_TRUE(f.Done(0).empty());
+}
+
+TEST(HttpProxyTest, UnreachableUpstreamGets502AndIsReported) {
+  ProxyFixture f;
+  const uint16_t closed_port = f.upstream->port();
+  f.upstream.reset();  // nothing listens there any more
+  f.Start({}, closed_port);
+  auto r = testing::Fetch(f.gateway->port(), "GET", "/render");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 502);
+  EXPECT_EQ(nlohmann::json::parse(r->body)["error"]["code"], "upstream_unavailable");
+  auto done = f.Done(1);
+  ASSERT_EQ(done.size(), 1u);
+  EXPECT_EQ(done[0].status, 502);
+  EXPECT_TRUE(done[0].upstream_failed);
+  EXPECT_EQ(f.gateway->stats().proxy_upstream_failures, 1u);
+}
+
+TEST(HttpProxyTest, ChunkedRequestBodyIsRelayedWhole) {
+  ProxyFixture f;
+  f.Start();
+  Client client(f.gateway->port());
+  ASSERT_TRUE(client.Send("POST /c HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+                          "5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"));
+  auto r = client.ReadResponse();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->body, "POST /c|from-gateway|127.0.0.1|hello world");  // no authorization: value trimmed
+}
+
+TEST(HttpProxyTest, ServerStopMidExchangeStillReportsItOnce) {
+  ProxyFixture f;
+  HttpServerOptions options;
+  options.drain_timeout_ms = 100;  // the upstream's /slow takes 500 ms
+  f.Start(options);
+  std::thread client([&] { testing::Fetch(f.gateway->port(), "GET", "/slow"); });
+  ASSERT_EQ(Eventually(1, [&] { return uint64_t(f.admitted.load()); }), 1u);
+  f.gateway->Stop();
+  client.join();
+  auto done = f.Done(1);
+  ASSERT_EQ(done.size(), 1u);
+  EXPECT_EQ(done[0].status, 499);  // abandoned: the response never reached the client
+}
+
+TEST(HttpProxyTest, InvalidProxyOptionsAreRejected) {
+  HttpProxyOptions proxy;
+  proxy.upstream_host = "127.0.0.1";
+  proxy.upstream_port = 1;
+  auto no_hooks = HttpServer::Start({}, EchoHandler, proxy);
+  ASSERT_FALSE(no_hooks.ok());
+  EXPECT_EQ(no_hooks.status().field(), "proxy.hooks");
+  ProxyFixture f;
+  proxy.hooks = f.Hooks();
+  proxy.upstream_host = "upstream.example";
+  HttpServerOptions options;
+  options.port = 0;
+  auto name = HttpServer::Start(options, EchoHandler, proxy);
+  ASSERT_FALSE(name.ok());
+  EXPECT_EQ(name.status().field(), "proxy.upstream_host");
 }
 
 TEST(JsonErrorTest, EscapesQuotesAndControlCharacters) {

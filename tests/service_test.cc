@@ -340,6 +340,24 @@ TEST_F(ServiceTest, StateSurvivesRestart) {
   EXPECT_EQ(h.Call("GET", "/v1/workspaces/" + ws + "/keys/" + id).status, 200);
 }
 
+TEST_F(ServiceTest, ReopenAfterCallsStartsTheKeyStateAtTheHead) {
+  std::string ws = h.CreateWorkspace();
+  auto [id, secret] = h.CreateKey(ws, h.CreateGroup(ws));
+  nlohmann::json calls = nlohmann::json::array();
+  for (int i = 0; i < 5; i++) {
+    calls.push_back({{"request_id", "r" + std::to_string(i)}, {"key_id", id},
+                     {"occurred_at", FormatRfc3339(h.clock().NowUs())}, {"status", 200}});
+  }
+  ASSERT_EQ(h.Call("POST", "/v1/calls", nlohmann::json{{"calls", calls}}.dump()).status, 200);
+  // Commands alone do not move the position over calls; the reopen's catch-up does,
+  // and persists it, so the next open reads no event.
+  EXPECT_LT(h.key_state().state().position(), h.ledger().head().sequence);
+  const Hash before = h.key_state().state().Digest();
+  h.Open();
+  EXPECT_EQ(h.key_state().state().position(), h.ledger().head().sequence);
+  EXPECT_EQ(h.key_state().state().Digest(), before);
+}
+
 TEST_F(ServiceTest, MetricsInPrometheusFormat) {
   std::string ws = h.CreateWorkspace();
   h.Call("GET", "/v1/workspaces/" + ws);

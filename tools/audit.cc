@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -20,6 +21,7 @@
 
 #include "api/invoice_compute.h"
 #include "billing/calendar.h"
+#include "ledger/codec.h"
 #include "ledger/hash.h"
 #include "ledger/ledger.h"
 #include "projections/call_projections.h"
@@ -206,13 +208,20 @@ Status DumpStream(const Ledger& ledger, const std::string& stream, uint64_t from
 
 // ---- audit verify ----------------------------------------------------------------
 
-// Reports verification progress on stderr: one line refreshed in place with
-// \r on a terminal, a plain line every kPlainProgressIntervalUs otherwise.
+// Reports the progress of a walk over the log on stderr: one line refreshed
+// in place with \r on a terminal (events/s and ETA), a plain line every
+// kPlainProgressIntervalUs otherwise.
 class Progress {
  public:
-  explicit Progress(uint64_t total)
-      : tty_(::isatty(STDERR_FILENO) == 1), total_(total), start_us_(SteadyNowUs()) {}
+  // `command` as in messages ("audit verify"); `action` names the walk ("verifying").
+  Progress(const char* command, std::string action, uint64_t total)
+      : tty_(::isatty(STDERR_FILENO) == 1),
+        command_(command),
+        action_(std::move(action)),
+        total_(total),
+        start_us_(SteadyNowUs()) {}
 
+  // `done`: events walked so far (the last sequence walked).
   void Update(uint64_t done) {
     const int64_t now = SteadyNowUs();
     const int64_t interval = tty_ ? kTtyProgressIntervalUs : kPlainProgressIntervalUs;
@@ -222,15 +231,16 @@ class Progress {
     const double rate = static_cast<double>(done) / seconds;
     const double eta = rate > 0 && total_ > done ? static_cast<double>(total_ - done) / rate : 0;
     if (tty_) {
-      std::fprintf(stderr, "\rverifying: %llu / %llu events (%.0f%%), %.0f events/s, ETA %.0fs   ",
-                   static_cast<unsigned long long>(done), static_cast<unsigned long long>(total_),
+      std::fprintf(stderr, "\r%s: %llu / %llu events (%.0f%%), %.0f events/s, ETA %.0fs   ",
+                   action_.c_str(), static_cast<unsigned long long>(done),
+                   static_cast<unsigned long long>(total_),
                    total_ ? 100.0 * static_cast<double>(done) / static_cast<double>(total_) : 100.0,
                    rate, eta);
       printed_ = true;
     } else {
-      std::fprintf(stderr, "keyledger audit verify: %llu of %llu events verified (%.0f events/s)\n",
-                   static_cast<unsigned long long>(done), static_cast<unsigned long long>(total_),
-                   rate);
+      std::fprintf(stderr, "keyledger %s: %s: %llu of %llu events (%.0f events/s)\n", command_,
+                   action_.c_str(), static_cast<unsigned long long>(done),
+                   static_cast<unsigned long long>(total_), rate);
     }
     std::fflush(stderr);
   }
@@ -238,10 +248,18 @@ class Progress {
   // Clears the in-place line so that what follows starts on a clean line.
   void Finish() {
     if (tty_ && printed_) std::fputs("\r\033[K", stderr);
+    printed_ = false;
+  }
+
+  // A callback for the ledger and projection walks.
+  std::function<void(uint64_t)> Callback() {
+    return [this](uint64_t done) { Update(done); };
   }
 
  private:
   const bool tty_;
+  const char* const command_;
+  const std::string action_;
   const uint64_t total_;
   const int64_t start_us_;
   int64_t last_us_ = 0;
@@ -318,6 +336,34 @@ struct LiveProjection {
   uint64_t position = 0;  // the last sequence it has folded
 };
 
+// What the rebuilds of one replay share: the ledger, and the key state
+// rebuilt once per position (key_state and call_projections both need it).
+//
+// Thread safety: not thread-safe.
+class ReplayInputs {
+ public:
+  explicit ReplayInputs(const Ledger& ledger) : ledger_(ledger) {}
+
+  const Ledger& ledger() const { return ledger_; }
+
+  // The key state rebuilt to `to`, rebuilt on the first request for `to`.
+  // Valid until the next call with another `to`, or the ReplayInputs' end.
+  Result<const KeyState*> KeyStateAt(uint64_t to, const std::function<void(uint64_t)>& progress) {
+    if (!key_state_ || key_state_to_ != to) {
+      KL_ASSIGN_OR_RETURN(key_state_, RebuildKeyState(ledger_, to, progress));
+      key_state_to_ = to;
+    }
+    return static_cast<const KeyState*>(key_state_.get());
+  }
+
+ private:
+  const Ledger& ledger_;
+  std::unique_ptr<KeyState> key_state_;
+  uint64_t key_state_to_ = 0;
+};
+
+using ProgressFn = std::function<void(uint64_t)>;
+
 // One row of the replay table. To add a projection, add a reader of its
 // persisted state and a rebuild to kChecks.
 struct ProjectionCheck {
@@ -325,8 +371,9 @@ struct ProjectionCheck {
   // Reads the live projection under data_dir without writing to it; scratch
   // is an empty directory for a RocksDB secondary instance.
   Result<LiveProjection> (*live)(const std::string& data_dir, const std::string& scratch);
-  // Folds events 1..to (to == 0: none) into a fresh projection; returns its digest.
-  Result<Hash> (*rebuild)(const Ledger& ledger, uint64_t to);
+  // Folds events 1..to (to == 0: none) into a fresh projection; returns its
+  // digest. Reports the last sequence walked to `progress` now and then.
+  Result<Hash> (*rebuild)(ReplayInputs& inputs, uint64_t to, const ProgressFn& progress);
 };
 
 Result<LiveProjection> LiveKeyState(const std::string& data_dir, const std::string& scratch) {
@@ -339,9 +386,9 @@ Result<LiveProjection> LiveKeyState(const std::string& data_dir, const std::stri
   return LiveProjection{state->Digest(), state->position()};
 }
 
-Result<Hash> RebuiltKeyState(const Ledger& ledger, uint64_t to) {
+Result<Hash> RebuiltKeyState(ReplayInputs& inputs, uint64_t to, const ProgressFn& progress) {
   if (to == 0) return KeyState().Digest();  // RebuildKeyState reads 0 as "the head"
-  KL_ASSIGN_OR_RETURN(auto state, RebuildKeyState(ledger, to));
+  KL_ASSIGN_OR_RETURN(const KeyState* state, inputs.KeyStateAt(to, progress));
   return state->Digest();
 }
 
@@ -357,64 +404,81 @@ Result<LiveProjection> LiveCallProjections(const std::string& data_dir, const st
   return LiveProjection{live.digest, live.position};
 }
 
-Result<Hash> RebuiltCallProjections(const Ledger& ledger, uint64_t to) {
+Result<Hash> RebuiltCallProjections(ReplayInputs& inputs, uint64_t to, const ProgressFn& progress) {
   if (to == 0) return EmptyCallProjectionsDigest();
-  KL_ASSIGN_OR_RETURN(auto key_state, RebuildKeyState(ledger, to));
-  return RebuildCallProjectionsDigest(ledger, *key_state, to);
+  KL_ASSIGN_OR_RETURN(const KeyState* key_state, inputs.KeyStateAt(to, {}));
+  return RebuildCallProjectionsDigest(inputs.ledger(), *key_state, to, progress);
+}
+
+// Every InvoiceIssued event in 1..to with its sequence. Only the envelope
+// header of the other events is decoded.
+Result<std::vector<std::pair<uint64_t, InvoiceIssued>>> IssuedInvoices(const Ledger& ledger,
+                                                                       uint64_t to,
+                                                                       const ProgressFn& progress) {
+  constexpr uint64_t kProgressEvents = 65'536;
+  const uint16_t invoice_kind = InvoiceIssuedBodyKind();
+  std::vector<std::pair<uint64_t, InvoiceIssued>> invoices;
+  Status failed;
+  KL_RETURN_IF_ERROR(ledger.ScanRaw(1, to, [&](uint64_t seq, std::string_view value) {
+    if (progress && seq % kProgressEvents == 0) progress(seq);
+    Hash hash;
+    std::string_view body;
+    failed = SplitStoredValue(value, &hash, &body);
+    auto header = failed.ok() ? DecodeEnvelopeHeader(body) : Result<EnvelopeHeader>(failed);
+    if (!header.ok()) {
+      failed = Status::Corruption(header.status().message(), seq);
+      return false;
+    }
+    if (header->body_kind != invoice_kind) return true;
+    auto event = DecodeEventBody(body);
+    if (!event.ok()) {
+      failed = Status::Corruption(event.status().message(), seq);
+      return false;
+    }
+    invoices.emplace_back(seq, std::move(std::get<InvoiceIssued>(event->body)));
+    return true;
+  }));
+  KL_RETURN_IF_ERROR(failed);
+  return invoices;
 }
 
 // Invoices: every issued invoice event, and the same invoices recomputed from
 // the log alone (ReproduceInvoice). The digest is over their digests in order.
-Result<Hash> InvoiceDigests(const Ledger& ledger, uint64_t to, bool reproduce) {
+Result<Hash> InvoiceDigests(const Ledger& ledger, uint64_t to, bool reproduce,
+                            const ProgressFn& progress) {
+  KL_ASSIGN_OR_RETURN(auto invoices, IssuedInvoices(ledger, to, reproduce ? ProgressFn() : progress));
   SystemClock clock;
   std::string digests;
   std::unique_ptr<ScratchDir> scratch;
-  Status failed;
-  KL_RETURN_IF_ERROR(ledger.ScanRaw(1, to, [&](uint64_t seq, std::string_view) {
-    auto event = ledger.Read(seq);
-    if (!event.ok()) {
-      failed = event.status();
-      return false;
-    }
-    const auto* invoice = std::get_if<InvoiceIssued>(&event->body);
-    if (invoice == nullptr) return true;
-    Hash digest = invoice->digest;
+  for (const auto& [seq, invoice] : invoices) {
+    Hash digest = invoice.digest;
     if (reproduce) {
+      // Each invoice is recomputed on its own, from an empty fold: O(log) per
+      // invoice (see docs/performance.md, "Audit verify and audit replay").
+      if (progress) progress(seq);
       if (!scratch) {
-        auto created = ScratchDir::Create();
-        if (!created.ok()) {
-          failed = created.status();
-          return false;
-        }
-        scratch = std::move(created).value();
+        KL_ASSIGN_OR_RETURN(scratch, ScratchDir::Create());
       }
-      auto dir = scratch->Sub("inv-" + std::to_string(seq));
-      InvoiceRef ref{invoice->workspace_id, invoice->month, invoice->invoice_number, seq};
-      auto again = dir.ok() ? ReproduceInvoice(ledger, ref, *dir, &clock)
-                            : Result<InvoiceIssued>(dir.status());
-      if (!again.ok()) {
-        failed = again.status();
-        return false;
-      }
-      digest = again->digest;
+      KL_ASSIGN_OR_RETURN(std::string dir, scratch->Sub("inv-" + std::to_string(seq)));
+      InvoiceRef ref{invoice.workspace_id, invoice.month, invoice.invoice_number, seq};
+      KL_ASSIGN_OR_RETURN(InvoiceIssued again, ReproduceInvoice(ledger, ref, dir, &clock));
+      digest = again.digest;
     }
     digests.append(reinterpret_cast<const char*>(digest.data()), digest.size());
-    return true;
-  }));
-  KL_RETURN_IF_ERROR(failed);
+  }
   return HashBytes(digests);
 }
 
 Result<LiveProjection> LiveInvoices(const std::string& data_dir, const std::string& scratch) {
   KL_ASSIGN_OR_RETURN(LedgerView view, OpenLedgerView(data_dir));
   const uint64_t head = view.ledger->head().sequence;
-  KL_ASSIGN_OR_RETURN(Hash digest, InvoiceDigests(*view.ledger, head, /*reproduce=*/false));
+  KL_ASSIGN_OR_RETURN(Hash digest, InvoiceDigests(*view.ledger, head, /*reproduce=*/false, {}));
   return LiveProjection{digest, head};
 }
 
-Result<Hash> RebuiltInvoices(const Ledger& ledger, uint64_t to) {
+Result<Hash> RebuiltInvoices(ReplayInputs& inputs, uint64_t to, const ProgressFn& progress) {
   if (to == 0) return HashBytes("");
-  return InvoiceDigests(ledger, to, /*reproduce=*/true);
+  return InvoiceDigests(inputs.ledger(), to, /*reproduce=*/true, progress);
 }
 
 constexpr ProjectionCheck kChecks[] = {
@@ -430,7 +494,19 @@ struct ReplayRow {
   std::string rebuilt;
   std::string status;
   bool ok = false;
+  double rebuild_seconds = 0;  // of the rebuild alone
 };
+
+// Rebuilds `check` to `to` with a progress line; times it into `row`.
+Result<Hash> TimedRebuild(const ProjectionCheck& check, ReplayInputs& inputs, uint64_t to,
+                          ReplayRow* row) {
+  Progress progress("audit replay", std::string("rebuilding ") + check.name, to);
+  const int64_t start_us = SteadyNowUs();
+  auto rebuilt = check.rebuild(inputs, to, progress.Callback());
+  progress.Finish();
+  row->rebuild_seconds = static_cast<double>(SteadyNowUs() - start_us) / 1e6;
+  return rebuilt;
+}
 
 // Returns the last sequence recorded at or before `utc_us` (0: none), by
 // binary search: recorded_at never decreases along the log.
@@ -473,7 +549,7 @@ Result<uint64_t> ParseUntil(const Ledger& ledger, const std::string& text) {
 }
 
 // Compares one live projection with a rebuild up to the live position.
-ReplayRow CompareWithLive(const ProjectionCheck& check, Ledger& ledger,
+ReplayRow CompareWithLive(const ProjectionCheck& check, Ledger& ledger, ReplayInputs& inputs,
                           const std::string& data_dir, const ScratchDir& scratch) {
   ReplayRow row{check.name, "-", "-", "-", "", false};
   auto fail = [&row](const Status& s) {
@@ -495,7 +571,7 @@ ReplayRow CompareWithLive(const ProjectionCheck& check, Ledger& ledger,
                                    ", beyond the ledger head " +
                                    std::to_string(ledger.head().sequence)));
   }
-  auto rebuilt = check.rebuild(ledger, live->position);
+  auto rebuilt = TimedRebuild(check, inputs, live->position, &row);
   if (!rebuilt.ok()) return fail(rebuilt.status());
   row.rebuilt = ToHex(*rebuilt);
   row.ok = *rebuilt == live->digest;
@@ -504,9 +580,9 @@ ReplayRow CompareWithLive(const ProjectionCheck& check, Ledger& ledger,
 }
 
 // Rebuilds one projection up to `until` without comparing.
-ReplayRow RebuildOnly(const ProjectionCheck& check, const Ledger& ledger, uint64_t until) {
+ReplayRow RebuildOnly(const ProjectionCheck& check, ReplayInputs& inputs, uint64_t until) {
   ReplayRow row{check.name, std::to_string(until), "-", "-", "", false};
-  auto rebuilt = check.rebuild(ledger, until);
+  auto rebuilt = TimedRebuild(check, inputs, until, &row);
   if (!rebuilt.ok()) {
     row.status = "error: " + Describe(rebuilt.status());
     return row;
@@ -518,11 +594,14 @@ ReplayRow RebuildOnly(const ProjectionCheck& check, const Ledger& ledger, uint64
 }
 
 void PrintReplayTable(const std::vector<ReplayRow>& rows) {
-  const char* format = "%-12s  %-10s  %-64s  %-64s  %s\n";
-  std::printf(format, "projection", "position", "live digest", "rebuilt digest", "status");
+  const char* format = "%-16s  %-10s  %-64s  %-64s  %-9s  %s\n";
+  std::printf(format, "projection", "position", "live digest", "rebuilt digest", "status",
+              "rebuild s");
   for (const ReplayRow& r : rows) {
+    char seconds[32];
+    std::snprintf(seconds, sizeof(seconds), "%.1f", r.rebuild_seconds);
     std::printf(format, r.name.c_str(), r.position.c_str(), r.live.c_str(), r.rebuilt.c_str(),
-                r.status.c_str());
+                r.status.c_str(), seconds);
   }
 }
 
@@ -563,8 +642,8 @@ int RunAuditVerify(const AuditVerifyOptions& options) {
     return Fail(cmd, Describe(view.status()));
   }
   const Ledger& ledger = *view->ledger;
-  Progress progress(ledger.head().sequence);
-  auto verified = ledger.Verify([&progress](uint64_t done) { progress.Update(done); });
+  Progress progress(cmd, "verifying", ledger.head().sequence);
+  auto verified = ledger.Verify(progress.Callback());
   progress.Finish();
   if (!verified.ok()) return ReportCorruption(verified.status());
   if (Status s = CheckHeadRecord(ledger, *verified); !s.ok()) return ReportCorruption(s);
@@ -588,6 +667,7 @@ int RunAuditReplay(const AuditReplayOptions& options) {
   auto view = OpenLedgerView(options.data_dir);
   if (!view.ok()) return Fail(cmd, Describe(view.status()));
   Ledger& ledger = *view->ledger;
+  ReplayInputs inputs(ledger);
   std::vector<ReplayRow> rows;
   if (!options.until.empty()) {
     auto until = ParseUntil(ledger, options.until);
@@ -595,10 +675,10 @@ int RunAuditReplay(const AuditReplayOptions& options) {
       return Usage(cmd, until.status().message());
     }
     if (!until.ok()) return Fail(cmd, Describe(until.status()));
-    for (const ProjectionCheck& check : kChecks) rows.push_back(RebuildOnly(check, ledger, *until));
+    for (const ProjectionCheck& check : kChecks) rows.push_back(RebuildOnly(check, inputs, *until));
   } else {
     for (const ProjectionCheck& check : kChecks) {
-      rows.push_back(CompareWithLive(check, ledger, options.data_dir, *view->scratch));
+      rows.push_back(CompareWithLive(check, ledger, inputs, options.data_dir, *view->scratch));
     }
   }
   PrintReplayTable(rows);

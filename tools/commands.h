@@ -60,6 +60,10 @@ struct ServeOptions {
   int64_t alarm_interval_ms = 10'000;
   int64_t alarm_settle_seconds = 30;
   int64_t notification_retry_base_ms = 5'000;
+  // Gateway mode: "http://HOST:PORT" of the rendering API ("" = off).
+  std::string upstream;
+  int64_t upstream_timeout_ms = 120'000;         // wait for the response header
+  uint64_t proxy_body_bytes_max = 256ull << 20;  // largest relayed request body
 };
 // Opens the ledger and projections under data_dir and serves HTTP until
 // SIGINT/SIGTERM. Returns the process exit code.

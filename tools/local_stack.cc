@@ -1,5 +1,6 @@
 #include "tools/local_stack.h"
 
+#include <cstdio>
 #include <filesystem>
 
 namespace keyledger::tools {
@@ -26,6 +27,14 @@ Status LocalStack::Open(const std::string& dir, bool create, ServiceOptions opti
 
 void LocalStack::Stop() {
   if (service) service->Stop();
+  // Moves the key state's stored position over the calls recorded since the
+  // last command, so the next Open does not walk them again.
+  if (key_state) {
+    Status caught_up = key_state->CatchUp();
+    if (!caught_up.ok()) {
+      std::fprintf(stderr, "keyledger: key state catch-up at stop: %s\n", caught_up.ToString().c_str());
+    }
+  }
   if (calls) calls->Stop();
   if (ledger) ledger->Close();
 }

@@ -54,6 +54,17 @@ int main(int argc, char** argv) {
   serve_cmd->add_flag("--smtp-starttls", serve.smtp_starttls, "Require STARTTLS on the SMTP relay");
   serve_cmd->add_option("--smtp-from", serve.smtp_from, "Sender address of alarm e-mail")
       ->capture_default_str();
+  serve_cmd->add_option("--upstream", serve.upstream,
+                        "Gateway mode: relay every request outside /v1/, /healthz and /metrics to "
+                        "this rendering API (http://HOST:PORT), authorized and recorded");
+  serve_cmd->add_option("--upstream-timeout-ms", serve.upstream_timeout_ms,
+                        "Gateway mode: longest wait for the upstream's response header (then 504)")
+      ->check(CLI::Range(int64_t{1}, int64_t{3'600'000}))
+      ->capture_default_str();
+  serve_cmd->add_option("--proxy-body-bytes-max", serve.proxy_body_bytes_max,
+                        "Gateway mode: largest request body relayed (then 413)")
+      ->check(CLI::Range(uint64_t{0}, uint64_t{1} << 40))
+      ->capture_default_str();
   serve_cmd->add_flag("--allow-private-webhooks", serve.allow_private_webhooks,
                       "Let alarm webhooks reach loopback and private addresses (tests; SSRF risk)");
   serve_cmd->add_option("--alarm-interval-ms", serve.alarm_interval_ms,

@@ -1,6 +1,12 @@
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <sys/socket.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <optional>
+#include <string_view>
 
 #include "api/http_server.h"
 #include "api/service.h"
@@ -24,6 +30,38 @@ bool SplitListen(const std::string& listen, std::string* host, uint16_t* port) {
   *host = h;
   *port = static_cast<uint16_t>(p);
   return true;
+}
+
+// Parses "http://HOST:PORT" (HOST a name, an IPv4 literal or [IPv6]) and
+// resolves HOST once, now. Returns InvalidArgument (field "--upstream") on a
+// malformed URL or a name that does not resolve.
+Status ParseUpstream(const std::string& url, std::string* address, uint16_t* port) {
+  constexpr std::string_view kScheme = "http://";
+  std::string_view rest(url);
+  if (!rest.starts_with(kScheme)) {
+    return Status::InvalidArgument("must be http://HOST:PORT (https is not relayed)", "--upstream");
+  }
+  rest.remove_prefix(kScheme.size());
+  if (!rest.empty() && rest.back() == '/') rest.remove_suffix(1);
+  std::string host;
+  if (!SplitListen(std::string(rest), &host, port) || host.empty() || *port == 0) {
+    return Status::InvalidArgument("must be http://HOST:PORT with a port 1..65535", "--upstream");
+  }
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* found = nullptr;
+  if (getaddrinfo(host.c_str(), nullptr, &hints, &found) != 0 || found == nullptr) {
+    return Status::InvalidArgument("host " + host + " does not resolve", "--upstream");
+  }
+  char text[INET6_ADDRSTRLEN] = {};
+  const void* raw = found->ai_family == AF_INET6
+                        ? static_cast<const void*>(&reinterpret_cast<sockaddr_in6*>(found->ai_addr)->sin6_addr)
+                        : static_cast<const void*>(&reinterpret_cast<sockaddr_in*>(found->ai_addr)->sin_addr);
+  inet_ntop(found->ai_family, raw, text, sizeof(text));
+  freeaddrinfo(found);
+  *address = text;
+  return Status::Ok();
 }
 
 int Fail(const std::string& what, const Status& s) {
@@ -80,12 +118,25 @@ int RunServe(const ServeOptions& options) {
 
   service.StartAlarmLoops();
 
-  auto server = HttpServer::Start(http, [&service](const HttpRequest& r) { return service.Handle(r); });
+  std::optional<HttpProxyOptions> proxy;
+  if (!options.upstream.empty()) {
+    proxy.emplace();
+    Status parsed = ParseUpstream(options.upstream, &proxy->upstream_host, &proxy->upstream_port);
+    if (!parsed.ok()) return Fail("--upstream", parsed);
+    proxy->hooks = service.GatewayHooks();
+    proxy->response_header_timeout_ms = options.upstream_timeout_ms;
+    proxy->request_body_bytes_max = options.proxy_body_bytes_max;
+  }
+  auto server = HttpServer::Start(
+      http, [&service](const HttpRequest& r) { return service.Handle(r); }, std::move(proxy));
   if (!server.ok()) return Fail("listen on " + options.listen, server.status());
   service.AttachHttpServer(server->get());
   std::printf("keyledger serving on %s:%u (data %s, ledger head %llu)\n", http.host.c_str(),
               (*server)->port(), options.data_dir.c_str(),
               static_cast<unsigned long long>(stack.ledger->head().sequence));
+  if (!options.upstream.empty()) {
+    std::printf("gateway mode: relaying to %s\n", options.upstream.c_str());
+  }
   std::fflush(stdout);
   (*server)->WaitForSignal();  // stops accepting, drains in-flight requests
   service.AttachHttpServer(nullptr);

@@ -1,0 +1,170 @@
+// Gateway mode (`serve --upstream`): the Service's side of the reverse proxy.
+// The HTTP server relays the bytes; this file decides what is relayed
+// (authorization, CORS) and turns each relayed exchange into a recorded call.
+#include <algorithm>
+#include <cassert>
+
+#include "api/service_internal.h"
+
+namespace keyledger {
+namespace {
+
+// Own paths: everything else is the rendering API's.
+bool IsOwnPath(std::string_view target) {
+  const std::string_view path = target.substr(0, target.find('?'));
+  return path == "/healthz" || path == "/metrics" || path == "/v1" || path.starts_with("/v1/");
+}
+
+// Methods a browser may be allowed to use across origins.
+constexpr std::string_view kCorsMethods[] = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"};
+// How long a browser may cache a preflight answer (seconds).
+constexpr char kPreflightMaxAgeSeconds[] = "600";
+// Response headers a browser script may read besides the CORS-safelisted ones.
+constexpr char kCorsExposedHeaders[] =
+    "ratelimit-limit, ratelimit-remaining, ratelimit-reset, retry-after, x-request-id";
+// The longest Access-Control-Request-Headers value answered.
+constexpr size_t kPreflightHeaderListBytesMax = 1024;
+// Limits of a recorded call (api/data_plane.cc validates the same).
+constexpr size_t kRecordedMethodBytesMax = 16;
+constexpr size_t kRecordedPathBytesMax = 2048;
+
+bool IsTokenChar(char c) {  // RFC 9110 tchar, plus ',' and ' ' for lists
+  return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+         std::string_view("!#$%&'*+-.^_`|~, ").find(c) != std::string_view::npos;
+}
+
+void AddCorsHeaders(std::string_view origin,
+                    std::vector<std::pair<std::string, std::string>>* headers) {
+  headers->emplace_back("access-control-allow-origin", std::string(origin));
+  headers->emplace_back("access-control-expose-headers", kCorsExposedHeaders);
+  headers->emplace_back("vary", "Origin");
+}
+
+std::vector<HttpHeader> ExcerptHeaders(const std::vector<std::pair<std::string, std::string>>& in) {
+  std::vector<HttpHeader> out;
+  const size_t n = std::min(in.size(), kExcerptHeadersMax);
+  out.reserve(n);
+  for (size_t i = 0; i < n; i++) out.push_back(HttpHeader{in[i].first, in[i].second});
+  return out;
+}
+
+// The call as POST /v1/calls would carry it, from what the gateway saw.
+// RecordCalls fills in the workspace, the units (1 for a 2xx), the logging
+// switch, and trims and redacts the excerpts.
+CallReport MakeCallReport(const HttpRequest& head, const AuthorizeDecision& decision,
+                          const std::string& request_id, int64_t occurred_at_us,
+                          const ProxyExchange& exchange) {
+  CallReport report;
+  ApiCallRecorded& call = report.call;
+  call.request_id = request_id;
+  call.key_id = decision.key_id;
+  call.occurred_at_us = occurred_at_us;
+  call.method = head.method.substr(0, kRecordedMethodBytesMax);
+  call.path = head.target.substr(0, kRecordedPathBytesMax);
+  assert(exchange.status >= 100 && exchange.status <= 599);
+  call.status = static_cast<uint16_t>(exchange.status);
+  call.latency_us = static_cast<uint64_t>(std::max<int64_t>(exchange.latency_us, 0));
+  call.request_bytes = exchange.request_body_bytes;
+  call.response_bytes = exchange.response_body_bytes;
+  call.client_ip = head.remote_ip;
+  call.origin = std::string(head.Header("origin"));
+  if (decision.logging) {
+    call.request.headers = ExcerptHeaders(head.headers);
+    call.request.body_excerpt = exchange.request_body_excerpt;
+    call.response.headers = ExcerptHeaders(exchange.response_headers);
+    call.response.body_excerpt = exchange.response_body_excerpt;
+  }
+  return report;
+}
+
+}  // namespace
+
+HttpResponse Service::Impl::AnswerPreflight(const HttpRequest& head,
+                                            std::string_view origin) const {
+  const std::string_view method = head.Header("access-control-request-method");
+  const std::string_view requested_headers = head.Header("access-control-request-headers");
+  const bool method_ok =
+      std::find(std::begin(kCorsMethods), std::end(kCorsMethods), method) != std::end(kCorsMethods);
+  const bool headers_ok = requested_headers.size() <= kPreflightHeaderListBytesMax &&
+                          std::all_of(requested_headers.begin(), requested_headers.end(), IsTokenChar);
+  if (!method_ok || !headers_ok || !state().AnyGroupAllowsOrigin(origin)) {
+    // No CORS headers: the browser refuses the request that would follow.
+    return JsonError(403, "permission_denied",
+                     "origin, method or headers are not allowed by any security group", "origin");
+  }
+  HttpResponse r;
+  r.status = 204;
+  r.headers.emplace_back("access-control-allow-origin", std::string(origin));
+  r.headers.emplace_back("access-control-allow-methods", std::string(method));
+  r.headers.emplace_back("access-control-allow-headers",
+                         requested_headers.empty() ? std::string("authorization")
+                                                   : std::string(requested_headers));
+  r.headers.emplace_back("access-control-max-age", kPreflightMaxAgeSeconds);
+  r.headers.emplace_back("vary", "Origin");
+  return r;
+}
+
+ProxyAdmission Service::Impl::AdmitProxied(const HttpRequest& head) {
+  ProxyAdmission admission;
+  const std::string_view origin = head.Header("origin");
+  if (head.method == "OPTIONS" && !origin.empty() &&
+      !head.Header("access-control-request-method").empty()) {
+    admission.answer = AnswerPreflight(head, origin);
+    requests.Count(RequestCounters::kGateway, admission.answer.status);
+    return admission;
+  }
+  AuthorizeRequest ar;
+  ar.authorization = head.Header("authorization");
+  ar.client_ip = head.remote_ip;
+  ar.origin = origin;
+  ar.now_us = d.clock->NowUs();
+  const auto start = std::chrono::steady_clock::now();
+  AuthorizeDecision decision = data_plane->Authorize(ar);
+  authorize_latency.Observe(ElapsedUs(start));
+  if (decision.outcome != AuthorizeOutcome::kAllowed) {
+    admission.answer = AuthorizeRefusal(decision);
+    if (!origin.empty() && decision.outcome != AuthorizeOutcome::kForbidden) {
+      AddCorsHeaders(origin, &admission.answer.headers);  // the script may read why
+    }
+    requests.Count(RequestCounters::kGateway, admission.answer.status);
+    return admission;
+  }
+  if (!data_plane->ReserveCall()) {
+    // Recording is behind (the disk is slow or failing): refuse rather than
+    // relay a call that could not be recorded.
+    admission.answer = JsonError(503, "unavailable", "call recording is behind; retry shortly");
+    admission.answer.headers.emplace_back("retry-after", "1");
+    requests.Count(RequestCounters::kGateway, 503);
+    return admission;
+  }
+  std::string request_id = NextRequestId();
+  admission.relay = true;
+  // The rendering API learns who called, never the secret.
+  admission.remove_request_headers = {"authorization"};
+  admission.set_request_headers = {{"x-keyledger-key-id", decision.key_id},
+                                   {"x-keyledger-workspace-id", decision.workspace_id},
+                                   {"x-request-id", request_id}};
+  HttpResponse rate_headers;
+  AddRateLimitHeaders(decision, &rate_headers);
+  admission.set_response_headers = std::move(rate_headers.headers);
+  admission.set_response_headers.emplace_back("x-request-id", request_id);
+  if (!origin.empty()) AddCorsHeaders(origin, &admission.set_response_headers);
+  admission.capture_bytes_max = decision.logging ? kBodyExcerptBytesMax : 0;
+  admission.on_done = [this, head, decision = std::move(decision),
+                       request_id = std::move(request_id),
+                       occurred_at_us = ar.now_us](ProxyExchange exchange) {
+    requests.Count(RequestCounters::kGateway, exchange.status);
+    data_plane->QueueReservedCall(
+        MakeCallReport(head, decision, request_id, occurred_at_us, exchange));
+  };
+  return admission;
+}
+
+ProxyHooks Service::GatewayHooks() {
+  ProxyHooks hooks;
+  hooks.is_own_target = IsOwnPath;
+  hooks.admit = [impl = impl_](const HttpRequest& head) { return impl->AdmitProxied(head); };
+  return hooks;
+}
+
+}  // namespace keyledger

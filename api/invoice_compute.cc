@@ -1,5 +1,7 @@
 #include "api/invoice_compute.h"
 
+#include <cassert>
+
 #include <map>
 #include <memory>
 
@@ -87,23 +89,55 @@ Result<std::optional<InvoiceIssued>> ComputeInvoice(const KeyState& state, const
 
 Result<InvoiceIssued> ReproduceInvoice(const Ledger& ledger, const InvoiceRef& ref,
                                        const std::string& scratch_dir, const Clock* clock) {
-  KL_ASSIGN_OR_RETURN(InvoiceIssued stored, ReadInvoice(ledger, ref));
-  KL_ASSIGN_OR_RETURN(std::unique_ptr<KeyState> state, RebuildKeyState(ledger, ref.sequence - 1));
-  KL_ASSIGN_OR_RETURN(auto calls,
-                      CallProjections::Open(scratch_dir, &ledger, state.get(), clock,
-                                            CallProjectionsOptions{}, stored.covers_sequence));
-  if (calls->position() != stored.covers_sequence) {
-    return Status::Corruption("cannot fold the usage to the invoice's covers_sequence " +
-                                  std::to_string(stored.covers_sequence),
-                              ref.sequence);
+  KL_ASSIGN_OR_RETURN(auto reproduced, ReproduceInvoiceRun(ledger, {ref}, scratch_dir, clock));
+  assert(reproduced.size() == 1);
+  return std::move(reproduced.front());
+}
+
+Result<std::vector<InvoiceIssued>> ReproduceInvoiceRun(const Ledger& ledger,
+                                                       const std::vector<InvoiceRef>& refs,
+                                                       const std::string& scratch_dir,
+                                                       const Clock* clock) {
+  assert(!refs.empty());
+  std::vector<InvoiceIssued> stored;
+  stored.reserve(refs.size());
+  for (size_t i = 0; i < refs.size(); i++) {
+    assert(i == 0 || refs[i].sequence == refs[i - 1].sequence + 1);
+    KL_ASSIGN_OR_RETURN(InvoiceIssued invoice, ReadInvoice(ledger, refs[i]));
+    if (!stored.empty() && invoice.covers_sequence != stored.front().covers_sequence) {
+      return Status::InvalidArgument("the invoices of one run cover one position", "refs");
+    }
+    stored.push_back(std::move(invoice));
   }
-  auto ws = state->FindWorkspace(stored.workspace_id);
-  if (!ws) return Status::Corruption("invoice of an unknown workspace", ref.sequence);
-  KL_ASSIGN_OR_RETURN(BillingMonth month, ParseBillingMonth(stored.month, "month"));
-  KL_ASSIGN_OR_RETURN(auto invoice, ComputeInvoice(*state, ledger, *calls, *ws, month,
-                                                   stored.invoice_number, stored.covers_sequence));
-  if (!invoice) return Status::Corruption("no plan in force for an issued invoice", ref.sequence);
-  return std::move(*invoice);
+  const uint64_t covers = stored.front().covers_sequence;
+  KL_ASSIGN_OR_RETURN(std::unique_ptr<KeyState> state,
+                      RebuildKeyState(ledger, refs.front().sequence - 1));
+  KL_ASSIGN_OR_RETURN(auto calls, CallProjections::Open(scratch_dir, &ledger, state.get(), clock,
+                                                        CallProjectionsOptions{}, covers));
+  if (calls->position() != covers) {
+    return Status::Corruption(
+        "cannot fold the usage to the invoice's covers_sequence " + std::to_string(covers),
+        refs.front().sequence);
+  }
+  std::vector<InvoiceIssued> reproduced;
+  reproduced.reserve(refs.size());
+  for (size_t i = 0; i < refs.size(); i++) {
+    if (i > 0) {
+      // The key state just before invoice i: with the run's earlier invoices.
+      KL_ASSIGN_OR_RETURN(Event previous, ledger.Read(refs[i - 1].sequence));
+      KL_RETURN_IF_ERROR(state->Apply(previous));
+    }
+    auto ws = state->FindWorkspace(stored[i].workspace_id);
+    if (!ws) return Status::Corruption("invoice of an unknown workspace", refs[i].sequence);
+    KL_ASSIGN_OR_RETURN(BillingMonth month, ParseBillingMonth(stored[i].month, "month"));
+    KL_ASSIGN_OR_RETURN(auto invoice, ComputeInvoice(*state, ledger, *calls, *ws, month,
+                                                     stored[i].invoice_number, covers));
+    if (!invoice) {
+      return Status::Corruption("no plan in force for an issued invoice", refs[i].sequence);
+    }
+    reproduced.push_back(std::move(*invoice));
+  }
+  return reproduced;
 }
 
 }  // namespace keyledger

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "billing/calendar.h"
 #include "ledger/clock.h"
@@ -43,5 +44,17 @@ Result<std::optional<InvoiceIssued>> ComputeInvoice(const KeyState& state, const
 // Finance and auditors compare the result byte for byte with the stored one.
 Result<InvoiceIssued> ReproduceInvoice(const Ledger& ledger, const InvoiceRef& ref,
                                        const std::string& scratch_dir, const Clock* clock);
+
+// The same for the invoices of one run at once (one append: consecutive
+// sequences, one covers_sequence), with one fold of the usage instead of one
+// per invoice; each is computed with the key state just before it, as
+// ReproduceInvoice does. Returns them in the order of `refs`.
+// REQUIRES: refs non-empty, their sequences consecutive.
+// Returns InvalidArgument (field "refs") when they cover different positions,
+// and the errors of ReproduceInvoice.
+Result<std::vector<InvoiceIssued>> ReproduceInvoiceRun(const Ledger& ledger,
+                                                       const std::vector<InvoiceRef>& refs,
+                                                       const std::string& scratch_dir,
+                                                       const Clock* clock);
 
 }  // namespace keyledger

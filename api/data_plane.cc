@@ -205,40 +205,47 @@ Status DataPlane::FlushCalls() {
     std::vector<CallReport> batch;
     {
       std::lock_guard<std::mutex> lock(calls_mu_);
-      const size_t n = std::min(queued_calls_.size(), options_.calls_per_batch_max);
+      const auto n = static_cast<ptrdiff_t>(std::min(queued_calls_.size(), options_.calls_per_batch_max));
       if (n == 0) return Status::Ok();
       batch.assign(std::make_move_iterator(queued_calls_.begin()),
-                   std::make_move_iterator(queued_calls_.begin() + static_cast<ptrdiff_t>(n)));
-      queued_calls_.erase(queued_calls_.begin(), queued_calls_.begin() + static_cast<ptrdiff_t>(n));
+                   std::make_move_iterator(queued_calls_.begin() + n));
+      queued_calls_.erase(queued_calls_.begin(), queued_calls_.begin() + n);
     }
-    const size_t taken = batch.size();
-    std::vector<CallReport> copy = batch;  // RecordCalls consumes its argument
-    auto recorded = RecordCalls(std::move(copy));
-    if (!recorded.ok() && recorded.status().code() == Code::kInvalidArgument) {
-      // One bad call must not hold up the rest: record them one by one.
-      for (CallReport& call : batch) {
-        const std::string request_id = call.call.request_id;
-        auto one = RecordCalls({std::move(call)});
-        if (!one.ok() && one.status().code() != Code::kInvalidArgument) {
-          std::fprintf(stderr, "keyledger: call flush: %s\n", one.status().ToString().c_str());
-        }
-        if (!one.ok()) {
-          calls_dropped_.fetch_add(1, std::memory_order_relaxed);
-          std::fprintf(stderr, "keyledger: gateway call %s not recorded: %s\n",
-                       request_id.c_str(), one.status().ToString().c_str());
-        }
-      }
-    } else if (!recorded.ok()) {
-      // Kept, in order, for the next flush.
-      std::lock_guard<std::mutex> lock(calls_mu_);
-      queued_calls_.insert(queued_calls_.begin(), std::make_move_iterator(batch.begin()),
-                           std::make_move_iterator(batch.end()));
-      return recorded.status();
-    }
+    size_t done = 0;
+    Status appended = AppendQueuedCalls(batch, &done);
     std::lock_guard<std::mutex> lock(calls_mu_);
-    assert(reserved_calls_ >= taken);
-    reserved_calls_ -= taken;
+    assert(done <= batch.size() && reserved_calls_ >= done);
+    reserved_calls_ -= done;
+    if (!appended.ok()) {
+      // What was not appended stays first in line, in order, for the next flush.
+      queued_calls_.insert(queued_calls_.begin(),
+                           std::make_move_iterator(batch.begin() + static_cast<ptrdiff_t>(done)),
+                           std::make_move_iterator(batch.end()));
+      return appended;
+    }
   }
+}
+
+Status DataPlane::AppendQueuedCalls(const std::vector<CallReport>& batch, size_t* done) {
+  *done = 0;
+  auto recorded = RecordCalls(batch);
+  if (recorded.ok()) {
+    *done = batch.size();
+    return Status::Ok();
+  }
+  if (recorded.status().code() != Code::kInvalidArgument) return recorded.status();
+  // One call that can never be appended must not hold up the rest.
+  for (const CallReport& call : batch) {
+    auto one = RecordCalls({call});
+    if (!one.ok() && one.status().code() != Code::kInvalidArgument) return one.status();
+    if (!one.ok()) {
+      calls_dropped_.fetch_add(1, std::memory_order_relaxed);
+      std::fprintf(stderr, "keyledger: gateway call %s not recorded: %s\n",
+                   call.call.request_id.c_str(), one.status().ToString().c_str());
+    }
+    ++*done;
+  }
+  return Status::Ok();
 }
 
 AuthorizeDecision DataPlane::Authorize(const AuthorizeRequest& request) {

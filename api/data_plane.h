@@ -146,6 +146,10 @@ class DataPlane {
 
  private:
   void QueueDenial(const AuthorizeDecision& d, const AuthorizeRequest& r);
+  // Appends `batch` (one RecordCalls, or one call at a time when one of them
+  // is invalid, dropping those). Sets *done to how many calls from the front
+  // were appended or dropped; returns the error that stopped it, if any.
+  Status AppendQueuedCalls(const std::vector<CallReport>& batch, size_t* done);
   void FlushLoop();
 
   Ledger* ledger_;

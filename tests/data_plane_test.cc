@@ -377,6 +377,29 @@ TEST_F(DataPlaneTest, GatewayHooksAnswerRefusalsAndPreflightsThemselves) {
   EXPECT_EQ(hooks.admit(preflight).answer.status, 403);
 }
 
+TEST_F(DataPlaneTest, QueuedCallThatCanNeverBeRecordedIsDroppedWithoutHoldingUpTheRest) {
+  DataPlane& dp = h.service().data_plane();
+  CallReport good;
+  good.call.request_id = "q-good";
+  good.call.key_id = key_;
+  good.call.occurred_at_us = h.clock().NowUs();
+  good.call.status = 200;
+  CallReport bad = good;
+  bad.call.request_id = "q-bad";
+  bad.call.key_id = "key_unknown";  // refused by RecordCalls, now and on every retry
+  ASSERT_TRUE(dp.ReserveCall());
+  ASSERT_TRUE(dp.ReserveCall());
+  dp.QueueReservedCall(bad);
+  dp.QueueReservedCall(good);
+  ASSERT_TRUE(dp.FlushCalls().ok());
+  EXPECT_EQ(dp.calls_pending(), 0u);
+  EXPECT_EQ(dp.calls_dropped(), 1u);
+  auto events = h.ledger().ReadStream("calls/" + key_, 1, 10);
+  ASSERT_TRUE(events.ok());
+  ASSERT_EQ(events->size(), 1u);
+  EXPECT_EQ(std::get<ApiCallRecorded>(events->at(0).body).request_id, "q-good");
+}
+
 TEST(DataPlaneGatewayQueueTest, RefusesToRelayWhenRecordingIsFullAndLosesNothing) {
   ServiceOptions options;
   options.data_plane.queued_calls_max = 2;

@@ -607,18 +607,15 @@ Result<std::string> Service::BootstrapOperatorToken(const std::optional<std::str
   return generated;
 }
 
-namespace {
-
 RequestCounters::Route RouteOf(std::string_view target) {
-  if (target.starts_with("/v1/authorize")) return RequestCounters::kAuthorize;
-  if (target.starts_with("/v1/calls")) return RequestCounters::kCalls;
-  if (target.starts_with("/v1/")) return RequestCounters::kManagement;
-  if (target.starts_with("/healthz")) return RequestCounters::kHealthz;
-  if (target.starts_with("/metrics")) return RequestCounters::kMetrics;
+  const std::string_view path = target.substr(0, target.find('?'));
+  if (path == "/v1/authorize") return RequestCounters::kAuthorize;
+  if (path == "/v1/calls") return RequestCounters::kCalls;
+  if (path == "/v1" || path.starts_with("/v1/")) return RequestCounters::kManagement;
+  if (path == "/healthz") return RequestCounters::kHealthz;
+  if (path == "/metrics") return RequestCounters::kMetrics;
   return RequestCounters::kOther;
 }
-
-}  // namespace
 
 HttpResponse Service::Impl::Metrics() const {
   std::string out;

@@ -10,10 +10,7 @@ namespace keyledger {
 namespace {
 
 // Own paths: everything else is the rendering API's.
-bool IsOwnPath(std::string_view target) {
-  const std::string_view path = target.substr(0, target.find('?'));
-  return path == "/healthz" || path == "/metrics" || path == "/v1" || path.starts_with("/v1/");
-}
+bool IsOwnPath(std::string_view target) { return RouteOf(target) != RequestCounters::kOther; }
 
 // Methods a browser may be allowed to use across origins.
 constexpr std::string_view kCorsMethods[] = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"};

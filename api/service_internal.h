@@ -54,6 +54,10 @@ std::string PercentDecode(std::string_view text);
 // Durations are measured on the monotonic clock, never the injected one.
 uint64_t ElapsedUs(std::chrono::steady_clock::time_point start);
 
+// The route of a request target (path and query), for the request counters.
+// kOther: not one of keyledger's own paths (in gateway mode: relayed).
+RequestCounters::Route RouteOf(std::string_view target);
+
 // Adds RateLimit-* (and Retry-After when refused) headers when the decision
 // checked the rate.
 void AddRateLimitHeaders(const AuthorizeDecision& d, HttpResponse* r);

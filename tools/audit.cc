@@ -35,6 +35,9 @@ namespace {
 
 namespace fs = std::filesystem;
 
+// Called now and then during a walk over the log with the last sequence walked.
+using ProgressFn = std::function<void(uint64_t)>;
+
 // Events read per ledger call while dumping.
 constexpr size_t kDumpPageEvents = 1024;
 // How often the verify progress line is refreshed on a terminal.
@@ -252,7 +255,7 @@ class Progress {
   }
 
   // A callback for the ledger and projection walks.
-  std::function<void(uint64_t)> Callback() {
+  ProgressFn Callback() {
     return [this](uint64_t done) { Update(done); };
   }
 
@@ -348,7 +351,7 @@ class ReplayInputs {
 
   // The key state rebuilt to `to`, rebuilt on the first request for `to`.
   // Valid until the next call with another `to`, or the ReplayInputs' end.
-  Result<const KeyState*> KeyStateAt(uint64_t to, const std::function<void(uint64_t)>& progress) {
+  Result<const KeyState*> KeyStateAt(uint64_t to, const ProgressFn& progress) {
     if (!key_state_ || key_state_to_ != to) {
       KL_ASSIGN_OR_RETURN(key_state_, RebuildKeyState(ledger_, to, progress));
       key_state_to_ = to;
@@ -361,8 +364,6 @@ class ReplayInputs {
   std::unique_ptr<KeyState> key_state_;
   uint64_t key_state_to_ = 0;
 };
-
-using ProgressFn = std::function<void(uint64_t)>;
 
 // One row of the replay table. To add a projection, add a reader of its
 // persisted state and a rebuild to kChecks.

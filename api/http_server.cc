@@ -52,6 +52,12 @@ namespace beast = boost::beast;
 namespace http = beast::http;
 namespace net = boost::asio;
 using tcp = net::ip::tcp;
+// A connection's executor is its strand, by its concrete type: Beast's default
+// tcp_stream erases it (any_io_executor), which costs a shared_ptr copy and
+// an indirect call on every operation of the hot path.
+using Strand = net::strand<net::io_context::executor_type>;
+using Socket = tcp::socket::rebind_executor<Strand>::other;
+using Stream = beast::basic_stream<tcp, Strand>;
 using error_code = boost::system::error_code;
 
 namespace {
@@ -261,11 +267,11 @@ class ServerCore {
 
  private:
   void DoAccept();
-  void OnAccept(error_code ec, tcp::socket socket);
+  void OnAccept(error_code ec, Socket socket);
   void DoAcceptRetry();
   void CloseAcceptor();
   // Starts a session for `socket`, or closes it when over connections_max or stopping.
-  void Admit(tcp::socket socket);
+  void Admit(Socket socket);
   void DoStop();
   void RunThread();
   bool OnIoThread() const;
@@ -305,7 +311,7 @@ class ServerCore {
 // connection's strand; those two only post to it.
 class Session : public std::enable_shared_from_this<Session> {
  public:
-  Session(ServerCore& core, uint64_t id, tcp::socket socket)
+  Session(ServerCore& core, uint64_t id, Socket socket)
       : core_(core), id_(id), remote_ip_(PeerIp(socket)), stream_(std::move(socket)) {}
   ~Session() { core_.Unregister(id_); }
 
@@ -314,7 +320,7 @@ class Session : public std::enable_shared_from_this<Session> {
   void PostServerStop();
 
  private:
-  static std::string PeerIp(const tcp::socket& socket);
+  static std::string PeerIp(const Socket& socket);
 
   void DoWaitForRequest();
   void OnWaitForRequest(error_code ec, size_t bytes);
@@ -362,7 +368,7 @@ class Session : public std::enable_shared_from_this<Session> {
   ServerCore& core_;
   const uint64_t id_;
   const std::string remote_ip_;
-  beast::tcp_stream stream_;
+  Stream stream_;
   beast::flat_buffer buffer_;
   std::optional<http::request_parser<http::string_body>> parser_;
   http::response<http::string_body> response_;
@@ -371,7 +377,7 @@ class Session : public std::enable_shared_from_this<Session> {
   size_t linger_bytes_ = 0;
   std::array<char, 4096> linger_buffer_;
   // Gateway mode: the connection to the upstream, reused between exchanges.
-  std::optional<beast::tcp_stream> upstream_;
+  std::optional<Stream> upstream_;
   beast::flat_buffer upstream_buffer_;
   std::vector<char> relay_buffer_;  // relay_chunk_bytes, allocated on first use
 };
@@ -379,7 +385,7 @@ class Session : public std::enable_shared_from_this<Session> {
 // ---------------------------------------------------------------------------
 // Session
 
-std::string Session::PeerIp(const tcp::socket& socket) {
+std::string Session::PeerIp(const Socket& socket) {
   error_code ec;
   const tcp::endpoint peer = socket.remote_endpoint(ec);
   return ec ? std::string() : peer.address().to_string();
@@ -1003,7 +1009,7 @@ void ServerCore::DoAccept() {
                           beast::bind_front_handler(&ServerCore::OnAccept, this));
 }
 
-void ServerCore::OnAccept(error_code ec, tcp::socket socket) {
+void ServerCore::OnAccept(error_code ec, Socket socket) {
   if (stopping()) return;  // the acceptor is closing; `socket` closes on destruction
   if (ec) return DoAcceptRetry();
   try {
@@ -1028,7 +1034,7 @@ void ServerCore::CloseAcceptor() {
   accept_retry_timer_->cancel();
 }
 
-void ServerCore::Admit(tcp::socket socket) {
+void ServerCore::Admit(Socket socket) {
   std::shared_ptr<Session> session;
   {
     std::lock_guard<std::mutex> lock(mu_);

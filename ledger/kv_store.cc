@@ -103,6 +103,7 @@ rocksdb::DBOptions MakeDbOptions(const KvStoreOptions& options) {
   db.track_and_verify_wals_in_manifest = true;
   db.paranoid_checks = true;
   db.max_background_jobs = options.background_jobs_max;
+  db.max_total_wal_size = options.wal_bytes_max;
   // Smooth out SST writes so background flushes do not stall the synced WAL.
   db.bytes_per_sync = 1u << 20;
   db.wal_recovery_mode = rocksdb::WALRecoveryMode::kPointInTimeRecovery;
@@ -118,12 +119,19 @@ rocksdb::DBOptions MakeDbOptions(const KvStoreOptions& options) {
 struct KvStore::Rep {
   std::unique_ptr<rocksdb::DB> db;
   std::vector<rocksdb::ColumnFamilyHandle*> handles;  // [0] is "default"
+  bool flush_on_close = false;
   rocksdb::ColumnFamilyHandle* cf(int index) const {
     assert(index >= 0 && static_cast<size_t>(index) + 1 < handles.size());
     return handles[static_cast<size_t>(index) + 1];
   }
   ~Rep() {
     if (!db) return;
+    if (flush_on_close) {
+      rocksdb::FlushOptions fo;
+      fo.wait = true;
+      // A failed flush loses nothing (the WAL holds the data); the next open replays it.
+      db->Flush(fo, handles).PermitUncheckedError();
+    }
     for (auto* h : handles) db->DestroyColumnFamilyHandle(h).PermitUncheckedError();
     handles.clear();
     db->Close().PermitUncheckedError();
@@ -213,6 +221,7 @@ Result<std::unique_ptr<KvStore>> KvStore::Open(const std::string& path,
   }
   if (!s.ok()) return FromRocks(s, "open " + path);
   rep->db.reset(db);
+  rep->flush_on_close = options.flush_on_close && options.mode == OpenMode::kReadWrite;
   assert(rep->handles.size() == descriptors.size());
   return std::unique_ptr<KvStore>(new KvStore(std::move(rep)));
 }
@@ -263,8 +272,13 @@ Status KvStore::SyncWal() { return FromRocks(rep_->db->SyncWAL(), "sync wal"); }
 
 Status KvStore::Scan(
     int cf, std::string_view start, std::string_view end,
-    const std::function<bool(std::string_view key, std::string_view value)>& fn) const {
+    const std::function<bool(std::string_view key, std::string_view value)>& fn,
+    ScanKind kind) const {
   rocksdb::ReadOptions ro;
+  if (kind == ScanKind::kBulk) {
+    ro.fill_cache = false;
+    ro.readahead_size = kScanReadaheadBytes;
+  }
   rocksdb::Slice upper = ToSlice(end);
   if (!end.empty()) ro.iterate_upper_bound = &upper;
   std::unique_ptr<rocksdb::Iterator> it(rep_->db->NewIterator(ro, rep_->cf(cf)));

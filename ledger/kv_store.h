@@ -52,7 +52,28 @@ struct KvStoreOptions {
   int background_jobs_max = 2;
   // Memtable size per column family before a flush. Default 64 MiB.
   size_t write_buffer_bytes = 64u << 20;
+  // Write-ahead log kept before RocksDB flushes the column families that pin
+  // its oldest file. Default 256 MiB. Without it a column family written a
+  // little per batch (the ledger's meta) keeps every WAL file alive, and
+  // every open replays them all (0.5 GB and 5 s at 1 M events).
+  uint64_t wal_bytes_max = 256u << 20;
+  // kReadWrite only: flush every memtable when the store closes, so the next
+  // open (a restart, or a tool's secondary instance) replays no WAL. Default
+  // true; the WAL keeps the data safe either way.
+  bool flush_on_close = true;
 };
+
+// How a scan reads, a hint that never changes what it returns.
+enum class ScanKind : uint8_t {
+  // A page of keys that is likely read again (log pages, stream reads):
+  // blocks go through the block cache.
+  kShort = 0,
+  // One pass over much of a column family (verify, rebuilds, catch-up,
+  // loading a projection): blocks bypass the block cache, which they would
+  // only churn, and are read ahead in kScanReadaheadBytes chunks.
+  kBulk,
+};
+inline constexpr size_t kScanReadaheadBytes = 2u << 20;
 
 class KvStore;
 
@@ -118,9 +139,11 @@ class KvStore {
 
   // Calls fn(key, value) for keys in [start, end) in order (end empty: no bound)
   // until fn returns false. The views are valid only during the call.
+  // `kind` tunes the reads (see ScanKind); the result is the same.
   // Returns IOError/Corruption on failure.
   Status Scan(int cf, std::string_view start, std::string_view end,
-              const std::function<bool(std::string_view key, std::string_view value)>& fn) const;
+              const std::function<bool(std::string_view key, std::string_view value)>& fn,
+              ScanKind kind = ScanKind::kShort) const;
 
   // Returns the last key-value pair with key <= `key` and key >= `floor`,
   // std::nullopt if none.

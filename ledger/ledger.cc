@@ -588,7 +588,8 @@ Status Ledger::ScanRaw(uint64_t from, uint64_t to,
           return false;
         }
         return fn(DecodeBigEndian64(key.data()), value);
-      }));
+      },
+      ScanKind::kBulk));
   return bad;
 }
 

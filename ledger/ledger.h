@@ -121,7 +121,8 @@ class Ledger {
 
   // Calls fn(sequence, stored_value) in order for [from, to] (to == 0: to the
   // head) until fn returns false; the view is valid only during the call.
-  // No checks are made: this is the raw path for verification and fast folds.
+  // No checks are made: this is the raw path for verification and fast folds,
+  // read as a bulk scan (ScanKind::kBulk: the block cache is bypassed).
   Status ScanRaw(uint64_t from, uint64_t to,
                  const std::function<bool(uint64_t sequence, std::string_view value)>& fn) const;
 

@@ -862,7 +862,7 @@ Status LoadMetrics(const KvStore& store, FoldState* state) {
                                       : Status::Corruption("call projections: bad metrics key");
     return load.ok();
   };
-  KL_RETURN_IF_ERROR(store.Scan(kCallCfMetrics, "", "", cell));
+  KL_RETURN_IF_ERROR(store.Scan(kCallCfMetrics, "", "", cell, ScanKind::kBulk));
   KL_RETURN_IF_ERROR(load);
   return state->metrics.FinishLoad();
 }
@@ -893,7 +893,7 @@ Status LoadUsage(const KvStore& store, FoldState* state) {
     load = LoadUsageRecord(key, value, state);
     return load.ok();
   };
-  KL_RETURN_IF_ERROR(store.Scan(kCallCfUsage, "", "", record));
+  KL_RETURN_IF_ERROR(store.Scan(kCallCfUsage, "", "", record, ScanKind::kBulk));
   return load;
 }
 
@@ -939,7 +939,7 @@ Status DeleteAll(KvStore* store, int cf) {
       last.assign(key);
       return batch.count() < kDeleteBatchKeysMax;
     };
-    KL_RETURN_IF_ERROR(store->Scan(cf, start, "", remove));
+    KL_RETURN_IF_ERROR(store->Scan(cf, start, "", remove, ScanKind::kBulk));
     if (batch.count() == 0) return Status::Ok();
     KL_RETURN_IF_ERROR(store->Write(batch, Durability::kAsync));
     start = last + '\0';  // the first key after `last`

@@ -761,7 +761,7 @@ Status KeyState::Load(const KvStore& store, int cf) {
       return false;
     }
     return true;
-  });
+  }, ScanKind::kBulk);
   KL_RETURN_IF_ERROR(scan);
   KL_RETURN_IF_ERROR(bad);
   // Rebuild the derived indexes.

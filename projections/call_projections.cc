@@ -4,7 +4,6 @@
 #include <cassert>
 #include <chrono>
 #include <cstring>
-#include <deque>
 #include <limits>
 #include <map>
 #include <unordered_map>
@@ -13,6 +12,7 @@
 
 #include "ledger/codec.h"
 #include "ledger/hash.h"
+#include "ledger/scan_ahead.h"
 #include "ledger/varint.h"
 
 namespace keyledger {
@@ -42,7 +42,7 @@ constexpr size_t kSequenceBytes = 8;
 constexpr size_t kDeleteBatchKeysMax = 10'000;
 // Events per batch of RebuildCallProjectionsDigest (time zones are re-read per batch, as live).
 constexpr size_t kRebuildBatchEventsMax = 65'536;
-// RebuildCallProjectionsDigest reads ahead (see ReadAhead) from this many events.
+// RebuildCallProjectionsDigest reads ahead (ScanAhead) from this many events.
 constexpr uint64_t kRebuildReadAheadEventsMin = 16'384;
 constexpr char kDefaultTimeZone[] = "UTC";
 
@@ -596,155 +596,12 @@ Hash DigestOf(const FoldState& state) {
   return ChainHash(h, record);
 }
 
-// ---- Reading ahead ------------------------------------------------------------------------
-
-// Reads [from, to] of a ledger on a thread of its own, ahead of the fold that
-// consumes it with Scan, into chunks of copied stored values; at most
-// kChunks chunks (a few MiB) are held at once. Each value is copied to an
-// 8-byte-aligned offset, so its body (after the 32-byte hash) is word-aligned
-// and BatchFolder::Aligned copies nothing. The consumer sees exactly the
-// events, order and errors Ledger::ScanRaw(from, to) would give it.
-class ReadAhead {
- public:
-  ReadAhead(const Ledger& ledger, uint64_t from, uint64_t to)
-      : ledger_(ledger), from_(from), to_(to), thread_([this] { Run(); }) {}
-  ~ReadAhead() {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      cancel_ = true;
-    }
-    cv_.notify_all();
-    thread_.join();
-  }
-  ReadAhead(const ReadAhead&) = delete;
-  ReadAhead& operator=(const ReadAhead&) = delete;
-
-  // Calls fn(sequence, stored value) for the next events in order, until fn
-  // returns false (that event is consumed) or the range ends; the view is
-  // valid only during the call. Returns the ledger's read error once the
-  // events before it are consumed, OK otherwise.
-  Status Scan(const std::function<bool(uint64_t sequence, std::string_view value)>& fn) {
-    for (;;) {
-      if (current_ == nullptr || next_item_ == current_->items.size()) {
-        std::unique_lock<std::mutex> lock(mu_);
-        if (current_ != nullptr) {
-          current_->Clear();
-          free_.push_back(std::move(current_));
-          cv_.notify_all();
-        }
-        cv_.wait(lock, [&] { return !full_.empty() || done_; });
-        if (full_.empty()) return status_;
-        current_ = std::move(full_.front());
-        full_.pop_front();
-        next_item_ = 0;
-      }
-      const Item& item = current_->items[next_item_++];
-      const std::string_view value(
-          reinterpret_cast<const char*>(current_->words.data()) + item.offset, item.size);
-      if (!fn(item.sequence, value)) return Status::Ok();
-    }
-  }
-
- private:
-  static constexpr size_t kChunks = 8;
-  static constexpr size_t kChunkWords = (256u << 10) / sizeof(uint64_t);  // 256 KiB
-  static constexpr size_t kChunkItemsMax = 1024;
-
-  struct Item {
-    uint64_t sequence;
-    size_t offset;  // bytes into words
-    size_t size;
-  };
-  struct Chunk {
-    std::vector<uint64_t> words;
-    size_t used_words = 0;
-    std::vector<Item> items;
-    void Clear() {
-      used_words = 0;
-      items.clear();
-    }
-  };
-
-  // Returns an empty chunk, or nullptr once cancelled.
-  std::unique_ptr<Chunk> TakeFree() {
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [&] { return cancel_ || !free_.empty() || chunks_ < kChunks; });
-    if (cancel_) return nullptr;
-    if (!free_.empty()) {
-      std::unique_ptr<Chunk> chunk = std::move(free_.back());
-      free_.pop_back();
-      return chunk;
-    }
-    ++chunks_;
-    auto chunk = std::make_unique<Chunk>();
-    chunk->words.resize(kChunkWords);
-    chunk->items.reserve(kChunkItemsMax);
-    return chunk;
-  }
-
-  void Publish(std::unique_ptr<Chunk> chunk) {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      full_.push_back(std::move(chunk));
-    }
-    cv_.notify_all();
-  }
-
-  void Run() {
-    std::unique_ptr<Chunk> chunk = TakeFree();
-    Status scan;
-    if (chunk != nullptr) {
-      scan = ledger_.ScanRaw(from_, to_, [&](uint64_t sequence, std::string_view value) {
-        const size_t words = (value.size() + sizeof(uint64_t) - 1) / sizeof(uint64_t);
-        if (chunk->items.size() == kChunkItemsMax ||
-            (!chunk->items.empty() && chunk->used_words + words > chunk->words.size())) {
-          Publish(std::move(chunk));
-          chunk = TakeFree();
-          if (chunk == nullptr) return false;  // cancelled
-        }
-        if (chunk->used_words + words > chunk->words.size()) {  // one big event
-          chunk->words.resize(chunk->used_words + words);
-        }
-        std::memcpy(chunk->words.data() + chunk->used_words, value.data(), value.size());
-        chunk->items.push_back(Item{sequence, chunk->used_words * sizeof(uint64_t), value.size()});
-        chunk->used_words += words;
-        return true;
-      });
-      if (chunk != nullptr && !chunk->items.empty()) Publish(std::move(chunk));
-    }
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      status_ = scan;
-      done_ = true;
-    }
-    cv_.notify_all();
-  }
-
-  const Ledger& ledger_;
-  const uint64_t from_;
-  const uint64_t to_;
-
-  std::mutex mu_;  // guards what follows, up to current_
-  std::condition_variable cv_;
-  std::deque<std::unique_ptr<Chunk>> full_;   // read, in order, not yet consumed
-  std::vector<std::unique_ptr<Chunk>> free_;  // consumed, for reuse
-  size_t chunks_ = 0;                         // allocated so far, <= kChunks
-  bool cancel_ = false;
-  bool done_ = false;
-  Status status_;
-
-  std::unique_ptr<Chunk> current_;  // the consumer's; not guarded
-  size_t next_item_ = 0;
-
-  std::thread thread_;  // last: starts once the members above exist
-};
-
 // Folds (after, to] of `ledger` into `state` in batches, without storage.
 Status FoldInMemory(const Ledger& ledger, const KeyState& key_state, uint64_t to,
                     FoldState* state, const std::function<void(uint64_t)>& progress) {
-  std::optional<ReadAhead> ahead;
+  std::unique_ptr<ScanAhead> ahead;
   if (state->position < to && to - state->position >= kRebuildReadAheadEventsMin) {
-    ahead.emplace(ledger, state->position + 1, to);
+    ahead = ScanAhead::OfLedger(ledger, state->position + 1, to);
   }
   while (state->position < to) {
     BatchFolder folder(key_state, state, nullptr);
@@ -753,7 +610,7 @@ Status FoldInMemory(const Ledger& ledger, const KeyState& key_state, uint64_t to
       fold = folder.Fold(sequence, value);
       return fold.ok() && folder.events_scanned() < kRebuildBatchEventsMax;
     };
-    KL_RETURN_IF_ERROR(ahead ? ahead->Scan(fn) : ledger.ScanRaw(state->position + 1, to, fn));
+    KL_RETURN_IF_ERROR(ahead ? ahead->ScanEvents(fn) : ledger.ScanRaw(state->position + 1, to, fn));
     KL_RETURN_IF_ERROR(fold);
     if (folder.events_scanned() == 0) {
       return Status::Corruption("the ledger has no event " + std::to_string(state->position + 1),
@@ -862,7 +719,8 @@ Status LoadMetrics(const KvStore& store, FoldState* state) {
                                       : Status::Corruption("call projections: bad metrics key");
     return load.ok();
   };
-  KL_RETURN_IF_ERROR(store.Scan(kCallCfMetrics, "", "", cell, ScanKind::kBulk));
+  // Decoding cells costs about as much as reading them: read on another core.
+  KL_RETURN_IF_ERROR(ScanAhead::OfStore(store, kCallCfMetrics, "", "")->Scan(cell));
   KL_RETURN_IF_ERROR(load);
   return state->metrics.FinishLoad();
 }
@@ -968,13 +826,13 @@ Status CallProjections::CatchUpTo(uint64_t sequence) {
   std::lock_guard<std::mutex> lock(fold_mu_);
   KL_RETURN_IF_ERROR(broken_);
   const uint64_t to = std::min(sequence, ledger_->head().sequence);
-  std::optional<call_projections_internal::ReadAhead> ahead;
+  std::unique_ptr<ScanAhead> ahead;
   if (options_.read_ahead_events_min > 0 && position() < to &&
       to - position() >= options_.read_ahead_events_min) {
-    ahead.emplace(*ledger_, position() + 1, to);
+    ahead = ScanAhead::OfLedger(*ledger_, position() + 1, to);
   }
   while (position() < to) {
-    Status s = FoldBatchLocked(to, ahead ? &*ahead : nullptr);
+    Status s = FoldBatchLocked(to, ahead.get());
     if (!s.ok()) {
       broken_ = s;
       return s;
@@ -984,7 +842,7 @@ Status CallProjections::CatchUpTo(uint64_t sequence) {
 }
 
 // REQUIRES: fold_mu_ held, position() < to <= ledger head.
-Status CallProjections::FoldBatchLocked(uint64_t to, call_projections_internal::ReadAhead* ahead) {
+Status CallProjections::FoldBatchLocked(uint64_t to, ScanAhead* ahead) {
   const uint64_t from = position() + 1;
   assert(from <= to);
   KvBatch batch(*store_);
@@ -1003,7 +861,7 @@ Status CallProjections::FoldBatchLocked(uint64_t to, call_projections_internal::
       return fold.ok() && folder.events_scanned() < batch_events_max_ &&
              folder.bytes() < options_.fold_batch_bytes_max;
     };
-    KL_RETURN_IF_ERROR(ahead != nullptr ? ahead->Scan(fn) : ledger_->ScanRaw(from, to, fn));
+    KL_RETURN_IF_ERROR(ahead != nullptr ? ahead->ScanEvents(fn) : ledger_->ScanRaw(from, to, fn));
     KL_RETURN_IF_ERROR(fold);
     if (folder.events_scanned() == 0) {
       return Status::Corruption("the ledger has no event " + std::to_string(from), from);

@@ -100,9 +100,7 @@
 
 namespace keyledger {
 
-namespace call_projections_internal {
-class ReadAhead;
-}  // namespace call_projections_internal
+class ScanAhead;
 
 // Least events per batch of Open's fold of a long backlog (see
 // CallProjectionsOptions::fold_batch_events_max).
@@ -294,7 +292,7 @@ class CallProjections {
   Status Wipe();
   Result<bool> StoreMatchesLedger(uint64_t position, const Hash& hash) const;
   // `ahead` (may be null) reads the ledger from position() + 1 on.
-  Status FoldBatchLocked(uint64_t to, call_projections_internal::ReadAhead* ahead);
+  Status FoldBatchLocked(uint64_t to, ScanAhead* ahead);
   void TailLoop();
   void MaybeSweep(int64_t* next_sweep_us);
 

@@ -6,11 +6,13 @@
 
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <set>
 #include <thread>
 
 #include "ledger/codec.h"
 #include "ledger/hash.h"
+#include "ledger/scan_ahead.h"
 #include "tests/test_util.h"
 
 namespace keyledger {
@@ -400,6 +402,114 @@ TEST(KvStoreTest, BulkAndShortScansReturnTheSame) {
   }
   EXPECT_EQ(seen[0].size(), 27u);
   EXPECT_EQ(seen[0], seen[1]);
+}
+
+// A scan of `count` pairs ("k<i>", i copies of 'v' modulo 5,000 bytes; pair
+// 7 is 600 KiB, larger than a chunk), failing after `fail_after` if set.
+ScanAhead::ScanFn SyntheticScan(int count, std::optional<int> fail_after = std::nullopt) {
+  return [count, fail_after](const ScanAhead::Emit& emit) {
+    for (int i = 0; i < count; i++) {
+      if (fail_after && i == *fail_after) return Status::IOError("disk gone");
+      const size_t size = i == 7 ? (600u << 10) : static_cast<size_t>(i % 5000);
+      if (!emit("k" + std::to_string(i), std::string(size, static_cast<char>('a' + i % 26)))) {
+        break;
+      }
+    }
+    return Status::Ok();
+  };
+}
+
+TEST(ScanAheadTest, HandsOverEveryPairInOrderAtAlignedAddresses) {
+  ScanAhead ahead(SyntheticScan(20'000));  // about 50 MB: many times kScanAheadChunks chunks
+  int next = 0;
+  Status scan = ahead.Scan([&](std::string_view key, std::string_view value) {
+    EXPECT_EQ(key, "k" + std::to_string(next));
+    const size_t size = next == 7 ? (600u << 10) : static_cast<size_t>(next % 5000);
+    EXPECT_EQ(value, std::string(size, static_cast<char>('a' + next % 26)));
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(key.data()) % 8, 0u);
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(value.data()) % 8, 0u);
+    next++;
+    return true;
+  });
+  EXPECT_TRUE(scan.ok()) << scan.ToString();
+  EXPECT_EQ(next, 20'000);
+}
+
+TEST(ScanAheadTest, ContinuesAfterTheLastConsumedPair) {
+  ScanAhead ahead(SyntheticScan(3'000));
+  std::vector<std::string> keys;
+  for (int round = 0; round < 3; round++) {
+    int taken = 0;
+    ASSERT_TRUE(ahead
+                    .Scan([&](std::string_view key, std::string_view) {
+                      keys.emplace_back(key);
+                      return ++taken < 1'000;
+                    })
+                    .ok());
+  }
+  ASSERT_EQ(keys.size(), 3'000u);
+  for (int i = 0; i < 3'000; i++) EXPECT_EQ(keys[static_cast<size_t>(i)], "k" + std::to_string(i));
+  EXPECT_TRUE(ahead.Scan([](std::string_view, std::string_view) { return true; }).ok());
+}
+
+TEST(ScanAheadTest, ReportsTheScanErrorAfterThePairsBeforeIt) {
+  ScanAhead ahead(SyntheticScan(5'000, 4'321));
+  int seen = 0;
+  Status scan = ahead.Scan([&](std::string_view, std::string_view) {
+    seen++;
+    return true;
+  });
+  EXPECT_EQ(scan.code(), Code::kIOError);
+  EXPECT_EQ(seen, 4'321);
+}
+
+TEST(ScanAheadTest, DestroyingItEarlyStopsTheReader) {
+  for (int consumed : {0, 1, 2'500}) {
+    ScanAhead ahead(SyntheticScan(1'000'000));  // far more than it holds at once
+    int taken = 0;
+    if (consumed > 0) {
+      ASSERT_TRUE(ahead.Scan([&](std::string_view, std::string_view) { return ++taken < consumed; }).ok());
+    }
+  }  // each destructor returns: the reader sees its emit refused and ends
+}
+
+TEST(ScanAheadTest, OfStoreAndOfLedgerReadWhatTheirScansRead) {
+  ScratchDir dir;
+  {
+    auto store = KvStore::Open(dir.sub("kv"), TwoFamilies());
+    ASSERT_TRUE(store.ok());
+    WriteBulkAndSmall(**store, 40);
+    std::vector<std::string> direct, ahead_keys;
+    ASSERT_TRUE((*store)->Scan(0, EventKey(5), EventKey(30), [&](std::string_view k, std::string_view) {
+      direct.emplace_back(k);
+      return true;
+    }).ok());
+    auto ahead = ScanAhead::OfStore(**store, 0, EventKey(5), EventKey(30));
+    ASSERT_TRUE(ahead->Scan([&](std::string_view k, std::string_view) {
+      ahead_keys.emplace_back(k);
+      return true;
+    }).ok());
+    EXPECT_EQ(direct.size(), 25u);
+    EXPECT_EQ(ahead_keys, direct);
+  }
+  LedgerOptions options;
+  ManualClock clock(1'700'000'000'000'000);
+  options.clock = &clock;
+  auto ledger = Ledger::Open(dir.sub("ledger"), options);
+  ASSERT_TRUE(ledger.ok());
+  for (uint64_t i = 1; i <= 30; i++) ASSERT_TRUE((*ledger)->Append({MakeCallEvent(i)}).ok());
+  std::vector<std::pair<uint64_t, std::string>> direct, ahead_events;
+  ASSERT_TRUE((*ledger)->ScanRaw(4, 20, [&](uint64_t seq, std::string_view v) {
+    direct.emplace_back(seq, std::string(v));
+    return true;
+  }).ok());
+  auto ahead = ScanAhead::OfLedger(**ledger, 4, 20);
+  ASSERT_TRUE(ahead->ScanEvents([&](uint64_t seq, std::string_view v) {
+    ahead_events.emplace_back(seq, std::string(v));
+    return true;
+  }).ok());
+  EXPECT_EQ(direct.size(), 17u);
+  EXPECT_EQ(ahead_events, direct);
 }
 
 }  // namespace

@@ -1,0 +1,190 @@
+#include "ledger/scan_ahead.h"
+
+#include <cassert>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "ledger/kv_store.h"
+#include "ledger/ledger.h"
+
+namespace keyledger {
+namespace {
+
+constexpr size_t kWordBytes = sizeof(uint64_t);
+constexpr size_t kChunkWords = kScanAheadChunkBytes / kWordBytes;
+
+size_t WordsFor(size_t bytes) { return (bytes + kWordBytes - 1) / kWordBytes; }
+
+// Copied pairs, each key and value at a word-aligned offset.
+struct Chunk {
+  struct Item {
+    size_t key_offset;  // bytes into words
+    size_t key_size;
+    size_t value_offset;
+    size_t value_size;
+  };
+  std::vector<uint64_t> words;
+  size_t used_words = 0;
+  std::vector<Item> items;
+
+  bool Fits(size_t words_needed) const { return used_words + words_needed <= words.size(); }
+  size_t Copy(std::string_view bytes) {
+    const size_t offset = used_words * kWordBytes;
+    if (!bytes.empty()) std::memcpy(words.data() + used_words, bytes.data(), bytes.size());
+    used_words += WordsFor(bytes.size());
+    return offset;
+  }
+  std::string_view View(size_t offset, size_t size) const {
+    return std::string_view(reinterpret_cast<const char*>(words.data()) + offset, size);
+  }
+  void Clear() {
+    used_words = 0;
+    items.clear();
+  }
+};
+
+}  // namespace
+
+struct ScanAhead::Rep {
+  ScanFn scan;
+
+  std::mutex mu;  // guards what follows, up to `current`
+  std::condition_variable cv;
+  std::deque<std::unique_ptr<Chunk>> full;   // read, in order, not yet consumed
+  std::vector<std::unique_ptr<Chunk>> free;  // consumed, for reuse
+  size_t chunks = 0;                         // allocated so far, <= kScanAheadChunks
+  bool cancel = false;
+  bool done = false;
+  Status status;
+
+  std::unique_ptr<Chunk> current;  // the consumer's; not guarded
+  size_t next_item = 0;
+
+  std::thread thread;  // last: starts once the members above exist
+
+  // Returns an empty chunk, or nullptr once cancelled.
+  std::unique_ptr<Chunk> TakeFree() {
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait(lock, [&] { return cancel || !free.empty() || chunks < kScanAheadChunks; });
+    if (cancel) return nullptr;
+    if (!free.empty()) {
+      std::unique_ptr<Chunk> chunk = std::move(free.back());
+      free.pop_back();
+      return chunk;
+    }
+    ++chunks;
+    auto chunk = std::make_unique<Chunk>();
+    chunk->words.resize(kChunkWords);
+    chunk->items.reserve(kScanAheadChunkItemsMax);
+    return chunk;
+  }
+
+  void Publish(std::unique_ptr<Chunk> chunk) {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      full.push_back(std::move(chunk));
+    }
+    cv.notify_all();
+  }
+
+  void Run() {
+    std::unique_ptr<Chunk> chunk = TakeFree();
+    Status scanned;
+    if (chunk != nullptr) {
+      scanned = scan([&](std::string_view key, std::string_view value) {
+        const size_t words_needed = WordsFor(key.size()) + WordsFor(value.size());
+        if (chunk->items.size() == kScanAheadChunkItemsMax ||
+            (!chunk->items.empty() && !chunk->Fits(words_needed))) {
+          Publish(std::move(chunk));
+          chunk = TakeFree();
+          if (chunk == nullptr) return false;  // cancelled
+        }
+        if (!chunk->Fits(words_needed)) chunk->words.resize(chunk->used_words + words_needed);
+        Chunk::Item item;
+        item.key_size = key.size();
+        item.key_offset = chunk->Copy(key);
+        item.value_size = value.size();
+        item.value_offset = chunk->Copy(value);
+        chunk->items.push_back(item);
+        return true;
+      });
+      if (chunk != nullptr && !chunk->items.empty()) Publish(std::move(chunk));
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      status = scanned;
+      done = true;
+    }
+    cv.notify_all();
+  }
+};
+
+ScanAhead::ScanAhead(ScanFn scan) : rep_(std::make_unique<Rep>()) {
+  rep_->scan = std::move(scan);
+  rep_->thread = std::thread([rep = rep_.get()] { rep->Run(); });
+}
+
+ScanAhead::~ScanAhead() {
+  {
+    std::lock_guard<std::mutex> lock(rep_->mu);
+    rep_->cancel = true;
+  }
+  rep_->cv.notify_all();
+  rep_->thread.join();
+}
+
+std::unique_ptr<ScanAhead> ScanAhead::OfLedger(const Ledger& ledger, uint64_t from, uint64_t to) {
+  return std::make_unique<ScanAhead>([&ledger, from, to](const Emit& emit) {
+    return ledger.ScanRaw(from, to, [&](uint64_t sequence, std::string_view value) {
+      std::string key;
+      AppendBigEndian64(&key, sequence);  // 8 bytes: fits the small-string buffer
+      return emit(key, value);
+    });
+  });
+}
+
+std::unique_ptr<ScanAhead> ScanAhead::OfStore(const KvStore& store, int cf, std::string_view start,
+                                              std::string_view end) {
+  return std::make_unique<ScanAhead>(
+      [&store, cf, start = std::string(start), end = std::string(end)](const Emit& emit) {
+        return store.Scan(cf, start, end, emit, ScanKind::kBulk);
+      });
+}
+
+Status ScanAhead::Scan(const Emit& fn) {
+  Rep& r = *rep_;
+  for (;;) {
+    if (r.current == nullptr || r.next_item == r.current->items.size()) {
+      std::unique_lock<std::mutex> lock(r.mu);
+      if (r.current != nullptr) {
+        r.current->Clear();
+        r.free.push_back(std::move(r.current));
+        r.cv.notify_all();
+      }
+      r.cv.wait(lock, [&] { return !r.full.empty() || r.done; });
+      if (r.full.empty()) return r.status;
+      r.current = std::move(r.full.front());
+      r.full.pop_front();
+      r.next_item = 0;
+    }
+    const Chunk::Item& item = r.current->items[r.next_item++];
+    if (!fn(r.current->View(item.key_offset, item.key_size),
+            r.current->View(item.value_offset, item.value_size))) {
+      return Status::Ok();
+    }
+  }
+}
+
+Status ScanAhead::ScanEvents(const std::function<bool(uint64_t, std::string_view)>& fn) {
+  return Scan([&](std::string_view key, std::string_view value) {
+    assert(key.size() == 8);  // OfLedger's keys
+    return fn(DecodeBigEndian64(key.data()), value);
+  });
+}
+
+}  // namespace keyledger

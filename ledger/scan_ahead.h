@@ -1,0 +1,73 @@
+// ScanAhead: runs one scan (of a ledger range or a KvStore column family) on
+// a thread of its own, ahead of the code that consumes it, so reading and
+// consuming overlap on two cores. Used where a whole range is read once:
+// verify, projection folds and rebuilds, loading stored projections.
+//
+// The reading thread copies keys and values into chunks; at most
+// kScanAheadChunks chunks of about kScanAheadChunkBytes are held at once.
+// Every key and value starts at an 8-byte-aligned address, so a Cap'n Proto
+// body found 32 bytes into a stored event is word-aligned (no decode copy).
+//
+// Thread safety: construct, Scan and destroy on one thread. The scan function
+// runs on the reading thread, from the constructor until it ends or the
+// ScanAhead is destroyed; whatever it reads must be safe to read from there
+// (Ledger and KvStore reads are).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string_view>
+
+#include "ledger/status.h"
+
+namespace keyledger {
+
+class Ledger;
+class KvStore;
+
+inline constexpr size_t kScanAheadChunks = 8;
+inline constexpr size_t kScanAheadChunkBytes = 256u << 10;
+inline constexpr size_t kScanAheadChunkItemsMax = 1024;
+
+class ScanAhead {
+ public:
+  // Receives each pair; returns false to stop.
+  using Emit = std::function<bool(std::string_view key, std::string_view value)>;
+  // Runs the scan, passing each pair to `emit`; stops when `emit` returns
+  // false; returns the scan's status.
+  using ScanFn = std::function<Status(const Emit& emit)>;
+
+  // Starts the reading thread on `scan`.
+  explicit ScanAhead(ScanFn scan);
+  // Stops the reading thread (its scan sees `emit` return false) and joins it.
+  ~ScanAhead();
+  ScanAhead(const ScanAhead&) = delete;
+  ScanAhead& operator=(const ScanAhead&) = delete;
+
+  // Reads [from, to] of `ledger` (to == 0: to the head) as Ledger::ScanRaw,
+  // with the sequence as an 8-byte big-endian key.
+  // REQUIRES: `ledger` outlives the returned object.
+  static std::unique_ptr<ScanAhead> OfLedger(const Ledger& ledger, uint64_t from, uint64_t to);
+  // Reads [start, end) of column family `cf` of `store` as a bulk
+  // KvStore::Scan. The views are copied: `start` and `end` need not outlive
+  // the call. REQUIRES: `store` outlives the returned object.
+  static std::unique_ptr<ScanAhead> OfStore(const KvStore& store, int cf, std::string_view start,
+                                            std::string_view end);
+
+  // Calls fn(key, value) for the next pairs in order until fn returns false
+  // (that pair is consumed) or the scan ends; the views are valid only
+  // during the call. Called again, continues after the last consumed pair.
+  // Returns the scan's error once the pairs before it are consumed, OK
+  // otherwise.
+  [[nodiscard]] Status Scan(const Emit& fn);
+  // The same for OfLedger: fn(sequence, stored value).
+  [[nodiscard]] Status ScanEvents(const std::function<bool(uint64_t sequence, std::string_view value)>& fn);
+
+ private:
+  struct Rep;
+  std::unique_ptr<Rep> rep_;
+};
+
+}  // namespace keyledger

@@ -28,6 +28,7 @@
 #include "projections/call_projections.h"
 #include "projections/key_state_store.h"
 #include "projections/rate_limiter.h"  // kTpsLimitMax
+#include "projections/security_rules.h"
 
 namespace keyledger {
 
@@ -65,7 +66,27 @@ struct ServiceOptions {
   bool allow_private_webhooks = false;
   DataPlaneOptions data_plane;
   AlarmOptions alarms;
+  // Gateway mode: the proxies in front of keyledger (load balancers). A
+  // request whose peer address lies in one of these ranges is attributed to
+  // the client X-Forwarded-For names (see GatewayClientIp); from any other
+  // peer X-Forwarded-For is ignored, so a client cannot choose the address
+  // its security group checks. Null (default): the peer is always the client.
+  // REQUIRES: null, or compiled by SecurityRules::Compile(cidrs, {}) with at
+  // least one CIDR.
+  std::shared_ptr<const SecurityRules> trusted_proxies;
 };
+
+// Most X-Forwarded-For addresses GatewayClientIp looks at, from the right.
+inline constexpr size_t kForwardedForHopsMax = 16;
+
+// Returns the address gateway mode authorizes and records for `head`: the
+// peer (head.remote_ip), unless the peer lies in `trusted_proxies`; then,
+// walking the X-Forwarded-For addresses (all such headers, in order) from the
+// right, the first one outside `trusted_proxies`. The walk stops at an entry
+// that is not an IP address, or after kForwardedForHopsMax entries, and then
+// answers the last trusted address it passed. Addresses are returned in
+// canonical text (IpAddress::ToString). Never fails.
+std::string GatewayClientIp(const HttpRequest& head, const SecurityRules* trusted_proxies);
 
 struct ServiceDeps {
   Ledger* ledger = nullptr;               // REQUIRES: non-null, outlives the Service

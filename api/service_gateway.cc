@@ -3,6 +3,8 @@
 // (authorization, CORS) and turns each relayed exchange into a recorded call.
 #include <algorithm>
 #include <cassert>
+#include <string_view>
+#include <vector>
 
 #include "api/service_internal.h"
 
@@ -48,9 +50,9 @@ std::vector<HttpHeader> ExcerptHeaders(const std::vector<std::pair<std::string, 
 // The call as POST /v1/calls would carry it, from what the gateway saw.
 // RecordCalls fills in the workspace, the units (1 for a 2xx), the logging
 // switch, and trims and redacts the excerpts.
-CallReport MakeCallReport(const HttpRequest& head, const AuthorizeDecision& decision,
-                          const std::string& request_id, int64_t occurred_at_us,
-                          const ProxyExchange& exchange) {
+CallReport MakeCallReport(const HttpRequest& head, const std::string& client_ip,
+                          const AuthorizeDecision& decision, const std::string& request_id,
+                          int64_t occurred_at_us, const ProxyExchange& exchange) {
   CallReport report;
   ApiCallRecorded& call = report.call;
   call.request_id = request_id;
@@ -63,7 +65,7 @@ CallReport MakeCallReport(const HttpRequest& head, const AuthorizeDecision& deci
   call.latency_us = static_cast<uint64_t>(std::max<int64_t>(exchange.latency_us, 0));
   call.request_bytes = exchange.request_body_bytes;
   call.response_bytes = exchange.response_body_bytes;
-  call.client_ip = head.remote_ip;
+  call.client_ip = client_ip;
   call.origin = std::string(head.Header("origin"));
   if (decision.logging) {
     call.request.headers = ExcerptHeaders(head.headers);
@@ -74,7 +76,43 @@ CallReport MakeCallReport(const HttpRequest& head, const AuthorizeDecision& deci
   return report;
 }
 
+// Splits the X-Forwarded-For headers of `head` into their entries, in order,
+// keeping at most the last kForwardedForHopsMax (trimmed of spaces and tabs).
+std::vector<std::string_view> ForwardedForEntries(const HttpRequest& head) {
+  std::vector<std::string_view> entries;
+  for (const auto& [name, value] : head.headers) {
+    if (name != "x-forwarded-for") continue;
+    std::string_view rest = value;
+    while (!rest.empty()) {
+      const size_t comma = rest.find(',');
+      std::string_view entry = rest.substr(0, comma);
+      rest = comma == std::string_view::npos ? std::string_view() : rest.substr(comma + 1);
+      const size_t first = entry.find_first_not_of(" \t");
+      const size_t last = entry.find_last_not_of(" \t");
+      entries.push_back(first == std::string_view::npos ? std::string_view()
+                                                        : entry.substr(first, last - first + 1));
+      if (entries.size() > kForwardedForHopsMax) entries.erase(entries.begin());
+    }
+  }
+  return entries;
+}
+
 }  // namespace
+
+std::string GatewayClientIp(const HttpRequest& head, const SecurityRules* trusted_proxies) {
+  if (trusted_proxies == nullptr) return head.remote_ip;
+  assert(trusted_proxies->ip_restricted());  // an empty list would trust everyone
+  Result<IpAddress> hop = ParseIpAddress(head.remote_ip);
+  if (!hop.ok() || !trusted_proxies->AllowsIp(*hop)) return head.remote_ip;
+  const std::vector<std::string_view> entries = ForwardedForEntries(head);
+  for (auto it = entries.rbegin(); it != entries.rend(); ++it) {
+    Result<IpAddress> forwarded = ParseIpAddress(*it);
+    if (!forwarded.ok()) break;  // unreadable: trust no address left of it
+    hop = std::move(forwarded);
+    if (!trusted_proxies->AllowsIp(*hop)) break;
+  }
+  return hop->ToString();
+}
 
 HttpResponse Service::Impl::AnswerPreflight(const HttpRequest& head,
                                             std::string_view origin) const {
@@ -110,9 +148,10 @@ ProxyAdmission Service::Impl::AdmitProxied(const HttpRequest& head) {
     requests.Count(RequestCounters::kGateway, admission.answer.status);
     return admission;
   }
+  std::string client_ip = GatewayClientIp(head, o.trusted_proxies.get());
   AuthorizeRequest ar;
   ar.authorization = head.Header("authorization");
-  ar.client_ip = head.remote_ip;
+  ar.client_ip = client_ip;
   ar.origin = origin;
   ar.now_us = d.clock->NowUs();
   const auto start = std::chrono::steady_clock::now();
@@ -147,12 +186,12 @@ ProxyAdmission Service::Impl::AdmitProxied(const HttpRequest& head) {
   admission.set_response_headers.emplace_back("x-request-id", request_id);
   if (!origin.empty()) AddCorsHeaders(origin, &admission.set_response_headers);
   admission.capture_bytes_max = decision.logging ? kBodyExcerptBytesMax : 0;
-  admission.on_done = [this, head, decision = std::move(decision),
-                       request_id = std::move(request_id),
+  admission.on_done = [this, head, client_ip = std::move(client_ip),
+                       decision = std::move(decision), request_id = std::move(request_id),
                        occurred_at_us = ar.now_us](ProxyExchange exchange) {
     requests.Count(RequestCounters::kGateway, exchange.status);
     data_plane->QueueReservedCall(
-        MakeCallReport(head, decision, request_id, occurred_at_us, exchange));
+        MakeCallReport(head, client_ip, decision, request_id, occurred_at_us, exchange));
   };
   return admission;
 }

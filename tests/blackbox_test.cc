@@ -612,5 +612,42 @@ TEST_F(GatewayBlackBoxTest, RelaysUpstreamErrorsAndAnswers502WhenItIsDown) {
   EXPECT_EQ(b_metrics["totals"]["errors"], 1) << b_metrics.dump();
 }
 
+TEST_F(BlackBoxTest, GatewayTakesTheClientFromForwardedForOnlyBehindATrustedProxy) {
+  // Refused at start: a bad range, and a trusted proxy without gateway mode.
+  ServerProcess bad_cidr(dir_.sub("bad1"), {"--upstream", "http://127.0.0.1:9", "--trusted-proxy", "10.0.0.1/8"});
+  EXPECT_EQ(bad_cidr.port(), 0);
+  EXPECT_EQ(bad_cidr.Stop(), 1);
+  ServerProcess no_gateway(dir_.sub("bad2"), {"--trusted-proxy", "10.0.0.0/8"});
+  EXPECT_EQ(no_gateway.port(), 0);
+  EXPECT_EQ(no_gateway.Stop(), 1);
+
+  auto upstream = WebhookReceiver::Start();
+  ASSERT_TRUE(upstream.ok()) << upstream.ToStatus().ToString();
+  // The test client on loopback plays the load balancer.
+  StartServer({"--upstream", "http://127.0.0.1:" + std::to_string((*upstream)->port()),
+               "--trusted-proxy", "127.0.0.0/8", "--trusted-proxy", "::1/128"});
+  std::string ws = Body(Do("POST", "/v1/workspaces", R"({"name":"R","tps_limit":100})"))["id"];
+  std::string base = "/v1/workspaces/" + ws;
+  std::string group = Body(Do("POST", base + "/security-groups",
+                              R"({"name":"office","ip_allow":["203.0.113.0/24"]})"))["id"];
+  auto key = Body(Do("POST", base + "/keys", json{{"name", "k"}, {"security_group", group}}.dump()));
+  const std::string key_id = key["id"], secret = key["secret"];
+  ASSERT_EQ(Do("PATCH", base + "/keys/" + key_id, R"({"logging":true})").status, 200);
+
+  auto admitted = Do("GET", "/render", "", secret, "X-Forwarded-For: 203.0.113.77\r\n");
+  EXPECT_EQ(admitted.status, 200) << admitted.body;
+  auto spoofed_left = Do("GET", "/render", "", secret, "X-Forwarded-For: 203.0.113.78, 198.51.100.1\r\n");
+  EXPECT_EQ(spoofed_left.status, 403) << spoofed_left.body;  // the LB saw 198.51.100.1
+  EXPECT_EQ(Do("GET", "/render", "", secret).status, 403);    // no header: the LB itself
+  EXPECT_EQ((*upstream)->RequestCount(), 1u);
+  json entries;
+  for (int i = 0; i < 100 && !(entries.is_array() && entries.size() == 1); i++) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    entries = Body(Do("GET", base + "/keys/" + key_id + "/logs"))["entries"];
+  }
+  ASSERT_EQ(entries.size(), 1u) << entries.dump();
+  EXPECT_EQ(entries[0]["client_ip"], "203.0.113.77");
+}
+
 }  // namespace
 }  // namespace keyledger

@@ -377,6 +377,74 @@ TEST_F(DataPlaneTest, GatewayHooksAnswerRefusalsAndPreflightsThemselves) {
   EXPECT_EQ(hooks.admit(preflight).answer.status, 403);
 }
 
+std::shared_ptr<const SecurityRules> Trusted(const std::vector<std::string>& cidrs) {
+  auto rules = SecurityRules::Compile(cidrs, {});
+  EXPECT_TRUE(rules.ok()) << rules.status().ToString();
+  return std::make_shared<const SecurityRules>(std::move(rules).value());
+}
+
+HttpRequest FromPeer(const std::string& peer, const std::vector<std::string>& forwarded_for) {
+  HttpRequest head;
+  head.remote_ip = peer;
+  for (const auto& value : forwarded_for) head.headers.emplace_back("x-forwarded-for", value);
+  return head;
+}
+
+TEST(GatewayClientIpTest, BelievesForwardedForOnlyFromTrustedProxies) {
+  const auto lb = Trusted({"10.0.0.0/8", "fd00::/8"});
+  // No trusted proxies, or an untrusted peer: the peer, whatever the header says.
+  EXPECT_EQ(GatewayClientIp(FromPeer("203.0.113.9", {"198.51.100.1"}), nullptr), "203.0.113.9");
+  EXPECT_EQ(GatewayClientIp(FromPeer("203.0.113.9", {"198.51.100.1"}), lb.get()), "203.0.113.9");
+  // A trusted peer: the rightmost untrusted address; what the client wrote
+  // further left (a spoofing attempt) does not count.
+  EXPECT_EQ(GatewayClientIp(FromPeer("10.1.2.3", {"1.1.1.1, 198.51.100.7, 10.9.9.9"}), lb.get()),
+            "198.51.100.7");
+  // Several headers count as one list, in order; spaces and tabs are trimmed.
+  EXPECT_EQ(GatewayClientIp(FromPeer("10.1.2.3", {"1.1.1.1", "\t2001:DB8::7 ,10.0.0.1"}), lb.get()),
+            "2001:db8::7");
+  // IPv6 proxies; an IPv4-mapped peer is the IPv4 address.
+  EXPECT_EQ(GatewayClientIp(FromPeer("fd00::1", {"203.0.113.5"}), lb.get()), "203.0.113.5");
+  EXPECT_EQ(GatewayClientIp(FromPeer("::ffff:10.0.0.7", {"203.0.113.6"}), lb.get()), "203.0.113.6");
+  // No header, an unreadable entry, or only proxies: the last trusted hop.
+  EXPECT_EQ(GatewayClientIp(FromPeer("10.1.2.3", {}), lb.get()), "10.1.2.3");
+  EXPECT_EQ(GatewayClientIp(FromPeer("10.1.2.3", {"198.51.100.7, unknown, 10.0.0.2"}), lb.get()),
+            "10.0.0.2");
+  EXPECT_EQ(GatewayClientIp(FromPeer("10.1.2.3", {"10.0.0.4, 10.0.0.2"}), lb.get()), "10.0.0.4");
+  // Only the last kForwardedForHopsMax entries are looked at.
+  std::string hops = "198.51.100.99";
+  for (size_t i = 0; i < kForwardedForHopsMax; i++) hops += ", 10.0.0." + std::to_string(i + 1);
+  EXPECT_EQ(GatewayClientIp(FromPeer("10.1.2.3", {hops}), lb.get()), "10.0.0.1");
+}
+
+TEST(GatewayClientIpTest, TheGatewayAuthorizesAndRecordsTheForwardedClient) {
+  ServiceOptions options;
+  options.trusted_proxies = Trusted({"10.0.0.0/8"});
+  ServiceHarness h(42, options);
+  const std::string ws = h.CreateWorkspace();
+  const std::string group = h.CreateGroup(ws, {{"name", "g"}, {"ip_allow", {"203.0.113.0/24"}}});
+  auto [key, secret] = h.CreateKey(ws, group);
+  ProxyHooks hooks = h.service().GatewayHooks();
+  HttpRequest via_lb = GatewayHead(secret, "");
+  via_lb.remote_ip = "10.0.0.2";  // the load balancer, outside the group
+  via_lb.headers.emplace_back("x-forwarded-for", "203.0.113.40");
+  ProxyAdmission admitted = hooks.admit(via_lb);
+  ASSERT_TRUE(admitted.relay) << admitted.answer.body;
+  ProxyExchange exchange;
+  exchange.status = 200;
+  admitted.on_done(exchange);
+  ASSERT_TRUE(h.service().data_plane().FlushCalls().ok());
+  auto events = h.ledger().ReadStream("calls/" + key, 1, 10);
+  ASSERT_TRUE(events.ok());
+  ASSERT_EQ(events->size(), 1u);
+  EXPECT_EQ(std::get<ApiCallRecorded>(events->at(0).body).client_ip, "203.0.113.40");
+  // The same header from a client that is not a trusted proxy changes nothing.
+  HttpRequest direct = via_lb;
+  direct.remote_ip = "198.51.100.3";
+  ProxyAdmission refused = hooks.admit(direct);
+  EXPECT_FALSE(refused.relay);
+  EXPECT_EQ(refused.answer.status, 403);
+}
+
 TEST_F(DataPlaneTest, QueuedCallThatCanNeverBeRecordedIsDroppedWithoutHoldingUpTheRest) {
   DataPlane& dp = h.service().data_plane();
   CallReport good;

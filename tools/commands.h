@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace keyledger::tools {
 
@@ -64,6 +65,9 @@ struct ServeOptions {
   std::string upstream;
   int64_t upstream_timeout_ms = 120'000;         // wait for the response header
   uint64_t proxy_body_bytes_max = 256ull << 20;  // largest relayed request body
+  // Gateway mode: CIDRs of the proxies in front (X-Forwarded-For is believed
+  // only from them). Empty: the peer is the client.
+  std::vector<std::string> trusted_proxies;
 };
 // Opens the ledger and projections under data_dir and serves HTTP until
 // SIGINT/SIGTERM. Returns the process exit code.

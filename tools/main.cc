@@ -65,6 +65,9 @@ int main(int argc, char** argv) {
                         "Gateway mode: largest request body relayed (then 413)")
       ->check(CLI::Range(uint64_t{0}, uint64_t{1} << 40))
       ->capture_default_str();
+  serve_cmd->add_option("--trusted-proxy", serve.trusted_proxies,
+                        "Gateway mode: CIDR of a proxy in front of keyledger (repeatable); from "
+                        "these peers the client address is taken from X-Forwarded-For");
   serve_cmd->add_flag("--allow-private-webhooks", serve.allow_private_webhooks,
                       "Let alarm webhooks reach loopback and private addresses (tests; SSRF risk)");
   serve_cmd->add_option("--alarm-interval-ms", serve.alarm_interval_ms,

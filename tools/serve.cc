@@ -86,6 +86,20 @@ int RunServe(const ServeOptions& options) {
   service_options.data_plane.workspace_cap = options.workspace_tps_cap;
   service_options.data_plane.max_lateness_us = options.max_lateness_days * kDayUs;
   service_options.allow_private_webhooks = options.allow_private_webhooks;
+  if (!options.trusted_proxies.empty()) {
+    if (options.upstream.empty()) {
+      return Fail("--trusted-proxy", Status::InvalidArgument("applies only with --upstream",
+                                                             "--trusted-proxy"));
+    }
+    auto trusted = SecurityRules::Compile(options.trusted_proxies, {});
+    if (!trusted.ok()) {
+      // Compile names its own field (ip_allow[i]); the user typed a flag.
+      return Fail("--trusted-proxy", Status::InvalidArgument(trusted.status().message(),
+                                                             "--trusted-proxy"));
+    }
+    service_options.trusted_proxies =
+        std::make_shared<const SecurityRules>(std::move(trusted).value());
+  }
   service_options.alarms.evaluation_interval_us = options.alarm_interval_ms * 1000;
   service_options.alarms.settle_us = options.alarm_settle_seconds * 1'000'000;
   service_options.alarms.retry_base_us = options.notification_retry_base_ms * 1000;

@@ -827,12 +827,17 @@ net::awaitable<void> Session::Relay(std::shared_ptr<Session> self, ProxyAdmissio
   const bool upstream_keep_alive = res.keep_alive();
   EditResponseHeader(res, admission, version, MayKeepAlive(wants_keep_alive));
   http::response_serializer<http::buffer_body> response_writer{res};
-  stream_.expires_after(Ms(core_.options().write_timeout_ms));
-  co_await http::async_write_header(stream_, response_writer, token);
-  if (ec) {
-    exchange.status = kClientClosedStatus;
-    CloseUpstream();
-    co_return Close();
+  // When the body (or its start) came in with the header, the first write
+  // below sends the header and that chunk together: one send instead of two.
+  // Otherwise the header goes now, so a slow body does not hold it back.
+  if (!response->is_done() && upstream_buffer_.size() == 0) {
+    stream_.expires_after(Ms(core_.options().write_timeout_ms));
+    co_await http::async_write_header(stream_, response_writer, token);
+    if (ec) {
+      exchange.status = kClientClosedStatus;
+      CloseUpstream();
+      co_return Close();
+    }
   }
   // The response body, as it arrives.
   while (!response_writer.is_done()) {

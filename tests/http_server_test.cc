@@ -589,6 +589,79 @@ TEST(HttpProxyTest, ServerStopMidExchangeStillReportsItOnce) {
   EXPECT_EQ(done[0].status, 499);  // abandoned: the response never reached the client
 }
 
+// A one-shot upstream on a raw socket: answers the first request with its
+// header at once and its 4-byte body `body_delay_ms` later.
+class SlowBodyUpstream {
+ public:
+  explicit SlowBodyUpstream(int body_delay_ms) {
+    listen_fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(addr);
+    EXPECT_EQ(::bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), len), 0);
+    EXPECT_EQ(::listen(listen_fd_, 4), 0);
+    ::getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&addr), &len);
+    port_ = ntohs(addr.sin_port);
+    thread_ = std::thread([this, body_delay_ms] { Serve(body_delay_ms); });
+  }
+  ~SlowBodyUpstream() {
+    ::shutdown(listen_fd_, SHUT_RDWR);  // wakes accept() if nobody came
+    thread_.join();
+    ::close(listen_fd_);
+  }
+  uint16_t port() const { return port_; }
+
+ private:
+  void Serve(int body_delay_ms) {
+    const int fd = ::accept(listen_fd_, nullptr, nullptr);
+    if (fd < 0) return;
+    std::string request;
+    char buf[4096];
+    while (request.find("\r\n\r\n") == std::string::npos) {
+      const ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
+      if (n <= 0) break;
+      request.append(buf, static_cast<size_t>(n));
+    }
+    const std::string head = "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n";
+    ::send(fd, head.data(), head.size(), MSG_NOSIGNAL);
+    std::this_thread::sleep_for(std::chrono::milliseconds(body_delay_ms));
+    ::send(fd, "body", 4, MSG_NOSIGNAL);
+    ::shutdown(fd, SHUT_WR);
+    while (::recv(fd, buf, sizeof(buf), 0) > 0) {}  // until the gateway closes
+    ::close(fd);
+  }
+
+  int listen_fd_ = -1;
+  uint16_t port_ = 0;
+  std::thread thread_;
+};
+
+TEST(HttpProxyTest, ASlowBodyDoesNotHoldBackTheResponseHeader) {
+  constexpr int kBodyDelayMs = 800;
+  SlowBodyUpstream upstream(kBodyDelayMs);
+  ProxyFixture f;
+  f.Start({}, upstream.port());
+  Client client(f.gateway->port());
+  const auto start = std::chrono::steady_clock::now();
+  ASSERT_TRUE(client.Send("GET /slow-body HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"));
+  std::string received;
+  std::optional<std::chrono::steady_clock::duration> header_after;
+  char buf[4096];
+  for (;;) {
+    const ssize_t n = ::recv(client.fd(), buf, sizeof(buf), 0);
+    if (n <= 0) break;
+    received.append(buf, static_cast<size_t>(n));
+    if (!header_after && received.find("\r\n\r\n") != std::string::npos) {
+      header_after = std::chrono::steady_clock::now() - start;
+    }
+  }
+  ASSERT_TRUE(header_after.has_value()) << received;
+  EXPECT_LT(*header_after, std::chrono::milliseconds(kBodyDelayMs / 2));
+  EXPECT_EQ(received.substr(0, 15), "HTTP/1.1 200 OK");
+  EXPECT_EQ(received.substr(received.size() - 4), "body");
+}
+
 TEST(HttpProxyTest, InvalidProxyOptionsAreRejected) {
   HttpProxyOptions proxy;
   proxy.upstream_host = "127.0.0.1";

@@ -52,9 +52,9 @@ namespace beast = boost::beast;
 namespace http = beast::http;
 namespace net = boost::asio;
 using tcp = net::ip::tcp;
-// A connection's executor is its strand, by its concrete type: Beast's default
-// tcp_stream erases it (any_io_executor), which costs a shared_ptr copy and
-// an indirect call on every operation of the hot path.
+// A connection's executor is its strand, named by its concrete type rather
+// than erased as in beast::tcp_stream (any_io_executor). Measured no faster
+// here, but no slower either, and it says what the executor is.
 using Strand = net::strand<net::io_context::executor_type>;
 using Socket = tcp::socket::rebind_executor<Strand>::other;
 using Stream = beast::basic_stream<tcp, Strand>;

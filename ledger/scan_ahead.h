@@ -28,8 +28,8 @@ class Ledger;
 class KvStore;
 
 inline constexpr size_t kScanAheadChunks = 8;
-inline constexpr size_t kScanAheadChunkBytes = 256u << 10;
-inline constexpr size_t kScanAheadChunkItemsMax = 1024;
+inline constexpr size_t kScanAheadChunkBytes = 1u << 20;
+inline constexpr size_t kScanAheadChunkItemsMax = 4096;
 
 class ScanAhead {
  public:

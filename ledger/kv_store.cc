@@ -124,14 +124,16 @@ struct KvStore::Rep {
     assert(index >= 0 && static_cast<size_t>(index) + 1 < handles.size());
     return handles[static_cast<size_t>(index) + 1];
   }
+  // Flushes every column family's memtable and waits for it.
+  rocksdb::Status FlushAll() const {
+    rocksdb::FlushOptions fo;
+    fo.wait = true;
+    return db->Flush(fo, handles);
+  }
   ~Rep() {
     if (!db) return;
-    if (flush_on_close) {
-      rocksdb::FlushOptions fo;
-      fo.wait = true;
-      // A failed flush loses nothing (the WAL holds the data); the next open replays it.
-      db->Flush(fo, handles).PermitUncheckedError();
-    }
+    // A failed flush loses nothing (the WAL holds the data); the next open replays it.
+    if (flush_on_close) FlushAll().PermitUncheckedError();
     for (auto* h : handles) db->DestroyColumnFamilyHandle(h).PermitUncheckedError();
     handles.clear();
     db->Close().PermitUncheckedError();
@@ -305,12 +307,7 @@ Result<std::optional<std::pair<std::string, std::string>>> KvStore::SeekForPrev(
 
 Status KvStore::CatchUp() { return FromRocks(rep_->db->TryCatchUpWithPrimary(), "catch up"); }
 
-Status KvStore::Flush() {
-  rocksdb::FlushOptions fo;
-  fo.wait = true;
-  std::vector<rocksdb::ColumnFamilyHandle*> cfs(rep_->handles.begin(), rep_->handles.end());
-  return FromRocks(rep_->db->Flush(fo, cfs), "flush");
-}
+Status KvStore::Flush() { return FromRocks(rep_->FlushAll(), "flush"); }
 
 void AppendBigEndian64(std::string* out, uint64_t value) {
   char buf[8];

@@ -601,8 +601,10 @@ uint64_t Ledger::WaitForSequence(uint64_t after, int64_t timeout_us) const {
   return rep_->head.sequence;
 }
 
-Result<VerifyResult> Ledger::Verify(const std::function<void(uint64_t)>& progress) const {
-  KL_ASSIGN_OR_RETURN(VerifyResult result, ledger_internal::VerifyChain(*this, progress));
+Result<VerifyResult> Ledger::Verify(const std::function<void(uint64_t)>& progress,
+                                    const VerifyOptions& options) const {
+  KL_ASSIGN_OR_RETURN(VerifyResult result,
+                      ledger_internal::VerifyChain(*this, options, progress));
   LedgerHead stored_head = head();
   if (rep_->options.mode == OpenMode::kReadWrite &&
       (stored_head.sequence != result.head.sequence ||

@@ -63,6 +63,17 @@ struct VerifyResult {
   LedgerHead head;
 };
 
+// How Ledger::Verify shares the hashing between its two threads.
+struct VerifyOptions {
+  // The reading thread hashes an event itself (besides reading it) while the
+  // checking thread is at least this many events behind it; otherwise the
+  // checking thread hashes it. This balances the two cores whichever is
+  // slower. Default 8,192 events (a few of ScanAhead's chunks). 0: the
+  // reading thread hashes every event; UINT64_MAX: the checking thread does.
+  // Every setting checks the same things and finds the same first bad event.
+  uint64_t reader_hashes_at_lag_events = 8'192;
+};
+
 // Counters since Open, for monitoring.
 struct LedgerStats {
   uint64_t group_commits = 0;    // WriteBatches written (one per group)
@@ -136,7 +147,8 @@ class Ledger {
   // overlap. `progress` (may be empty) is called on the calling thread about
   // every 65,536 events with the count verified so far.
   // Returns Corruption with the first bad sequence.
-  Result<VerifyResult> Verify(const std::function<void(uint64_t)>& progress = {}) const;
+  Result<VerifyResult> Verify(const std::function<void(uint64_t)>& progress = {},
+                              const VerifyOptions& options = {}) const;
 
   // For a secondary view: catch up with the primary. Returns Unavailable otherwise.
   Status CatchUp();

@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <limits>
 #include <map>
 #include <optional>
 #include <set>
@@ -161,7 +162,10 @@ std::string StoredValue(KvStore& store, uint64_t seq) {
   return v.ok() && v->has_value() ? **v : std::string();
 }
 
-class TamperTest : public LedgerTest {
+// Parameter: VerifyOptions::reader_hashes_at_lag_events, so every tamper case
+// is found both when the reading thread hashes every event (0) and when the
+// checking thread does (UINT64_MAX).
+class TamperTest : public LedgerTest, public ::testing::WithParamInterface<uint64_t> {
  protected:
   void SetUp() override {
     auto ledger = OpenLedger();
@@ -172,11 +176,24 @@ class TamperTest : public LedgerTest {
     options.clock = &clock_;
     auto ledger = Ledger::Open(dir_.sub("ledger"), options);
     if (!ledger.ok()) return ledger.status();
-    return (*ledger)->Verify().ToStatus();
+    VerifyOptions verify;
+    verify.reader_hashes_at_lag_events = GetParam();
+    return (*ledger)->Verify({}, verify).ToStatus();
   }
 };
 
-TEST_F(TamperTest, FlippedByteIsFoundWithItsSequence) {
+INSTANTIATE_TEST_SUITE_P(WhoHashes, TamperTest,
+                         ::testing::Values(uint64_t{0}, std::numeric_limits<uint64_t>::max()),
+                         [](const ::testing::TestParamInfo<uint64_t>& info) {
+                           return std::string(info.param == 0 ? "ReadingThread"
+                                                              : "CheckingThread");
+                         });
+
+TEST_P(TamperTest, AnUntouchedLogVerifies) {
+  EXPECT_TRUE(VerifyAfterReopen().ok());
+}
+
+TEST_P(TamperTest, FlippedByteIsFoundWithItsSequence) {
   Tamper(dir_.sub("ledger"), [](KvStore& store, KvBatch& batch) {
     std::string v = StoredValue(store, 7);
     v[v.size() - 20] ^= 0x01;
@@ -195,7 +212,7 @@ TEST_F(TamperTest, FlippedByteIsFoundWithItsSequence) {
   EXPECT_EQ(read.status().sequence(), 7u);
 }
 
-TEST_F(TamperTest, DeletedEventIsFound) {
+TEST_P(TamperTest, DeletedEventIsFound) {
   Tamper(dir_.sub("ledger"),
          [](KvStore&, KvBatch& batch) { batch.Delete(kCfEvents, EventKey(12)); });
   Status s = VerifyAfterReopen();
@@ -203,7 +220,7 @@ TEST_F(TamperTest, DeletedEventIsFound) {
   EXPECT_EQ(s.sequence(), 12u) << s.ToString();
 }
 
-TEST_F(TamperTest, DeletedLastEventIsFoundAtOpen) {
+TEST_P(TamperTest, DeletedLastEventIsFoundAtOpen) {
   Tamper(dir_.sub("ledger"),
          [](KvStore&, KvBatch& batch) { batch.Delete(kCfEvents, EventKey(20)); });
   Status s = VerifyAfterReopen();
@@ -211,7 +228,7 @@ TEST_F(TamperTest, DeletedLastEventIsFoundAtOpen) {
   EXPECT_EQ(s.sequence(), 20u) << s.ToString();
 }
 
-TEST_F(TamperTest, SwappedEventsAreFound) {
+TEST_P(TamperTest, SwappedEventsAreFound) {
   Tamper(dir_.sub("ledger"), [](KvStore& store, KvBatch& batch) {
     std::string a = StoredValue(store, 4);
     std::string b = StoredValue(store, 5);

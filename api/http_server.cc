@@ -88,10 +88,16 @@ bool IsHttpParseError(const error_code& ec) {
   return ec.category() == http::make_error_code(http::error::bad_method).category();
 }
 
-// Headers the server itself sets from the message framing.
-bool IsServerOwnedHeader(std::string_view lower_name) {
-  return lower_name == "content-length" || lower_name == "transfer-encoding" ||
-         lower_name == "connection";
+// Compares ASCII case-insensitively (header names), without a copy.
+bool EqualsIgnoringCase(std::string_view a, std::string_view b) {
+  return beast::iequals(beast::string_view(a.data(), a.size()),
+                        beast::string_view(b.data(), b.size()));
+}
+
+// Headers the server itself sets from the message framing (any case).
+bool IsServerOwnedHeader(std::string_view name) {
+  return EqualsIgnoringCase(name, "content-length") ||
+         EqualsIgnoringCase(name, "transfer-encoding") || EqualsIgnoringCase(name, "connection");
 }
 
 bool IsValidHeaderName(std::string_view name) {
@@ -119,6 +125,48 @@ bool IsValidResponse(const HttpResponse& response) {
     if (!IsValidHeaderName(name) || !IsValidHeaderValue(value)) return false;
   }
   return true;
+}
+
+// A connection keeps up to this much write-buffer capacity between responses.
+constexpr size_t kWriteBufferKeepBytesMax = 64u << 10;
+
+// Writes the status line and header of `response` into `out` (replacing what
+// was there, keeping its capacity), as Beast's serializer would frame it: the
+// handler's headers in order, except those the server owns and `server`;
+// then `Server: keyledger`, `Content-Length` (not for 204/304), and
+// `Connection` as message::keep_alive(keep_alive) sets it for `version`.
+// `version` is the request's (10 * major + minor, as Beast parses it).
+// REQUIRES: IsValidResponse(response).
+void SerializeResponseHead(const HttpResponse& response, bool keep_alive, unsigned version,
+                           std::string* out) {
+  out->clear();
+  out->append("HTTP/");
+  out->append(std::to_string(version / 10));
+  out->push_back('.');
+  out->append(std::to_string(version % 10));
+  out->push_back(' ');
+  out->append(std::to_string(response.status));
+  out->push_back(' ');
+  const beast::string_view reason = http::obsolete_reason(http::int_to_status(
+      static_cast<unsigned>(response.status)));
+  out->append(reason.data(), reason.size());
+  out->append("\r\n");
+  for (const auto& [name, value] : response.headers) {
+    if (IsServerOwnedHeader(name) || EqualsIgnoringCase(name, "server")) continue;
+    out->append(name);
+    out->append(": ");
+    out->append(value);
+    out->append("\r\n");
+  }
+  out->append("Server: keyledger\r\n");
+  if (!StatusForbidsBody(response.status)) {
+    out->append("Content-Length: ");
+    out->append(std::to_string(response.body.size()));
+    out->append("\r\n");
+  }
+  if (version >= 11 && !keep_alive) out->append("Connection: close\r\n");
+  if (version < 11 && keep_alive) out->append("Connection: keep-alive\r\n");
+  out->append("\r\n");
 }
 
 std::string EndpointText(const tcp::endpoint& endpoint) {
@@ -334,8 +382,13 @@ class Session : public std::enable_shared_from_this<Session> {
   void Handle();
   HttpRequest TakeRequest();
   void DoWriteError(int status, std::string_view code, std::string message);
-  // Puts `response` into response_, framed for the client.
-  void PrepareResponse(HttpResponse response, bool keep_alive, unsigned version);
+  // Puts `response` into write_head_ and write_body_, framed for the client.
+  // Returns whether the connection must close after it.
+  bool PrepareResponse(HttpResponse response, bool keep_alive, unsigned version);
+  // The prepared response as one gather write (valid until the next Prepare).
+  std::array<net::const_buffer, 2> ResponseBuffers() const;
+  // Frees what a large response left in the write buffers.
+  void ReleaseResponse();
   void DoWrite(HttpResponse response, bool keep_alive, unsigned version);
 
   // Gateway mode.
@@ -371,7 +424,11 @@ class Session : public std::enable_shared_from_this<Session> {
   Stream stream_;
   beast::flat_buffer buffer_;
   std::optional<http::request_parser<http::string_body>> parser_;
-  http::response<http::string_body> response_;
+  // The response being written: its status line and header, serialized here
+  // (cheaper than Beast's serializer for a small, complete response), and its
+  // body. Capacity is kept between responses up to kWriteBufferKeepBytesMax.
+  std::string write_head_;
+  std::string write_body_;
   uint64_t requests_served_ = 0;
   bool waiting_for_request_ = false;  // no byte of the next request read yet
   size_t linger_bytes_ = 0;
@@ -542,26 +599,31 @@ void Session::DoWriteError(int status, std::string_view code, std::string messag
   DoWrite(JsonError(status, code, message), /*keep_alive=*/false, /*version=*/11);
 }
 
-void Session::PrepareResponse(HttpResponse response, bool keep_alive, unsigned version) {
+bool Session::PrepareResponse(HttpResponse response, bool keep_alive, unsigned version) {
   assert(IsValidResponse(response));
-  response_ = {};
-  response_.version(version);
-  response_.result(static_cast<unsigned>(response.status));
-  for (auto& [name, value] : response.headers) {
-    if (!IsServerOwnedHeader(LowerAscii(name))) response_.insert(name, value);
+  SerializeResponseHead(response, keep_alive, version, &write_head_);
+  write_body_ = std::move(response.body);
+  return !keep_alive;
+}
+
+std::array<net::const_buffer, 2> Session::ResponseBuffers() const {
+  return {net::buffer(write_head_), net::buffer(write_body_)};
+}
+
+void Session::ReleaseResponse() {
+  write_body_.clear();
+  if (write_body_.capacity() > kWriteBufferKeepBytesMax) write_body_.shrink_to_fit();
+  if (write_head_.capacity() > kWriteBufferKeepBytesMax) {
+    write_head_.clear();
+    write_head_.shrink_to_fit();
   }
-  response_.set(http::field::server, "keyledger");
-  if (!StatusForbidsBody(response.status)) response_.content_length(response.body.size());
-  response_.body() = std::move(response.body);
-  response_.keep_alive(keep_alive);
 }
 
 void Session::DoWrite(HttpResponse response, bool keep_alive, unsigned version) {
-  PrepareResponse(std::move(response), keep_alive, version);
-  const bool close = response_.need_eof();
+  const bool close = PrepareResponse(std::move(response), keep_alive, version);
   stream_.expires_after(Ms(core_.options().write_timeout_ms));
-  http::async_write(stream_, response_,
-                    beast::bind_front_handler(&Session::OnWrite, shared_from_this(), close));
+  net::async_write(stream_, ResponseBuffers(),
+                   beast::bind_front_handler(&Session::OnWrite, shared_from_this(), close));
 }
 
 void Session::OnWrite(bool close, error_code ec, size_t bytes) {
@@ -569,7 +631,7 @@ void Session::OnWrite(bool close, error_code ec, size_t bytes) {
     if (ec == beast::error::timeout) Increment(core_.counters().connections_timed_out);
     return Close();
   }
-  response_ = {};  // free the body now, not at the next response
+  ReleaseResponse();
   if (close) return DoLinger();
   DoWaitForRequest();  // closes at once if Stop() began meanwhile
 }
@@ -923,8 +985,8 @@ net::awaitable<void> Session::AnswerAndClose(const HttpResponse& response, unsig
   PrepareResponse(response, /*keep_alive=*/false, version);
   stream_.expires_after(Ms(core_.options().write_timeout_ms));
   error_code ec;
-  co_await http::async_write(stream_, response_, net::redirect_error(net::use_awaitable, ec));
-  response_ = {};
+  co_await net::async_write(stream_, ResponseBuffers(), net::redirect_error(net::use_awaitable, ec));
+  ReleaseResponse();
   if (ec) co_return Close();
   DoLinger();  // drains what is left of the request
 }

@@ -19,6 +19,7 @@ namespace keyledger::testing {
 
 struct RawResponse {
   int status = 0;
+  std::string head;  // the status line and header lines as sent, without the blank line
   std::map<std::string, std::string> headers;  // names lower-cased
   std::string body;
 
@@ -72,7 +73,8 @@ class Client {
       if (!Fill()) return std::nullopt;
     }
     RawResponse r;
-    std::string head = buf_.substr(0, header_end);
+    r.head = buf_.substr(0, header_end);
+    const std::string& head = r.head;
     buf_.erase(0, header_end + 4);
     size_t line_end = head.find("\r\n");
     std::string status_line = head.substr(0, line_end);

@@ -92,6 +92,71 @@ TEST(HttpServerTest, GetEcho) {
   EXPECT_EQ(r->Header("content-type"), "text/plain");
 }
 
+// The server frames every response itself: status line with the reason
+// phrase, the handler's headers in order without those it owns (any case),
+// one Server header, Content-Length (not for 204), Connection as HTTP/1.x wants.
+HttpResponse FramingHandler(const HttpRequest& request) {
+  HttpResponse response;
+  response.status = request.target == "/empty" ? 204 : 404;
+  response.headers.emplace_back("Content-Type", "text/plain");
+  response.headers.emplace_back("SERVER", "someone-else");
+  response.headers.emplace_back("Transfer-Encoding", "chunked");
+  response.headers.emplace_back("CONNECTION", "upgrade");
+  response.headers.emplace_back("X-Trace", "a");
+  response.headers.emplace_back("X-Trace", "b");
+  if (response.status != 204) response.body = "nope";
+  return response;
+}
+
+TEST(HttpServerTest, ResponsesAreFramedByTheServer) {
+  auto server = StartServer({}, FramingHandler);
+  Client client(server->port());
+  ASSERT_TRUE(client.Send(Get("/missing")));
+  auto r = client.ReadResponse();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->head,
+            "HTTP/1.1 404 Not Found\r\n"
+            "Content-Type: text/plain\r\n"
+            "X-Trace: a\r\n"
+            "X-Trace: b\r\n"
+            "Server: keyledger\r\n"
+            "Content-Length: 4");
+  EXPECT_EQ(r->body, "nope");
+  // 204: no Content-Length, and the connection stays open.
+  ASSERT_TRUE(client.Send(Get("/empty")));
+  r = client.ReadResponse();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->head,
+            "HTTP/1.1 204 No Content\r\n"
+            "Content-Type: text/plain\r\n"
+            "X-Trace: a\r\n"
+            "X-Trace: b\r\n"
+            "Server: keyledger");
+  ASSERT_TRUE(client.Send(Get("/missing", "Connection: close\r\n")));
+  r = client.ReadResponse();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->Header("connection"), "close");
+  EXPECT_TRUE(client.ReadEof());
+}
+
+TEST(HttpServerTest, Http10KeepsAliveOnlyWhenAsked) {
+  auto server = StartServer();
+  Client client(server->port());
+  ASSERT_TRUE(client.Send("GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"));
+  auto r = client.ReadResponse();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->head.substr(0, r->head.find("\r\n")), "HTTP/1.0 200 OK");
+  EXPECT_EQ(r->Header("connection"), "keep-alive");
+  EXPECT_EQ(r->body, "GET /a||127.0.0.1|");
+  ASSERT_TRUE(client.Send("GET /b HTTP/1.0\r\n\r\n"));
+  r = client.ReadResponse();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->head.substr(0, r->head.find("\r\n")), "HTTP/1.0 200 OK");
+  EXPECT_EQ(r->Header("connection"), "");
+  EXPECT_EQ(r->body, "GET /b||127.0.0.1|");
+  EXPECT_TRUE(client.ReadEof());
+}
+
 TEST(HttpServerTest, PostEcho) {
   auto server = StartServer();
   Client client(server->port());

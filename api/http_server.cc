@@ -127,7 +127,7 @@ bool IsValidResponse(const HttpResponse& response) {
   return true;
 }
 
-// A connection keeps up to this much write-buffer capacity between responses.
+// A connection keeps up to this much header-buffer capacity between responses.
 constexpr size_t kWriteBufferKeepBytesMax = 64u << 10;
 
 // Writes the status line and header of `response` into `out` (replacing what
@@ -387,7 +387,7 @@ class Session : public std::enable_shared_from_this<Session> {
   bool PrepareResponse(HttpResponse response, bool keep_alive, unsigned version);
   // The prepared response as one gather write (valid until the next Prepare).
   std::array<net::const_buffer, 2> ResponseBuffers() const;
-  // Frees what a large response left in the write buffers.
+  // Frees the body written, and the header buffer if a large header grew it.
   void ReleaseResponse();
   void DoWrite(HttpResponse response, bool keep_alive, unsigned version);
 
@@ -425,8 +425,9 @@ class Session : public std::enable_shared_from_this<Session> {
   beast::flat_buffer buffer_;
   std::optional<http::request_parser<http::string_body>> parser_;
   // The response being written: its status line and header, serialized here
-  // (cheaper than Beast's serializer for a small, complete response), and its
-  // body. Capacity is kept between responses up to kWriteBufferKeepBytesMax.
+  // (cheaper than Beast's serializer for a small, complete response; its
+  // capacity is kept between responses up to kWriteBufferKeepBytesMax), and
+  // the handler's body.
   std::string write_head_;
   std::string write_body_;
   uint64_t requests_served_ = 0;
@@ -611,12 +612,8 @@ std::array<net::const_buffer, 2> Session::ResponseBuffers() const {
 }
 
 void Session::ReleaseResponse() {
-  write_body_.clear();
-  if (write_body_.capacity() > kWriteBufferKeepBytesMax) write_body_.shrink_to_fit();
-  if (write_head_.capacity() > kWriteBufferKeepBytesMax) {
-    write_head_.clear();
-    write_head_.shrink_to_fit();
-  }
+  write_body_ = std::string();  // the handler's body: free it now, not at the next response
+  if (write_head_.capacity() > kWriteBufferKeepBytesMax) write_head_ = std::string();
 }
 
 void Session::DoWrite(HttpResponse response, bool keep_alive, unsigned version) {

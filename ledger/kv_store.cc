@@ -58,17 +58,20 @@ rocksdb::ColumnFamilyOptions MakeCfOptions(const ColumnFamilySpec& spec,
                                           const std::shared_ptr<rocksdb::Cache>& cache) {
   rocksdb::ColumnFamilyOptions cf;
   cf.write_buffer_size = options.write_buffer_bytes;
-  // LZ4 is cheap enough for the upper levels; ZSTD squeezes the cold bottom
-  // level, where most of an append-only log ends up. Level 0 is not
-  // compressed: its files live only until compaction rewrites them into
-  // level 1 (compressing them there), and a flush that compresses competes
-  // for the CPU that appends need on a 2-core machine.
+  // LZ4 on every level but 0, the bottom included. The bottom level holds
+  // most of an append-only log, and the whole log is read back (verify,
+  // replay, rebuilds, catch-up): there ZSTD's decompression made the read
+  // 2-3x slower than LZ4's and its compactions cost twice the CPU, for 18%
+  // less disk (docs/performance.md, "Compression of the bottom level").
+  // Level 0 is not compressed: its files live only until compaction
+  // rewrites them into level 1 (compressing them there), and a flush that
+  // compresses competes for the CPU that appends need on a 2-core machine.
   if (Supports(rocksdb::kLZ4Compression)) {
     cf.compression = rocksdb::kLZ4Compression;
     cf.compression_per_level.assign(static_cast<size_t>(cf.num_levels), rocksdb::kLZ4Compression);
     cf.compression_per_level[0] = rocksdb::kNoCompression;
+    cf.bottommost_compression = rocksdb::kLZ4Compression;
   }
-  if (Supports(rocksdb::kZSTD)) cf.bottommost_compression = rocksdb::kZSTD;
   rocksdb::BlockBasedTableOptions table;
   table.block_cache = cache;
   table.format_version = 5;

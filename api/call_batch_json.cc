@@ -21,8 +21,8 @@ using simdjson::dom::element;
 using simdjson::dom::element_type;
 using simdjson::dom::object;
 
-// The fields of one call, in the order their errors are reported. Persistent
-// API names: never rename.
+// The fields of one call, in the order their errors are reported (their
+// names, below, are the API's: never rename).
 enum class CallField : uint8_t {
   kRequestId,
   kKeyId,
@@ -42,9 +42,10 @@ enum class CallField : uint8_t {
 };
 
 constexpr std::array<std::string_view, static_cast<size_t>(CallField::kCount)> kCallFieldNames = {
-    "request_id", "key_id",        "occurred_at",    "method",     "path",
-    "client_ip",  "origin",        "status",         "units",      "request_bytes",
-    "response_bytes", "latency_ms", "request",       "response"};
+    "request_id", "key_id",        "occurred_at", "method",  "path",
+    "client_ip",  "origin",        "status",      "units",   "request_bytes",
+    "response_bytes", "latency_ms", "request",    "response"};
+static_assert(kCallFieldNames.back() == "response", "one name per CallField, in order");
 
 constexpr int64_t kLatencyMsMax = 86'400'000;
 

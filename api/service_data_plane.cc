@@ -4,8 +4,6 @@
 
 #include "api/call_batch_json.h"
 #include "api/service_internal.h"
-#include "billing/calendar.h"
-
 
 namespace keyledger {
 
@@ -44,7 +42,6 @@ HttpResponse AuthorizeRefusal(const AuthorizeDecision& decision) {
   AddRateLimitHeaders(decision, &r);
   return r;
 }
-
 
 Result<HttpResponse> Service::Impl::Authorize(const HttpRequest& req) {
   KL_ASSIGN_OR_RETURN(Json body, ParseObject(req.body, {"client_ip", "origin", "request_id"}));

@@ -163,8 +163,8 @@ std::string StoredValue(KvStore& store, uint64_t seq) {
 }
 
 // Parameter: VerifyOptions::reader_hashes_at_lag_events, so every tamper case
-// is found both when the reading thread hashes every event (0) and when the
-// checking thread does (UINT64_MAX).
+// is found when the reading thread hashes every event (0), when the checking
+// thread does (UINT64_MAX), and when the two share it event by event (1).
 class TamperTest : public LedgerTest, public ::testing::WithParamInterface<uint64_t> {
  protected:
   void SetUp() override {
@@ -183,10 +183,12 @@ class TamperTest : public LedgerTest, public ::testing::WithParamInterface<uint6
 };
 
 INSTANTIATE_TEST_SUITE_P(WhoHashes, TamperTest,
-                         ::testing::Values(uint64_t{0}, std::numeric_limits<uint64_t>::max()),
+                         ::testing::Values(uint64_t{0}, std::numeric_limits<uint64_t>::max(),
+                                           uint64_t{1}),
                          [](const ::testing::TestParamInfo<uint64_t>& info) {
-                           return std::string(info.param == 0 ? "ReadingThread"
-                                                              : "CheckingThread");
+                           return std::string(info.param == 0   ? "ReadingThread"
+                                              : info.param == 1 ? "EitherThread"
+                                                                : "CheckingThread");
                          });
 
 TEST_P(TamperTest, AnUntouchedLogVerifies) {

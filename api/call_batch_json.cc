@@ -209,7 +209,6 @@ class CallReader {
     if (!v) return Status::Ok();
     object obj;
     if (v->get(obj) != simdjson::SUCCESS) return Invalid("must be an object", field);
-    const std::string name = Name(field);
     std::optional<element> headers, body;
     for (auto [key, value] : obj) {  // other members are ignored; the last of each counts
       if (key == "headers") headers = value;
@@ -218,12 +217,14 @@ class CallReader {
     if (headers && headers->type() != element_type::NULL_VALUE) {
       object header_obj;
       if (headers->get(header_obj) != simdjson::SUCCESS) {
-        return Status::InvalidArgument("must be an object of header: value", name + ".headers");
+        return Status::InvalidArgument("must be an object of header: value",
+                                       Name(field) + ".headers");
       }
       for (const auto& [header, value] : LastValuesInKeyOrder(header_obj)) {
         std::string_view text;
         if (value.get(text) != simdjson::SUCCESS) {
-          return Status::InvalidArgument("must be a string", name + ".headers." + std::string(header));
+          return Status::InvalidArgument("must be a string",
+                                         Name(field) + ".headers." + std::string(header));
         }
         out->headers.push_back(HttpHeader{std::string(header), std::string(text)});
       }
@@ -231,7 +232,7 @@ class CallReader {
     if (body && body->type() != element_type::NULL_VALUE) {
       std::string_view text;
       if (body->get(text) != simdjson::SUCCESS) {
-        return Status::InvalidArgument("must be a string", name + ".body_excerpt");
+        return Status::InvalidArgument("must be a string", Name(field) + ".body_excerpt");
       }
       out->body_excerpt.assign(text);
     }

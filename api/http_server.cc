@@ -1,9 +1,11 @@
 // The only translation unit that includes Boost.Beast/Asio. Structure follows
-// Beast's http_server_async / advanced_server examples: an accept loop on its
-// own strand, and one Session per connection on its own strand.
+// Beast's http_server_async / advanced_server examples (do_x/on_x pairs, a
+// timeout and a body limit on every read), with one io_context per I/O
+// thread instead of one shared by all: a connection lives on one thread,
+// whose io_context serializes its handlers as a strand would.
 //
 // Gateway mode (HttpProxyOptions) relays a request and its response with one
-// C++20 coroutine per exchange, on the connection's strand: a relay is a loop
+// C++20 coroutine per exchange, on the connection's thread: a relay is a loop
 // of reads and writes in two directions, which reads best as straight code.
 //
 // Exceptions: Boost calls here use error_code overloads (redirect_error in
@@ -24,7 +26,6 @@
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
-#include <boost/asio/strand.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/core.hpp>
@@ -52,12 +53,13 @@ namespace beast = boost::beast;
 namespace http = beast::http;
 namespace net = boost::asio;
 using tcp = net::ip::tcp;
-// A connection's executor is its strand, named by its concrete type rather
-// than erased as in beast::tcp_stream (any_io_executor). Measured no faster
-// here, but no slower either, and it says what the executor is.
-using Strand = net::strand<net::io_context::executor_type>;
-using Socket = tcp::socket::rebind_executor<Strand>::other;
-using Stream = beast::basic_stream<tcp, Strand>;
+// A connection's executor is its thread's io_context, which only that thread
+// runs: its handlers never run concurrently, as on a strand, without the
+// strand's queue and locks. Named by its concrete type rather than erased as
+// in beast::tcp_stream (any_io_executor).
+using Executor = net::io_context::executor_type;
+using Socket = tcp::socket::rebind_executor<Executor>::other;
+using Stream = beast::basic_stream<tcp, Executor>;
 using error_code = boost::system::error_code;
 
 namespace {
@@ -271,19 +273,27 @@ void Decrement(std::atomic<uint64_t>& counter) { counter.fetch_sub(1, std::memor
 
 class Session;
 
-// Owns the io_context, the acceptor and the I/O threads; tracks sessions so
-// Stop() can close idle ones and wait for the rest.
+// Owns the io_contexts (one per thread), the acceptor, the accepting thread
+// and the I/O threads; tracks sessions so Stop() can close idle ones and wait
+// for the rest.
 //
 // Thread safety: public methods are thread-safe. DoAccept/OnAccept/CloseAcceptor
-// run on the acceptor's strand.
+// run on the accepting thread.
 class ServerCore {
  public:
   ServerCore(HttpServerOptions options, HttpHandler handler,
              std::optional<HttpProxyOptions> proxy)
       : options_(std::move(options)),
         handler_(std::move(handler)),
-        proxy_(std::move(proxy)),
-        ioc_(std::make_unique<net::io_context>(options_.threads)) {}
+        proxy_(std::move(proxy)) {
+    assert(options_.threads >= 1);
+    const size_t contexts = static_cast<size_t>(options_.threads) + 1;  // + the acceptor's
+    ioc_.reserve(contexts);
+    // Each io_context is run by exactly one thread: the hint lets Asio skip
+    // waking other threads for every completion. Other threads (Stop(), the
+    // accepting one) still post to it, so its locking stays on.
+    for (size_t i = 0; i < contexts; i++) ioc_.push_back(std::make_unique<net::io_context>(1));
+  }
   ~ServerCore() { Stop(); }
 
   // Binds, listens and arms the first accept.
@@ -321,7 +331,9 @@ class ServerCore {
   // Starts a session for `socket`, or closes it when over connections_max or stopping.
   void Admit(Socket socket);
   void DoStop();
-  void RunThread();
+  void RunThread(net::io_context& ioc);
+  // The io_context of the next accepted connection: round-robin over the I/O threads.
+  net::io_context& NextConnectionContext();
   bool OnIoThread() const;
 
   const HttpServerOptions options_;
@@ -333,6 +345,7 @@ class ServerCore {
   uint16_t port_ = 0;
   std::once_flag stop_once_;
   std::vector<std::thread> threads_;  // written only before Start() returns
+  size_t next_context_ = 1;           // used only by the accepting thread
 
   std::mutex mu_;
   std::condition_variable cv_;  // a session ended, Stop() began, or a signal came
@@ -341,13 +354,16 @@ class ServerCore {
   bool stop_requested_ = false;                                      // GUARDED_BY(mu_)
   bool signaled_ = false;                                            // GUARDED_BY(mu_)
 
-  // Declared after everything sessions touch: destroying ioc_ destroys the
-  // queued handlers and with them the sessions, whose destructors call
-  // Unregister(). DoStop() resets these explicitly, ioc_ last.
-  std::unique_ptr<net::io_context> ioc_;
-  std::optional<net::executor_work_guard<net::io_context::executor_type>> work_;
+  // Declared after everything sessions touch: destroying an io_context
+  // destroys its queued handlers and with them the sessions, whose
+  // destructors call Unregister(). DoStop() resets these explicitly, ioc_ last.
+  // ioc_[i] is run by threads_[i]. ioc_[0] holds the acceptor (and the
+  // signal set), so accepts never wait for a blocked handler; ioc_[1..] the
+  // connections.
+  std::vector<std::unique_ptr<net::io_context>> ioc_;
+  std::vector<net::executor_work_guard<Executor>> work_;
   std::unique_ptr<tcp::acceptor> acceptor_;
-  std::unique_ptr<net::steady_timer> accept_retry_timer_;  // on the acceptor's strand
+  std::unique_ptr<net::steady_timer> accept_retry_timer_;  // on the acceptor's io_context
   std::unique_ptr<net::signal_set> signals_;               // GUARDED_BY(mu_)
 };
 
@@ -356,7 +372,7 @@ class ServerCore {
 // while keep-alive holds.
 //
 // Thread safety: everything but Start() and PostServerStop() runs on the
-// connection's strand; those two only post to it.
+// connection's I/O thread; those two only post to it.
 class Session : public std::enable_shared_from_this<Session> {
  public:
   Session(ServerCore& core, uint64_t id, Socket socket)
@@ -1009,7 +1025,7 @@ Status ServerCore::Listen() {
   }
   const tcp::endpoint endpoint(address, options_.port);
   const std::string where = EndpointText(endpoint);
-  acceptor_ = std::make_unique<tcp::acceptor>(net::make_strand(*ioc_));
+  acceptor_ = std::make_unique<tcp::acceptor>(*ioc_.front());
   accept_retry_timer_ = std::make_unique<net::steady_timer>(acceptor_->get_executor());
   if (acceptor_->open(endpoint.protocol(), ec)) {
     return Status::IOError("open socket for " + where + ": " + ec.message());
@@ -1038,20 +1054,23 @@ Status ServerCore::Listen() {
 }
 
 Status ServerCore::StartThreads() {
-  work_.emplace(ioc_->get_executor());
   try {
-    threads_.reserve(static_cast<size_t>(options_.threads));
-    for (int i = 0; i < options_.threads; i++) threads_.emplace_back([this] { RunThread(); });
+    work_.reserve(ioc_.size());
+    threads_.reserve(ioc_.size());
+    for (auto& ioc : ioc_) {
+      work_.push_back(net::make_work_guard(*ioc));
+      threads_.emplace_back([this, &ioc = *ioc] { RunThread(ioc); });
+    }
   } catch (const std::system_error& e) {
     return Status::IOError(std::string("start http server threads: ") + e.what());
   }
   return Status::Ok();
 }
 
-void ServerCore::RunThread() {
+void ServerCore::RunThread(net::io_context& ioc) {
   for (;;) {
     try {
-      ioc_->run();
+      ioc.run();
       return;
     } catch (const std::exception& e) {
       // A completion handler threw (e.g. bad_alloc); its connection is lost,
@@ -1068,8 +1087,14 @@ bool ServerCore::OnIoThread() const {
   return false;
 }
 
+net::io_context& ServerCore::NextConnectionContext() {
+  net::io_context& ioc = *ioc_[next_context_];
+  next_context_ = next_context_ + 1 == ioc_.size() ? 1 : next_context_ + 1;
+  return ioc;
+}
+
 void ServerCore::DoAccept() {
-  acceptor_->async_accept(net::make_strand(*ioc_),
+  acceptor_->async_accept(NextConnectionContext(),
                           beast::bind_front_handler(&ServerCore::OnAccept, this));
 }
 
@@ -1217,8 +1242,9 @@ void ServerCore::DoStop() {
     std::unique_lock<std::mutex> lock(mu_);
     cv_.wait_until(lock, deadline, [this] { return sessions_.empty(); });
   }
-  work_.reset();
-  ioc_->stop();  // abandons whatever did not drain; a running handler still finishes
+  work_.clear();
+  // Abandons whatever did not drain; a running handler still finishes.
+  for (auto& ioc : ioc_) ioc->stop();
   for (std::thread& t : threads_) t.join();
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -1226,7 +1252,7 @@ void ServerCore::DoStop() {
   }
   accept_retry_timer_.reset();
   acceptor_.reset();
-  ioc_.reset();  // destroys queued handlers and the sessions they hold
+  ioc_.clear();  // destroys queued handlers and the sessions they hold
   assert(sessions_.empty());
 }
 
@@ -1235,7 +1261,7 @@ void ServerCore::WaitForSignal() {
   {
     std::unique_lock<std::mutex> lock(mu_);
     if (!stop_requested_ && !signals_) {
-      signals_ = std::make_unique<net::signal_set>(*ioc_);
+      signals_ = std::make_unique<net::signal_set>(*ioc_.front());
       error_code ec;
       signals_->add(SIGINT, ec);
       assert(!ec);

@@ -4,14 +4,18 @@
 //
 // Built on Boost.Beast/Asio, which only api/http_server.cc includes.
 //
-// Threading: `threads` I/O threads run one io_context. Each connection has its
-// own strand, so one connection is served by one thread at a time and its
-// requests are handled one after another (no pipelining in parallel). The
-// handler runs on the I/O thread of its connection, so a handler that blocks
-// (e.g. on a synced write) blocks that thread: at most `threads` handlers run
-// at once, and while all threads are blocked no connection makes progress (no
-// accepts, reads, writes or timeouts). Size `threads` for the expected number
-// of concurrently blocking requests.
+// Threading: `threads` I/O threads, each running its own io_context, and one
+// more thread that only accepts. Accepted connections are dealt to the I/O
+// threads in turn, and a connection stays on its thread: it is served by one
+// thread at a time and its requests are handled one after another (no
+// pipelining in parallel). The handler runs on the I/O thread of its
+// connection, so a handler that blocks (e.g. on a synced write) blocks that
+// thread and with it the other connections dealt to it (their reads, writes
+// and timeouts wait); at most `threads` handlers run at once. Size `threads`
+// for the expected number of concurrently blocking requests.
+// (One io_context shared by all threads, with a strand per connection, let
+// an idle thread serve a blocked thread's connections, but cost 20-30% more
+// CPU per request in locks and wake-ups: docs/performance.md.)
 //
 // Protocol notes: HTTP/1.0 and 1.1; keep-alive as the client asks; pipelined
 // requests are answered in order, one at a time; "expect: 100-continue" is

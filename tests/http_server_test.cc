@@ -446,6 +446,39 @@ TEST(HttpServerTest, ConcurrentClientsGetTheirOwnAnswers) {
   EXPECT_EQ(server->stats().connections_accepted, uint64_t{kClients});
 }
 
+// Connections are dealt to the I/O threads in turn and stay there: a blocked
+// handler holds up the connections of its own thread only.
+TEST(HttpServerTest, ABlockedHandlerHoldsOnlyItsThreadsConnections) {
+  std::atomic<bool> slow_done{false};
+  HttpServerOptions options;
+  options.threads = 2;
+  auto server = StartServer(options, [&](const HttpRequest& request) {
+    HttpResponse response = EchoHandler(request);
+    if (request.target == "/slow") slow_done = true;
+    return response;
+  });
+  Client first(server->port());  // dealt to thread 0
+  ASSERT_TRUE(first.Send(Get("/slow")));
+  while (server->stats().requests_in_flight == 0) std::this_thread::sleep_for(1ms);
+
+  Client second(server->port());  // thread 1: answered while /slow still runs
+  ASSERT_TRUE(second.Send(Get("/second")));
+  auto r = second.ReadResponse();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
+  EXPECT_FALSE(slow_done.load());
+
+  Client third(server->port());  // thread 0 again: waits for /slow
+  ASSERT_TRUE(third.Send(Get("/third")));
+  r = third.ReadResponse();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
+  EXPECT_TRUE(slow_done.load());
+  r = first.ReadResponse();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->body, "GET /slow||127.0.0.1|");
+}
+
 TEST(HttpServerTest, BindFailureNamesTheAddress) {
   auto first = StartServer();
   HttpServerOptions options;

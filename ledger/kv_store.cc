@@ -1,4 +1,5 @@
 #include "ledger/kv_store.h"
+#include "ledger/hashed_memtable.h"
 
 #include <rocksdb/cache.h>
 #include <rocksdb/convenience.h>
@@ -50,9 +51,6 @@ class DelimitedPrefix final : public rocksdb::SliceTransform {
   char delimiter_;
 };
 
-constexpr size_t kHashedMemtableBuckets = 1u << 20;
-constexpr size_t kHashedMemtablePrefixBytes = 8;
-
 rocksdb::ColumnFamilyOptions MakeCfOptions(const ColumnFamilySpec& spec,
                                           const KvStoreOptions& options,
                                           const std::shared_ptr<rocksdb::Cache>& cache) {
@@ -79,17 +77,14 @@ rocksdb::ColumnFamilyOptions MakeCfOptions(const ColumnFamilySpec& spec,
     table.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));
     table.whole_key_filtering = true;
     // A bloom filter over a skiplist memtable too: most lookups (new event
-    // ids) are for absent keys. A hashed memtable answers those in O(1) already.
+    // ids) are for absent keys. The hashed memtable answers those in O(1) already.
     if (!spec.random_point_keys) {
       cf.memtable_whole_key_filtering = true;
       cf.memtable_prefix_bloom_size_ratio = 0.05;
     }
   }
   cf.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
-  if (spec.random_point_keys) {
-    cf.prefix_extractor.reset(rocksdb::NewFixedPrefixTransform(kHashedMemtablePrefixBytes));
-    cf.memtable_factory.reset(rocksdb::NewHashSkipListRepFactory(kHashedMemtableBuckets));
-  }
+  if (spec.random_point_keys) cf.memtable_factory = NewHashedMemTableRepFactory();
   if (spec.ordered_group_delimiter) {
     cf.memtable_insert_with_hint_prefix_extractor =
         std::make_shared<DelimitedPrefix>(*spec.ordered_group_delimiter);

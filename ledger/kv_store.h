@@ -21,10 +21,10 @@ struct ColumnFamilySpec {
   // Adds a bloom filter (10 bits/key) for point lookups of absent keys.
   bool point_lookups = false;
   // Keys are only ever looked up, never scanned in order, and arrive in
-  // random order (hashes): keep the memtable in a hash table of small
-  // skiplists instead of one big skiplist, so inserts and lookups cost O(1).
-  // REQUIRES: keys of at least 8 bytes. Scans of such a family still work
-  // (total order) but are slower.
+  // random order (hashes): keep the memtable in a hash table that is sorted
+  // only when a flush writes it out (ledger/hashed_memtable.h), so inserts
+  // and lookups cost O(1) instead of a skiplist search. Scans of such a
+  // family still work, but each one sorts the unflushed keys first.
   bool random_point_keys = false;
   // Keys are "<group>\0<rest>" and each group's keys arrive in order (a
   // stream's versions): remember the insert position per group, so

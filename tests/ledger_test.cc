@@ -434,6 +434,133 @@ TEST(KvStoreTest, BulkAndShortScansReturnTheSame) {
   EXPECT_EQ(seen[0], seen[1]);
 }
 
+// A store with one family in the hashed memtable (ledger/hashed_memtable.h).
+KvStoreOptions HashedFamily() {
+  KvStoreOptions options;
+  options.column_families = {{"ids", /*point_lookups=*/true, /*random_point_keys=*/true}};
+  return options;
+}
+
+// Keys from a small pool, so that puts and deletes hit the same keys again
+// (several versions of a key in one memtable), with bytes that make sort
+// prefixes tie: "", "\0", "a", "a\0", long keys sharing 8 bytes.
+rc::Gen<std::string> PoolKey() {
+  return rc::gen::elementOf(std::vector<std::string>{
+      "", std::string(1, '\0'), "a", std::string("a\0", 2), "ab", "b", "\xff",
+      "0123456789abcdef", "0123456789abcdeg", "01234567", "01234567\xff", "zzzzzzzzzzzzzzzzzzzz"});
+}
+
+// Every read of a hashed family agrees with a std::map, before and after
+// flushes and reopens: Get, MultiGet, ordered scans, SeekForPrev.
+RC_GTEST_PROP(KvStoreProperty, HashedFamilyReadsAsAMap, ()) {
+  ScratchDir dir;
+  auto store = KvStore::Open(dir.path(), HashedFamily());
+  RC_ASSERT(store.ok());
+  std::map<std::string, std::string> model;
+  const int steps = *rc::gen::inRange(1, 120);
+  for (int step = 0; step < steps; step++) {
+    const int op = *rc::gen::inRange(0, 10);
+    const std::string key = *PoolKey();
+    if (op <= 3) {
+      const std::string value = *rc::gen::container<std::string>(rc::gen::character<char>());
+      KvBatch batch(**store);
+      batch.Put(0, key, value);
+      RC_ASSERT((*store)->Write(batch, Durability::kAsync).ok());
+      model[key] = value;
+    } else if (op == 4) {
+      KvBatch batch(**store);
+      batch.Delete(0, key);
+      RC_ASSERT((*store)->Write(batch, Durability::kAsync).ok());
+      model.erase(key);
+    } else if (op == 5) {
+      RC_ASSERT((*store)->Flush().ok());
+    } else if (op == 6) {
+      (*store).reset();  // closes it: RocksDB allows one open per directory
+      store = KvStore::Open(dir.path(), HashedFamily());
+      RC_ASSERT(store.ok());
+    } else if (op == 7) {
+      const auto floor = model.upper_bound(key);
+      auto found = (*store)->SeekForPrev(0, key, "");
+      RC_ASSERT(found.ok());
+      if (floor == model.begin()) {
+        RC_ASSERT(!found->has_value());
+      } else {
+        RC_ASSERT(found->has_value());
+        RC_ASSERT((*found)->first == std::prev(floor)->first);
+        RC_ASSERT((*found)->second == std::prev(floor)->second);
+      }
+    } else {
+      auto got = (*store)->Get(0, key);
+      RC_ASSERT(got.ok());
+      const auto want = model.find(key);
+      RC_ASSERT(got->has_value() == (want != model.end()));
+      if (want != model.end()) RC_ASSERT(**got == want->second);
+    }
+  }
+  std::vector<std::pair<std::string, std::string>> scanned;
+  RC_ASSERT((*store)
+                ->Scan(0, "", "",
+                       [&](std::string_view key, std::string_view value) {
+                         scanned.emplace_back(key, value);
+                         return true;
+                       })
+                .ok());
+  const std::vector<std::pair<std::string, std::string>> want(model.begin(), model.end());
+  RC_ASSERT(scanned == want);
+  std::vector<std::string> pool = {"", "a", "b", "0123456789abcdef", "01234567\xff", "nope"};
+  std::vector<std::string_view> keys(pool.begin(), pool.end());
+  std::vector<std::optional<std::string>> values;
+  RC_ASSERT((*store)->MultiGet(0, keys, &values).ok());
+  for (size_t i = 0; i < pool.size(); i++) {
+    const auto want = model.find(pool[i]);
+    RC_ASSERT(values[i].has_value() == (want != model.end()));
+    if (want != model.end()) RC_ASSERT(*values[i] == want->second);
+  }
+}
+
+// Lookups while the writer inserts (and the hash table grows under them)
+// find every key written before they began.
+TEST(KvStoreTest, HashedFamilyFindsKeysWhileItGrows) {
+  ScratchDir dir;
+  auto store = KvStore::Open(dir.path(), HashedFamily());
+  ASSERT_TRUE(store.ok()) << store.ToStatus().ToString();
+  constexpr uint64_t kKeys = 200'000;  // the table starts at 65,536 slots: it grows 3 times
+  std::atomic<uint64_t> written{0};
+  std::atomic<uint64_t> misses{0};
+  std::thread reader([&] {
+    uint64_t probe = 1;
+    while (written.load() < kKeys) {
+      const uint64_t upto = written.load();
+      if (upto == 0) continue;
+      probe = probe * 6364136223846793005ull + 1442695040888963407ull;
+      const uint64_t i = probe % upto;
+      auto got = (*store)->Get(0, EventKey(i * 0x9E3779B97F4A7C15ull));
+      if (!got.ok() || !got->has_value() || **got != std::to_string(i)) misses++;
+    }
+  });
+  for (uint64_t i = 0; i < kKeys; i++) {
+    KvBatch batch(**store);
+    batch.Put(0, EventKey(i * 0x9E3779B97F4A7C15ull), std::to_string(i));  // scattered keys
+    ASSERT_TRUE((*store)->Write(batch, Durability::kAsync).ok());
+    written.store(i + 1);
+  }
+  reader.join();
+  EXPECT_EQ(misses.load(), 0u);
+  uint64_t previous = 0;
+  uint64_t count = 0;
+  ASSERT_TRUE((*store)
+                  ->Scan(0, "", "",
+                         [&](std::string_view key, std::string_view) {
+                           const uint64_t k = DecodeBigEndian64(key.data());
+                           EXPECT_TRUE(count == 0 || k > previous);
+                           previous = k;
+                           count++;
+                           return true;
+                         })
+                  .ok());
+  EXPECT_EQ(count, kKeys);
+}
+
 // A scan of `count` pairs ("k<i>", i copies of 'v' modulo 5,000 bytes; pair
 // 7 is 600 KiB, larger than a chunk), failing after `fail_after` if set.
 ScanAhead::ScanFn SyntheticScan(int count, std::optional<int> fail_after = std::nullopt) {

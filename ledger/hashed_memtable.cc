@@ -1,0 +1,300 @@
+#include "ledger/hashed_memtable.h"
+
+#include <rocksdb/slice.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <cassert>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <mutex>
+#include <new>
+#include <string_view>
+#include <vector>
+
+namespace keyledger {
+namespace {
+
+using KeyComparator = rocksdb::MemTableRep::KeyComparator;
+
+// Slots of a new table; it doubles whenever it would be over half full.
+constexpr size_t kSlotsInitial = size_t{1} << 16;
+// A 64 MiB memtable of 34-byte event-id entries holds ~2 M of them (4 M
+// slots); far beyond that something is wrong.
+constexpr size_t kSlotsMax = size_t{1} << 28;
+// A slot packs an entry pointer (x86-64 user addresses fit in 48 bits) with
+// the top 16 bits of its key's hash, so a probe rejects most other keys
+// without touching their entries. 0 is an empty slot.
+constexpr int kTagShift = 48;
+constexpr uint64_t kPointerMask = (uint64_t{1} << kTagShift) - 1;
+// Versions of one user key gathered by Get without allocating.
+constexpr size_t kVersionsInline = 4;
+
+// A memtable entry: varint32 length | internal key (user key | 8-byte
+// sequence and type) | varint32 length | value.
+rocksdb::Slice InternalKeyOf(const char* entry) { return rocksdb::GetLengthPrefixedSlice(entry); }
+
+std::string_view UserKeyOf(rocksdb::Slice internal_key) {
+  assert(internal_key.size() >= 8);
+  return std::string_view(internal_key.data(), internal_key.size() - 8);
+}
+
+std::string_view UserKeyOf(const char* entry) { return UserKeyOf(InternalKeyOf(entry)); }
+
+size_t HashOf(std::string_view user_key) { return std::hash<std::string_view>{}(user_key); }
+
+uint64_t TagOf(size_t hash) { return (static_cast<uint64_t>(hash) >> kTagShift) << kTagShift; }
+
+uint64_t Pack(size_t hash, const char* entry) {
+  const auto address = reinterpret_cast<uintptr_t>(entry);
+  assert(entry != nullptr && (address & ~kPointerMask) == 0);
+  return TagOf(hash) | address;
+}
+
+const char* EntryOf(uint64_t slot) { return reinterpret_cast<const char*>(slot & kPointerMask); }
+
+// The first 8 bytes of the user key, big-endian, zero-padded: ordering these
+// orders the keys bytewise wherever they differ, from an array in cache.
+uint64_t SortPrefixOf(const char* entry) {
+  const std::string_view key = UserKeyOf(entry);
+  uint64_t prefix = 0;
+  const size_t n = std::min<size_t>(8, key.size());
+  for (size_t i = 0; i < n; i++) {
+    prefix |= uint64_t{static_cast<uint8_t>(key[i])} << (56 - 8 * i);
+  }
+  return prefix;
+}
+
+// RocksDB's LookupKey (db/dbformat.h, which is not installed) begins with
+// `const char* start_`: the key in memtable form, a length-prefixed internal
+// key. It has since LevelDB, and that pointer is all Get needs. Should an
+// upgrade move it, every lookup of an unflushed key would fail, which the
+// KvStore and ledger tests (lookups before any flush) catch at once.
+const char* MemtableKeyOf(const rocksdb::LookupKey& lookup) {
+  const char* start = nullptr;
+  std::memcpy(&start, &lookup, sizeof(start));
+  return start;
+}
+
+// An open-addressing table (linear probing) of packed slots. Slots only ever
+// go from empty to full, so a reader probing while the writer inserts sees
+// each slot either empty or complete.
+struct Table {
+  explicit Table(size_t capacity)
+      : mask(capacity - 1), slots(std::make_unique<std::atomic<uint64_t>[]>(capacity)) {
+    assert(capacity >= 2 && (capacity & mask) == 0 && capacity <= kSlotsMax);
+  }
+  size_t capacity() const { return mask + 1; }
+  size_t bytes() const { return capacity() * sizeof(uint64_t); }
+
+  const size_t mask;
+  const std::unique_ptr<std::atomic<uint64_t>[]> slots;
+};
+
+// Iterates a sorted snapshot of the entries. Thread-compatible (one user).
+class SortedIterator final : public rocksdb::MemTableRep::Iterator {
+ public:
+  SortedIterator(const KeyComparator& compare, std::vector<const char*> entries)
+      : compare_(compare), entries_(std::move(entries)), at_(entries_.size()) {}
+
+  bool Valid() const override { return at_ < entries_.size(); }
+  const char* key() const override {
+    assert(Valid());
+    return entries_[at_];
+  }
+  void Next() override {
+    assert(Valid());
+    at_++;
+  }
+  void Prev() override {
+    assert(Valid());
+    at_ = at_ == 0 ? entries_.size() : at_ - 1;
+  }
+  // First entry >= internal_key.
+  void Seek(const rocksdb::Slice& internal_key, const char* /*memtable_key*/) override {
+    const auto it = std::lower_bound(
+        entries_.begin(), entries_.end(), internal_key,
+        [this](const char* entry, const rocksdb::Slice& key) { return compare_(entry, key) < 0; });
+    at_ = static_cast<size_t>(it - entries_.begin());
+  }
+  // Last entry <= internal_key.
+  void SeekForPrev(const rocksdb::Slice& internal_key, const char* /*memtable_key*/) override {
+    const auto it = std::upper_bound(
+        entries_.begin(), entries_.end(), internal_key,
+        [this](const rocksdb::Slice& key, const char* entry) { return compare_(entry, key) > 0; });
+    at_ = it == entries_.begin() ? entries_.size() : static_cast<size_t>(it - entries_.begin()) - 1;
+  }
+  void SeekToFirst() override { at_ = 0; }
+  void SeekToLast() override { at_ = entries_.empty() ? 0 : entries_.size() - 1; }
+
+ private:
+  const KeyComparator& compare_;
+  const std::vector<const char*> entries_;
+  size_t at_;  // == entries_.size(): not valid
+};
+
+class HashedMemTableRep final : public rocksdb::MemTableRep {
+ public:
+  HashedMemTableRep(const KeyComparator& compare, rocksdb::Allocator* allocator)
+      : MemTableRep(allocator), compare_(compare) {
+    tables_.push_back(std::make_unique<Table>(kSlotsInitial));
+    memory_bytes_.store(tables_.back()->bytes(), std::memory_order_relaxed);
+    table_.store(tables_.back().get(), std::memory_order_release);
+  }
+
+  // REQUIRES: the writer (one at a time); no entry equal to this one.
+  void Insert(rocksdb::KeyHandle handle) override {
+    const char* entry = static_cast<const char*>(handle);
+    if (2 * (count_ + 1) > tables_.back()->capacity()) Grow();
+    Place(*tables_.back(), HashOf(UserKeyOf(entry)), entry);
+    count_++;
+  }
+
+  // Whether an entry with exactly this internal key (given in memtable form) exists.
+  bool Contains(const char* key) const override {
+    const rocksdb::Slice internal_key = InternalKeyOf(key);
+    bool found = false;
+    ForEachVersion(UserKeyOf(internal_key), [&](const char* entry) {
+      found = found || compare_(entry, internal_key) == 0;
+    });
+    return found;
+  }
+
+  // Calls `callback` on the versions of the looked-up user key that are at or
+  // after the lookup key in internal order (sequence <= the lookup's), newest
+  // first, until it returns false: what a sorted memtable's Seek and Next
+  // would give before reaching the next user key.
+  void Get(const rocksdb::LookupKey& lookup, void* callback_args,
+           bool (*callback_func)(void* arg, const char* entry)) override {
+    const rocksdb::Slice internal_key = InternalKeyOf(MemtableKeyOf(lookup));
+    std::array<const char*, kVersionsInline> inline_versions;
+    size_t inline_count = 0;
+    std::vector<const char*> more_versions;  // allocated only past kVersionsInline
+    ForEachVersion(UserKeyOf(internal_key), [&](const char* entry) {
+      if (compare_(entry, internal_key) < 0) return;  // newer than the lookup
+      if (inline_count < kVersionsInline) {
+        inline_versions[inline_count++] = entry;
+      } else {
+        more_versions.push_back(entry);
+      }
+    });
+    const char** begin = inline_versions.data();
+    const char** end = begin + inline_count;
+    if (!more_versions.empty()) {
+      more_versions.insert(more_versions.end(), begin, end);
+      begin = more_versions.data();
+      end = begin + more_versions.size();
+    }
+    std::sort(begin, end, [this](const char* a, const char* b) { return compare_(a, b) < 0; });
+    for (const char** at = begin; at != end; ++at) {
+      if (!callback_func(callback_args, *at)) return;
+    }
+  }
+
+  size_t ApproximateMemoryUsage() override {
+    return memory_bytes_.load(std::memory_order_relaxed);
+  }
+
+  // A sorted snapshot of the entries present when it is taken (a flush takes
+  // it of a memtable no longer written). With an arena the caller destroys
+  // the iterator but never frees it, so its memory then lives in this rep,
+  // which outlives its iterators (they pin the memtable).
+  Iterator* GetIterator(rocksdb::Arena* arena) override {
+    std::vector<const char*> entries = SortedEntries();
+    if (arena == nullptr) return new SortedIterator(compare_, std::move(entries));
+    std::lock_guard<std::mutex> lock(iterator_storage_mu_);
+    iterator_storage_.push_back(std::make_unique<IteratorStorage>());
+    return new (iterator_storage_.back()->bytes) SortedIterator(compare_, std::move(entries));
+  }
+
+ private:
+  struct IteratorStorage {
+    alignas(SortedIterator) unsigned char bytes[sizeof(SortedIterator)];
+  };
+
+  static void Place(Table& table, size_t hash, const char* entry) {
+    size_t i = hash & table.mask;
+    while (table.slots[i].load(std::memory_order_relaxed) != 0) i = (i + 1) & table.mask;
+    // Release: a reader that sees the slot sees the entry's bytes.
+    table.slots[i].store(Pack(hash, entry), std::memory_order_release);
+  }
+
+  // Moves to a table twice the size. Readers still probing the old one find
+  // everything that was in it; the old one is kept until the rep dies.
+  void Grow() {
+    const Table& old = *tables_.back();
+    auto bigger = std::make_unique<Table>(old.capacity() * 2);
+    for (size_t i = 0; i < old.capacity(); i++) {
+      const uint64_t slot = old.slots[i].load(std::memory_order_relaxed);
+      if (slot != 0) Place(*bigger, HashOf(UserKeyOf(EntryOf(slot))), EntryOf(slot));
+    }
+    memory_bytes_.fetch_add(bigger->bytes(), std::memory_order_relaxed);
+    tables_.push_back(std::move(bigger));
+    table_.store(tables_.back().get(), std::memory_order_release);
+  }
+
+  // Calls fn(entry) for every entry whose user key equals `user_key`.
+  template <typename Fn>
+  void ForEachVersion(std::string_view user_key, Fn&& fn) const {
+    const Table& table = *table_.load(std::memory_order_acquire);
+    const size_t hash = HashOf(user_key);
+    const uint64_t tag = TagOf(hash);
+    for (size_t i = hash & table.mask;; i = (i + 1) & table.mask) {
+      const uint64_t slot = table.slots[i].load(std::memory_order_acquire);
+      if (slot == 0) return;
+      if ((slot & ~kPointerMask) == tag && UserKeyOf(EntryOf(slot)) == user_key) fn(EntryOf(slot));
+    }
+  }
+
+  std::vector<const char*> SortedEntries() const {
+    struct Item {
+      uint64_t prefix;
+      const char* entry;
+    };
+    const Table& table = *table_.load(std::memory_order_acquire);
+    std::vector<Item> items;
+    items.reserve(table.capacity() / 2);
+    for (size_t i = 0; i < table.capacity(); i++) {
+      const uint64_t slot = table.slots[i].load(std::memory_order_acquire);
+      if (slot != 0) items.push_back(Item{SortPrefixOf(EntryOf(slot)), EntryOf(slot)});
+    }
+    std::sort(items.begin(), items.end(), [this](const Item& a, const Item& b) {
+      if (a.prefix != b.prefix) return a.prefix < b.prefix;
+      return compare_(a.entry, b.entry) < 0;
+    });
+    std::vector<const char*> entries;
+    entries.reserve(items.size());
+    for (const Item& item : items) entries.push_back(item.entry);
+    return entries;
+  }
+
+  const KeyComparator& compare_;
+  std::atomic<const Table*> table_{nullptr};  // the newest table, for readers
+  std::vector<std::unique_ptr<Table>> tables_;  // writer only; back() is table_
+  size_t count_ = 0;                            // writer only
+  std::atomic<size_t> memory_bytes_{0};
+  std::mutex iterator_storage_mu_;
+  std::vector<std::unique_ptr<IteratorStorage>> iterator_storage_;  // GUARDED_BY(iterator_storage_mu_)
+};
+
+class HashedMemTableRepFactory final : public rocksdb::MemTableRepFactory {
+ public:
+  using rocksdb::MemTableRepFactory::CreateMemTableRep;
+  rocksdb::MemTableRep* CreateMemTableRep(const KeyComparator& compare,
+                                          rocksdb::Allocator* allocator,
+                                          const rocksdb::SliceTransform* /*prefix_extractor*/,
+                                          rocksdb::Logger* /*logger*/) override {
+    return new HashedMemTableRep(compare, allocator);
+  }
+  const char* Name() const override { return "keyledger.HashedMemTableRepFactory"; }
+};
+
+}  // namespace
+
+std::shared_ptr<rocksdb::MemTableRepFactory> NewHashedMemTableRepFactory() {
+  return std::make_shared<HashedMemTableRepFactory>();
+}
+
+}  // namespace keyledger

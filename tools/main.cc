@@ -32,7 +32,7 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   serve_cmd->add_option("--listen", serve.listen, "HOST:PORT to listen on ([::1]:PORT for IPv6)")
       ->capture_default_str();
-  serve_cmd->add_option("--threads", serve.threads, "HTTP I/O threads")
+  serve_cmd->add_option("--threads", serve.threads, "HTTP I/O threads; connections are dealt to them in turn and a handler blocked on a synced write holds up its thread's connections")
       ->check(CLI::Range(1, 64))
       ->capture_default_str();
   serve_cmd->add_option("--body-bytes-max", serve.body_bytes_max, "Largest request body accepted")

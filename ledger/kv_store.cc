@@ -1,5 +1,5 @@
 #include "ledger/kv_store.h"
-#include "ledger/hashed_memtable.h"
+#include "ledger/memtables.h"
 
 #include <rocksdb/cache.h>
 #include <rocksdb/convenience.h>
@@ -84,7 +84,9 @@ rocksdb::ColumnFamilyOptions MakeCfOptions(const ColumnFamilySpec& spec,
     }
   }
   cf.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
+  assert(!(spec.random_point_keys && spec.ascending_keys));
   if (spec.random_point_keys) cf.memtable_factory = NewHashedMemTableRepFactory();
+  if (spec.ascending_keys) cf.memtable_factory = NewAscendingMemTableRepFactory();
   if (spec.ordered_group_delimiter) {
     cf.memtable_insert_with_hint_prefix_extractor =
         std::make_shared<DelimitedPrefix>(*spec.ordered_group_delimiter);

@@ -22,10 +22,15 @@ struct ColumnFamilySpec {
   bool point_lookups = false;
   // Keys are only ever looked up, never scanned in order, and arrive in
   // random order (hashes): keep the memtable in a hash table that is sorted
-  // only when a flush writes it out (ledger/hashed_memtable.h), so inserts
+  // only when a flush writes it out (ledger/memtables.h), so inserts
   // and lookups cost O(1) instead of a skiplist search. Scans of such a
   // family still work, but each one sorts the unflushed keys first.
   bool random_point_keys = false;
+  // Keys are written in ascending order (the log's sequence numbers): keep
+  // the memtable as an append-only array instead of a skiplist
+  // (ledger/memtables.h). Out-of-order keys stay correct but make every read
+  // of that memtable sort it.
+  bool ascending_keys = false;
   // Keys are "<group>\0<rest>" and each group's keys arrive in order (a
   // stream's versions): remember the insert position per group, so
   // interleaved groups do not each pay a full skiplist search.

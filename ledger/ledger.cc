@@ -179,13 +179,11 @@ Result<std::unique_ptr<Ledger>> Ledger::Open(const std::string& path,
   KvStoreOptions kv = options.storage;
   kv.mode = options.mode;
   kv.secondary_path = options.secondary_path;
-  // Order matches LedgerColumnFamily.
-  // "events" needs no insert hint: its keys ascend, which RocksDB's skiplist
-  // already inserts from the last position.
-  kv.column_families = {{"events", false, false, std::nullopt},
-                        {"streams", false, false, '\0'},  // scanned, not probed
-                        {"event_ids", true, true, std::nullopt},
-                        {"meta", false, false, std::nullopt}};
+  // Order matches LedgerColumnFamily. "streams" is scanned, not probed.
+  kv.column_families = {{.name = "events", .ascending_keys = true},
+                        {.name = "streams", .ordered_group_delimiter = '\0'},
+                        {.name = "event_ids", .point_lookups = true, .random_point_keys = true},
+                        {.name = "meta"}};
   KL_ASSIGN_OR_RETURN(rep->store, KvStore::Open(path, kv));
   rep->batch = std::make_unique<KvBatch>(*rep->store);
 

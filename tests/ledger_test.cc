@@ -434,11 +434,18 @@ TEST(KvStoreTest, BulkAndShortScansReturnTheSame) {
   EXPECT_EQ(seen[0], seen[1]);
 }
 
-// A store with one family in the hashed memtable (ledger/hashed_memtable.h).
-// Closing does not flush, so a reopen replays the log into a new memtable.
-KvStoreOptions HashedFamily() {
+// keyledger's own memtables (ledger/memtables.h).
+enum class Memtable { kHashed, kAscending };
+
+// A store with one family in `memtable`. Closing does not flush, so a
+// reopen replays the log into a new memtable.
+KvStoreOptions FamilyIn(Memtable memtable) {
   KvStoreOptions options;
-  options.column_families = {{"ids", /*point_lookups=*/true, /*random_point_keys=*/true}};
+  ColumnFamilySpec spec{.name = "f"};
+  spec.point_lookups = memtable == Memtable::kHashed;
+  spec.random_point_keys = memtable == Memtable::kHashed;
+  spec.ascending_keys = memtable == Memtable::kAscending;
+  options.column_families = {spec};
   options.flush_on_close = false;
   return options;
 }
@@ -452,17 +459,26 @@ rc::Gen<std::string> PoolKey() {
       "0123456789abcdef", "0123456789abcdeg", "01234567", "01234567\xff", "zzzzzzzzzzzzzzzzzzzz"});
 }
 
-// Every read of a hashed family agrees with a std::map, before and after
-// flushes and reopens: Get, MultiGet, ordered scans, SeekForPrev.
-RC_GTEST_PROP(KvStoreProperty, HashedFamilyReadsAsAMap, ()) {
+// Keys that mostly ascend, as the log's do, with a key from the pool now
+// and then (out of order, or a second version of a key).
+rc::Gen<std::string> MostlyAscendingKey(uint64_t* next) {
+  return rc::gen::exec([next] {
+    if (*rc::gen::inRange(0, 8) == 0) return *PoolKey();
+    return EventKey((*next)++);
+  });
+}
+
+// Every read of a family in `memtable` agrees with a std::map, before and
+// after flushes and reopens: Get, MultiGet, ordered scans, SeekForPrev.
+void CheckReadsAsAMap(Memtable memtable, const rc::Gen<std::string>& key_gen) {
   ScratchDir dir;
-  auto store = KvStore::Open(dir.path(), HashedFamily());
+  auto store = KvStore::Open(dir.path(), FamilyIn(memtable));
   RC_ASSERT(store.ok());
   std::map<std::string, std::string> model;
   const int steps = *rc::gen::inRange(1, 120);
   for (int step = 0; step < steps; step++) {
     const int op = *rc::gen::inRange(0, 10);
-    const std::string key = *PoolKey();
+    const std::string key = *key_gen;
     if (op <= 3) {
       const std::string value = *rc::gen::container<std::string>(rc::gen::character<char>());
       KvBatch batch(**store);
@@ -478,7 +494,7 @@ RC_GTEST_PROP(KvStoreProperty, HashedFamilyReadsAsAMap, ()) {
       RC_ASSERT((*store)->Flush().ok());
     } else if (op == 6) {
       (*store).reset();  // closes it: RocksDB allows one open per directory
-      store = KvStore::Open(dir.path(), HashedFamily());
+      store = KvStore::Open(dir.path(), FamilyIn(memtable));
       RC_ASSERT(store.ok());
     } else if (op == 7) {
       const auto floor = model.upper_bound(key);
@@ -507,9 +523,10 @@ RC_GTEST_PROP(KvStoreProperty, HashedFamilyReadsAsAMap, ()) {
                          return true;
                        })
                 .ok());
-  const std::vector<std::pair<std::string, std::string>> want(model.begin(), model.end());
-  RC_ASSERT(scanned == want);
-  std::vector<std::string> pool = {"", "a", "b", "0123456789abcdef", "01234567\xff", "nope"};
+  const std::vector<std::pair<std::string, std::string>> model_pairs(model.begin(), model.end());
+  RC_ASSERT(scanned == model_pairs);
+  std::vector<std::string> pool = {"",   "a",          "b",          "0123456789abcdef",
+                                   "01234567\xff", EventKey(1), EventKey(3), "nope"};
   std::vector<std::string_view> keys(pool.begin(), pool.end());
   std::vector<std::optional<std::string>> values;
   RC_ASSERT((*store)->MultiGet(0, keys, &values).ok());
@@ -520,13 +537,29 @@ RC_GTEST_PROP(KvStoreProperty, HashedFamilyReadsAsAMap, ()) {
   }
 }
 
-// Lookups while the writer inserts (and the hash table grows under them)
-// find every key written before they began.
-TEST(KvStoreTest, HashedFamilyFindsKeysWhileItGrows) {
+RC_GTEST_PROP(KvStoreProperty, HashedFamilyReadsAsAMap, ()) {
+  CheckReadsAsAMap(Memtable::kHashed, PoolKey());
+}
+
+RC_GTEST_PROP(KvStoreProperty, AscendingFamilyReadsAsAMapInAnyOrder, ()) {
+  CheckReadsAsAMap(Memtable::kAscending, PoolKey());
+}
+
+RC_GTEST_PROP(KvStoreProperty, AscendingFamilyReadsAsAMapWhileKeysMostlyAscend, ()) {
+  uint64_t next = 1;
+  CheckReadsAsAMap(Memtable::kAscending, MostlyAscendingKey(&next));
+}
+
+// Lookups while the writer inserts (and the hash table grows, or the array
+// takes new chunks, under them) find every key written before they began.
+// `stride` 1 writes keys in order, a large odd one scatters them.
+void CheckFindsKeysWhileItGrows(Memtable memtable, uint64_t stride) {
   ScratchDir dir;
-  auto store = KvStore::Open(dir.path(), HashedFamily());
+  auto store = KvStore::Open(dir.path(), FamilyIn(memtable));
   ASSERT_TRUE(store.ok()) << store.ToStatus().ToString();
-  constexpr uint64_t kKeys = 200'000;  // the table starts at 65,536 slots: it grows 3 times
+  // The hash table starts at 65,536 slots (it grows 3 times), the array's
+  // chunks hold 16,384 entries (it takes 13).
+  constexpr uint64_t kKeys = 200'000;
   std::atomic<uint64_t> written{0};
   std::atomic<uint64_t> misses{0};
   std::thread reader([&] {
@@ -536,13 +569,13 @@ TEST(KvStoreTest, HashedFamilyFindsKeysWhileItGrows) {
       if (upto == 0) continue;
       probe = probe * 6364136223846793005ull + 1442695040888963407ull;
       const uint64_t i = probe % upto;
-      auto got = (*store)->Get(0, EventKey(i * 0x9E3779B97F4A7C15ull));
+      auto got = (*store)->Get(0, EventKey(i * stride));
       if (!got.ok() || !got->has_value() || **got != std::to_string(i)) misses++;
     }
   });
   for (uint64_t i = 0; i < kKeys; i++) {
     KvBatch batch(**store);
-    batch.Put(0, EventKey(i * 0x9E3779B97F4A7C15ull), std::to_string(i));  // scattered keys
+    batch.Put(0, EventKey(i * stride), std::to_string(i));
     ASSERT_TRUE((*store)->Write(batch, Durability::kAsync).ok());
     written.store(i + 1);
   }
@@ -561,6 +594,14 @@ TEST(KvStoreTest, HashedFamilyFindsKeysWhileItGrows) {
                          })
                   .ok());
   EXPECT_EQ(count, kKeys);
+}
+
+TEST(KvStoreTest, HashedFamilyFindsKeysWhileItGrows) {
+  CheckFindsKeysWhileItGrows(Memtable::kHashed, 0x9E3779B97F4A7C15ull);
+}
+
+TEST(KvStoreTest, AscendingFamilyFindsKeysWhileItGrows) {
+  CheckFindsKeysWhileItGrows(Memtable::kAscending, 1);
 }
 
 // A scan of `count` pairs ("k<i>", i copies of 'v' modulo 5,000 bytes; pair

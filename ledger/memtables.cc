@@ -1,4 +1,4 @@
-#include "ledger/hashed_memtable.h"
+#include "ledger/memtables.h"
 
 #include <rocksdb/slice.h>
 
@@ -135,10 +135,43 @@ class SortedIterator final : public rocksdb::MemTableRep::Iterator {
   size_t at_;  // == entries_.size(): not valid
 };
 
-class HashedMemTableRep final : public rocksdb::MemTableRep {
+// A memtable representation whose iterators are SortedIterators. With an
+// arena RocksDB destroys an iterator but never frees it, so that memory then
+// lives in the rep, which outlives its iterators (they pin the memtable).
+class SortedIteratorsRep : public rocksdb::MemTableRep {
+ public:
+  SortedIteratorsRep(const KeyComparator& compare, rocksdb::Allocator* allocator)
+      : MemTableRep(allocator), compare_(compare) {}
+
+ protected:
+  // REQUIRES: `entries` sorted by compare_.
+  Iterator* NewSortedIterator(std::vector<const char*> entries, rocksdb::Arena* arena) {
+    if (arena == nullptr) return new SortedIterator(compare_, std::move(entries));
+    std::lock_guard<std::mutex> lock(iterator_storage_mu_);
+    iterator_storage_.push_back(std::make_unique<IteratorStorage>());
+    return new (iterator_storage_.back()->bytes) SortedIterator(compare_, std::move(entries));
+  }
+
+  void SortEntries(std::vector<const char*>* entries) const {
+    std::sort(entries->begin(), entries->end(),
+              [this](const char* a, const char* b) { return compare_(a, b) < 0; });
+  }
+
+  const KeyComparator& compare_;
+
+ private:
+  struct IteratorStorage {
+    alignas(SortedIterator) unsigned char bytes[sizeof(SortedIterator)];
+  };
+
+  std::mutex iterator_storage_mu_;
+  std::vector<std::unique_ptr<IteratorStorage>> iterator_storage_;  // GUARDED_BY(iterator_storage_mu_)
+};
+
+class HashedMemTableRep final : public SortedIteratorsRep {
  public:
   HashedMemTableRep(const KeyComparator& compare, rocksdb::Allocator* allocator)
-      : MemTableRep(allocator), compare_(compare) {
+      : SortedIteratorsRep(compare, allocator) {
     tables_.push_back(std::make_unique<Table>(kSlotsInitial));
     memory_bytes_.store(tables_.back()->bytes(), std::memory_order_relaxed);
     table_.store(tables_.back().get(), std::memory_order_release);
@@ -198,21 +231,12 @@ class HashedMemTableRep final : public rocksdb::MemTableRep {
   }
 
   // A sorted snapshot of the entries present when it is taken (a flush takes
-  // it of a memtable no longer written). With an arena the caller destroys
-  // the iterator but never frees it, so its memory then lives in this rep,
-  // which outlives its iterators (they pin the memtable).
+  // it of a memtable no longer written).
   Iterator* GetIterator(rocksdb::Arena* arena) override {
-    std::vector<const char*> entries = SortedEntries();
-    if (arena == nullptr) return new SortedIterator(compare_, std::move(entries));
-    std::lock_guard<std::mutex> lock(iterator_storage_mu_);
-    iterator_storage_.push_back(std::make_unique<IteratorStorage>());
-    return new (iterator_storage_.back()->bytes) SortedIterator(compare_, std::move(entries));
+    return NewSortedIterator(SortedEntries(), arena);
   }
 
  private:
-  struct IteratorStorage {
-    alignas(SortedIterator) unsigned char bytes[sizeof(SortedIterator)];
-  };
 
   static void Place(Table& table, size_t hash, const char* entry) {
     size_t i = hash & table.mask;
@@ -270,13 +294,134 @@ class HashedMemTableRep final : public rocksdb::MemTableRep {
     return entries;
   }
 
-  const KeyComparator& compare_;
   std::atomic<const Table*> table_{nullptr};  // the newest table, for readers
   std::vector<std::unique_ptr<Table>> tables_;  // writer only; back() is table_
   size_t count_ = 0;                            // writer only
   std::atomic<size_t> memory_bytes_{0};
-  std::mutex iterator_storage_mu_;
-  std::vector<std::unique_ptr<IteratorStorage>> iterator_storage_;  // GUARDED_BY(iterator_storage_mu_)
+};
+
+// Entries in insertion order, in chunks that never move (readers index them
+// while the writer appends). While every entry is after the one before it,
+// that order is the sorted order and lookups binary-search it.
+class AscendingMemTableRep final : public SortedIteratorsRep {
+ public:
+  AscendingMemTableRep(const KeyComparator& compare, rocksdb::Allocator* allocator)
+      : SortedIteratorsRep(compare, allocator),
+        chunks_(std::make_unique<std::atomic<const char**>[]>(kChunksMax)) {}
+
+  // REQUIRES: the writer (one at a time); no entry equal to this one.
+  void Insert(rocksdb::KeyHandle handle) override {
+    const char* entry = static_cast<const char*>(handle);
+    const size_t at = count_.load(std::memory_order_relaxed);
+    assert(at < kChunksMax * kChunkEntries);
+    if (at % kChunkEntries == 0) AddChunk(at / kChunkEntries);
+    chunks_[at / kChunkEntries].load(std::memory_order_relaxed)[at % kChunkEntries] = entry;
+    if (at > 0 && compare_(last_, entry) > 0) ascending_.store(false, std::memory_order_relaxed);
+    last_ = entry;
+    // Release: a reader that sees the count sees the entry, its chunk and
+    // ascending_ as they were when it was added.
+    count_.store(at + 1, std::memory_order_release);
+  }
+
+  bool Contains(const char* key) const override {
+    const rocksdb::Slice internal_key = InternalKeyOf(key);
+    const View view = Snapshot();
+    const size_t at = view.LowerBound(internal_key);
+    return at < view.size() && compare_(view.at(at), internal_key) == 0;
+  }
+
+  // Calls `callback` on the entries from the first one at or after the
+  // lookup key, in order, until it returns false (RocksDB's callback stops at
+  // the next user key): what a skiplist's Seek and Next give.
+  void Get(const rocksdb::LookupKey& lookup, void* callback_args,
+           bool (*callback_func)(void* arg, const char* entry)) override {
+    const View view = Snapshot();
+    for (size_t at = view.LowerBound(InternalKeyOf(MemtableKeyOf(lookup))); at < view.size(); ++at) {
+      if (!callback_func(callback_args, view.at(at))) return;
+    }
+  }
+
+  size_t ApproximateMemoryUsage() override {
+    return kChunksMax * sizeof(std::atomic<const char**>) +
+           chunks_owned_.load(std::memory_order_relaxed) * kChunkEntries * sizeof(const char*);
+  }
+
+  Iterator* GetIterator(rocksdb::Arena* arena) override {
+    const View view = Snapshot();
+    std::vector<const char*> entries;
+    entries.reserve(view.size());
+    for (size_t i = 0; i < view.size(); i++) entries.push_back(view.at(i));
+    return NewSortedIterator(std::move(entries), arena);
+  }
+
+ private:
+  // 2^14 pointers (128 KiB) a chunk; 2^14 chunks: 268 M entries, far more
+  // than a memtable of any sensible size holds.
+  static constexpr size_t kChunkEntries = size_t{1} << 14;
+  static constexpr size_t kChunksMax = size_t{1} << 14;
+
+  // The entries present when it was taken, in sorted order: read in place
+  // while they ascend, else a sorted copy (the slow path out-of-order keys
+  // buy). Valid while the rep lives.
+  class View {
+   public:
+    // `sorted_copy`: empty while the entries ascend, else the first `size` sorted.
+    View(const AscendingMemTableRep& rep, size_t size, std::vector<const char*> sorted_copy)
+        : rep_(rep), size_(size), sorted_copy_(std::move(sorted_copy)) {
+      assert(sorted_copy_.empty() || sorted_copy_.size() == size_);
+    }
+    size_t size() const { return size_; }
+    const char* at(size_t i) const { return sorted_copy_.empty() ? rep_.Entry(i) : sorted_copy_[i]; }
+    // The first index whose entry is not before `internal_key`.
+    size_t LowerBound(const rocksdb::Slice& internal_key) const {
+      size_t low = 0;
+      size_t high = size_;
+      while (low < high) {
+        const size_t mid = low + (high - low) / 2;
+        if (rep_.compare_(at(mid), internal_key) < 0) {
+          low = mid + 1;
+        } else {
+          high = mid;
+        }
+      }
+      return low;
+    }
+
+   private:
+    const AscendingMemTableRep& rep_;
+    const size_t size_;
+    const std::vector<const char*> sorted_copy_;
+  };
+
+  View Snapshot() const {
+    const size_t size = count_.load(std::memory_order_acquire);
+    std::vector<const char*> sorted_copy;
+    if (!ascending_.load(std::memory_order_relaxed)) {
+      sorted_copy.reserve(size);
+      for (size_t i = 0; i < size; i++) sorted_copy.push_back(Entry(i));
+      SortEntries(&sorted_copy);
+    }
+    return View(*this, size, std::move(sorted_copy));
+  }
+
+  // REQUIRES: i < a count loaded with acquire.
+  const char* Entry(size_t i) const {
+    return chunks_[i / kChunkEntries].load(std::memory_order_relaxed)[i % kChunkEntries];
+  }
+
+  void AddChunk(size_t chunk) {
+    assert(chunk < kChunksMax && chunk == owned_.size());
+    owned_.push_back(std::make_unique<const char*[]>(kChunkEntries));
+    chunks_[chunk].store(owned_.back().get(), std::memory_order_relaxed);
+    chunks_owned_.store(owned_.size(), std::memory_order_relaxed);
+  }
+
+  const std::unique_ptr<std::atomic<const char**>[]> chunks_;  // [kChunksMax]
+  std::vector<std::unique_ptr<const char*[]>> owned_;  // writer only
+  std::atomic<size_t> chunks_owned_{0};
+  std::atomic<size_t> count_{0};
+  std::atomic<bool> ascending_{true};
+  const char* last_ = nullptr;  // writer only
 };
 
 class HashedMemTableRepFactory final : public rocksdb::MemTableRepFactory {
@@ -291,10 +436,26 @@ class HashedMemTableRepFactory final : public rocksdb::MemTableRepFactory {
   const char* Name() const override { return "keyledger.HashedMemTableRepFactory"; }
 };
 
+class AscendingMemTableRepFactory final : public rocksdb::MemTableRepFactory {
+ public:
+  using rocksdb::MemTableRepFactory::CreateMemTableRep;
+  rocksdb::MemTableRep* CreateMemTableRep(const KeyComparator& compare,
+                                          rocksdb::Allocator* allocator,
+                                          const rocksdb::SliceTransform* /*prefix_extractor*/,
+                                          rocksdb::Logger* /*logger*/) override {
+    return new AscendingMemTableRep(compare, allocator);
+  }
+  const char* Name() const override { return "keyledger.AscendingMemTableRepFactory"; }
+};
+
 }  // namespace
 
 std::shared_ptr<rocksdb::MemTableRepFactory> NewHashedMemTableRepFactory() {
   return std::make_shared<HashedMemTableRepFactory>();
+}
+
+std::shared_ptr<rocksdb::MemTableRepFactory> NewAscendingMemTableRepFactory() {
+  return std::make_shared<AscendingMemTableRepFactory>();
 }
 
 }  // namespace keyledger

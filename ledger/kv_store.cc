@@ -6,7 +6,6 @@
 #include <rocksdb/db.h>
 #include <rocksdb/filter_policy.h>
 #include <rocksdb/memtablerep.h>
-#include <rocksdb/slice_transform.h>
 #include <rocksdb/table.h>
 #include <rocksdb/write_batch.h>
 
@@ -32,24 +31,6 @@ bool Supports(rocksdb::CompressionType type) {
   auto supported = rocksdb::GetSupportedCompressions();
   return std::find(supported.begin(), supported.end(), type) != supported.end();
 }
-
-// The prefix of a key up to and including `delimiter` (the whole key if absent).
-class DelimitedPrefix final : public rocksdb::SliceTransform {
- public:
-  explicit DelimitedPrefix(char delimiter) : delimiter_(delimiter) {}
-  const char* Name() const override { return "keyledger.DelimitedPrefix"; }
-  rocksdb::Slice Transform(const rocksdb::Slice& key) const override {
-    const void* at = std::memchr(key.data(), delimiter_, key.size());
-    size_t n = at ? static_cast<size_t>(static_cast<const char*>(at) - key.data()) + 1 : key.size();
-    return rocksdb::Slice(key.data(), n);
-  }
-  bool InDomain(const rocksdb::Slice& key) const override {
-    return std::memchr(key.data(), delimiter_, key.size()) != nullptr;
-  }
-
- private:
-  char delimiter_;
-};
 
 rocksdb::ColumnFamilyOptions MakeCfOptions(const ColumnFamilySpec& spec,
                                           const KvStoreOptions& options,
@@ -84,12 +65,11 @@ rocksdb::ColumnFamilyOptions MakeCfOptions(const ColumnFamilySpec& spec,
     }
   }
   cf.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
-  assert(!(spec.random_point_keys && spec.ascending_keys));
+  assert(spec.random_point_keys + spec.ascending_keys + spec.ordered_group_delimiter.has_value() <= 1);
   if (spec.random_point_keys) cf.memtable_factory = NewHashedMemTableRepFactory();
   if (spec.ascending_keys) cf.memtable_factory = NewAscendingMemTableRepFactory();
   if (spec.ordered_group_delimiter) {
-    cf.memtable_insert_with_hint_prefix_extractor =
-        std::make_shared<DelimitedPrefix>(*spec.ordered_group_delimiter);
+    cf.memtable_factory = NewGroupedMemTableRepFactory(*spec.ordered_group_delimiter);
   }
   return cf;
 }

@@ -31,9 +31,9 @@ struct ColumnFamilySpec {
   // (ledger/memtables.h). Out-of-order keys stay correct but make every read
   // of that memtable sort it.
   bool ascending_keys = false;
-  // Keys are "<group>\0<rest>" and each group's keys arrive in order (a
-  // stream's versions): remember the insert position per group, so
-  // interleaved groups do not each pay a full skiplist search.
+  // Keys are "<group><delimiter><rest>" and each group's keys arrive in
+  // order (a stream's versions), groups interleaved: keep the memtable as one
+  // sorted array per group (ledger/memtables.h) instead of a skiplist.
   std::optional<char> ordered_group_delimiter = std::nullopt;
 };
 

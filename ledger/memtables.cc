@@ -9,6 +9,8 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <iterator>
+#include <map>
 #include <mutex>
 #include <new>
 #include <string_view>
@@ -135,21 +137,27 @@ class SortedIterator final : public rocksdb::MemTableRep::Iterator {
   size_t at_;  // == entries_.size(): not valid
 };
 
-// A memtable representation whose iterators are SortedIterators. With an
-// arena RocksDB destroys an iterator but never frees it, so that memory then
-// lives in the rep, which outlives its iterators (they pin the memtable).
+// A memtable representation that makes its own iterators. With an arena
+// RocksDB destroys an iterator but never frees it, so that memory then lives
+// in the rep, which outlives its iterators (they pin the memtable).
 class SortedIteratorsRep : public rocksdb::MemTableRep {
  public:
   SortedIteratorsRep(const KeyComparator& compare, rocksdb::Allocator* allocator)
       : MemTableRep(allocator), compare_(compare) {}
 
  protected:
+  template <typename It, typename... Args>
+  Iterator* NewIteratorIn(rocksdb::Arena* arena, Args&&... args) {
+    if (arena == nullptr) return new It(std::forward<Args>(args)...);
+    static_assert(alignof(It) <= __STDCPP_DEFAULT_NEW_ALIGNMENT__);
+    std::lock_guard<std::mutex> lock(iterator_storage_mu_);
+    iterator_storage_.push_back(std::make_unique<unsigned char[]>(sizeof(It)));
+    return new (iterator_storage_.back().get()) It(std::forward<Args>(args)...);
+  }
+
   // REQUIRES: `entries` sorted by compare_.
   Iterator* NewSortedIterator(std::vector<const char*> entries, rocksdb::Arena* arena) {
-    if (arena == nullptr) return new SortedIterator(compare_, std::move(entries));
-    std::lock_guard<std::mutex> lock(iterator_storage_mu_);
-    iterator_storage_.push_back(std::make_unique<IteratorStorage>());
-    return new (iterator_storage_.back()->bytes) SortedIterator(compare_, std::move(entries));
+    return NewIteratorIn<SortedIterator>(arena, compare_, std::move(entries));
   }
 
   void SortEntries(std::vector<const char*>* entries) const {
@@ -160,12 +168,8 @@ class SortedIteratorsRep : public rocksdb::MemTableRep {
   const KeyComparator& compare_;
 
  private:
-  struct IteratorStorage {
-    alignas(SortedIterator) unsigned char bytes[sizeof(SortedIterator)];
-  };
-
   std::mutex iterator_storage_mu_;
-  std::vector<std::unique_ptr<IteratorStorage>> iterator_storage_;  // GUARDED_BY(iterator_storage_mu_)
+  std::vector<std::unique_ptr<unsigned char[]>> iterator_storage_;  // GUARDED_BY(iterator_storage_mu_)
 };
 
 class HashedMemTableRep final : public SortedIteratorsRep {
@@ -424,6 +428,227 @@ class AscendingMemTableRep final : public SortedIteratorsRep {
   const char* last_ = nullptr;  // writer only
 };
 
+// One sorted array of entries per group (the user key up to and including
+// the first delimiter, or the whole key without one), the groups in a sorted
+// map: concatenated in group order they are the total order, because a group
+// ends at its delimiter. Everything is under one mutex: the writer takes it
+// once per insert, and the reads of such a family are few (a stream's last
+// version, a stream's events) next to its writes.
+class GroupedMemTableRep final : public SortedIteratorsRep {
+ public:
+  GroupedMemTableRep(const KeyComparator& compare, rocksdb::Allocator* allocator, char delimiter)
+      : SortedIteratorsRep(compare, allocator), delimiter_(delimiter) {}
+
+  // REQUIRES: no entry equal to this one.
+  void Insert(rocksdb::KeyHandle handle) override {
+    const char* entry = static_cast<const char*>(handle);
+    const std::string_view group_key = GroupOf(UserKeyOf(entry));
+    std::lock_guard<std::mutex> lock(mu_);
+    Group& group = FindOrAddGroup(group_key);
+    if (group.empty() || compare_(group.back(), entry) < 0) {
+      group.push_back(entry);  // in order: the common case
+    } else {
+      group.insert(UpperBound(group, entry), entry);
+    }
+    memory_bytes_.fetch_add(sizeof(const char*), std::memory_order_relaxed);
+  }
+
+  bool Contains(const char* key) const override {
+    const rocksdb::Slice internal_key = InternalKeyOf(key);
+    std::lock_guard<std::mutex> lock(mu_);
+    const auto group = groups_.find(GroupOf(UserKeyOf(internal_key)));
+    if (group == groups_.end()) return false;
+    const Group& entries = group->second;
+    const auto at = LowerBound(entries, internal_key);
+    return at != entries.end() && compare_(*at, internal_key) == 0;
+  }
+
+  // Calls `callback` on the versions of the looked-up user key at or after
+  // the lookup key, in order, until it returns false; the versions are copied
+  // out first, so the callback runs without the lock. After the last one a
+  // sorted memtable would offer the next user key, which RocksDB's callback
+  // refuses anyway.
+  void Get(const rocksdb::LookupKey& lookup, void* callback_args,
+           bool (*callback_func)(void* arg, const char* entry)) override {
+    const rocksdb::Slice internal_key = InternalKeyOf(MemtableKeyOf(lookup));
+    const std::string_view user_key = UserKeyOf(internal_key);
+    std::array<const char*, kVersionsInline> versions;
+    size_t count = 0;
+    bool more = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      const auto group = groups_.find(GroupOf(user_key));
+      if (group == groups_.end()) return;
+      const Group& entries = group->second;
+      for (auto at = LowerBound(entries, internal_key);
+           at != entries.end() && UserKeyOf(*at) == user_key; ++at) {
+        if (count == kVersionsInline) {
+          more = true;
+          break;
+        }
+        versions[count++] = *at;
+      }
+    }
+    if (more) return GetSlow(internal_key, callback_args, callback_func);
+    for (size_t i = 0; i < count; i++) {
+      if (!callback_func(callback_args, versions[i])) return;
+    }
+  }
+
+  size_t ApproximateMemoryUsage() override {
+    return memory_bytes_.load(std::memory_order_relaxed);
+  }
+
+  Iterator* GetIterator(rocksdb::Arena* arena) override {
+    return NewIteratorIn<GroupedIterator>(arena, *this);
+  }
+
+ private:
+  using Group = std::vector<const char*>;
+  // Keyed by views into the group's first entry, which lives as long as the memtable.
+  using Groups = std::map<std::string_view, Group>;
+
+  // Walks the groups in order; each step finds its place again by key (under
+  // the lock), so entries inserted meanwhile are seen where they sort.
+  class GroupedIterator final : public Iterator {
+   public:
+    explicit GroupedIterator(const GroupedMemTableRep& rep) : rep_(rep) {}
+    bool Valid() const override { return at_ != nullptr; }
+    const char* key() const override {
+      assert(Valid());
+      return at_;
+    }
+    void Next() override {
+      assert(Valid());
+      at_ = rep_.After(InternalKeyOf(at_));
+    }
+    void Prev() override {
+      assert(Valid());
+      at_ = rep_.Before(InternalKeyOf(at_));
+    }
+    void Seek(const rocksdb::Slice& internal_key, const char* /*memtable_key*/) override {
+      at_ = rep_.AtOrAfter(internal_key);
+    }
+    void SeekForPrev(const rocksdb::Slice& internal_key, const char* /*memtable_key*/) override {
+      at_ = rep_.AtOrBefore(internal_key);
+    }
+    void SeekToFirst() override { at_ = rep_.First(); }
+    void SeekToLast() override { at_ = rep_.Last(); }
+
+   private:
+    const GroupedMemTableRep& rep_;
+    const char* at_ = nullptr;  // nullptr: not valid
+  };
+
+  std::string_view GroupOf(std::string_view user_key) const {
+    const size_t end = user_key.find(delimiter_);
+    return end == std::string_view::npos ? user_key : user_key.substr(0, end + 1);
+  }
+
+  Group& FindOrAddGroup(std::string_view group_key) {  // REQUIRES: mu_ held
+    const auto found = groups_.find(group_key);
+    if (found != groups_.end()) return found->second;
+    memory_bytes_.fetch_add(kGroupBytes, std::memory_order_relaxed);
+    return groups_.emplace(group_key, Group()).first->second;
+  }
+
+  Group::const_iterator LowerBound(const Group& group, const rocksdb::Slice& internal_key) const {
+    return std::lower_bound(
+        group.begin(), group.end(), internal_key,
+        [this](const char* entry, const rocksdb::Slice& key) { return compare_(entry, key) < 0; });
+  }
+
+  Group::const_iterator UpperBound(const Group& group, const rocksdb::Slice& internal_key) const {
+    return std::upper_bound(
+        group.begin(), group.end(), internal_key,
+        [this](const rocksdb::Slice& key, const char* entry) { return compare_(entry, key) > 0; });
+  }
+
+  Group::const_iterator UpperBound(const Group& group, const char* entry) const {
+    return UpperBound(group, InternalKeyOf(entry));
+  }
+
+  // The first entry at or after `internal_key` (nullptr if none).
+  const char* AtOrAfter(const rocksdb::Slice& internal_key) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto group = groups_.lower_bound(GroupOf(UserKeyOf(internal_key)));
+    if (group == groups_.end()) return nullptr;
+    const auto at = LowerBound(group->second, internal_key);
+    if (at != group->second.end()) return *at;
+    ++group;  // every entry of a later group is after the key
+    return group == groups_.end() ? nullptr : group->second.front();
+  }
+
+  // The last entry at or before `internal_key` (nullptr if none).
+  const char* AtOrBefore(const rocksdb::Slice& internal_key) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto group = groups_.upper_bound(GroupOf(UserKeyOf(internal_key)));
+    if (group == groups_.begin()) return nullptr;
+    --group;  // the key's own group, or the last one before it
+    const auto at = UpperBound(group->second, internal_key);
+    if (at != group->second.begin()) return *std::prev(at);
+    if (group == groups_.begin()) return nullptr;
+    return std::prev(group)->second.back();
+  }
+
+  // The entry after / before the one whose key is `internal_key`.
+  const char* After(const rocksdb::Slice& internal_key) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto group = groups_.find(GroupOf(UserKeyOf(internal_key)));
+    assert(group != groups_.end());
+    const auto at = UpperBound(group->second, internal_key);
+    if (at != group->second.end()) return *at;
+    ++group;
+    return group == groups_.end() ? nullptr : group->second.front();
+  }
+
+  const char* Before(const rocksdb::Slice& internal_key) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto group = groups_.find(GroupOf(UserKeyOf(internal_key)));
+    assert(group != groups_.end());
+    const auto at = LowerBound(group->second, internal_key);
+    if (at != group->second.begin()) return *std::prev(at);
+    if (group == groups_.begin()) return nullptr;
+    return std::prev(group)->second.back();
+  }
+
+  const char* First() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return groups_.empty() ? nullptr : groups_.begin()->second.front();
+  }
+
+  const char* Last() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return groups_.empty() ? nullptr : groups_.rbegin()->second.back();
+  }
+
+  // Get for a key with more than kVersionsInline versions here.
+  void GetSlow(const rocksdb::Slice& internal_key, void* callback_args,
+               bool (*callback_func)(void* arg, const char* entry)) const {
+    const std::string_view user_key = UserKeyOf(internal_key);
+    std::vector<const char*> versions;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      const Group& entries = groups_.find(GroupOf(user_key))->second;
+      for (auto at = LowerBound(entries, internal_key);
+           at != entries.end() && UserKeyOf(*at) == user_key; ++at) {
+        versions.push_back(*at);
+      }
+    }
+    for (const char* entry : versions) {
+      if (!callback_func(callback_args, entry)) return;
+    }
+  }
+
+  // What a group costs beside its entries: a map node, the vector, slack.
+  static constexpr size_t kGroupBytes = 128;
+
+  const char delimiter_;
+  mutable std::mutex mu_;
+  Groups groups_;  // GUARDED_BY(mu_); no group is ever empty
+  std::atomic<size_t> memory_bytes_{0};
+};
+
 class HashedMemTableRepFactory final : public rocksdb::MemTableRepFactory {
  public:
   using rocksdb::MemTableRepFactory::CreateMemTableRep;
@@ -448,6 +673,22 @@ class AscendingMemTableRepFactory final : public rocksdb::MemTableRepFactory {
   const char* Name() const override { return "keyledger.AscendingMemTableRepFactory"; }
 };
 
+class GroupedMemTableRepFactory final : public rocksdb::MemTableRepFactory {
+ public:
+  explicit GroupedMemTableRepFactory(char delimiter) : delimiter_(delimiter) {}
+  using rocksdb::MemTableRepFactory::CreateMemTableRep;
+  rocksdb::MemTableRep* CreateMemTableRep(const KeyComparator& compare,
+                                          rocksdb::Allocator* allocator,
+                                          const rocksdb::SliceTransform* /*prefix_extractor*/,
+                                          rocksdb::Logger* /*logger*/) override {
+    return new GroupedMemTableRep(compare, allocator, delimiter_);
+  }
+  const char* Name() const override { return "keyledger.GroupedMemTableRepFactory"; }
+
+ private:
+  const char delimiter_;
+};
+
 }  // namespace
 
 std::shared_ptr<rocksdb::MemTableRepFactory> NewHashedMemTableRepFactory() {
@@ -456,6 +697,10 @@ std::shared_ptr<rocksdb::MemTableRepFactory> NewHashedMemTableRepFactory() {
 
 std::shared_ptr<rocksdb::MemTableRepFactory> NewAscendingMemTableRepFactory() {
   return std::make_shared<AscendingMemTableRepFactory>();
+}
+
+std::shared_ptr<rocksdb::MemTableRepFactory> NewGroupedMemTableRepFactory(char delimiter) {
+  return std::make_shared<GroupedMemTableRepFactory>(delimiter);
 }
 
 }  // namespace keyledger

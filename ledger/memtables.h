@@ -1,8 +1,8 @@
-// RocksDB memtable representations for the ledger's two hottest column
-// families, through RocksDB's public MemTableRepFactory. RocksDB's own
-// skiplist re-checks its cached insert position at every level after each
-// insert (Debian's build keeps assertions on): ~20 key comparisons per
-// insert, whatever the key order. docs/architecture.md has the figures.
+// RocksDB memtable representations for the ledger's column families,
+// through RocksDB's public MemTableRepFactory. RocksDB's own skiplist
+// re-checks its cached insert position at every level after each insert
+// (Debian's build keeps assertions on): ~20 key comparisons per insert,
+// whatever the key order. docs/architecture.md has the figures.
 //
 // Only kv_store.cc includes this header (RocksDB types stay in the adapter).
 #pragma once
@@ -30,7 +30,14 @@ std::shared_ptr<rocksdb::MemTableRepFactory> NewHashedMemTableRepFactory();
 // sorts a copy of it: meant for families written in order only.
 std::shared_ptr<rocksdb::MemTableRepFactory> NewAscendingMemTableRepFactory();
 
-// Thread safety (both): as RocksDB requires of a memtable representation, one
+// For keys "<group><delimiter><rest>" whose order within each group is the
+// order they are written in (a stream's versions), groups interleaved (the
+// ledger's stream index): one sorted array per group, the groups in a sorted
+// map, all under one mutex. Keys out of order within a group are inserted in
+// place (correct, and dearer the longer the group).
+std::shared_ptr<rocksdb::MemTableRepFactory> NewGroupedMemTableRepFactory(char delimiter);
+
+// Thread safety (all three): as RocksDB requires of a memtable representation, one
 // writer at a time (allow_concurrent_memtable_write off) alongside any number
 // of readers.
 

@@ -435,7 +435,7 @@ TEST(KvStoreTest, BulkAndShortScansReturnTheSame) {
 }
 
 // keyledger's own memtables (ledger/memtables.h).
-enum class Memtable { kHashed, kAscending };
+enum class Memtable { kHashed, kAscending, kGrouped };
 
 // A store with one family in `memtable`. Closing does not flush, so a
 // reopen replays the log into a new memtable.
@@ -445,6 +445,7 @@ KvStoreOptions FamilyIn(Memtable memtable) {
   spec.point_lookups = memtable == Memtable::kHashed;
   spec.random_point_keys = memtable == Memtable::kHashed;
   spec.ascending_keys = memtable == Memtable::kAscending;
+  if (memtable == Memtable::kGrouped) spec.ordered_group_delimiter = '\0';
   options.column_families = {spec};
   options.flush_on_close = false;
   return options;
@@ -468,6 +469,19 @@ rc::Gen<std::string> MostlyAscendingKey(uint64_t* next) {
   });
 }
 
+// Keys "<group>\0<version>" with versions ascending per group, groups
+// interleaved (a stream index), and a key from the pool now and then.
+rc::Gen<std::string> MostlyAscendingPerGroupKey(std::map<std::string, uint64_t>* versions) {
+  return rc::gen::exec([versions] {
+    if (*rc::gen::inRange(0, 8) == 0) return *PoolKey();
+    const std::string group =
+        *rc::gen::elementOf(std::vector<std::string>{"", "a", "ab", "b", "calls/k1", "calls/k10"});
+    std::string key = group + std::string(1, '\0');
+    AppendBigEndian64(&key, ++(*versions)[group]);
+    return key;
+  });
+}
+
 // Every read of a family in `memtable` agrees with a std::map, before and
 // after flushes and reopens: Get, MultiGet, ordered scans, SeekForPrev.
 void CheckReadsAsAMap(Memtable memtable, const rc::Gen<std::string>& key_gen) {
@@ -477,7 +491,7 @@ void CheckReadsAsAMap(Memtable memtable, const rc::Gen<std::string>& key_gen) {
   std::map<std::string, std::string> model;
   const int steps = *rc::gen::inRange(1, 120);
   for (int step = 0; step < steps; step++) {
-    const int op = *rc::gen::inRange(0, 10);
+    const int op = *rc::gen::inRange(0, 11);
     const std::string key = *key_gen;
     if (op <= 3) {
       const std::string value = *rc::gen::container<std::string>(rc::gen::character<char>());
@@ -507,6 +521,20 @@ void CheckReadsAsAMap(Memtable memtable, const rc::Gen<std::string>& key_gen) {
         RC_ASSERT((*found)->first == std::prev(floor)->first);
         RC_ASSERT((*found)->second == std::prev(floor)->second);
       }
+    } else if (op == 8) {  // the first few pairs at or after `key`
+      std::vector<std::pair<std::string, std::string>> scanned;
+      RC_ASSERT((*store)
+                    ->Scan(0, key, "",
+                           [&](std::string_view k, std::string_view v) {
+                             scanned.emplace_back(k, v);
+                             return scanned.size() < 3;
+                           })
+                    .ok());
+      std::vector<std::pair<std::string, std::string>> expected;
+      for (auto it = model.lower_bound(key); it != model.end() && expected.size() < 3; ++it) {
+        expected.emplace_back(*it);
+      }
+      RC_ASSERT(scanned == expected);
     } else {
       auto got = (*store)->Get(0, key);
       RC_ASSERT(got.ok());
@@ -548,6 +576,15 @@ RC_GTEST_PROP(KvStoreProperty, AscendingFamilyReadsAsAMapInAnyOrder, ()) {
 RC_GTEST_PROP(KvStoreProperty, AscendingFamilyReadsAsAMapWhileKeysMostlyAscend, ()) {
   uint64_t next = 1;
   CheckReadsAsAMap(Memtable::kAscending, MostlyAscendingKey(&next));
+}
+
+RC_GTEST_PROP(KvStoreProperty, GroupedFamilyReadsAsAMapInAnyOrder, ()) {
+  CheckReadsAsAMap(Memtable::kGrouped, PoolKey());
+}
+
+RC_GTEST_PROP(KvStoreProperty, GroupedFamilyReadsAsAMapWhileGroupsMostlyAscend, ()) {
+  std::map<std::string, uint64_t> versions;
+  CheckReadsAsAMap(Memtable::kGrouped, MostlyAscendingPerGroupKey(&versions));
 }
 
 // Lookups while the writer inserts (and the hash table grows, or the array
@@ -602,6 +639,10 @@ TEST(KvStoreTest, HashedFamilyFindsKeysWhileItGrows) {
 
 TEST(KvStoreTest, AscendingFamilyFindsKeysWhileItGrows) {
   CheckFindsKeysWhileItGrows(Memtable::kAscending, 1);
+}
+
+TEST(KvStoreTest, GroupedFamilyFindsKeysWhileItGrows) {
+  CheckFindsKeysWhileItGrows(Memtable::kGrouped, 1);
 }
 
 // A scan of `count` pairs ("k<i>", i copies of 'v' modulo 5,000 bytes; pair

@@ -467,14 +467,12 @@ class GroupedMemTableRep final : public SortedIteratorsRep {
   // the lookup key, in order, until it returns false; the versions are copied
   // out first, so the callback runs without the lock. After the last one a
   // sorted memtable would offer the next user key, which RocksDB's callback
-  // refuses anyway.
+  // refuses anyway. (The ledger scans this family and never calls Get on it.)
   void Get(const rocksdb::LookupKey& lookup, void* callback_args,
            bool (*callback_func)(void* arg, const char* entry)) override {
     const rocksdb::Slice internal_key = InternalKeyOf(MemtableKeyOf(lookup));
     const std::string_view user_key = UserKeyOf(internal_key);
-    std::array<const char*, kVersionsInline> versions;
-    size_t count = 0;
-    bool more = false;
+    std::vector<const char*> versions;
     {
       std::lock_guard<std::mutex> lock(mu_);
       const auto group = groups_.find(GroupOf(user_key));
@@ -482,16 +480,11 @@ class GroupedMemTableRep final : public SortedIteratorsRep {
       const Group& entries = group->second;
       for (auto at = LowerBound(entries, internal_key);
            at != entries.end() && UserKeyOf(*at) == user_key; ++at) {
-        if (count == kVersionsInline) {
-          more = true;
-          break;
-        }
-        versions[count++] = *at;
+        versions.push_back(*at);
       }
     }
-    if (more) return GetSlow(internal_key, callback_args, callback_func);
-    for (size_t i = 0; i < count; i++) {
-      if (!callback_func(callback_args, versions[i])) return;
+    for (const char* entry : versions) {
+      if (!callback_func(callback_args, entry)) return;
     }
   }
 
@@ -622,24 +615,6 @@ class GroupedMemTableRep final : public SortedIteratorsRep {
     return groups_.empty() ? nullptr : groups_.rbegin()->second.back();
   }
 
-  // Get for a key with more than kVersionsInline versions here.
-  void GetSlow(const rocksdb::Slice& internal_key, void* callback_args,
-               bool (*callback_func)(void* arg, const char* entry)) const {
-    const std::string_view user_key = UserKeyOf(internal_key);
-    std::vector<const char*> versions;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      const Group& entries = groups_.find(GroupOf(user_key))->second;
-      for (auto at = LowerBound(entries, internal_key);
-           at != entries.end() && UserKeyOf(*at) == user_key; ++at) {
-        versions.push_back(*at);
-      }
-    }
-    for (const char* entry : versions) {
-      if (!callback_func(callback_args, entry)) return;
-    }
-  }
-
   // What a group costs beside its entries: a map node, the vector, slack.
   static constexpr size_t kGroupBytes = 128;
 
@@ -649,58 +624,50 @@ class GroupedMemTableRep final : public SortedIteratorsRep {
   std::atomic<size_t> memory_bytes_{0};
 };
 
-class HashedMemTableRepFactory final : public rocksdb::MemTableRepFactory {
+// Makes one kind of memtable representation.
+class RepFactory final : public rocksdb::MemTableRepFactory {
  public:
+  using Make = std::function<rocksdb::MemTableRep*(const KeyComparator&, rocksdb::Allocator*)>;
+  RepFactory(const char* name, Make make) : name_(name), make_(std::move(make)) {}
   using rocksdb::MemTableRepFactory::CreateMemTableRep;
   rocksdb::MemTableRep* CreateMemTableRep(const KeyComparator& compare,
                                           rocksdb::Allocator* allocator,
                                           const rocksdb::SliceTransform* /*prefix_extractor*/,
                                           rocksdb::Logger* /*logger*/) override {
-    return new HashedMemTableRep(compare, allocator);
+    return make_(compare, allocator);
   }
-  const char* Name() const override { return "keyledger.HashedMemTableRepFactory"; }
-};
-
-class AscendingMemTableRepFactory final : public rocksdb::MemTableRepFactory {
- public:
-  using rocksdb::MemTableRepFactory::CreateMemTableRep;
-  rocksdb::MemTableRep* CreateMemTableRep(const KeyComparator& compare,
-                                          rocksdb::Allocator* allocator,
-                                          const rocksdb::SliceTransform* /*prefix_extractor*/,
-                                          rocksdb::Logger* /*logger*/) override {
-    return new AscendingMemTableRep(compare, allocator);
-  }
-  const char* Name() const override { return "keyledger.AscendingMemTableRepFactory"; }
-};
-
-class GroupedMemTableRepFactory final : public rocksdb::MemTableRepFactory {
- public:
-  explicit GroupedMemTableRepFactory(char delimiter) : delimiter_(delimiter) {}
-  using rocksdb::MemTableRepFactory::CreateMemTableRep;
-  rocksdb::MemTableRep* CreateMemTableRep(const KeyComparator& compare,
-                                          rocksdb::Allocator* allocator,
-                                          const rocksdb::SliceTransform* /*prefix_extractor*/,
-                                          rocksdb::Logger* /*logger*/) override {
-    return new GroupedMemTableRep(compare, allocator, delimiter_);
-  }
-  const char* Name() const override { return "keyledger.GroupedMemTableRepFactory"; }
+  const char* Name() const override { return name_; }
 
  private:
-  const char delimiter_;
+  const char* const name_;
+  const Make make_;
 };
 
 }  // namespace
 
 std::shared_ptr<rocksdb::MemTableRepFactory> NewHashedMemTableRepFactory() {
-  return std::make_shared<HashedMemTableRepFactory>();
+  return std::make_shared<RepFactory>(
+      "keyledger.HashedMemTableRepFactory",
+      [](const KeyComparator& compare, rocksdb::Allocator* allocator) -> rocksdb::MemTableRep* {
+        return new HashedMemTableRep(compare, allocator);
+      });
 }
 
 std::shared_ptr<rocksdb::MemTableRepFactory> NewAscendingMemTableRepFactory() {
-  return std::make_shared<AscendingMemTableRepFactory>();
+  return std::make_shared<RepFactory>(
+      "keyledger.AscendingMemTableRepFactory",
+      [](const KeyComparator& compare, rocksdb::Allocator* allocator) -> rocksdb::MemTableRep* {
+        return new AscendingMemTableRep(compare, allocator);
+      });
 }
 
 std::shared_ptr<rocksdb::MemTableRepFactory> NewGroupedMemTableRepFactory(char delimiter) {
-  return std::make_shared<GroupedMemTableRepFactory>(delimiter);
+  return std::make_shared<RepFactory>(
+      "keyledger.GroupedMemTableRepFactory",
+      [delimiter](const KeyComparator& compare,
+                  rocksdb::Allocator* allocator) -> rocksdb::MemTableRep* {
+        return new GroupedMemTableRep(compare, allocator, delimiter);
+      });
 }
 
 }  // namespace keyledger

@@ -501,23 +501,32 @@ class GroupedMemTableRep final : public SortedIteratorsRep {
   // Keyed by views into the group's first entry, which lives as long as the memtable.
   using Groups = std::map<std::string_view, Group>;
 
-  // Walks the groups in order; each step finds its place again by key (under
-  // the lock), so entries inserted meanwhile are seen where they sort.
+  // Where an iterator stands. Map nodes are never erased, so `group` stays
+  // valid; `index` may go stale when an out-of-order insert shifts the
+  // group, and is then found again from `entry`.
+  struct Position {
+    Groups::const_iterator group;
+    size_t index = 0;
+    const char* entry = nullptr;  // nullptr: no position
+  };
+
+  // Walks the groups in order, each step under the lock, so entries inserted
+  // meanwhile are seen where they sort.
   class GroupedIterator final : public Iterator {
    public:
     explicit GroupedIterator(const GroupedMemTableRep& rep) : rep_(rep) {}
-    bool Valid() const override { return at_ != nullptr; }
+    bool Valid() const override { return at_.entry != nullptr; }
     const char* key() const override {
       assert(Valid());
-      return at_;
+      return at_.entry;
     }
     void Next() override {
       assert(Valid());
-      at_ = rep_.After(InternalKeyOf(at_));
+      at_ = rep_.After(at_);
     }
     void Prev() override {
       assert(Valid());
-      at_ = rep_.Before(InternalKeyOf(at_));
+      at_ = rep_.Before(at_);
     }
     void Seek(const rocksdb::Slice& internal_key, const char* /*memtable_key*/) override {
       at_ = rep_.AtOrAfter(internal_key);
@@ -530,7 +539,7 @@ class GroupedMemTableRep final : public SortedIteratorsRep {
 
    private:
     const GroupedMemTableRep& rep_;
-    const char* at_ = nullptr;  // nullptr: not valid
+    Position at_;
   };
 
   std::string_view GroupOf(std::string_view user_key) const {
@@ -561,58 +570,74 @@ class GroupedMemTableRep final : public SortedIteratorsRep {
     return UpperBound(group, InternalKeyOf(entry));
   }
 
-  // The first entry at or after `internal_key` (nullptr if none).
-  const char* AtOrAfter(const rocksdb::Slice& internal_key) const {
-    std::lock_guard<std::mutex> lock(mu_);
-    auto group = groups_.lower_bound(GroupOf(UserKeyOf(internal_key)));
-    if (group == groups_.end()) return nullptr;
-    const auto at = LowerBound(group->second, internal_key);
-    if (at != group->second.end()) return *at;
-    ++group;  // every entry of a later group is after the key
-    return group == groups_.end() ? nullptr : group->second.front();
+  // REQUIRES (these four): mu_ held.
+  Position At(Groups::const_iterator group, size_t index) const {
+    assert(index < group->second.size());
+    return Position{group, index, group->second[index]};
+  }
+  Position FirstOf(Groups::const_iterator group) const {
+    return group == groups_.end() ? Position{} : At(group, 0);
+  }
+  Position LastBefore(Groups::const_iterator group) const {
+    if (group == groups_.begin()) return Position{};
+    --group;
+    return At(group, group->second.size() - 1);
+  }
+  // The index of `at.entry` in its group now.
+  size_t IndexOf(const Position& at) const {
+    const Group& entries = at.group->second;
+    if (at.index < entries.size() && entries[at.index] == at.entry) return at.index;
+    const auto found = LowerBound(entries, InternalKeyOf(at.entry));
+    assert(found != entries.end() && *found == at.entry);
+    return static_cast<size_t>(found - entries.begin());
   }
 
-  // The last entry at or before `internal_key` (nullptr if none).
-  const char* AtOrBefore(const rocksdb::Slice& internal_key) const {
+  // The first entry at or after `internal_key` (no position if none).
+  Position AtOrAfter(const rocksdb::Slice& internal_key) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    const auto group = groups_.lower_bound(GroupOf(UserKeyOf(internal_key)));
+    if (group == groups_.end()) return Position{};
+    const auto at = LowerBound(group->second, internal_key);
+    if (at != group->second.end()) return At(group, static_cast<size_t>(at - group->second.begin()));
+    return FirstOf(std::next(group));  // every entry of a later group is after the key
+  }
+
+  // The last entry at or before `internal_key` (no position if none).
+  Position AtOrBefore(const rocksdb::Slice& internal_key) const {
     std::lock_guard<std::mutex> lock(mu_);
     auto group = groups_.upper_bound(GroupOf(UserKeyOf(internal_key)));
-    if (group == groups_.begin()) return nullptr;
+    if (group == groups_.begin()) return Position{};
     --group;  // the key's own group, or the last one before it
     const auto at = UpperBound(group->second, internal_key);
-    if (at != group->second.begin()) return *std::prev(at);
-    if (group == groups_.begin()) return nullptr;
-    return std::prev(group)->second.back();
+    if (at != group->second.begin()) {
+      return At(group, static_cast<size_t>(at - group->second.begin()) - 1);
+    }
+    return LastBefore(group);
   }
 
-  // The entry after / before the one whose key is `internal_key`.
-  const char* After(const rocksdb::Slice& internal_key) const {
+  // The entry after / before `at`.
+  Position After(const Position& at) const {
     std::lock_guard<std::mutex> lock(mu_);
-    auto group = groups_.find(GroupOf(UserKeyOf(internal_key)));
-    assert(group != groups_.end());
-    const auto at = UpperBound(group->second, internal_key);
-    if (at != group->second.end()) return *at;
-    ++group;
-    return group == groups_.end() ? nullptr : group->second.front();
+    const size_t index = IndexOf(at) + 1;
+    if (index < at.group->second.size()) return At(at.group, index);
+    return FirstOf(std::next(at.group));
   }
 
-  const char* Before(const rocksdb::Slice& internal_key) const {
+  Position Before(const Position& at) const {
     std::lock_guard<std::mutex> lock(mu_);
-    auto group = groups_.find(GroupOf(UserKeyOf(internal_key)));
-    assert(group != groups_.end());
-    const auto at = LowerBound(group->second, internal_key);
-    if (at != group->second.begin()) return *std::prev(at);
-    if (group == groups_.begin()) return nullptr;
-    return std::prev(group)->second.back();
+    const size_t index = IndexOf(at);
+    if (index > 0) return At(at.group, index - 1);
+    return LastBefore(at.group);
   }
 
-  const char* First() const {
+  Position First() const {
     std::lock_guard<std::mutex> lock(mu_);
-    return groups_.empty() ? nullptr : groups_.begin()->second.front();
+    return FirstOf(groups_.begin());
   }
 
-  const char* Last() const {
+  Position Last() const {
     std::lock_guard<std::mutex> lock(mu_);
-    return groups_.empty() ? nullptr : groups_.rbegin()->second.back();
+    return LastBefore(groups_.end());
   }
 
   // What a group costs beside its entries: a map node, the vector, slack.

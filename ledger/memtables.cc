@@ -350,12 +350,10 @@ class AscendingMemTableRep final : public SortedIteratorsRep {
            chunks_owned_.load(std::memory_order_relaxed) * kChunkEntries * sizeof(const char*);
   }
 
+  // Over the entries present now, read in place while they ascend (no copy:
+  // the projections' tails open an iterator for every few events they read).
   Iterator* GetIterator(rocksdb::Arena* arena) override {
-    const View view = Snapshot();
-    std::vector<const char*> entries;
-    entries.reserve(view.size());
-    for (size_t i = 0; i < view.size(); i++) entries.push_back(view.at(i));
-    return NewSortedIterator(std::move(entries), arena);
+    return NewIteratorIn<ViewIterator>(arena, Snapshot());
   }
 
  private:
@@ -371,30 +369,71 @@ class AscendingMemTableRep final : public SortedIteratorsRep {
    public:
     // `sorted_copy`: empty while the entries ascend, else the first `size` sorted.
     View(const AscendingMemTableRep& rep, size_t size, std::vector<const char*> sorted_copy)
-        : rep_(rep), size_(size), sorted_copy_(std::move(sorted_copy)) {
+        : rep_(&rep), size_(size), sorted_copy_(std::move(sorted_copy)) {
       assert(sorted_copy_.empty() || sorted_copy_.size() == size_);
     }
     size_t size() const { return size_; }
-    const char* at(size_t i) const { return sorted_copy_.empty() ? rep_.Entry(i) : sorted_copy_[i]; }
+    const char* at(size_t i) const { return sorted_copy_.empty() ? rep_->Entry(i) : sorted_copy_[i]; }
     // The first index whose entry is not before `internal_key`.
     size_t LowerBound(const rocksdb::Slice& internal_key) const {
+      return FirstWhere([&](const char* entry) { return rep_->compare_(entry, internal_key) >= 0; });
+    }
+    // The first index whose entry is after `internal_key`.
+    size_t UpperBound(const rocksdb::Slice& internal_key) const {
+      return FirstWhere([&](const char* entry) { return rep_->compare_(entry, internal_key) > 0; });
+    }
+
+   private:
+    // The first index where `holds` (false before it, true from it on), or size().
+    template <typename Holds>
+    size_t FirstWhere(Holds&& holds) const {
       size_t low = 0;
       size_t high = size_;
       while (low < high) {
         const size_t mid = low + (high - low) / 2;
-        if (rep_.compare_(at(mid), internal_key) < 0) {
-          low = mid + 1;
-        } else {
+        if (holds(at(mid))) {
           high = mid;
+        } else {
+          low = mid + 1;
         }
       }
       return low;
     }
 
+    const AscendingMemTableRep* rep_;
+    size_t size_;
+    std::vector<const char*> sorted_copy_;
+  };
+
+  class ViewIterator final : public Iterator {
+   public:
+    explicit ViewIterator(View view) : view_(std::move(view)), at_(view_.size()) {}
+    bool Valid() const override { return at_ < view_.size(); }
+    const char* key() const override {
+      assert(Valid());
+      return view_.at(at_);
+    }
+    void Next() override {
+      assert(Valid());
+      at_++;
+    }
+    void Prev() override {
+      assert(Valid());
+      at_ = at_ == 0 ? view_.size() : at_ - 1;
+    }
+    void Seek(const rocksdb::Slice& internal_key, const char* /*memtable_key*/) override {
+      at_ = view_.LowerBound(internal_key);
+    }
+    void SeekForPrev(const rocksdb::Slice& internal_key, const char* /*memtable_key*/) override {
+      const size_t after = view_.UpperBound(internal_key);
+      at_ = after == 0 ? view_.size() : after - 1;
+    }
+    void SeekToFirst() override { at_ = 0; }
+    void SeekToLast() override { at_ = view_.size() == 0 ? 0 : view_.size() - 1; }
+
    private:
-    const AscendingMemTableRep& rep_;
-    const size_t size_;
-    const std::vector<const char*> sorted_copy_;
+    const View view_;
+    size_t at_;  // == view_.size(): not valid
   };
 
   View Snapshot() const {

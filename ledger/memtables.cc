@@ -95,16 +95,55 @@ struct Table {
   const std::unique_ptr<std::atomic<uint64_t>[]> slots;
 };
 
-// Iterates a sorted snapshot of the entries. Thread-compatible (one user).
-class SortedIterator final : public rocksdb::MemTableRep::Iterator {
- public:
-  SortedIterator(const KeyComparator& compare, std::vector<const char*> entries)
-      : compare_(compare), entries_(std::move(entries)), at_(entries_.size()) {}
+// The first index in [0, size) where `holds(at(i))` holds, or size.
+// REQUIRES: `holds` is false up to some index and true from it on.
+template <typename At, typename Holds>
+size_t FirstWhere(size_t size, const At& at, const Holds& holds) {
+  size_t low = 0;
+  size_t high = size;
+  while (low < high) {
+    const size_t mid = low + (high - low) / 2;
+    if (holds(at(mid))) {
+      high = mid;
+    } else {
+      low = mid + 1;
+    }
+  }
+  return low;
+}
 
-  bool Valid() const override { return at_ < entries_.size(); }
+// Entries sorted in a vector of their own.
+class SortedVector {
+ public:
+  SortedVector(const KeyComparator& compare, std::vector<const char*> entries)
+      : compare_(&compare), entries_(std::move(entries)) {}
+  size_t size() const { return entries_.size(); }
+  const char* at(size_t i) const { return entries_[i]; }
+  // The first index whose entry is not before / is after `internal_key`.
+  size_t LowerBound(const rocksdb::Slice& internal_key) const {
+    return FirstWhere(size(), [this](size_t i) { return at(i); },
+                      [&](const char* entry) { return (*compare_)(entry, internal_key) >= 0; });
+  }
+  size_t UpperBound(const rocksdb::Slice& internal_key) const {
+    return FirstWhere(size(), [this](size_t i) { return at(i); },
+                      [&](const char* entry) { return (*compare_)(entry, internal_key) > 0; });
+  }
+
+ private:
+  const KeyComparator* compare_;
+  std::vector<const char*> entries_;
+};
+
+// Walks a sorted sequence by index: `Seq` has size(), at(i), LowerBound(key)
+// and UpperBound(key) as SortedVector. Thread-compatible (one user).
+template <typename Seq>
+class IndexIterator final : public rocksdb::MemTableRep::Iterator {
+ public:
+  explicit IndexIterator(Seq seq) : seq_(std::move(seq)), at_(seq_.size()) {}
+  bool Valid() const override { return at_ < seq_.size(); }
   const char* key() const override {
     assert(Valid());
-    return entries_[at_];
+    return seq_.at(at_);
   }
   void Next() override {
     assert(Valid());
@@ -112,29 +151,23 @@ class SortedIterator final : public rocksdb::MemTableRep::Iterator {
   }
   void Prev() override {
     assert(Valid());
-    at_ = at_ == 0 ? entries_.size() : at_ - 1;
+    at_ = at_ == 0 ? seq_.size() : at_ - 1;
   }
   // First entry >= internal_key.
   void Seek(const rocksdb::Slice& internal_key, const char* /*memtable_key*/) override {
-    const auto it = std::lower_bound(
-        entries_.begin(), entries_.end(), internal_key,
-        [this](const char* entry, const rocksdb::Slice& key) { return compare_(entry, key) < 0; });
-    at_ = static_cast<size_t>(it - entries_.begin());
+    at_ = seq_.LowerBound(internal_key);
   }
   // Last entry <= internal_key.
   void SeekForPrev(const rocksdb::Slice& internal_key, const char* /*memtable_key*/) override {
-    const auto it = std::upper_bound(
-        entries_.begin(), entries_.end(), internal_key,
-        [this](const rocksdb::Slice& key, const char* entry) { return compare_(entry, key) > 0; });
-    at_ = it == entries_.begin() ? entries_.size() : static_cast<size_t>(it - entries_.begin()) - 1;
+    const size_t after = seq_.UpperBound(internal_key);
+    at_ = after == 0 ? seq_.size() : after - 1;
   }
   void SeekToFirst() override { at_ = 0; }
-  void SeekToLast() override { at_ = entries_.empty() ? 0 : entries_.size() - 1; }
+  void SeekToLast() override { at_ = seq_.size() == 0 ? 0 : seq_.size() - 1; }
 
  private:
-  const KeyComparator& compare_;
-  const std::vector<const char*> entries_;
-  size_t at_;  // == entries_.size(): not valid
+  const Seq seq_;
+  size_t at_;  // == seq_.size(): not valid
 };
 
 // A memtable representation that makes its own iterators. With an arena
@@ -157,7 +190,8 @@ class SortedIteratorsRep : public rocksdb::MemTableRep {
 
   // REQUIRES: `entries` sorted by compare_.
   Iterator* NewSortedIterator(std::vector<const char*> entries, rocksdb::Arena* arena) {
-    return NewIteratorIn<SortedIterator>(arena, compare_, std::move(entries));
+    return NewIteratorIn<IndexIterator<SortedVector>>(arena,
+                                                      SortedVector(compare_, std::move(entries)));
   }
 
   void SortEntries(std::vector<const char*>* entries) const {
@@ -353,7 +387,7 @@ class AscendingMemTableRep final : public SortedIteratorsRep {
   // Over the entries present now, read in place while they ascend (no copy:
   // the projections' tails open an iterator for every few events they read).
   Iterator* GetIterator(rocksdb::Arena* arena) override {
-    return NewIteratorIn<ViewIterator>(arena, Snapshot());
+    return NewIteratorIn<IndexIterator<View>>(arena, Snapshot());
   }
 
  private:
@@ -374,66 +408,21 @@ class AscendingMemTableRep final : public SortedIteratorsRep {
     }
     size_t size() const { return size_; }
     const char* at(size_t i) const { return sorted_copy_.empty() ? rep_->Entry(i) : sorted_copy_[i]; }
-    // The first index whose entry is not before `internal_key`.
+    // The first index whose entry is not before / is after `internal_key`.
     size_t LowerBound(const rocksdb::Slice& internal_key) const {
-      return FirstWhere([&](const char* entry) { return rep_->compare_(entry, internal_key) >= 0; });
+      return FirstWhere(size_, [this](size_t i) { return at(i); },
+                        [&](const char* entry) { return rep_->compare_(entry, internal_key) >= 0; });
     }
-    // The first index whose entry is after `internal_key`.
     size_t UpperBound(const rocksdb::Slice& internal_key) const {
-      return FirstWhere([&](const char* entry) { return rep_->compare_(entry, internal_key) > 0; });
+      return FirstWhere(size_, [this](size_t i) { return at(i); },
+                        [&](const char* entry) { return rep_->compare_(entry, internal_key) > 0; });
     }
 
    private:
-    // The first index where `holds` (false before it, true from it on), or size().
-    template <typename Holds>
-    size_t FirstWhere(Holds&& holds) const {
-      size_t low = 0;
-      size_t high = size_;
-      while (low < high) {
-        const size_t mid = low + (high - low) / 2;
-        if (holds(at(mid))) {
-          high = mid;
-        } else {
-          low = mid + 1;
-        }
-      }
-      return low;
-    }
 
     const AscendingMemTableRep* rep_;
     size_t size_;
     std::vector<const char*> sorted_copy_;
-  };
-
-  class ViewIterator final : public Iterator {
-   public:
-    explicit ViewIterator(View view) : view_(std::move(view)), at_(view_.size()) {}
-    bool Valid() const override { return at_ < view_.size(); }
-    const char* key() const override {
-      assert(Valid());
-      return view_.at(at_);
-    }
-    void Next() override {
-      assert(Valid());
-      at_++;
-    }
-    void Prev() override {
-      assert(Valid());
-      at_ = at_ == 0 ? view_.size() : at_ - 1;
-    }
-    void Seek(const rocksdb::Slice& internal_key, const char* /*memtable_key*/) override {
-      at_ = view_.LowerBound(internal_key);
-    }
-    void SeekForPrev(const rocksdb::Slice& internal_key, const char* /*memtable_key*/) override {
-      const size_t after = view_.UpperBound(internal_key);
-      at_ = after == 0 ? view_.size() : after - 1;
-    }
-    void SeekToFirst() override { at_ = 0; }
-    void SeekToLast() override { at_ = view_.size() == 0 ? 0 : view_.size() - 1; }
-
-   private:
-    const View view_;
-    size_t at_;  // == view_.size(): not valid
   };
 
   View Snapshot() const {

@@ -173,9 +173,9 @@ class IndexIterator final : public rocksdb::MemTableRep::Iterator {
 // A memtable representation that makes its own iterators. With an arena
 // RocksDB destroys an iterator but never frees it, so that memory then lives
 // in the rep, which outlives its iterators (they pin the memtable).
-class SortedIteratorsRep : public rocksdb::MemTableRep {
+class OwnIteratorsRep : public rocksdb::MemTableRep {
  public:
-  SortedIteratorsRep(const KeyComparator& compare, rocksdb::Allocator* allocator)
+  OwnIteratorsRep(const KeyComparator& compare, rocksdb::Allocator* allocator)
       : MemTableRep(allocator), compare_(compare) {}
 
  protected:
@@ -206,10 +206,10 @@ class SortedIteratorsRep : public rocksdb::MemTableRep {
   std::vector<std::unique_ptr<unsigned char[]>> iterator_storage_;  // GUARDED_BY(iterator_storage_mu_)
 };
 
-class HashedMemTableRep final : public SortedIteratorsRep {
+class HashedMemTableRep final : public OwnIteratorsRep {
  public:
   HashedMemTableRep(const KeyComparator& compare, rocksdb::Allocator* allocator)
-      : SortedIteratorsRep(compare, allocator) {
+      : OwnIteratorsRep(compare, allocator) {
     tables_.push_back(std::make_unique<Table>(kSlotsInitial));
     memory_bytes_.store(tables_.back()->bytes(), std::memory_order_relaxed);
     table_.store(tables_.back().get(), std::memory_order_release);
@@ -341,10 +341,10 @@ class HashedMemTableRep final : public SortedIteratorsRep {
 // Entries in insertion order, in chunks that never move (readers index them
 // while the writer appends). While every entry is after the one before it,
 // that order is the sorted order and lookups binary-search it.
-class AscendingMemTableRep final : public SortedIteratorsRep {
+class AscendingMemTableRep final : public OwnIteratorsRep {
  public:
   AscendingMemTableRep(const KeyComparator& compare, rocksdb::Allocator* allocator)
-      : SortedIteratorsRep(compare, allocator),
+      : OwnIteratorsRep(compare, allocator),
         chunks_(std::make_unique<std::atomic<const char**>[]>(kChunksMax)) {}
 
   // REQUIRES: the writer (one at a time); no entry equal to this one.
@@ -462,10 +462,10 @@ class AscendingMemTableRep final : public SortedIteratorsRep {
 // ends at its delimiter. Everything is under one mutex: the writer takes it
 // once per insert, and the reads of such a family are few (a stream's last
 // version, a stream's events) next to its writes.
-class GroupedMemTableRep final : public SortedIteratorsRep {
+class GroupedMemTableRep final : public OwnIteratorsRep {
  public:
   GroupedMemTableRep(const KeyComparator& compare, rocksdb::Allocator* allocator, char delimiter)
-      : SortedIteratorsRep(compare, allocator), delimiter_(delimiter) {}
+      : OwnIteratorsRep(compare, allocator), delimiter_(delimiter) {}
 
   // REQUIRES: no entry equal to this one.
   void Insert(rocksdb::KeyHandle handle) override {

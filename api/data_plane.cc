@@ -7,6 +7,7 @@
 #include <unordered_set>
 
 #include "ledger/hash.h"
+#include "ledger/thread_name.h"
 #include "projections/security_rules.h"
 
 namespace keyledger {
@@ -134,7 +135,10 @@ DataPlane::DataPlane(Ledger* ledger, const KeyState* key_state, const Clock* clo
       options_(options),
       limiter_(options.rate_limiter) {
   assert(ledger_ && key_state_ && clock_ && random_);
-  flusher_ = std::thread([this] { FlushLoop(); });
+  flusher_ = std::thread([this] {
+    NameThisThread("kl-dp-flush");
+    FlushLoop();
+  });
 }
 
 DataPlane::~DataPlane() { Stop(); }

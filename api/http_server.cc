@@ -46,6 +46,8 @@
 #include <utility>
 #include <vector>
 
+#include "ledger/thread_name.h"
+
 namespace keyledger {
 namespace http_internal {
 
@@ -1057,9 +1059,12 @@ Status ServerCore::StartThreads() {
   try {
     work_.reserve(ioc_.size());
     threads_.reserve(ioc_.size());
-    for (auto& ioc : ioc_) {
-      work_.push_back(net::make_work_guard(*ioc));
-      threads_.emplace_back([this, &ioc = *ioc] { RunThread(ioc); });
+    for (size_t i = 0; i < ioc_.size(); ++i) {
+      work_.push_back(net::make_work_guard(*ioc_[i]));
+      threads_.emplace_back([this, i, &ioc = *ioc_[i]] {
+        NameThisThread(i == 0 ? "kl-http-accept" : ("kl-http-" + std::to_string(i)).c_str());
+        RunThread(ioc);
+      });
     }
   } catch (const std::system_error& e) {
     return Status::IOError(std::string("start http server threads: ") + e.what());

@@ -10,6 +10,7 @@
 #include "api/notify.h"
 #include "api/invoice_compute.h"
 #include "api/service_internal.h"
+#include "ledger/thread_name.h"
 #include "billing/calendar.h"
 #include "billing/pricing.h"
 #include "projections/alarm_eval.h"
@@ -223,7 +224,8 @@ NewEvent Service::Impl::SystemEvent(std::string stream, std::optional<uint64_t> 
 }
 
 void Service::Impl::StartAlarmLoops() {
-  auto loop = [this](int64_t interval_us, auto round, const char* what) {
+  auto loop = [this](int64_t interval_us, auto round, const char* what, const char* thread_name) {
+    NameThisThread(thread_name);
     std::unique_lock<std::mutex> lock(loops_mu);
     while (!loops_stopping) {
       lock.unlock();
@@ -237,9 +239,9 @@ void Service::Impl::StartAlarmLoops() {
     }
   };
   loops.emplace_back(loop, o.alarms.evaluation_interval_us, [this] { return EvaluateAlarms(); },
-                     "alarm evaluation");
+                     "alarm evaluation", "kl-alarm-eval");
   loops.emplace_back(loop, o.alarms.delivery_poll_us, [this] { return DeliverNotifications(); },
-                     "notification delivery");
+                     "notification delivery", "kl-alarm-notify");
 }
 
 void Service::Impl::StopAlarmLoops() {

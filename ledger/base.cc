@@ -1,12 +1,15 @@
+#include <pthread.h>
 #include <sodium.h>
 
 #include <cassert>
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
 
 #include "ledger/clock.h"
 #include "ledger/hash.h"
 #include "ledger/random.h"
+#include "ledger/thread_name.h"
 
 namespace keyledger {
 
@@ -20,6 +23,13 @@ SecureRandom::SecureRandom() {
   // sodium_init is idempotent and thread-safe; -1 means no entropy source, which
   // leaves no safe way to make secrets.
   if (sodium_init() < 0) std::abort();
+}
+
+void NameThisThread(const char* name) {
+  constexpr size_t kThreadNameBytesMax = 15;  // Linux's limit, without the NUL
+  char cut[kThreadNameBytesMax + 1] = {};
+  std::strncpy(cut, name, kThreadNameBytesMax);
+  (void)pthread_setname_np(pthread_self(), cut);
 }
 
 void SecureRandom::Fill(uint8_t* out, size_t size) { randombytes_buf(out, size); }

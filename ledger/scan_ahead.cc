@@ -11,6 +11,7 @@
 
 #include "ledger/kv_store.h"
 #include "ledger/ledger.h"
+#include "ledger/thread_name.h"
 
 namespace keyledger {
 namespace {
@@ -126,7 +127,10 @@ struct ScanAhead::Rep {
 
 ScanAhead::ScanAhead(ScanFn scan) : rep_(std::make_unique<Rep>()) {
   rep_->scan = std::move(scan);
-  rep_->thread = std::thread([rep = rep_.get()] { rep->Run(); });
+  rep_->thread = std::thread([rep = rep_.get()] {
+    NameThisThread("kl-scan-ahead");
+    rep->Run();
+  });
 }
 
 ScanAhead::~ScanAhead() {

@@ -13,6 +13,7 @@
 #include "ledger/codec.h"
 #include "ledger/hash.h"
 #include "ledger/scan_ahead.h"
+#include "ledger/thread_name.h"
 #include "ledger/varint.h"
 
 namespace keyledger {
@@ -893,7 +894,10 @@ void CallProjections::Start() {
   std::lock_guard<std::mutex> lock(tail_mu_);
   if (started_ || stopping_) return;
   started_ = true;
-  tailer_ = std::thread([this] { TailLoop(); });
+  tailer_ = std::thread([this] {
+    NameThisThread("kl-call-fold");
+    TailLoop();
+  });
 }
 
 void CallProjections::Stop() {
@@ -1130,8 +1134,11 @@ Hash EmptyCallProjectionsDigest() {
 
 // ---- Read-only snapshot (audit) --------------------------------------------------------
 
-Result<CallProjectionsSnapshot> LoadCallProjectionsSnapshot(const std::string& path,
-                                                            const std::string& secondary_path) {
+namespace {
+
+// Opens the store at `path` as a secondary instance and checks its format.
+Result<std::unique_ptr<KvStore>> OpenSnapshotStore(const std::string& path,
+                                                   const std::string& secondary_path) {
   KvStoreOptions options = StoreOptions();
   options.mode = OpenMode::kSecondary;
   options.secondary_path = secondary_path;
@@ -1142,6 +1149,22 @@ Result<CallProjectionsSnapshot> LoadCallProjectionsSnapshot(const std::string& p
                                       format.value_or("") + "', not '" + kFormatVersion +
                                       "' (the server rebuilds them at its next start)");
   }
+  return store;
+}
+
+}  // namespace
+
+Result<uint64_t> ReadCallProjectionsPosition(const std::string& path,
+                                             const std::string& secondary_path) {
+  KL_ASSIGN_OR_RETURN(auto store, OpenSnapshotStore(path, secondary_path));
+  call_projections_internal::FoldState state;
+  KL_RETURN_IF_ERROR(LoadMeta(*store, &state));
+  return state.position;
+}
+
+Result<CallProjectionsSnapshot> LoadCallProjectionsSnapshot(const std::string& path,
+                                                            const std::string& secondary_path) {
+  KL_ASSIGN_OR_RETURN(auto store, OpenSnapshotStore(path, secondary_path));
   call_projections_internal::FoldState state;
   KL_RETURN_IF_ERROR(LoadMetrics(*store, &state));
   KL_RETURN_IF_ERROR(LoadUsage(*store, &state));

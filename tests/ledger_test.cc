@@ -1,6 +1,7 @@
 #include "ledger/ledger.h"
 
 #include <gtest/gtest.h>
+#include <pthread.h>
 #include <rapidcheck.h>
 #include <rapidcheck/gtest.h>
 
@@ -15,6 +16,7 @@
 #include "ledger/codec.h"
 #include "ledger/hash.h"
 #include "ledger/scan_ahead.h"
+#include "ledger/thread_name.h"
 #include "tests/test_util.h"
 
 namespace keyledger {
@@ -645,6 +647,29 @@ TEST(KvStoreTest, GroupedFamilyFindsKeysWhileItGrows) {
   CheckFindsKeysWhileItGrows(Memtable::kGrouped, 1);
 }
 
+TEST(NameThisThreadTest, NamesTheCallingThreadOnlyAndCutsLongNames) {
+  auto name_of = [](pthread_t thread) {
+    char name[64] = {};
+    EXPECT_EQ(pthread_getname_np(thread, name, sizeof(name)), 0);
+    return std::string(name);
+  };
+  const std::string before = name_of(pthread_self());
+  std::string inside;
+  std::thread([&] {
+    NameThisThread("kl-a-rather-long-thread-name");
+    inside = name_of(pthread_self());
+  }).join();
+  EXPECT_EQ(inside, "kl-a-rather-lon");  // Linux keeps 15 bytes
+  EXPECT_EQ(name_of(pthread_self()), before);
+}
+
+// "k<i>". (Not "k" + std::to_string(i): GCC 12 warns falsely there, -Wrestrict.)
+std::string SyntheticKey(int i) {
+  std::string key = std::to_string(i);
+  key.insert(key.begin(), 'k');
+  return key;
+}
+
 // A scan of `count` pairs ("k<i>", i copies of 'v' modulo 5,000 bytes; pair
 // 7 is 600 KiB, larger than a chunk), failing after `fail_after` if set.
 ScanAhead::ScanFn SyntheticScan(int count, std::optional<int> fail_after = std::nullopt) {
@@ -652,7 +677,7 @@ ScanAhead::ScanFn SyntheticScan(int count, std::optional<int> fail_after = std::
     for (int i = 0; i < count; i++) {
       if (fail_after && i == *fail_after) return Status::IOError("disk gone");
       const size_t size = i == 7 ? (600u << 10) : static_cast<size_t>(i % 5000);
-      if (!emit("k" + std::to_string(i), std::string(size, static_cast<char>('a' + i % 26)))) {
+      if (!emit(SyntheticKey(i), std::string(size, static_cast<char>('a' + i % 26)))) {
         break;
       }
     }
@@ -664,7 +689,7 @@ TEST(ScanAheadTest, HandsOverEveryPairInOrderAtAlignedAddresses) {
   ScanAhead ahead(SyntheticScan(20'000));  // about 50 MB: many times kScanAheadChunks chunks
   int next = 0;
   Status scan = ahead.Scan([&](std::string_view key, std::string_view value) {
-    EXPECT_EQ(key, "k" + std::to_string(next));
+    EXPECT_EQ(key, SyntheticKey(next));
     const size_t size = next == 7 ? (600u << 10) : static_cast<size_t>(next % 5000);
     EXPECT_EQ(value, std::string(size, static_cast<char>('a' + next % 26)));
     EXPECT_EQ(reinterpret_cast<uintptr_t>(key.data()) % 8, 0u);
@@ -689,7 +714,7 @@ TEST(ScanAheadTest, ContinuesAfterTheLastConsumedPair) {
                     .ok());
   }
   ASSERT_EQ(keys.size(), 3'000u);
-  for (int i = 0; i < 3'000; i++) EXPECT_EQ(keys[static_cast<size_t>(i)], "k" + std::to_string(i));
+  for (int i = 0; i < 3'000; i++) EXPECT_EQ(keys[static_cast<size_t>(i)], SyntheticKey(i));
   EXPECT_TRUE(ahead.Scan([](std::string_view, std::string_view) { return true; }).ok());
 }
 

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <csignal>
 #include <chrono>
@@ -13,9 +14,12 @@
 #include <cstring>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -211,62 +215,75 @@ Status DumpStream(const Ledger& ledger, const std::string& stream, uint64_t from
 
 // ---- audit verify ----------------------------------------------------------------
 
-// Reports the progress of a walk over the log on stderr: one line refreshed
+// Reports the progress of walks over the log on stderr: one line refreshed
 // in place with \r on a terminal (events/s and ETA), a plain line every
-// kPlainProgressIntervalUs otherwise.
+// kPlainProgressIntervalUs otherwise. Walks that run at once (a replay's
+// rebuilds) each report through their own Part; the line shows their sum.
+//
+// Thread safety: thread-safe.
 class Progress {
  public:
   // `command` as in messages ("audit verify"); `action` names the walk ("verifying").
-  Progress(const char* command, std::string action, uint64_t total)
+  Progress(const char* command, std::string action)
       : tty_(::isatty(STDERR_FILENO) == 1),
         command_(command),
         action_(std::move(action)),
-        total_(total),
         start_us_(SteadyNowUs()) {}
 
-  // `done`: events walked so far (the last sequence walked).
-  void Update(uint64_t done) {
+  // A callback for one walk of `events` more events; it takes the count
+  // walked so far (the last sequence walked).
+  ProgressFn Part(uint64_t events) {
+    std::lock_guard<std::mutex> lock(mu_);
+    total_ += events;
+    parts_.push_back(0);
+    const size_t index = parts_.size() - 1;
+    return [this, index](uint64_t done) { Update(index, done); };
+  }
+
+  // Clears the in-place line so that what follows starts on a clean line.
+  void Finish() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (tty_ && printed_) std::fputs("\r\033[K", stderr);
+    printed_ = false;
+  }
+
+ private:
+  void Update(size_t part, uint64_t done) {
+    std::lock_guard<std::mutex> lock(mu_);
+    done_ += done - std::min(done, parts_[part]);
+    parts_[part] = std::max(done, parts_[part]);
     const int64_t now = SteadyNowUs();
     const int64_t interval = tty_ ? kTtyProgressIntervalUs : kPlainProgressIntervalUs;
     if (now - last_us_ < interval) return;
     last_us_ = now;
     const double seconds = std::max<double>(1e-6, static_cast<double>(now - start_us_) / 1e6);
-    const double rate = static_cast<double>(done) / seconds;
-    const double eta = rate > 0 && total_ > done ? static_cast<double>(total_ - done) / rate : 0;
+    const double rate = static_cast<double>(done_) / seconds;
+    const double eta = rate > 0 && total_ > done_ ? static_cast<double>(total_ - done_) / rate : 0;
     if (tty_) {
       std::fprintf(stderr, "\r%s: %llu / %llu events (%.0f%%), %.0f events/s, ETA %.0fs   ",
-                   action_.c_str(), static_cast<unsigned long long>(done),
+                   action_.c_str(), static_cast<unsigned long long>(done_),
                    static_cast<unsigned long long>(total_),
-                   total_ ? 100.0 * static_cast<double>(done) / static_cast<double>(total_) : 100.0,
+                   total_ ? 100.0 * static_cast<double>(done_) / static_cast<double>(total_) : 100.0,
                    rate, eta);
       printed_ = true;
     } else {
       std::fprintf(stderr, "keyledger %s: %s: %llu of %llu events (%.0f events/s)\n", command_,
-                   action_.c_str(), static_cast<unsigned long long>(done),
+                   action_.c_str(), static_cast<unsigned long long>(done_),
                    static_cast<unsigned long long>(total_), rate);
     }
     std::fflush(stderr);
   }
 
-  // Clears the in-place line so that what follows starts on a clean line.
-  void Finish() {
-    if (tty_ && printed_) std::fputs("\r\033[K", stderr);
-    printed_ = false;
-  }
-
-  // A callback for the ledger and projection walks.
-  ProgressFn Callback() {
-    return [this](uint64_t done) { Update(done); };
-  }
-
- private:
   const bool tty_;
   const char* const command_;
   const std::string action_;
-  const uint64_t total_;
   const int64_t start_us_;
-  int64_t last_us_ = 0;
-  bool printed_ = false;
+  std::mutex mu_;
+  uint64_t total_ = 0;         // guarded by mu_
+  uint64_t done_ = 0;          // guarded by mu_: the sum of parts_
+  std::vector<uint64_t> parts_;  // guarded by mu_
+  int64_t last_us_ = 0;        // guarded by mu_
+  bool printed_ = false;       // guarded by mu_
 };
 
 struct HeadPin {
@@ -339,46 +356,77 @@ struct LiveProjection {
   uint64_t position = 0;  // the last sequence it has folded
 };
 
-// What the rebuilds of one replay share: the ledger, and the key state
-// rebuilt once per position (key_state and call_projections both need it).
+// What the work of one replay shares: the data directory, the ledger view,
+// its scratch directory, and the key state rebuilt once per position
+// (key_state and call_projections both need it).
 //
-// Thread safety: not thread-safe.
+// Thread safety: thread-safe.
 class ReplayInputs {
  public:
-  explicit ReplayInputs(const Ledger& ledger) : ledger_(ledger) {}
+  ReplayInputs(std::string data_dir, Ledger& ledger, const ScratchDir& scratch)
+      : data_dir_(std::move(data_dir)), ledger_(ledger), scratch_(scratch) {}
 
+  const std::string& data_dir() const { return data_dir_; }
   const Ledger& ledger() const { return ledger_; }
+  const ScratchDir& scratch() const { return scratch_; }
 
-  // The key state rebuilt to `to`, rebuilt on the first request for `to`.
-  // Valid until the next call with another `to`, or the ReplayInputs' end.
+  // Returns OK once the ledger view reaches `to`, catching it up if needed (a
+  // projection read after the view opened may be ahead of it); Corruption if
+  // the ledger's head stays short of `to`.
+  Status ReachPosition(uint64_t to) {
+    if (to <= ledger_.head().sequence) return Status::Ok();
+    KL_RETURN_IF_ERROR(ledger_.CatchUp());
+    if (to <= ledger_.head().sequence) return Status::Ok();
+    return Status::Corruption("the live projection is at " + std::to_string(to) +
+                              ", beyond the ledger head " + std::to_string(ledger_.head().sequence));
+  }
+
+  // The key state rebuilt to `to`, on the first request for `to`; a request
+  // for the same `to` meanwhile waits for it. Valid until the ReplayInputs' end.
   Result<const KeyState*> KeyStateAt(uint64_t to, const ProgressFn& progress) {
-    if (!key_state_ || key_state_to_ != to) {
-      KL_ASSIGN_OR_RETURN(key_state_, RebuildKeyState(ledger_, to, progress));
-      key_state_to_ = to;
+    KeyStateSlot* slot = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto& entry = key_states_[to];
+      if (!entry) entry = std::make_unique<KeyStateSlot>();
+      slot = entry.get();
     }
-    return static_cast<const KeyState*>(key_state_.get());
+    std::lock_guard<std::mutex> lock(slot->mu);
+    if (!slot->state) {
+      KL_ASSIGN_OR_RETURN(slot->state, RebuildKeyState(ledger_, to, progress));
+    }
+    return static_cast<const KeyState*>(slot->state.get());
   }
 
  private:
-  const Ledger& ledger_;
-  std::unique_ptr<KeyState> key_state_;
-  uint64_t key_state_to_ = 0;
+  struct KeyStateSlot {
+    std::mutex mu;
+    std::unique_ptr<KeyState> state;  // guarded by mu
+  };
+  const std::string data_dir_;
+  Ledger& ledger_;
+  const ScratchDir& scratch_;
+  std::mutex mu_;
+  std::map<uint64_t, std::unique_ptr<KeyStateSlot>> key_states_;  // guarded by mu_
 };
 
 // One row of the replay table. To add a projection, add a reader of its
 // persisted state and a rebuild to kChecks.
 struct ProjectionCheck {
   const char* name;
-  // Reads the live projection under data_dir without writing to it; scratch
-  // is an empty directory for a RocksDB secondary instance.
-  Result<LiveProjection> (*live)(const std::string& data_dir, const std::string& scratch);
+  // Reads the live projection without writing to it; scratch is an empty
+  // directory for a RocksDB secondary instance.
+  Result<LiveProjection> (*live)(ReplayInputs& inputs, const std::string& scratch);
+  // Reads the live position alone, much faster than `live`, so the rebuild
+  // runs while `live` reads the rest; nullptr: `live` runs first.
+  Result<uint64_t> (*live_position)(ReplayInputs& inputs, const std::string& scratch);
   // Folds events 1..to (to == 0: none) into a fresh projection; returns its
   // digest. Reports the last sequence walked to `progress` now and then.
   Result<Hash> (*rebuild)(ReplayInputs& inputs, uint64_t to, const ProgressFn& progress);
 };
 
-Result<LiveProjection> LiveKeyState(const std::string& data_dir, const std::string& scratch) {
-  const std::string path = data_dir + "/projections";
+Result<LiveProjection> LiveKeyState(ReplayInputs& inputs, const std::string& scratch) {
+  const std::string path = inputs.data_dir() + "/projections";
   std::error_code ec;
   if (!fs::exists(path + "/CURRENT", ec)) {
     return Status::NotFound("no projection store at " + path);
@@ -397,12 +445,22 @@ Result<Hash> RebuiltKeyState(ReplayInputs& inputs, uint64_t to, const ProgressFn
 // and a fresh in-memory fold with the time zones of the key state rebuilt to
 // the same position (the live fold reads the zones current when it folds:
 // see the usage rule in projections/call_projections.h).
-Result<LiveProjection> LiveCallProjections(const std::string& data_dir, const std::string& scratch) {
-  const std::string path = data_dir + "/calls";
+Result<std::string> CallProjectionsPath(const ReplayInputs& inputs) {
+  std::string path = inputs.data_dir() + "/calls";
   std::error_code ec;
   if (!fs::exists(path + "/CURRENT", ec)) return Status::NotFound("no call projections at " + path);
+  return path;
+}
+
+Result<LiveProjection> LiveCallProjections(ReplayInputs& inputs, const std::string& scratch) {
+  KL_ASSIGN_OR_RETURN(std::string path, CallProjectionsPath(inputs));
   KL_ASSIGN_OR_RETURN(CallProjectionsSnapshot live, LoadCallProjectionsSnapshot(path, scratch));
   return LiveProjection{live.digest, live.position};
+}
+
+Result<uint64_t> LiveCallProjectionsPosition(ReplayInputs& inputs, const std::string& scratch) {
+  KL_ASSIGN_OR_RETURN(std::string path, CallProjectionsPath(inputs));
+  return ReadCallProjectionsPosition(path, scratch);
 }
 
 Result<Hash> RebuiltCallProjections(ReplayInputs& inputs, uint64_t to, const ProgressFn& progress) {
@@ -443,14 +501,14 @@ Result<std::vector<std::pair<uint64_t, InvoiceIssued>>> IssuedInvoices(const Led
   return invoices;
 }
 
-// Invoices: every issued invoice event, and the same invoices recomputed from
-// the log alone (ReproduceInvoice). The digest is over their digests in order.
-Result<Hash> InvoiceDigests(const Ledger& ledger, uint64_t to, bool reproduce,
+// Invoices: every issued invoice event, and, with `reproduce` (a scratch
+// directory for the reproductions), the same invoices recomputed from the
+// log alone (ReproduceInvoiceRun). The digest is over their digests in order.
+Result<Hash> InvoiceDigests(const Ledger& ledger, uint64_t to, const ScratchDir* reproduce,
                             const ProgressFn& progress) {
   KL_ASSIGN_OR_RETURN(auto invoices, IssuedInvoices(ledger, to, reproduce ? ProgressFn() : progress));
   SystemClock clock;
   std::string digests;
-  std::unique_ptr<ScratchDir> scratch;
   // One run's invoices are consecutive events covering one position: they
   // are reproduced together, with one fold of the usage.
   size_t run_begin = 0;
@@ -463,13 +521,10 @@ Result<Hash> InvoiceDigests(const Ledger& ledger, uint64_t to, bool reproduce,
       run_end++;
     }
     std::vector<Hash> run_digests;
-    if (reproduce) {
+    if (reproduce != nullptr) {
       if (progress) progress(invoices[run_begin].first);
-      if (!scratch) {
-        KL_ASSIGN_OR_RETURN(scratch, ScratchDir::Create());
-      }
       KL_ASSIGN_OR_RETURN(std::string dir,
-                          scratch->Sub("run-" + std::to_string(invoices[run_begin].first)));
+                          reproduce->Sub("run-" + std::to_string(invoices[run_begin].first)));
       std::vector<InvoiceRef> refs;
       for (size_t i = run_begin; i < run_end; i++) {
         const auto& [seq, invoice] = invoices[i];
@@ -488,22 +543,23 @@ Result<Hash> InvoiceDigests(const Ledger& ledger, uint64_t to, bool reproduce,
   return HashBytes(digests);
 }
 
-Result<LiveProjection> LiveInvoices(const std::string& data_dir, const std::string& scratch) {
-  KL_ASSIGN_OR_RETURN(LedgerView view, OpenLedgerView(data_dir));
-  const uint64_t head = view.ledger->head().sequence;
-  KL_ASSIGN_OR_RETURN(Hash digest, InvoiceDigests(*view.ledger, head, /*reproduce=*/false, {}));
+// The live invoices are the InvoiceIssued events of the log, as far as the
+// ledger view reached when it opened.
+Result<LiveProjection> LiveInvoices(ReplayInputs& inputs, const std::string&) {
+  const uint64_t head = inputs.ledger().head().sequence;
+  KL_ASSIGN_OR_RETURN(Hash digest, InvoiceDigests(inputs.ledger(), head, nullptr, {}));
   return LiveProjection{digest, head};
 }
 
 Result<Hash> RebuiltInvoices(ReplayInputs& inputs, uint64_t to, const ProgressFn& progress) {
   if (to == 0) return HashBytes("");
-  return InvoiceDigests(inputs.ledger(), to, /*reproduce=*/true, progress);
+  return InvoiceDigests(inputs.ledger(), to, &inputs.scratch(), progress);
 }
 
 constexpr ProjectionCheck kChecks[] = {
-    {"key_state", LiveKeyState, RebuiltKeyState},
-    {"call_projections", LiveCallProjections, RebuiltCallProjections},
-    {"invoices", LiveInvoices, RebuiltInvoices},
+    {"key_state", LiveKeyState, nullptr, RebuiltKeyState},
+    {"call_projections", LiveCallProjections, LiveCallProjectionsPosition, RebuiltCallProjections},
+    {"invoices", LiveInvoices, nullptr, RebuiltInvoices},
 };
 
 struct ReplayRow {
@@ -513,19 +569,9 @@ struct ReplayRow {
   std::string rebuilt;
   std::string status;
   bool ok = false;
-  double rebuild_seconds = 0;  // of the rebuild alone
+  double live_seconds = 0;     // reading the live projection
+  double rebuild_seconds = 0;  // of the rebuild alone (all of them, if it ran twice)
 };
-
-// Rebuilds `check` to `to` with a progress line; times it into `row`.
-Result<Hash> TimedRebuild(const ProjectionCheck& check, ReplayInputs& inputs, uint64_t to,
-                          ReplayRow* row) {
-  Progress progress("audit replay", std::string("rebuilding ") + check.name, to);
-  const int64_t start_us = SteadyNowUs();
-  auto rebuilt = check.rebuild(inputs, to, progress.Callback());
-  progress.Finish();
-  row->rebuild_seconds = static_cast<double>(SteadyNowUs() - start_us) / 1e6;
-  return rebuilt;
-}
 
 // Returns the last sequence recorded at or before `utc_us` (0: none), by
 // binary search: recorded_at never decreases along the log.
@@ -567,60 +613,164 @@ Result<uint64_t> ParseUntil(const Ledger& ledger, const std::string& text) {
   return SequenceAtOrBefore(ledger, *utc_us);
 }
 
-// Compares one live projection with a rebuild up to the live position.
-ReplayRow CompareWithLive(const ProjectionCheck& check, Ledger& ledger, ReplayInputs& inputs,
-                          const std::string& data_dir, const ScratchDir& scratch) {
-  ReplayRow row{check.name, "-", "-", "-", "", false};
-  auto fail = [&row](const Status& s) {
-    row.status = "error: " + Describe(s);
-    return row;
-  };
-  auto dir = scratch.Sub(check.name);
-  if (!dir.ok()) return fail(dir.status());
-  auto live = check.live(data_dir, *dir);
-  if (!live.ok()) return fail(live.status());
-  row.position = std::to_string(live->position);
-  row.live = ToHex(live->digest);
-  // The projection was read after the ledger view opened: let the view catch up.
-  if (live->position > ledger.head().sequence) {
-    if (Status s = ledger.CatchUp(); !s.ok()) return fail(s);
-  }
-  if (live->position > ledger.head().sequence) {
-    return fail(Status::Corruption("the live projection is at " + row.position +
-                                   ", beyond the ledger head " +
-                                   std::to_string(ledger.head().sequence)));
-  }
-  auto rebuilt = TimedRebuild(check, inputs, live->position, &row);
-  if (!rebuilt.ok()) return fail(rebuilt.status());
-  row.rebuilt = ToHex(*rebuilt);
-  row.ok = *rebuilt == live->digest;
-  row.status = row.ok ? "ok" : "DIFFERENT";
-  return row;
+// One projection's work in a replay, and what it found.
+//
+// Thread safety: its two tasks (ReplayLive, ReplayRebuild) may run at once;
+// each writes only its own members.
+struct ReplayWork {
+  const ProjectionCheck* check = nullptr;
+  ReplayRow row;
+  std::optional<Result<LiveProjection>> live;  // written by the live task
+  std::optional<Result<uint64_t>> to;          // written by the rebuild task
+  std::optional<Result<Hash>> rebuilt;         // written by the rebuild task
+};
+
+// Rebuilds work->check to `to`, timed, reporting to `progress`.
+Result<Hash> TimedRebuild(ReplayWork* work, ReplayInputs& inputs, uint64_t to, Progress* progress) {
+  KL_RETURN_IF_ERROR(inputs.ReachPosition(to));
+  const int64_t start_us = SteadyNowUs();
+  auto rebuilt = work->check->rebuild(inputs, to, progress->Part(to));
+  work->row.rebuild_seconds += static_cast<double>(SteadyNowUs() - start_us) / 1e6;
+  return rebuilt;
 }
 
-// Rebuilds one projection up to `until` without comparing.
-ReplayRow RebuildOnly(const ProjectionCheck& check, ReplayInputs& inputs, uint64_t until) {
-  ReplayRow row{check.name, std::to_string(until), "-", "-", "", false};
-  auto rebuilt = TimedRebuild(check, inputs, until, &row);
-  if (!rebuilt.ok()) {
-    row.status = "error: " + Describe(rebuilt.status());
-    return row;
+Result<std::string> ScratchFor(const ReplayInputs& inputs, const ReplayWork& work,
+                               const char* suffix) {
+  return inputs.scratch().Sub(std::string(work.check->name) + suffix);
+}
+
+// Reads the live projection.
+void ReplayLive(ReplayWork* work, ReplayInputs& inputs) {
+  const int64_t start_us = SteadyNowUs();
+  auto dir = ScratchFor(inputs, *work, "-live");
+  work->live = dir.ok() ? work->check->live(inputs, *dir) : Result<LiveProjection>(dir.status());
+  work->row.live_seconds = static_cast<double>(SteadyNowUs() - start_us) / 1e6;
+}
+
+// Rebuilds to the live position, read on its own when the check can (the
+// live read may still be running), else after the live read.
+void ReplayRebuild(ReplayWork* work, ReplayInputs& inputs, Progress* progress) {
+  if (work->check->live_position != nullptr) {
+    auto dir = ScratchFor(inputs, *work, "-position");
+    work->to = dir.ok() ? work->check->live_position(inputs, *dir) : Result<uint64_t>(dir.status());
+  } else {
+    ReplayLive(work, inputs);
+    work->to = work->live->ok() ? Result<uint64_t>((*work->live)->position)
+                                : Result<uint64_t>(work->live->status());
   }
-  row.rebuilt = ToHex(*rebuilt);
-  row.status = "rebuilt (not compared)";
-  row.ok = true;
-  return row;
+  if (!work->to->ok()) return;
+  work->rebuilt = TimedRebuild(work, inputs, **work->to, progress);
+}
+
+// Fills the row once both tasks are done. A running server may have moved
+// the live projection on between the two reads: then the rebuild runs again
+// to where the live read found it.
+void FinishRow(ReplayWork* work, ReplayInputs& inputs, Progress* progress) {
+  ReplayRow& row = work->row;
+  auto fail = [&row](const Status& s) { row.status = "error: " + Describe(s); };
+  if (!work->live->ok()) return fail(work->live->status());
+  const LiveProjection& live = **work->live;
+  row.position = std::to_string(live.position);
+  row.live = ToHex(live.digest);
+  if (!work->to->ok()) return fail(work->to->status());
+  if (**work->to != live.position) work->rebuilt = TimedRebuild(work, inputs, live.position, progress);
+  if (!work->rebuilt->ok()) return fail(work->rebuilt->status());
+  row.rebuilt = ToHex(**work->rebuilt);
+  row.ok = **work->rebuilt == live.digest;
+  row.status = row.ok ? "ok" : "DIFFERENT";
+}
+
+// Runs `tasks` on up to `threads` threads, the calling one included; returns
+// when all are done. Tasks start in the order given. If a thread cannot be
+// started, fewer run.
+void RunTasks(const std::vector<std::function<void()>>& tasks, size_t threads) {
+  std::atomic<size_t> next{0};
+  auto work = [&] {
+    for (size_t i = next++; i < tasks.size(); i = next++) tasks[i]();
+  };
+  std::vector<std::thread> helpers;
+  for (size_t t = 1; t < std::min(threads, tasks.size()); ++t) {
+    try {
+      helpers.emplace_back(work);
+    } catch (const std::system_error&) {
+      break;
+    }
+  }
+  work();
+  for (std::thread& helper : helpers) helper.join();
+}
+
+// Compares every projection with its rebuild, `threads` tasks at a time.
+// The rebuilds that need not wait for their live read start first: they are
+// the long ones (call projections).
+std::vector<ReplayRow> CompareAllWithLive(ReplayInputs& inputs, size_t threads) {
+  Progress progress("audit replay", "rebuilding");
+  std::vector<ReplayWork> works(std::size(kChecks));
+  std::vector<std::function<void()>> first, then;
+  for (size_t i = 0; i < works.size(); ++i) {
+    ReplayWork* work = &works[i];
+    work->check = &kChecks[i];
+    work->row = ReplayRow{kChecks[i].name, "-", "-", "-", "", false};
+    auto rebuild = [work, &inputs, &progress] { ReplayRebuild(work, inputs, &progress); };
+    if (work->check->live_position != nullptr) {
+      first.push_back(rebuild);
+      first.push_back([work, &inputs] { ReplayLive(work, inputs); });
+    } else {
+      then.push_back(rebuild);
+    }
+  }
+  first.insert(first.end(), then.begin(), then.end());
+  RunTasks(first, threads);
+  std::vector<ReplayRow> rows;
+  for (ReplayWork& work : works) {
+    FinishRow(&work, inputs, &progress);
+    rows.push_back(std::move(work.row));
+  }
+  progress.Finish();
+  return rows;
+}
+
+// Rebuilds every projection up to `until` without comparing.
+std::vector<ReplayRow> RebuildAll(ReplayInputs& inputs, uint64_t until, size_t threads) {
+  Progress progress("audit replay", "rebuilding");
+  std::vector<ReplayWork> works(std::size(kChecks));
+  std::vector<std::function<void()>> tasks;
+  for (size_t i = 0; i < works.size(); ++i) {
+    ReplayWork* work = &works[i];
+    work->check = &kChecks[i];
+    tasks.push_back([work, &inputs, until, &progress] {
+      work->rebuilt = TimedRebuild(work, inputs, until, &progress);
+    });
+  }
+  RunTasks(tasks, threads);
+  progress.Finish();
+  std::vector<ReplayRow> rows;
+  for (ReplayWork& work : works) {
+    ReplayRow row{work.check->name, std::to_string(until), "-", "-", "", false};
+    row.rebuild_seconds = work.row.rebuild_seconds;
+    if (work.rebuilt->ok()) {
+      row.rebuilt = ToHex(**work.rebuilt);
+      row.status = "rebuilt (not compared)";
+      row.ok = true;
+    } else {
+      row.status = "error: " + Describe(work.rebuilt->status());
+    }
+    rows.push_back(std::move(row));
+  }
+  return rows;
 }
 
 void PrintReplayTable(const std::vector<ReplayRow>& rows) {
-  const char* format = "%-16s  %-10s  %-64s  %-64s  %-9s  %s\n";
+  const char* format = "%-16s  %-10s  %-64s  %-64s  %-9s  %-6s  %s\n";
   std::printf(format, "projection", "position", "live digest", "rebuilt digest", "status",
-              "rebuild s");
+              "read s", "rebuild s");
   for (const ReplayRow& r : rows) {
-    char seconds[32];
-    std::snprintf(seconds, sizeof(seconds), "%.1f", r.rebuild_seconds);
+    char live_seconds[32];
+    char rebuild_seconds[32];
+    std::snprintf(live_seconds, sizeof(live_seconds), "%.1f", r.live_seconds);
+    std::snprintf(rebuild_seconds, sizeof(rebuild_seconds), "%.1f", r.rebuild_seconds);
     std::printf(format, r.name.c_str(), r.position.c_str(), r.live.c_str(), r.rebuilt.c_str(),
-                r.status.c_str(), seconds);
+                r.status.c_str(), live_seconds, rebuild_seconds);
   }
 }
 
@@ -661,8 +811,8 @@ int RunAuditVerify(const AuditVerifyOptions& options) {
     return Fail(cmd, Describe(view.status()));
   }
   const Ledger& ledger = *view->ledger;
-  Progress progress(cmd, "verifying", ledger.head().sequence);
-  auto verified = ledger.Verify(progress.Callback());
+  Progress progress(cmd, "verifying");
+  auto verified = ledger.Verify(progress.Part(ledger.head().sequence));
   progress.Finish();
   if (!verified.ok()) return ReportCorruption(verified.status());
   if (Status s = CheckHeadRecord(ledger, *verified); !s.ok()) return ReportCorruption(s);
@@ -686,7 +836,7 @@ int RunAuditReplay(const AuditReplayOptions& options) {
   auto view = OpenLedgerView(options.data_dir);
   if (!view.ok()) return Fail(cmd, Describe(view.status()));
   Ledger& ledger = *view->ledger;
-  ReplayInputs inputs(ledger);
+  ReplayInputs inputs(options.data_dir, ledger, *view->scratch);
   std::vector<ReplayRow> rows;
   if (!options.until.empty()) {
     auto until = ParseUntil(ledger, options.until);
@@ -694,11 +844,9 @@ int RunAuditReplay(const AuditReplayOptions& options) {
       return Usage(cmd, until.status().message());
     }
     if (!until.ok()) return Fail(cmd, Describe(until.status()));
-    for (const ProjectionCheck& check : kChecks) rows.push_back(RebuildOnly(check, inputs, *until));
+    rows = RebuildAll(inputs, *until, options.threads);
   } else {
-    for (const ProjectionCheck& check : kChecks) {
-      rows.push_back(CompareWithLive(check, ledger, inputs, options.data_dir, *view->scratch));
-    }
+    rows = CompareAllWithLive(inputs, options.threads);
   }
   PrintReplayTable(rows);
   std::fflush(stdout);

@@ -1,6 +1,7 @@
 // The keyledger subcommands. main.cc parses flags with CLI11 and calls these.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -98,9 +99,15 @@ struct AuditVerifyOptions {
 // also checks that event SEQ is stored with hash HASH.
 int RunAuditVerify(const AuditVerifyOptions& options);
 
+// Most threads `audit replay --threads` may ask for.
+inline constexpr size_t kReplayThreadsMax = 16;
+
 struct AuditReplayOptions {
   std::string data_dir;
   std::string until;  // SEQ or RFC 3339; empty: compare with the live projections
+  // Threads that read live projections and rebuild, the main one included;
+  // 1 .. kReplayThreadsMax. Default: 2.
+  size_t threads = 2;
 };
 // Rebuilds each projection from the log and compares its digest with the
 // live one persisted under DIR/projections; prints a table.

@@ -152,7 +152,7 @@ int main(int argc, char** argv) {
       "replay", "Rebuild each projection from the log and compare its digest with the live one");
   replay_cmd->footer(std::string("The live projection is read from DIR/projections through a "
                                  "secondary instance too, and the rebuild stops at its "
-                                 "position. Prints a table; exits 1 on any difference. Folds "
+                                 "position. Prints a table; exits 1 on any difference, 2 on bad arguments. Folds "
                                  "the log without re-checking hashes: run `audit verify` "
                                  "first. ") +
                      kReadOnlyNote);
@@ -162,6 +162,13 @@ int main(int argc, char** argv) {
   replay_cmd->add_option("--until", replay.until,
                          "Rebuild only up to this sequence, or up to the last event recorded at "
                          "or before this RFC 3339 time, and print the digests without comparing");
+  replay_cmd
+      ->add_option("--threads", replay.threads,
+                   "Threads that read the live projections and rebuild them at once (at most " +
+                       std::to_string(kReplayThreadsMax) +
+                       "); each projection's rebuild runs on one thread")
+      ->check(CLI::Range(size_t{1}, kReplayThreadsMax))
+      ->capture_default_str();
   replay_cmd->callback([&] { exit_code = RunAuditReplay(replay); });
 
   BenchAuthorizeOptions authorize;
@@ -207,6 +214,13 @@ int main(int argc, char** argv) {
   export_cmd->add_option("--workspace", invoice.workspace, "Only this workspace id");
   export_cmd->callback([&] { exit_code = RunInvoiceExport(invoice); });
 
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    // --help prints and succeeds; any other parse error is a usage error,
+    // exit 2 for every command (CLI11's own codes differ per error).
+    constexpr int kExitUsage = 2;
+    return app.exit(e) == 0 ? 0 : kExitUsage;
+  }
   return exit_code;
 }

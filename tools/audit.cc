@@ -673,7 +673,14 @@ void FinishRow(ReplayWork* work, ReplayInputs& inputs, Progress* progress) {
   row.position = std::to_string(live.position);
   row.live = ToHex(live.digest);
   if (!work->to->ok()) return fail(work->to->status());
-  if (**work->to != live.position) work->rebuilt = TimedRebuild(work, inputs, live.position, progress);
+  if (**work->to != live.position) {
+    std::fprintf(stderr, "keyledger audit replay: %s moved on from %llu to %llu while being read; "
+                 "rebuilding to %llu\n", work->check->name,
+                 static_cast<unsigned long long>(**work->to),
+                 static_cast<unsigned long long>(live.position),
+                 static_cast<unsigned long long>(live.position));
+    work->rebuilt = TimedRebuild(work, inputs, live.position, progress);
+  }
   if (!work->rebuilt->ok()) return fail(work->rebuilt->status());
   row.rebuilt = ToHex(**work->rebuilt);
   row.ok = **work->rebuilt == live.digest;

@@ -300,6 +300,30 @@ struct FoldState {
   uint64_t position = 0;  // the last sequence applied to this state
 };
 
+// The billing zone of each workspace as read from a KeyState, and the month
+// last resolved in it. Pointers into the FoldState's usage stay valid while
+// no usage record is erased. A rebuild keeps one Zones for its whole fold
+// (its key state never changes); the live fold starts one per batch, so it
+// reads the zones current when it folds (see "Usage" in the header).
+struct Zones {
+  struct Zone {
+    std::string name;
+    const std::string* workspace = nullptr;  // key in FoldState::usage, once it has one
+    BillingMonth month;
+    int64_t start_us = 0;
+    int64_t end_us = 0;  // start == end: no month resolved yet
+    MonthUsage* usage = nullptr;
+  };
+  // Heterogeneous lookup: find zones by the string_view of a decoded event.
+  struct IdHash {
+    using is_transparent = void;
+    size_t operator()(std::string_view id) const { return std::hash<std::string_view>{}(id); }
+  };
+  std::unordered_map<std::string, Zone, IdHash, std::equal_to<>> by_workspace;
+  const std::string* last_id = nullptr;  // key of `last` in by_workspace
+  Zone* last = nullptr;
+};
+
 // Folds one batch of stored events into a FoldState. With `out`, collects the
 // records the batch adds or changes into it (the live projection); without,
 // only the state changes (the rebuild).
@@ -310,12 +334,14 @@ struct FoldState {
 // call is logged.
 class BatchFolder {
  public:
-  BatchFolder(const KeyState& key_state, FoldState* state, KvBatch* out)
+  // `zones`: the zones known so far, or nullptr to read every zone afresh.
+  BatchFolder(const KeyState& key_state, FoldState* state, KvBatch* out, Zones* zones = nullptr)
       : key_state_(key_state),
         state_(state),
         out_(out),
         call_kind_(ApiCallRecordedBodyKind()),
-        denial_kind_(AuthorizationDeniedBodyKind()) {}
+        denial_kind_(AuthorizationDeniedBodyKind()),
+        zones_(zones != nullptr ? *zones : own_zones_) {}
 
   // Folds the stored value of the event at `sequence`.
   // Returns Corruption (with the sequence) when the value does not decode or
@@ -333,29 +359,13 @@ class BatchFolder {
   const Hash& last_hash() const { return last_hash_; }
 
  private:
-  // The billing zone of one workspace, read once per batch, and the month
-  // last resolved in it.
-  struct Zone {
-    std::string name;
-    const std::string* workspace = nullptr;  // key in state_->usage, once it has one
-    BillingMonth month;
-    int64_t start_us = 0;
-    int64_t end_us = 0;  // start == end: no month resolved yet
-    MonthUsage* usage = nullptr;
-  };
+  using Zone = Zones::Zone;
   struct ChangedUsage {
     const std::string* workspace;
     BillingMonth month;
     const std::string* key;
     KeyUnits* units;
   };
-  // Heterogeneous lookup: find zones by the string_view of a decoded event.
-  struct IdHash {
-    using is_transparent = void;
-    size_t operator()(std::string_view id) const { return std::hash<std::string_view>{}(id); }
-  };
-  using ZoneMap = std::unordered_map<std::string, Zone, IdHash, std::equal_to<>>;
-
   // Returns `bytes` at a word-aligned address (the decoded views point into
   // it). Valid until the next call.
   std::string_view Aligned(std::string_view bytes);
@@ -373,9 +383,8 @@ class BatchFolder {
   KvBatch* const out_;
   const uint16_t call_kind_;
   const uint16_t denial_kind_;
-  ZoneMap zones_;
-  const std::string* last_zone_id_ = nullptr;  // key of last_zone_ in zones_
-  Zone* last_zone_ = nullptr;
+  Zones own_zones_;  // before zones_, which may refer to it
+  Zones& zones_;
   std::vector<ChangedUsage> changed_usage_;
   CallEventView view_;             // reused
   std::vector<uint64_t> aligned_;  // reused buffers
@@ -444,16 +453,16 @@ void BatchFolder::FoldCall(uint64_t sequence, const ApiCallView& call) {
 }
 
 BatchFolder::Zone& BatchFolder::ZoneOf(std::string_view workspace_id) {
-  if (last_zone_ != nullptr && *last_zone_id_ == workspace_id) return *last_zone_;
-  auto it = zones_.find(workspace_id);
-  if (it == zones_.end()) {
+  if (zones_.last != nullptr && *zones_.last_id == workspace_id) return *zones_.last;
+  auto it = zones_.by_workspace.find(workspace_id);
+  if (it == zones_.by_workspace.end()) {
     Zone zone;
     std::optional<WorkspaceView> ws = key_state_.FindWorkspace(workspace_id);
     zone.name = ws && !ws->billing_timezone.empty() ? ws->billing_timezone : kDefaultTimeZone;
-    it = zones_.emplace(std::string(workspace_id), std::move(zone)).first;
+    it = zones_.by_workspace.emplace(std::string(workspace_id), std::move(zone)).first;
   }
-  last_zone_id_ = &it->first;
-  last_zone_ = &it->second;
+  zones_.last_id = &it->first;
+  zones_.last = &it->second;
   return it->second;
 }
 
@@ -604,8 +613,9 @@ Status FoldInMemory(const Ledger& ledger, const KeyState& key_state, uint64_t to
   if (state->position < to && to - state->position >= kRebuildReadAheadEventsMin) {
     ahead = ScanAhead::OfLedger(ledger, state->position + 1, to);
   }
+  Zones zones;  // for the whole fold: key_state does not change
   while (state->position < to) {
-    BatchFolder folder(key_state, state, nullptr);
+    BatchFolder folder(key_state, state, nullptr, &zones);
     Status fold;
     auto fn = [&](uint64_t sequence, std::string_view value) {
       fold = folder.Fold(sequence, value);

@@ -557,6 +557,28 @@ TEST_F(AuditTest, ReplayGivesTheSameTableOnOneThreadAndOnMany) {
   }
 }
 
+// A data directory with issued invoices, written by `bench invoice-run`
+// (entities, a month of calls, the month's invoice run, all through the
+// server's code), replays with every invoice reproduced from the log.
+TEST(AuditReplayInvoicesTest, ReproducesTheIssuedInvoicesOnOneThreadAndOnMany) {
+  ScratchDir dir;
+  const std::string data = dir.sub("data");
+  CliResult setup = RunCli({"bench", "invoice-run", "--workspaces", "4", "--keys-per-workspace", "2",
+                            "--calls", "400", "--recorded-calls", "300", "--data", data});
+  ASSERT_EQ(setup.exit_code, 0) << setup.out << setup.err;
+  ASSERT_EQ(json::parse(setup.out)["invoices_issued"], 4) << setup.out;
+  for (const char* threads : {"1", "3"}) {
+    CliResult r = RunCli({"audit", "replay", "--data", data, "--threads", threads});
+    ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+    const std::vector<std::string> rows = TableWithoutSeconds(r.out);
+    ASSERT_EQ(rows.size(), 4u) << r.out;
+    EXPECT_EQ(rows[3].rfind("invoices ", 0), 0u) << r.out;
+    EXPECT_NE(rows[3].find(" ok "), std::string::npos) << r.out;
+    // Not the digest of no invoices.
+    EXPECT_EQ(rows[3].find(ToHex(HashBytes(""))), std::string::npos) << r.out;
+  }
+}
+
 TEST_F(AuditTest, ReplayFindsAChangedCallProjectionRecord) {
   OpenProjections();
   CloseAll();

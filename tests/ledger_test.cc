@@ -663,13 +663,6 @@ TEST(NameThisThreadTest, NamesTheCallingThreadOnlyAndCutsLongNames) {
   EXPECT_EQ(name_of(pthread_self()), before);
 }
 
-// "k<i>". (Not "k" + std::to_string(i): GCC 12 warns falsely there, -Wrestrict.)
-std::string SyntheticKey(int i) {
-  std::string key = std::to_string(i);
-  key.insert(key.begin(), 'k');
-  return key;
-}
-
 // A scan of `count` pairs ("k<i>", i copies of 'v' modulo 5,000 bytes; pair
 // 7 is 600 KiB, larger than a chunk), failing after `fail_after` if set.
 ScanAhead::ScanFn SyntheticScan(int count, std::optional<int> fail_after = std::nullopt) {
@@ -677,7 +670,7 @@ ScanAhead::ScanFn SyntheticScan(int count, std::optional<int> fail_after = std::
     for (int i = 0; i < count; i++) {
       if (fail_after && i == *fail_after) return Status::IOError("disk gone");
       const size_t size = i == 7 ? (600u << 10) : static_cast<size_t>(i % 5000);
-      if (!emit(SyntheticKey(i), std::string(size, static_cast<char>('a' + i % 26)))) {
+      if (!emit(testing::Numbered("k", i), std::string(size, static_cast<char>('a' + i % 26)))) {
         break;
       }
     }
@@ -689,7 +682,7 @@ TEST(ScanAheadTest, HandsOverEveryPairInOrderAtAlignedAddresses) {
   ScanAhead ahead(SyntheticScan(20'000));  // about 50 MB: many times kScanAheadChunks chunks
   int next = 0;
   Status scan = ahead.Scan([&](std::string_view key, std::string_view value) {
-    EXPECT_EQ(key, SyntheticKey(next));
+    EXPECT_EQ(key, testing::Numbered("k", next));
     const size_t size = next == 7 ? (600u << 10) : static_cast<size_t>(next % 5000);
     EXPECT_EQ(value, std::string(size, static_cast<char>('a' + next % 26)));
     EXPECT_EQ(reinterpret_cast<uintptr_t>(key.data()) % 8, 0u);
@@ -714,7 +707,7 @@ TEST(ScanAheadTest, ContinuesAfterTheLastConsumedPair) {
                     .ok());
   }
   ASSERT_EQ(keys.size(), 3'000u);
-  for (int i = 0; i < 3'000; i++) EXPECT_EQ(keys[static_cast<size_t>(i)], SyntheticKey(i));
+  for (int i = 0; i < 3'000; i++) EXPECT_EQ(keys[static_cast<size_t>(i)], testing::Numbered("k", i));
   EXPECT_TRUE(ahead.Scan([](std::string_view, std::string_view) { return true; }).ok());
 }
 

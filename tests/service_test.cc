@@ -296,7 +296,7 @@ TEST_F(ServiceTest, KeyListPaginates) {
   std::string ws = h.CreateWorkspace();
   std::string group = h.CreateGroup(ws);
   std::set<std::string> ids;
-  for (int i = 0; i < 7; i++) ids.insert(h.CreateKey(ws, group, "k" + std::to_string(i)).first);
+  for (int i = 0; i < 7; i++) ids.insert(h.CreateKey(ws, group, testing::Numbered("k", i)).first);
   std::set<std::string> seen;
   std::string cursor;
   for (int page = 0; page < 10; page++) {
@@ -345,7 +345,7 @@ TEST_F(ServiceTest, ReopenAfterCallsStartsTheKeyStateAtTheHead) {
   auto [id, secret] = h.CreateKey(ws, h.CreateGroup(ws));
   nlohmann::json calls = nlohmann::json::array();
   for (int i = 0; i < 5; i++) {
-    calls.push_back({{"request_id", "r" + std::to_string(i)}, {"key_id", id},
+    calls.push_back({{"request_id", testing::Numbered("r", i)}, {"key_id", id},
                      {"occurred_at", FormatRfc3339(h.clock().NowUs())}, {"status", 200}});
   }
   ASSERT_EQ(h.Call("POST", "/v1/calls", nlohmann::json{{"calls", calls}}.dump()).status, 200);

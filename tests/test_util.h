@@ -4,6 +4,7 @@
 #include <atomic>
 #include <filesystem>
 #include <string>
+#include <string_view>
 #include <unistd.h>
 
 #include "ledger/event.h"
@@ -32,6 +33,14 @@ class ScratchDir {
  private:
   std::filesystem::path path_;
 };
+
+// prefix followed by n in decimal ("k" 7 -> "k7"). Not `"k" + std::to_string(n)`:
+// GCC 12 warns falsely there at -O2 (-Wrestrict).
+inline std::string Numbered(std::string_view prefix, uint64_t n) {
+  std::string out(prefix);
+  out += std::to_string(n);
+  return out;
+}
 
 inline EventId MakeEventId(uint64_t n) {
   EventId id{};

@@ -356,9 +356,47 @@ struct LiveProjection {
   uint64_t position = 0;  // the last sequence it has folded
 };
 
+// Values computed once per ledger position and then shared.
+//
+// Thread safety: thread-safe.
+template <typename T>
+class OncePerPosition {
+ public:
+  // Returns the value for `to`, computing it on the first request for `to`;
+  // a request for the same `to` meanwhile waits for it. A failure is not
+  // kept: the next request computes again. Valid until this object's end.
+  Result<const T*> Get(uint64_t to, const std::function<Result<std::unique_ptr<T>>()>& compute) {
+    Slot* slot = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto& entry = slots_[to];
+      if (!entry) entry = std::make_unique<Slot>();
+      slot = entry.get();
+    }
+    std::lock_guard<std::mutex> lock(slot->mu);
+    if (!slot->value) {
+      KL_ASSIGN_OR_RETURN(slot->value, compute());
+    }
+    return static_cast<const T*>(slot->value.get());
+  }
+
+ private:
+  struct Slot {
+    std::mutex mu;
+    std::unique_ptr<T> value;  // guarded by mu
+  };
+  std::mutex mu_;
+  std::map<uint64_t, std::unique_ptr<Slot>> slots_;  // guarded by mu_
+};
+
+using IssuedInvoiceList = std::vector<std::pair<uint64_t, InvoiceIssued>>;
+Result<IssuedInvoiceList> IssuedInvoices(const Ledger& ledger, uint64_t to,
+                                         const ProgressFn& progress);
+
 // What the work of one replay shares: the data directory, the ledger view,
-// its scratch directory, and the key state rebuilt once per position
-// (key_state and call_projections both need it).
+// its scratch directory, the key state rebuilt once per position
+// (key_state and call_projections both need it) and the issued invoices
+// found once per position (the live and the rebuilt invoices).
 //
 // Thread safety: thread-safe.
 class ReplayInputs {
@@ -381,33 +419,25 @@ class ReplayInputs {
                               ", beyond the ledger head " + std::to_string(ledger_.head().sequence));
   }
 
-  // The key state rebuilt to `to`, on the first request for `to`; a request
-  // for the same `to` meanwhile waits for it. Valid until the ReplayInputs' end.
+  // The key state rebuilt to `to` (see OncePerPosition::Get).
   Result<const KeyState*> KeyStateAt(uint64_t to, const ProgressFn& progress) {
-    KeyStateSlot* slot = nullptr;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      auto& entry = key_states_[to];
-      if (!entry) entry = std::make_unique<KeyStateSlot>();
-      slot = entry.get();
-    }
-    std::lock_guard<std::mutex> lock(slot->mu);
-    if (!slot->state) {
-      KL_ASSIGN_OR_RETURN(slot->state, RebuildKeyState(ledger_, to, progress));
-    }
-    return static_cast<const KeyState*>(slot->state.get());
+    return key_states_.Get(to, [&] { return RebuildKeyState(ledger_, to, progress); });
+  }
+
+  // Every InvoiceIssued event in 1..to (see OncePerPosition::Get).
+  Result<const IssuedInvoiceList*> IssuedInvoicesAt(uint64_t to, const ProgressFn& progress) {
+    return issued_invoices_.Get(to, [&]() -> Result<std::unique_ptr<IssuedInvoiceList>> {
+      KL_ASSIGN_OR_RETURN(IssuedInvoiceList list, IssuedInvoices(ledger_, to, progress));
+      return std::make_unique<IssuedInvoiceList>(std::move(list));
+    });
   }
 
  private:
-  struct KeyStateSlot {
-    std::mutex mu;
-    std::unique_ptr<KeyState> state;  // guarded by mu
-  };
   const std::string data_dir_;
   Ledger& ledger_;
   const ScratchDir& scratch_;
-  std::mutex mu_;
-  std::map<uint64_t, std::unique_ptr<KeyStateSlot>> key_states_;  // guarded by mu_
+  OncePerPosition<KeyState> key_states_;
+  OncePerPosition<IssuedInvoiceList> issued_invoices_;
 };
 
 // One row of the replay table. To add a projection, add a reader of its
@@ -471,12 +501,11 @@ Result<Hash> RebuiltCallProjections(ReplayInputs& inputs, uint64_t to, const Pro
 
 // Every InvoiceIssued event in 1..to with its sequence. Only the envelope
 // header of the other events is decoded.
-Result<std::vector<std::pair<uint64_t, InvoiceIssued>>> IssuedInvoices(const Ledger& ledger,
-                                                                       uint64_t to,
-                                                                       const ProgressFn& progress) {
+Result<IssuedInvoiceList> IssuedInvoices(const Ledger& ledger, uint64_t to,
+                                         const ProgressFn& progress) {
   constexpr uint64_t kProgressEvents = 65'536;
   const uint16_t invoice_kind = InvoiceIssuedBodyKind();
-  std::vector<std::pair<uint64_t, InvoiceIssued>> invoices;
+  IssuedInvoiceList invoices;
   Status failed;
   KL_RETURN_IF_ERROR(ledger.ScanRaw(1, to, [&](uint64_t seq, std::string_view value) {
     if (progress && seq % kProgressEvents == 0) progress(seq);
@@ -501,12 +530,14 @@ Result<std::vector<std::pair<uint64_t, InvoiceIssued>>> IssuedInvoices(const Led
   return invoices;
 }
 
-// Invoices: every issued invoice event, and, with `reproduce` (a scratch
-// directory for the reproductions), the same invoices recomputed from the
-// log alone (ReproduceInvoiceRun). The digest is over their digests in order.
-Result<Hash> InvoiceDigests(const Ledger& ledger, uint64_t to, const ScratchDir* reproduce,
+// Invoices: every issued invoice event in 1..to, or with `reproduce` the same
+// invoices recomputed from the log alone (ReproduceInvoiceRun, in scratch
+// directories). The digest is over their digests in order.
+Result<Hash> InvoiceDigests(ReplayInputs& inputs, uint64_t to, bool reproduce,
                             const ProgressFn& progress) {
-  KL_ASSIGN_OR_RETURN(auto invoices, IssuedInvoices(ledger, to, reproduce ? ProgressFn() : progress));
+  KL_ASSIGN_OR_RETURN(const IssuedInvoiceList* issued,
+                      inputs.IssuedInvoicesAt(to, reproduce ? ProgressFn() : progress));
+  const IssuedInvoiceList& invoices = *issued;
   SystemClock clock;
   std::string digests;
   // One run's invoices are consecutive events covering one position: they
@@ -521,16 +552,16 @@ Result<Hash> InvoiceDigests(const Ledger& ledger, uint64_t to, const ScratchDir*
       run_end++;
     }
     std::vector<Hash> run_digests;
-    if (reproduce != nullptr) {
+    if (reproduce) {
       if (progress) progress(invoices[run_begin].first);
-      KL_ASSIGN_OR_RETURN(std::string dir,
-                          reproduce->Sub("run-" + std::to_string(invoices[run_begin].first)));
+      KL_ASSIGN_OR_RETURN(std::string dir, inputs.scratch().Sub(
+                                               "run-" + std::to_string(invoices[run_begin].first)));
       std::vector<InvoiceRef> refs;
       for (size_t i = run_begin; i < run_end; i++) {
         const auto& [seq, invoice] = invoices[i];
         refs.push_back(InvoiceRef{invoice.workspace_id, invoice.month, invoice.invoice_number, seq});
       }
-      KL_ASSIGN_OR_RETURN(auto again, ReproduceInvoiceRun(ledger, refs, dir, &clock));
+      KL_ASSIGN_OR_RETURN(auto again, ReproduceInvoiceRun(inputs.ledger(), refs, dir, &clock));
       for (const InvoiceIssued& invoice : again) run_digests.push_back(invoice.digest);
     } else {
       for (size_t i = run_begin; i < run_end; i++) run_digests.push_back(invoices[i].second.digest);
@@ -547,13 +578,13 @@ Result<Hash> InvoiceDigests(const Ledger& ledger, uint64_t to, const ScratchDir*
 // ledger view reached when it opened.
 Result<LiveProjection> LiveInvoices(ReplayInputs& inputs, const std::string&) {
   const uint64_t head = inputs.ledger().head().sequence;
-  KL_ASSIGN_OR_RETURN(Hash digest, InvoiceDigests(inputs.ledger(), head, nullptr, {}));
+  KL_ASSIGN_OR_RETURN(Hash digest, InvoiceDigests(inputs, head, /*reproduce=*/false, {}));
   return LiveProjection{digest, head};
 }
 
 Result<Hash> RebuiltInvoices(ReplayInputs& inputs, uint64_t to, const ProgressFn& progress) {
   if (to == 0) return HashBytes("");
-  return InvoiceDigests(inputs.ledger(), to, &inputs.scratch(), progress);
+  return InvoiceDigests(inputs, to, /*reproduce=*/true, progress);
 }
 
 constexpr ProjectionCheck kChecks[] = {

@@ -58,7 +58,7 @@ Result<PricePlanPublished> ReadPlan(const KeyState& state, const Ledger& ledger,
 }
 
 Result<std::optional<InvoiceIssued>> ComputeInvoice(const KeyState& state, const Ledger& ledger,
-                                                    const CallProjections& calls,
+                                                    const UsageReader& usage_reader,
                                                     const WorkspaceView& ws,
                                                     const BillingMonth& month, uint64_t number,
                                                     uint64_t covers_sequence) {
@@ -68,14 +68,14 @@ Result<std::optional<InvoiceIssued>> ComputeInvoice(const KeyState& state, const
   if (!in_force) return Out();  // no plan at the month's end: nothing to bill
   KL_ASSIGN_OR_RETURN(PricePlanPublished plan,
                       ReadPlan(state, ledger, in_force->first, in_force->second.version));
-  const WorkspaceUsage usage = calls.UsageFor(ws.id, month);
+  const WorkspaceUsage usage = usage_reader.UsageFor(ws.id, month);
   KL_ASSIGN_OR_RETURN(auto billed, BilledByMonth(state, ledger, ws.id));
   std::vector<std::unique_ptr<PricePlanPublished>> adjustment_plans;
   std::vector<Adjustment> adjustments;
   for (const auto& [month_key, b] : billed) {
     if (month_key >= month.ToString() || b.plan_id.empty()) continue;
     KL_ASSIGN_OR_RETURN(BillingMonth earlier, ParseBillingMonth(month_key, "month"));
-    const uint64_t corrected = calls.UsageFor(ws.id, earlier).total;
+    const uint64_t corrected = usage_reader.UsageFor(ws.id, earlier).total;
     if (corrected <= b.quantity) continue;
     KL_ASSIGN_OR_RETURN(PricePlanPublished p, ReadPlan(state, ledger, b.plan_id, b.plan_version));
     adjustment_plans.push_back(std::make_unique<PricePlanPublished>(std::move(p)));
@@ -87,17 +87,14 @@ Result<std::optional<InvoiceIssued>> ComputeInvoice(const KeyState& state, const
   return Out(std::move(invoice));
 }
 
-Result<InvoiceIssued> ReproduceInvoice(const Ledger& ledger, const InvoiceRef& ref,
-                                       const std::string& scratch_dir, const Clock* clock) {
-  KL_ASSIGN_OR_RETURN(auto reproduced, ReproduceInvoiceRun(ledger, {ref}, scratch_dir, clock));
+Result<InvoiceIssued> ReproduceInvoice(const Ledger& ledger, const InvoiceRef& ref) {
+  KL_ASSIGN_OR_RETURN(auto reproduced, ReproduceInvoiceRun(ledger, {ref}));
   assert(reproduced.size() == 1);
   return std::move(reproduced.front());
 }
 
 Result<std::vector<InvoiceIssued>> ReproduceInvoiceRun(const Ledger& ledger,
-                                                       const std::vector<InvoiceRef>& refs,
-                                                       const std::string& scratch_dir,
-                                                       const Clock* clock) {
+                                                       const std::vector<InvoiceRef>& refs) {
   assert(!refs.empty());
   std::vector<InvoiceIssued> stored;
   stored.reserve(refs.size());
@@ -112,13 +109,12 @@ Result<std::vector<InvoiceIssued>> ReproduceInvoiceRun(const Ledger& ledger,
   const uint64_t covers = stored.front().covers_sequence;
   KL_ASSIGN_OR_RETURN(std::unique_ptr<KeyState> state,
                       RebuildKeyState(ledger, refs.front().sequence - 1));
-  KL_ASSIGN_OR_RETURN(auto calls, CallProjections::Open(scratch_dir, &ledger, state.get(), clock,
-                                                        CallProjectionsOptions{}, covers));
-  if (calls->position() != covers) {
-    return Status::Corruption(
-        "cannot fold the usage to the invoice's covers_sequence " + std::to_string(covers),
-        refs.front().sequence);
+  if (covers > ledger.head().sequence) {
+    return Status::Corruption("the invoice covers sequence " + std::to_string(covers) +
+                                  ", beyond the ledger head",
+                              refs.front().sequence);
   }
+  KL_ASSIGN_OR_RETURN(std::unique_ptr<UsageReader> usage, FoldUsage(ledger, *state, covers));
   std::vector<InvoiceIssued> reproduced;
   reproduced.reserve(refs.size());
   for (size_t i = 0; i < refs.size(); i++) {
@@ -130,7 +126,7 @@ Result<std::vector<InvoiceIssued>> ReproduceInvoiceRun(const Ledger& ledger,
     auto ws = state->FindWorkspace(stored[i].workspace_id);
     if (!ws) return Status::Corruption("invoice of an unknown workspace", refs[i].sequence);
     KL_ASSIGN_OR_RETURN(BillingMonth month, ParseBillingMonth(stored[i].month, "month"));
-    KL_ASSIGN_OR_RETURN(auto invoice, ComputeInvoice(*state, ledger, *calls, *ws, month,
+    KL_ASSIGN_OR_RETURN(auto invoice, ComputeInvoice(*state, ledger, *usage, *ws, month,
                                                      stored[i].invoice_number, covers));
     if (!invoice) {
       return Status::Corruption("no plan in force for an issued invoice", refs[i].sequence);

@@ -27,23 +27,22 @@ Result<PricePlanPublished> ReadPlan(const KeyState& state, const Ledger& ledger,
                                     const std::string& plan_id, uint32_t version);
 
 // Returns invoice number `number` of workspace `ws` for `month`, priced with
-// the plan in force at the month's end, covering the usage in `calls` as of
+// the plan in force at the month's end, covering the usage in `usage_reader` as of
 // `covers_sequence`, with adjustment lines for late usage of months invoiced
 // before; std::nullopt when the workspace had no plan at the month's end.
-// REQUIRES: calls.position() == covers_sequence for the whole call (folds held).
+// REQUIRES: `usage_reader` covers covers_sequence for the whole call (folds held).
 // Returns the errors of BuildInvoice, ReadPlan and ReadInvoice.
 Result<std::optional<InvoiceIssued>> ComputeInvoice(const KeyState& state, const Ledger& ledger,
-                                                    const CallProjections& calls,
+                                                    const UsageReader& usage_reader,
                                                     const WorkspaceView& ws,
                                                     const BillingMonth& month, uint64_t number,
                                                     uint64_t covers_sequence);
 
 // Recomputes the issued invoice `ref` from the ledger alone: the key state
-// folded up to just before the invoice, the usage folded (in a scratch store
-// under `scratch_dir`, REQUIRES: empty or absent) up to its covers_sequence.
+// folded up to just before the invoice, the usage folded in memory
+// (FoldUsage) up to its covers_sequence with that key state's time zones.
 // Finance and auditors compare the result byte for byte with the stored one.
-Result<InvoiceIssued> ReproduceInvoice(const Ledger& ledger, const InvoiceRef& ref,
-                                       const std::string& scratch_dir, const Clock* clock);
+Result<InvoiceIssued> ReproduceInvoice(const Ledger& ledger, const InvoiceRef& ref);
 
 // The same for the invoices of one run at once (one append: consecutive
 // sequences, one covers_sequence), with one fold of the usage instead of one
@@ -53,8 +52,6 @@ Result<InvoiceIssued> ReproduceInvoice(const Ledger& ledger, const InvoiceRef& r
 // Returns InvalidArgument (field "refs") when they cover different positions,
 // and the errors of ReproduceInvoice.
 Result<std::vector<InvoiceIssued>> ReproduceInvoiceRun(const Ledger& ledger,
-                                                       const std::vector<InvoiceRef>& refs,
-                                                       const std::string& scratch_dir,
-                                                       const Clock* clock);
+                                                       const std::vector<InvoiceRef>& refs);
 
 }  // namespace keyledger

@@ -324,6 +324,9 @@ struct Zones {
   Zone* last = nullptr;
 };
 
+// What a fold applies: every projection, or the usage alone (FoldUsage).
+enum class FoldParts : uint8_t { kAll, kUsageOnly };
+
 // Folds one batch of stored events into a FoldState. With `out`, collects the
 // records the batch adds or changes into it (the live projection); without,
 // only the state changes (the rebuild).
@@ -335,13 +338,18 @@ struct Zones {
 class BatchFolder {
  public:
   // `zones`: the zones known so far, or nullptr to read every zone afresh.
-  BatchFolder(const KeyState& key_state, FoldState* state, KvBatch* out, Zones* zones = nullptr)
+  // REQUIRES: parts == kAll when `out` is set (a store holds every part).
+  BatchFolder(const KeyState& key_state, FoldState* state, KvBatch* out, Zones* zones = nullptr,
+              FoldParts parts = FoldParts::kAll)
       : key_state_(key_state),
         state_(state),
         out_(out),
+        parts_(parts),
         call_kind_(ApiCallRecordedBodyKind()),
         denial_kind_(AuthorizationDeniedBodyKind()),
-        zones_(zones != nullptr ? *zones : own_zones_) {}
+        zones_(zones != nullptr ? *zones : own_zones_) {
+    assert(out_ == nullptr || parts_ == FoldParts::kAll);
+  }
 
   // Folds the stored value of the event at `sequence`.
   // Returns Corruption (with the sequence) when the value does not decode or
@@ -381,6 +389,7 @@ class BatchFolder {
   const KeyState& key_state_;
   FoldState* const state_;
   KvBatch* const out_;
+  const FoldParts parts_;
   const uint16_t call_kind_;
   const uint16_t denial_kind_;
   Zones own_zones_;  // before zones_, which may refer to it
@@ -430,7 +439,7 @@ Status BatchFolder::Fold(uint64_t sequence, std::string_view stored) {
   if (view_.body_kind == call_kind_) {
     ++events_folded_;
     FoldCall(sequence, view_.call);
-  } else if (view_.body_kind == denial_kind_) {
+  } else if (view_.body_kind == denial_kind_ && parts_ == FoldParts::kAll) {
     ++events_folded_;
     const AuthorizationDeniedView& d = view_.denial;
     state_->metrics.ApplyDenial(d.workspace_id, d.key_id, d.occurred_at_us, d.reason, d.count);
@@ -446,9 +455,10 @@ std::string_view BatchFolder::Aligned(std::string_view bytes) {
 }
 
 void BatchFolder::FoldCall(uint64_t sequence, const ApiCallView& call) {
+  ApplyUsage(call);
+  if (parts_ == FoldParts::kUsageOnly) return;
   state_->metrics.ApplyCall(call.workspace_id, call.key_id, call.occurred_at_us, call.status,
                             call.latency_us, call.units);
-  ApplyUsage(call);
   if (call.logged) AppendLog(sequence, call);
 }
 
@@ -606,16 +616,18 @@ Hash DigestOf(const FoldState& state) {
   return ChainHash(h, record);
 }
 
-// Folds (after, to] of `ledger` into `state` in batches, without storage.
+// Folds (after, to] of `ledger` into `state` in batches, without storage;
+// with kUsageOnly, only state->usage, usage_rejected and position change.
 Status FoldInMemory(const Ledger& ledger, const KeyState& key_state, uint64_t to,
-                    FoldState* state, const std::function<void(uint64_t)>& progress) {
+                    FoldState* state, const std::function<void(uint64_t)>& progress,
+                    FoldParts parts = FoldParts::kAll) {
   std::unique_ptr<ScanAhead> ahead;
   if (state->position < to && to - state->position >= kRebuildReadAheadEventsMin) {
     ahead = ScanAhead::OfLedger(ledger, state->position + 1, to);
   }
   Zones zones;  // for the whole fold: key_state does not change
   while (state->position < to) {
-    BatchFolder folder(key_state, state, nullptr, &zones);
+    BatchFolder folder(key_state, state, nullptr, &zones, parts);
     Status fold;
     auto fn = [&](uint64_t sequence, std::string_view value) {
       fold = folder.Fold(sequence, value);
@@ -656,21 +668,20 @@ Result<std::unique_ptr<CallProjections>> CallProjections::Open(const std::string
                                                                const Ledger* ledger,
                                                                const KeyState* key_state,
                                                                const Clock* clock,
-                                                               CallProjectionsOptions options,
-                                                               uint64_t fold_until) {
+                                                               CallProjectionsOptions options) {
   assert(ledger != nullptr && key_state != nullptr && clock != nullptr);
   assert(options.log_retention_us > 0 && options.fold_batch_events_max > 0 &&
          options.tail_wait_us > 0);
   std::unique_ptr<CallProjections> self(new CallProjections(ledger, key_state, clock, options));
   KL_ASSIGN_OR_RETURN(self->store_, KvStore::Open(path, StoreOptions()));
   KL_RETURN_IF_ERROR(self->LoadOrWipe());
-  const uint64_t until = fold_until == 0 ? ledger->head().sequence : fold_until;
-  const uint64_t backlog = until > self->position() ? until - self->position() : 0;
+  const uint64_t head = ledger->head().sequence;
+  const uint64_t backlog = head > self->position() ? head - self->position() : 0;
   if (options.read_ahead_events_min > 0 && backlog >= options.read_ahead_events_min) {
     // No one else holds `self` yet: see fold_batch_events_max.
     self->batch_events_max_ = std::max(options.fold_batch_events_max, kOpenFoldBatchEventsMin);
   }
-  Status fold = fold_until == 0 ? self->CatchUp() : self->CatchUpTo(fold_until);
+  Status fold = self->CatchUp();
   {
     std::lock_guard<std::mutex> lock(self->fold_mu_);
     self->batch_events_max_ = options.fold_batch_events_max;
@@ -1094,14 +1105,15 @@ Result<MetricsBucket> CallProjections::Totals(MetricsScope scope, std::string_vi
   return state_->metrics.Totals(scope, id, from_us, to_us);
 }
 
-WorkspaceUsage CallProjections::UsageFor(std::string_view workspace_id,
-                                         const BillingMonth& month) const {
-  std::shared_lock<std::shared_mutex> lock(state_mu_);
+namespace {
+
+WorkspaceUsage UsageOf(const call_projections_internal::FoldState& state,
+                       std::string_view workspace_id, const BillingMonth& month) {
   WorkspaceUsage out;
   out.month = month;
-  out.position = state_->position;
-  auto ws = state_->usage.find(workspace_id);
-  if (ws == state_->usage.end()) return out;
+  out.position = state.position;
+  auto ws = state.usage.find(workspace_id);
+  if (ws == state.usage.end()) return out;
   auto it = ws->second.find(month);
   if (it == ws->second.end()) return out;
   out.total = it->second.total;
@@ -1110,6 +1122,27 @@ WorkspaceUsage CallProjections::UsageFor(std::string_view workspace_id,
     out.keys.push_back(KeyUsage{key_id, units.units});
   }
   return out;
+}
+
+// FoldUsage's result: usage folded in memory, never changed after.
+class FoldedUsage final : public UsageReader {
+ public:
+  explicit FoldedUsage(std::unique_ptr<call_projections_internal::FoldState> state)
+      : state_(std::move(state)) {}
+  WorkspaceUsage UsageFor(std::string_view workspace_id, const BillingMonth& month) const override {
+    return UsageOf(*state_, workspace_id, month);
+  }
+
+ private:
+  const std::unique_ptr<call_projections_internal::FoldState> state_;
+};
+
+}  // namespace
+
+WorkspaceUsage CallProjections::UsageFor(std::string_view workspace_id,
+                                         const BillingMonth& month) const {
+  std::shared_lock<std::shared_mutex> lock(state_mu_);
+  return UsageOf(*state_, workspace_id, month);
 }
 
 std::vector<BillingMonth> CallProjections::UsageMonths(std::string_view workspace_id) const {
@@ -1123,19 +1156,37 @@ std::vector<BillingMonth> CallProjections::UsageMonths(std::string_view workspac
 
 // ---- Rebuild ---------------------------------------------------------------------------
 
+namespace {
+
+// Returns InvalidArgument (field "until") if `until` is beyond the ledger head.
+Status CheckUntil(const Ledger& ledger, uint64_t until) {
+  const uint64_t head = ledger.head().sequence;
+  if (until <= head) return Status::Ok();
+  return Status::InvalidArgument("until (" + std::to_string(until) +
+                                     ") is beyond the ledger head (" + std::to_string(head) + ")",
+                                 "until");
+}
+
+}  // namespace
+
 Result<Hash> RebuildCallProjectionsDigest(const Ledger& ledger, const KeyState& key_state,
                                           uint64_t until,
                                           const std::function<void(uint64_t)>& progress) {
+  KL_RETURN_IF_ERROR(CheckUntil(ledger, until));
   const uint64_t head = ledger.head().sequence;
-  if (until > head) {
-    return Status::InvalidArgument("until (" + std::to_string(until) +
-                                       ") is beyond the ledger head (" + std::to_string(head) + ")",
-                                   "until");
-  }
   call_projections_internal::FoldState state;
   KL_RETURN_IF_ERROR(call_projections_internal::FoldInMemory(
       ledger, key_state, until == 0 ? head : until, &state, progress));
   return call_projections_internal::DigestOf(state);
+}
+
+Result<std::unique_ptr<UsageReader>> FoldUsage(const Ledger& ledger, const KeyState& key_state,
+                                               uint64_t to) {
+  KL_RETURN_IF_ERROR(CheckUntil(ledger, to));
+  auto state = std::make_unique<call_projections_internal::FoldState>();
+  KL_RETURN_IF_ERROR(call_projections_internal::FoldInMemory(
+      ledger, key_state, to, state.get(), {}, call_projections_internal::FoldParts::kUsageOnly));
+  return std::unique_ptr<UsageReader>(std::make_unique<FoldedUsage>(std::move(state)));
 }
 
 Hash EmptyCallProjectionsDigest() {

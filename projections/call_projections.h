@@ -178,7 +178,20 @@ struct WorkspaceUsage {
   uint64_t position = 0;       // the ledger sequence these figures cover
 };
 
-class CallProjections {
+// Usage by workspace and billing month: what invoices are computed from
+// (api/invoice_compute.h).
+//
+// Thread safety: implementations are thread-safe.
+class UsageReader {
+ public:
+  virtual ~UsageReader() = default;
+  // Returns the usage of `workspace_id` in `month` (no keys and total 0 if
+  // none), with the position it covers. Never fails.
+  virtual WorkspaceUsage UsageFor(std::string_view workspace_id,
+                                  const BillingMonth& month) const = 0;
+};
+
+class CallProjections final : public UsageReader {
  public:
   // Opens (creating if missing) the store at `path`, loads the persisted
   // state, and catches up with the ledger head (see the file comment for when
@@ -188,14 +201,11 @@ class CallProjections {
   // Returns IOError if the store cannot be opened or written, Corruption if a
   // stored record cannot be read or the ledger holds an undecodable event
   // (with its sequence), or any error of CatchUp.
-  // `fold_until` (0: the head) stops the initial fold at that sequence; for
-  // reproducing a past state in a scratch store.
   static Result<std::unique_ptr<CallProjections>> Open(const std::string& path,
                                                        const Ledger* ledger,
                                                        const KeyState* key_state,
                                                        const Clock* clock,
-                                                       CallProjectionsOptions options,
-                                                       uint64_t fold_until = 0);
+                                                       CallProjectionsOptions options);
 
   // Folds up to `sequence` (as CatchUpTo), then calls fn(position()) with
   // folds held off, so every query fn makes sees that one position. Returns
@@ -272,7 +282,7 @@ class CallProjections {
 
   // Returns the usage of `workspace_id` in `month` (no keys and total 0 if
   // none), with the position it covers. Never fails.
-  WorkspaceUsage UsageFor(std::string_view workspace_id, const BillingMonth& month) const;
+  WorkspaceUsage UsageFor(std::string_view workspace_id, const BillingMonth& month) const override;
 
   // Returns the months in which `workspace_id` has units, oldest first.
   std::vector<BillingMonth> UsageMonths(std::string_view workspace_id) const;
@@ -335,6 +345,16 @@ class CallProjections {
 Result<Hash> RebuildCallProjectionsDigest(const Ledger& ledger, const KeyState& key_state,
                                           uint64_t until,
                                           const std::function<void(uint64_t)>& progress = {});
+
+// Folds the usage alone (no metrics, no logs, no store) of every API-call
+// event of `ledger` in 1..to into memory, reading billing time zones from
+// `key_state` for the whole fold: the usage CallProjections holds at `to`
+// when it folded with that key state. For recomputing invoices from the log.
+// The result is immutable, so thread-safe.
+// Returns InvalidArgument (field "until") if `to` is beyond the ledger head,
+// and the other errors of RebuildCallProjectionsDigest.
+Result<std::unique_ptr<UsageReader>> FoldUsage(const Ledger& ledger, const KeyState& key_state,
+                                               uint64_t to);
 
 // The digest of call projections that folded nothing.
 Hash EmptyCallProjectionsDigest();

@@ -531,14 +531,13 @@ Result<IssuedInvoiceList> IssuedInvoices(const Ledger& ledger, uint64_t to,
 }
 
 // Invoices: every issued invoice event in 1..to, or with `reproduce` the same
-// invoices recomputed from the log alone (ReproduceInvoiceRun, in scratch
-// directories). The digest is over their digests in order.
+// invoices recomputed from the log alone (ReproduceInvoiceRun). The digest is
+// over their digests in order.
 Result<Hash> InvoiceDigests(ReplayInputs& inputs, uint64_t to, bool reproduce,
                             const ProgressFn& progress) {
   KL_ASSIGN_OR_RETURN(const IssuedInvoiceList* issued,
                       inputs.IssuedInvoicesAt(to, reproduce ? ProgressFn() : progress));
   const IssuedInvoiceList& invoices = *issued;
-  SystemClock clock;
   std::string digests;
   // One run's invoices are consecutive events covering one position: they
   // are reproduced together, with one fold of the usage.
@@ -554,14 +553,12 @@ Result<Hash> InvoiceDigests(ReplayInputs& inputs, uint64_t to, bool reproduce,
     std::vector<Hash> run_digests;
     if (reproduce) {
       if (progress) progress(invoices[run_begin].first);
-      KL_ASSIGN_OR_RETURN(std::string dir, inputs.scratch().Sub(
-                                               "run-" + std::to_string(invoices[run_begin].first)));
       std::vector<InvoiceRef> refs;
       for (size_t i = run_begin; i < run_end; i++) {
         const auto& [seq, invoice] = invoices[i];
         refs.push_back(InvoiceRef{invoice.workspace_id, invoice.month, invoice.invoice_number, seq});
       }
-      KL_ASSIGN_OR_RETURN(auto again, ReproduceInvoiceRun(inputs.ledger(), refs, dir, &clock));
+      KL_ASSIGN_OR_RETURN(auto again, ReproduceInvoiceRun(inputs.ledger(), refs));
       for (const InvoiceIssued& invoice : again) run_digests.push_back(invoice.digest);
     } else {
       for (size_t i = run_begin; i < run_end; i++) run_digests.push_back(invoices[i].second.digest);

@@ -1223,13 +1223,121 @@ Result<uint64_t> ReadCallProjectionsPosition(const std::string& path,
   return state.position;
 }
 
+namespace {
+
+// One stored log entry, by the sequence in its key, with the hash of its
+// key ‖ value (what the fold chains for it).
+struct StoredLogEntry {
+  uint64_t sequence = 0;
+  Hash record_hash{};
+};
+
+// Returns the stored log entries in sequence order; Corruption for a key
+// that is not a log key or a sequence beyond `position`.
+Result<std::vector<StoredLogEntry>> ReadStoredLogEntries(const KvStore& store, uint64_t position) {
+  std::vector<StoredLogEntry> entries;
+  std::string record;
+  Status bad;
+  KL_RETURN_IF_ERROR(store.Scan(
+      kCallCfLogs, "", "",
+      [&](std::string_view key, std::string_view value) {
+        if (key.size() <= kSequenceBytes || key[key.size() - kSequenceBytes - 1] != '\0') {
+          bad = Status::Corruption("call projections: a log key of an unknown shape");
+          return false;
+        }
+        const uint64_t sequence = std::numeric_limits<uint64_t>::max() -
+                                  DecodeBigEndian64(key.data() + key.size() - kSequenceBytes);
+        if (sequence == 0 || sequence > position) {
+          bad = Status::Corruption("call projections: a log entry beyond the position", sequence);
+          return false;
+        }
+        record.assign(key);
+        record.append(value);
+        entries.push_back(StoredLogEntry{sequence, HashBytes(record)});
+        return true;
+      },
+      ScanKind::kBulk));
+  KL_RETURN_IF_ERROR(bad);
+  std::sort(entries.begin(), entries.end(),
+            [](const StoredLogEntry& a, const StoredLogEntry& b) { return a.sequence < b.sequence; });
+  return entries;
+}
+
+// Checks every stored log entry against the event its key names: that event
+// must be a logged call of that key whose log record (key ‖ value) is the
+// stored one. Retention deletes entries, so a missing entry is not detected
+// here; a changed or an added one is. Returns Corruption naming the sequence.
+Status CheckStoredLogEntries(const KvStore& store, const Ledger& ledger, uint64_t position) {
+  KL_ASSIGN_OR_RETURN(std::vector<StoredLogEntry> entries, ReadStoredLogEntries(store, position));
+  if (entries.empty()) return Status::Ok();
+  const uint16_t call_kind = ApiCallRecordedBodyKind();
+  CallEventView view;
+  std::vector<uint64_t> aligned;
+  std::string key;
+  std::string record;
+  size_t next = 0;
+  Status bad;
+  KL_RETURN_IF_ERROR(ledger.ScanRaw(
+      entries.front().sequence, entries.back().sequence,
+      [&](uint64_t sequence, std::string_view stored) {
+        if (sequence < entries[next].sequence) return true;
+        if (sequence > entries[next].sequence) {  // the scan is dense: two entries, one event
+          bad = Status::Corruption("more than one log entry names this event", sequence - 1);
+          return false;
+        }
+        Hash hash;
+        std::string_view body;
+        bad = SplitStoredValue(stored, &hash, &body);
+        if (bad.ok()) {
+          aligned.resize((body.size() + sizeof(uint64_t) - 1) / sizeof(uint64_t));
+          std::memcpy(aligned.data(), body.data(), body.size());
+          bad = DecodeCallEvent(
+              std::string_view(reinterpret_cast<const char*>(aligned.data()), body.size()), &view);
+        }
+        if (bad.ok() && (view.body_kind != call_kind || !view.call.logged ||
+                         view.call.key_id.empty() ||
+                         view.call.key_id.find('\0') != std::string_view::npos)) {
+          bad = Status::Corruption("a log entry of an event that is not a logged call", sequence);
+        }
+        if (bad.ok()) {
+          LogKey(view.call.key_id, sequence, &key);
+          EncodeLogValue(view.call, &record);
+          record.insert(0, key);
+          if (HashBytes(record) != entries[next].record_hash) {
+            bad = Status::Corruption("a log entry differs from the call it was made from", sequence);
+          }
+        }
+        if (!bad.ok()) {
+          if (bad.sequence() == 0) bad = Status::Corruption(bad.message(), sequence);
+          return false;
+        }
+        ++next;
+        return next < entries.size();
+      }));
+  KL_RETURN_IF_ERROR(bad);
+  if (next != entries.size()) {
+    return Status::Corruption("a log entry of an event the ledger does not have",
+                              entries[next].sequence);
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
 Result<CallProjectionsSnapshot> LoadCallProjectionsSnapshot(const std::string& path,
-                                                            const std::string& secondary_path) {
+                                                            const std::string& secondary_path,
+                                                            Ledger& ledger) {
   KL_ASSIGN_OR_RETURN(auto store, OpenSnapshotStore(path, secondary_path));
   call_projections_internal::FoldState state;
   KL_RETURN_IF_ERROR(LoadMetrics(*store, &state));
   KL_RETURN_IF_ERROR(LoadUsage(*store, &state));
   KL_RETURN_IF_ERROR(LoadMeta(*store, &state));
+  if (ledger.head().sequence < state.position) KL_RETURN_IF_ERROR(ledger.CatchUp());
+  if (ledger.head().sequence < state.position) {
+    return Status::Corruption("the call projections are at " + std::to_string(state.position) +
+                              ", beyond the ledger head " + std::to_string(ledger.head().sequence));
+  }
+  KL_RETURN_IF_ERROR(CheckStoredLogEntries(*store, ledger, state.position));
   return CallProjectionsSnapshot{call_projections_internal::DigestOf(state), state.position};
 }
 

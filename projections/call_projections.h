@@ -367,11 +367,19 @@ struct CallProjectionsSnapshot {
 
 // Reads the store at `path` (DATA/calls) as a RocksDB secondary instance
 // (scratch files under `secondary_path`, REQUIRES: an empty directory), so a
-// running server's store is read without stopping or disturbing it.
+// running server's store is read without stopping or disturbing it. The
+// digest covers log entries only through their running hash, so every
+// stored log entry is also checked against the event its key names in
+// `ledger`: it must be that logged call's entry, byte for byte. (An entry
+// missing from the store is not found: retention deletes entries.) A
+// secondary `ledger` behind the store's position is caught up first.
 // Returns FailedPrecondition for a store of another format version,
-// Corruption for an unreadable record, IOError if it cannot be opened.
+// Corruption for an unreadable record, a log entry that does not match its
+// event (with the sequence) or a store beyond the ledger's head, IOError if
+// it cannot be opened or the ledger read, and the errors of Ledger::CatchUp.
 Result<CallProjectionsSnapshot> LoadCallProjectionsSnapshot(const std::string& path,
-                                                            const std::string& secondary_path);
+                                                            const std::string& secondary_path,
+                                                            Ledger& ledger);
 
 // Reads only the position of the store at `path`, as LoadCallProjectionsSnapshot
 // reads the whole (same errors; 0 when nothing was folded). Much faster: a

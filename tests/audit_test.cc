@@ -9,6 +9,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -172,6 +173,13 @@ class AuditTest : public ::testing::Test {
   }
 
   uint64_t Call() { return Append(MakeCallEvent(++next_id_, "key_a")); }
+
+  // A call of key_b made while its logging was on; returns its sequence.
+  uint64_t LoggedCall() {
+    NewEvent e = MakeCallEvent(++next_id_, "key_b", "body excerpt");
+    std::get<ApiCallRecorded>(e.body).logged = true;
+    return Append(std::move(e));
+  }
 
   void BuildLifecycle() {
     Lifecycle(kOperatorStream, "system", OperatorTokenSet{FilledHash(0x01)});
@@ -513,6 +521,18 @@ TEST_F(AuditTest, ReplayMatchesTheLiveProjectionOfARunningServer) {
   EXPECT_NE(r.out.find(calls + "  " + calls + "  ok"), std::string::npos) << r.out;
 }
 
+// The key of the log entry of call `sequence` of `key_id` in DATA/calls.
+std::string LogKeyOf(const std::string& key_id, uint64_t sequence) {
+  std::string key = key_id;
+  key.push_back('\0');
+  AppendBigEndian64(&key, std::numeric_limits<uint64_t>::max() - sequence);
+  return key;
+}
+
+constexpr int kLogsFamily = 0;  // DATA/calls' column families, in their order
+const std::vector<ColumnFamilySpec> kCallFamilies = {
+    {"logs"}, {"log_times"}, {"metrics"}, {"usage"}, {"meta"}};
+
 // The rows of a replay table without the timing columns, which vary.
 std::vector<std::string> TableWithoutSeconds(const std::string& out) {
   std::vector<std::string> rows;
@@ -582,15 +602,55 @@ TEST(AuditReplayInvoicesTest, ReproducesTheIssuedInvoicesOnOneThreadAndOnMany) {
 TEST_F(AuditTest, ReplayFindsAChangedCallProjectionRecord) {
   OpenProjections();
   CloseAll();
-  EditStore(calls_path(), {{"logs"}, {"log_times"}, {"metrics"}, {"usage"}, {"meta"}},
-            [](KvStore&, KvBatch& batch) {
-              batch.Put(4, "usage_rejected", std::string("\0\0\0\0\0\0\0\x07", 8));
-            });
+  EditStore(calls_path(), kCallFamilies, [](KvStore&, KvBatch& batch) {
+    batch.Put(4, "usage_rejected", std::string("\0\0\0\0\0\0\0\x07", 8));
+  });
   OpenLedger();
   CliResult r = RunCli({"audit", "replay", "--data", data_});
   EXPECT_EQ(r.exit_code, 1) << r.out;
   EXPECT_NE(r.out.find("DIFFERENT"), std::string::npos) << r.out;
   EXPECT_NE(r.err.find("1 of 3 projections do not match"), std::string::npos) << r.err;
+}
+
+TEST_F(AuditTest, ReplayChecksEveryStoredLogEntryAgainstItsCall) {
+  const uint64_t logged = LoggedCall();
+  OpenProjections();
+  CliResult untouched = RunCli({"audit", "replay", "--data", data_});
+  ASSERT_EQ(untouched.exit_code, 0) << untouched.out << untouched.err;
+  CloseAll();
+  EditStore(calls_path(), kCallFamilies, [&](KvStore& store, KvBatch& batch) {
+    auto value = store.Get(kLogsFamily, LogKeyOf("key_b", logged));
+    ASSERT_TRUE(value.ok() && value->has_value()) << "no log entry of the logged call";
+    std::string changed = **value;
+    changed[changed.size() / 2] ^= 0x01;
+    batch.Put(kLogsFamily, LogKeyOf("key_b", logged), changed);
+  });
+  OpenLedger();
+  CliResult r = RunCli({"audit", "replay", "--data", data_});
+  EXPECT_EQ(r.exit_code, 1) << r.out;
+  EXPECT_NE(r.out.find("corruption at sequence " + std::to_string(logged) +
+                       ": a log entry differs from the call it was made from"),
+            std::string::npos)
+      << r.out;
+}
+
+TEST_F(AuditTest, ReplayFindsALogEntryOfACallMadeWithoutLogging) {
+  const uint64_t unlogged = Call();
+  const uint64_t logged = LoggedCall();
+  OpenProjections();
+  CloseAll();
+  EditStore(calls_path(), kCallFamilies, [&](KvStore& store, KvBatch& batch) {
+    auto value = store.Get(kLogsFamily, LogKeyOf("key_b", logged));
+    ASSERT_TRUE(value.ok() && value->has_value());
+    batch.Put(kLogsFamily, LogKeyOf("key_a", unlogged), **value);  // an entry never made
+  });
+  OpenLedger();
+  CliResult r = RunCli({"audit", "replay", "--data", data_});
+  EXPECT_EQ(r.exit_code, 1) << r.out;
+  EXPECT_NE(r.out.find("corruption at sequence " + std::to_string(unlogged) +
+                       ": a log entry of an event that is not a logged call"),
+            std::string::npos)
+      << r.out;
 }
 
 TEST_F(AuditTest, ReplayFindsAChangedProjectionRecord) {

@@ -405,7 +405,7 @@ class ReplayInputs {
       : data_dir_(std::move(data_dir)), ledger_(ledger), scratch_(scratch) {}
 
   const std::string& data_dir() const { return data_dir_; }
-  const Ledger& ledger() const { return ledger_; }
+  Ledger& ledger() const { return ledger_; }  // a secondary view: thread-safe, never appended to
   const ScratchDir& scratch() const { return scratch_; }
 
   // Returns OK once the ledger view reaches `to`, catching it up if needed (a
@@ -484,7 +484,7 @@ Result<std::string> CallProjectionsPath(const ReplayInputs& inputs) {
 
 Result<LiveProjection> LiveCallProjections(ReplayInputs& inputs, const std::string& scratch) {
   KL_ASSIGN_OR_RETURN(std::string path, CallProjectionsPath(inputs));
-  KL_ASSIGN_OR_RETURN(CallProjectionsSnapshot live, LoadCallProjectionsSnapshot(path, scratch));
+  KL_ASSIGN_OR_RETURN(CallProjectionsSnapshot live, LoadCallProjectionsSnapshot(path, scratch, inputs.ledger()));
   return LiveProjection{live.digest, live.position};
 }
 

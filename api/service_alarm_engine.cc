@@ -10,9 +10,9 @@
 #include "api/notify.h"
 #include "api/invoice_compute.h"
 #include "api/service_internal.h"
-#include "ledger/thread_name.h"
 #include "billing/calendar.h"
 #include "billing/pricing.h"
+#include "ledger/thread_name.h"
 #include "projections/alarm_eval.h"
 
 namespace keyledger {

@@ -112,6 +112,15 @@ bool DecodeHex(std::string_view hex, std::string* out) {
   return true;
 }
 
+// Returns `bytes` at a word-aligned address (Cap'n Proto reads words): as
+// they are if aligned, else copied into *buffer. Valid until *buffer changes.
+std::string_view WordAligned(std::string_view bytes, std::vector<uint64_t>* buffer) {
+  if (reinterpret_cast<uintptr_t>(bytes.data()) % alignof(uint64_t) == 0) return bytes;
+  buffer->resize((bytes.size() + sizeof(uint64_t) - 1) / sizeof(uint64_t));
+  std::memcpy(buffer->data(), bytes.data(), bytes.size());
+  return std::string_view(reinterpret_cast<const char*>(buffer->data()), bytes.size());
+}
+
 int64_t SaturatingSub(int64_t a, int64_t b) {
   assert(b >= 0);
   return a < std::numeric_limits<int64_t>::min() + b ? std::numeric_limits<int64_t>::min() : a - b;
@@ -374,9 +383,6 @@ class BatchFolder {
     const std::string* key;
     KeyUnits* units;
   };
-  // Returns `bytes` at a word-aligned address (the decoded views point into
-  // it). Valid until the next call.
-  std::string_view Aligned(std::string_view bytes);
   void FoldCall(uint64_t sequence, const ApiCallView& call);
   // Returns the zone of `workspace_id`; consecutive calls are mostly of one
   // workspace, so the last one is remembered.
@@ -427,7 +433,7 @@ Status BatchFolder::Fold(uint64_t sequence, std::string_view stored) {
   std::string_view unaligned;
   Status split = SplitStoredValue(stored, &hash, &unaligned);
   if (!split.ok()) return Status::Corruption(split.message(), sequence);
-  const std::string_view body = Aligned(unaligned);
+  const std::string_view body = WordAligned(unaligned, &aligned_);
   ++events_scanned_;
   bytes_ += stored.size();
   last_sequence_ = sequence;
@@ -445,13 +451,6 @@ Status BatchFolder::Fold(uint64_t sequence, std::string_view stored) {
     state_->metrics.ApplyDenial(d.workspace_id, d.key_id, d.occurred_at_us, d.reason, d.count);
   }
   return Status::Ok();
-}
-
-std::string_view BatchFolder::Aligned(std::string_view bytes) {
-  if (reinterpret_cast<uintptr_t>(bytes.data()) % alignof(uint64_t) == 0) return bytes;
-  aligned_.resize((bytes.size() + sizeof(uint64_t) - 1) / sizeof(uint64_t));
-  std::memcpy(aligned_.data(), bytes.data(), bytes.size());
-  return std::string_view(reinterpret_cast<const char*>(aligned_.data()), bytes.size());
 }
 
 void BatchFolder::FoldCall(uint64_t sequence, const ApiCallView& call) {
@@ -1282,18 +1281,14 @@ Status CheckStoredLogEntries(const KvStore& store, const Ledger& ledger, uint64_
       [&](uint64_t sequence, std::string_view stored) {
         if (sequence < entries[next].sequence) return true;
         if (sequence > entries[next].sequence) {  // the scan is dense: two entries, one event
-          bad = Status::Corruption("more than one log entry names this event", sequence - 1);
+          bad = Status::Corruption("more than one log entry names this event",
+                                   entries[next].sequence);
           return false;
         }
         Hash hash;
         std::string_view body;
         bad = SplitStoredValue(stored, &hash, &body);
-        if (bad.ok()) {
-          aligned.resize((body.size() + sizeof(uint64_t) - 1) / sizeof(uint64_t));
-          std::memcpy(aligned.data(), body.data(), body.size());
-          bad = DecodeCallEvent(
-              std::string_view(reinterpret_cast<const char*>(aligned.data()), body.size()), &view);
-        }
+        if (bad.ok()) bad = DecodeCallEvent(WordAligned(body, &aligned), &view);
         if (bad.ok() && (view.body_kind != call_kind || !view.call.logged ||
                          view.call.key_id.empty() ||
                          view.call.key_id.find('\0') != std::string_view::npos)) {

@@ -533,6 +533,16 @@ constexpr int kLogsFamily = 0;  // DATA/calls' column families, in their order
 const std::vector<ColumnFamilySpec> kCallFamilies = {
     {"logs"}, {"log_times"}, {"metrics"}, {"usage"}, {"meta"}};
 
+// Expects `audit replay` of `data` to exit 1 naming `sequence` and `message`.
+void ExpectReplayReportsCorruptionIn(const std::string& data, uint64_t sequence,
+                                     const std::string& message) {
+  CliResult r = RunCli({"audit", "replay", "--data", data});
+  EXPECT_EQ(r.exit_code, 1) << r.out;
+  EXPECT_NE(r.out.find("corruption at sequence " + std::to_string(sequence) + ": " + message),
+            std::string::npos)
+      << r.out;
+}
+
 // The rows of a replay table without the timing columns, which vary.
 std::vector<std::string> TableWithoutSeconds(const std::string& out) {
   std::vector<std::string> rows;
@@ -626,12 +636,8 @@ TEST_F(AuditTest, ReplayChecksEveryStoredLogEntryAgainstItsCall) {
     batch.Put(kLogsFamily, LogKeyOf("key_b", logged), changed);
   });
   OpenLedger();
-  CliResult r = RunCli({"audit", "replay", "--data", data_});
-  EXPECT_EQ(r.exit_code, 1) << r.out;
-  EXPECT_NE(r.out.find("corruption at sequence " + std::to_string(logged) +
-                       ": a log entry differs from the call it was made from"),
-            std::string::npos)
-      << r.out;
+  ExpectReplayReportsCorruptionIn(data_, logged,
+                                  "a log entry differs from the call it was made from");
 }
 
 TEST_F(AuditTest, ReplayFindsALogEntryOfACallMadeWithoutLogging) {
@@ -645,12 +651,8 @@ TEST_F(AuditTest, ReplayFindsALogEntryOfACallMadeWithoutLogging) {
     batch.Put(kLogsFamily, LogKeyOf("key_a", unlogged), **value);  // an entry never made
   });
   OpenLedger();
-  CliResult r = RunCli({"audit", "replay", "--data", data_});
-  EXPECT_EQ(r.exit_code, 1) << r.out;
-  EXPECT_NE(r.out.find("corruption at sequence " + std::to_string(unlogged) +
-                       ": a log entry of an event that is not a logged call"),
-            std::string::npos)
-      << r.out;
+  ExpectReplayReportsCorruptionIn(data_, unlogged,
+                                  "a log entry of an event that is not a logged call");
 }
 
 TEST_F(AuditTest, ReplayFindsAChangedProjectionRecord) {

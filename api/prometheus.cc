@@ -13,6 +13,18 @@ std::string Seconds(uint64_t us) {
   return buf;
 }
 
+// "{labels}", or "" without labels. Appended, not "{" + ...: GCC 12 warns
+// falsely there (-Wrestrict).
+std::string Braces(std::string_view labels) {
+  std::string braces;
+  if (!labels.empty()) {
+    braces += '{';
+    braces += labels;
+    braces += '}';
+  }
+  return braces;
+}
+
 }  // namespace
 
 void LatencyHistogramUs::Observe(uint64_t value_us) {
@@ -34,7 +46,7 @@ void LatencyHistogramUs::Render(std::string* out, std::string_view name,
     *out += std::string(name) + "_bucket{" + prefix + "le=\"" + le + "\"} " +
             std::to_string(cumulative) + "\n";
   }
-  std::string braces = labels.empty() ? "" : "{" + std::string(labels) + "}";
+  const std::string braces = Braces(labels);
   *out += std::string(name) + "_sum" + braces + " " + Seconds(sum_us_.load()) + "\n";
   *out += std::string(name) + "_count" + braces + " " + std::to_string(count_.load()) + "\n";
 }
@@ -77,7 +89,7 @@ void RenderGauge(std::string* out, std::string_view name, std::string_view help,
                  std::string_view type, std::string_view labels) {
   *out += "# HELP " + std::string(name) + " " + std::string(help) + "\n";
   *out += "# TYPE " + std::string(name) + " " + std::string(type) + "\n";
-  std::string braces = labels.empty() ? "" : "{" + std::string(labels) + "}";
+  const std::string braces = Braces(labels);
   *out += std::string(name) + braces + " " + std::to_string(value) + "\n";
 }
 

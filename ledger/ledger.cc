@@ -626,6 +626,16 @@ Status Ledger::CatchUp() {
   return Status::Ok();
 }
 
+Status Ledger::CatchUpTo(uint64_t sequence) {
+  if (sequence <= head().sequence) return Status::Ok();
+  if (rep_->options.mode == OpenMode::kSecondary) KL_RETURN_IF_ERROR(CatchUp());
+  const uint64_t now = head().sequence;
+  if (sequence <= now) return Status::Ok();
+  return Status::Corruption(
+      "sequence " + std::to_string(sequence) + " is beyond the ledger head " + std::to_string(now),
+      sequence);
+}
+
 void Ledger::Close() {
   std::lock_guard<std::mutex> lock(rep_->mu);
   rep_->closed = true;

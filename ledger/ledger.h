@@ -153,6 +153,12 @@ class Ledger {
   // For a secondary view: catch up with the primary. Returns Unavailable otherwise.
   Status CatchUp();
 
+  // Returns OK once the head is at or past `sequence`: a secondary view
+  // behind it catches up first (something read after the view opened, such
+  // as a projection, may be ahead of it). Returns Corruption (with
+  // `sequence`) if the head stays short of it, and the errors of CatchUp.
+  Status CatchUpTo(uint64_t sequence);
+
   // Wakes waiters and refuses further appends with Unavailable. Idempotent.
   void Close();
 

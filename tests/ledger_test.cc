@@ -268,9 +268,19 @@ TEST_F(LedgerTest, SecondaryViewReadsARunningLedger) {
   ASSERT_TRUE(ledger->Append({MakeCallEvent(3)}).ok());
   ASSERT_TRUE((*view)->CatchUp().ok());
   EXPECT_EQ((*view)->head().sequence, 3u);
+  ASSERT_TRUE(ledger->Append({MakeCallEvent(4)}).ok());
+  EXPECT_TRUE((*view)->CatchUpTo(3).ok());
+  EXPECT_EQ((*view)->head().sequence, 3u);  // at 3 already: no catch-up
+  ASSERT_TRUE((*view)->CatchUpTo(4).ok());
+  EXPECT_EQ((*view)->head().sequence, 4u);
+  Status beyond = (*view)->CatchUpTo(5);
+  EXPECT_EQ(beyond.code(), Code::kCorruption);
+  EXPECT_EQ(beyond.sequence(), 5u);
+  EXPECT_EQ(ledger->CatchUpTo(4).code(), Code::kOk);  // a primary is always at its head
+  EXPECT_EQ(ledger->CatchUpTo(5).code(), Code::kCorruption);
   auto verified = (*view)->Verify();
   ASSERT_TRUE(verified.ok()) << verified.ToStatus().ToString();
-  EXPECT_EQ(verified->events_verified, 3u);
+  EXPECT_EQ(verified->events_verified, 4u);
 }
 
 // Property: random interleavings of appends (with retries and stream

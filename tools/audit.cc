@@ -408,17 +408,6 @@ class ReplayInputs {
   Ledger& ledger() const { return ledger_; }  // a secondary view: thread-safe, never appended to
   const ScratchDir& scratch() const { return scratch_; }
 
-  // Returns OK once the ledger view reaches `to`, catching it up if needed (a
-  // projection read after the view opened may be ahead of it); Corruption if
-  // the ledger's head stays short of `to`.
-  Status ReachPosition(uint64_t to) {
-    if (to <= ledger_.head().sequence) return Status::Ok();
-    KL_RETURN_IF_ERROR(ledger_.CatchUp());
-    if (to <= ledger_.head().sequence) return Status::Ok();
-    return Status::Corruption("the live projection is at " + std::to_string(to) +
-                              ", beyond the ledger head " + std::to_string(ledger_.head().sequence));
-  }
-
   // The key state rebuilt to `to` (see OncePerPosition::Get).
   Result<const KeyState*> KeyStateAt(uint64_t to, const ProgressFn& progress) {
     return key_states_.Get(to, [&] { return RebuildKeyState(ledger_, to, progress); });
@@ -655,7 +644,7 @@ struct ReplayWork {
 
 // Rebuilds work->check to `to`, timed, reporting to `progress`.
 Result<Hash> TimedRebuild(ReplayWork* work, ReplayInputs& inputs, uint64_t to, Progress* progress) {
-  KL_RETURN_IF_ERROR(inputs.ReachPosition(to));
+  KL_RETURN_IF_ERROR(inputs.ledger().CatchUpTo(to));
   const int64_t start_us = SteadyNowUs();
   auto rebuilt = work->check->rebuild(inputs, to, progress->Part(to));
   work->row.rebuild_seconds += static_cast<double>(SteadyNowUs() - start_us) / 1e6;

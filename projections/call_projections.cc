@@ -245,6 +245,23 @@ void EncodeLogValue(const ApiCallView& call, std::string* out) {
   PutExcerpt(call.response, out);
 }
 
+// Makes the log entry of call `sequence`: its key, its value, and the record
+// key ‖ value that the fold chains. The key has a fixed shape (no '\0' in the
+// id, 8 bytes after it), so key ‖ value names one entry unambiguously.
+// Returns false, making nothing, for a call that gets no entry: one made
+// while logging was off, or with an empty key id or one holding '\0'.
+bool MakeLogEntry(const ApiCallView& call, uint64_t sequence, std::string* key, std::string* value,
+                  std::string* record) {
+  if (!call.logged || call.key_id.empty() || call.key_id.find('\0') != std::string_view::npos) {
+    return false;
+  }
+  LogKey(call.key_id, sequence, key);
+  EncodeLogValue(call, value);
+  record->assign(*key);
+  record->append(*value);
+  return true;
+}
+
 struct LogHeader {
   int64_t occurred_at_us = 0;
   uint16_t status = 0;
@@ -390,6 +407,7 @@ class BatchFolder {
   // Returns the month usage of the call in `zone`, or nullptr.
   MonthUsage* ResolveUsage(Zone& zone, const ApiCallView& call);
   void ApplyUsage(const ApiCallView& call);
+  // Chains (and with `out`, keeps) the call's log entry, if it gets one (MakeLogEntry).
   void AppendLog(uint64_t sequence, const ApiCallView& call);
 
   const KeyState& key_state_;
@@ -458,7 +476,7 @@ void BatchFolder::FoldCall(uint64_t sequence, const ApiCallView& call) {
   if (parts_ == FoldParts::kUsageOnly) return;
   state_->metrics.ApplyCall(call.workspace_id, call.key_id, call.occurred_at_us, call.status,
                             call.latency_us, call.units);
-  if (call.logged) AppendLog(sequence, call);
+  AppendLog(sequence, call);
 }
 
 BatchFolder::Zone& BatchFolder::ZoneOf(std::string_view workspace_id) {
@@ -519,13 +537,7 @@ void BatchFolder::ApplyUsage(const ApiCallView& call) {
 }
 
 void BatchFolder::AppendLog(uint64_t sequence, const ApiCallView& call) {
-  if (call.key_id.empty() || call.key_id.find('\0') != std::string_view::npos) return;
-  LogKey(call.key_id, sequence, &log_key_);
-  EncodeLogValue(call, &log_value_);
-  // The key has a fixed shape (no '\0' in the id, 8 bytes after it), so
-  // key ‖ value names one entry unambiguously.
-  log_record_.assign(log_key_);
-  log_record_.append(log_value_);
+  if (!MakeLogEntry(call, sequence, &log_key_, &log_value_, &log_record_)) return;
   state_->log_chain = ChainHash(state_->log_chain, log_record_);
   if (out_ == nullptr) return;
   // Written at Finish, in key order (see there).
@@ -1273,6 +1285,7 @@ Status CheckStoredLogEntries(const KvStore& store, const Ledger& ledger, uint64_
   CallEventView view;
   std::vector<uint64_t> aligned;
   std::string key;
+  std::string value;
   std::string record;
   size_t next = 0;
   Status bad;
@@ -1289,18 +1302,12 @@ Status CheckStoredLogEntries(const KvStore& store, const Ledger& ledger, uint64_
         std::string_view body;
         bad = SplitStoredValue(stored, &hash, &body);
         if (bad.ok()) bad = DecodeCallEvent(WordAligned(body, &aligned), &view);
-        if (bad.ok() && (view.body_kind != call_kind || !view.call.logged ||
-                         view.call.key_id.empty() ||
-                         view.call.key_id.find('\0') != std::string_view::npos)) {
+        if (bad.ok() && (view.body_kind != call_kind ||
+                         !MakeLogEntry(view.call, sequence, &key, &value, &record))) {
           bad = Status::Corruption("a log entry of an event that is not a logged call", sequence);
         }
-        if (bad.ok()) {
-          LogKey(view.call.key_id, sequence, &key);
-          EncodeLogValue(view.call, &record);
-          record.insert(0, key);
-          if (HashBytes(record) != entries[next].record_hash) {
-            bad = Status::Corruption("a log entry differs from the call it was made from", sequence);
-          }
+        if (bad.ok() && HashBytes(record) != entries[next].record_hash) {
+          bad = Status::Corruption("a log entry differs from the call it was made from", sequence);
         }
         if (!bad.ok()) {
           if (bad.sequence() == 0) bad = Status::Corruption(bad.message(), sequence);
@@ -1327,11 +1334,7 @@ Result<CallProjectionsSnapshot> LoadCallProjectionsSnapshot(const std::string& p
   KL_RETURN_IF_ERROR(LoadMetrics(*store, &state));
   KL_RETURN_IF_ERROR(LoadUsage(*store, &state));
   KL_RETURN_IF_ERROR(LoadMeta(*store, &state));
-  if (ledger.head().sequence < state.position) KL_RETURN_IF_ERROR(ledger.CatchUp());
-  if (ledger.head().sequence < state.position) {
-    return Status::Corruption("the call projections are at " + std::to_string(state.position) +
-                              ", beyond the ledger head " + std::to_string(ledger.head().sequence));
-  }
+  KL_RETURN_IF_ERROR(ledger.CatchUpTo(state.position));
   KL_RETURN_IF_ERROR(CheckStoredLogEntries(*store, ledger, state.position));
   return CallProjectionsSnapshot{call_projections_internal::DigestOf(state), state.position};
 }

@@ -371,12 +371,12 @@ struct CallProjectionsSnapshot {
 // digest covers log entries only through their running hash, so every
 // stored log entry is also checked against the event its key names in
 // `ledger`: it must be that logged call's entry, byte for byte. (An entry
-// missing from the store is not found: retention deletes entries.) A
-// secondary `ledger` behind the store's position is caught up first.
+// missing from the store is not found: retention deletes entries.) The
+// ledger is caught up to the store's position first (Ledger::CatchUpTo).
 // Returns FailedPrecondition for a store of another format version,
 // Corruption for an unreadable record, a log entry that does not match its
-// event (with the sequence) or a store beyond the ledger's head, IOError if
-// it cannot be opened or the ledger read, and the errors of Ledger::CatchUp.
+// event (with the sequence), IOError if it cannot be opened or the ledger
+// read, and the errors of Ledger::CatchUpTo.
 Result<CallProjectionsSnapshot> LoadCallProjectionsSnapshot(const std::string& path,
                                                             const std::string& secondary_path,
                                                             Ledger& ledger);

@@ -30,10 +30,17 @@ constexpr int kCallCfs[] = {kCallCfLogs, kCallCfLogTimes, kCallCfMetrics, kCallC
 
 constexpr char kFormatKey[] = "format";
 // Bump when any record layout changes: the store is then rebuilt from the log.
-constexpr char kFormatVersion[] = "call-projections-1";
+// 2: the sweep records its cutoff (kLogSweptBeforeKey); a store of format 1
+// may have been swept without one, so it is rebuilt rather than trusted.
+constexpr char kFormatVersion[] = "call-projections-2";
 constexpr char kPositionKey[] = "position";             // sequence (8 BE) ‖ ledger hash (32)
 constexpr char kLogChainKey[] = "log_chain";            // 32 bytes
 constexpr char kUsageRejectedKey[] = "usage_rejected";  // 8 BE
+// The highest cutoff below which a sweep has deleted log entries, as
+// OrderedTime (8 BE); absent while no sweep has deleted any. Every logged call
+// that occurred at or after it still has its entry.
+constexpr char kLogSweptBeforeKey[] = "log_swept_before";
+constexpr int64_t kNeverSwept = std::numeric_limits<int64_t>::min();
 constexpr size_t kPositionValueBytes = 8 + 32;
 
 constexpr uint8_t kLogValueVersion = 1;
@@ -804,6 +811,15 @@ Status LoadMeta(const KvStore& store, FoldState* state) {
   return Status::Ok();
 }
 
+// Returns the store's kLogSweptBeforeKey, kNeverSwept without one, or
+// Corruption/IOError.
+Result<int64_t> ReadLogSweptBefore(const KvStore& store) {
+  KL_ASSIGN_OR_RETURN(auto value, store.Get(kCallCfMeta, kLogSweptBeforeKey));
+  if (!value) return kNeverSwept;
+  if (value->size() != 8) return Status::Corruption("call projections: bad sweep record");
+  return TimeFromOrdered(DecodeBigEndian64(value->data()));
+}
+
 }  // namespace
 
 Status CallProjections::Load() {
@@ -812,6 +828,7 @@ Status CallProjections::Load() {
   KL_RETURN_IF_ERROR(LoadMetrics(*store_, state.get()));
   KL_RETURN_IF_ERROR(LoadUsage(*store_, state.get()));
   KL_RETURN_IF_ERROR(LoadMeta(*store_, state.get()));
+  KL_ASSIGN_OR_RETURN(log_swept_before_us_, ReadLogSweptBefore(*store_));
   position_.store(state->position, std::memory_order_release);
   state_ = std::move(state);
   return Status::Ok();
@@ -847,6 +864,7 @@ Status CallProjections::Wipe() {
   state_ = std::make_unique<FoldState>();
   state_->metrics.TrackChanges();
   position_.store(0, std::memory_order_release);
+  log_swept_before_us_ = kNeverSwept;
   return Status::Ok();
 }
 
@@ -1005,8 +1023,19 @@ Result<size_t> CallProjections::SweepExpiredLogs() {
           return ++keys < kDeleteBatchKeysMax;
         }));
     if (keys == 0) break;
-    // Async: a lost delete is redone by the next sweep.
+    // The cutoff goes with the first deletions it makes, in one WriteBatch: a
+    // store never lacks an entry at or after its recorded cutoff. (Only ever
+    // raised: a later sweep with a shorter retention or an earlier clock must
+    // not hide what an earlier one deleted.)
+    if (cutoff > log_swept_before_us_) {
+      std::string ordered;
+      AppendBigEndian64(&ordered, OrderedTime(cutoff));
+      batch.Put(kCallCfMeta, kLogSweptBeforeKey, ordered);
+    }
+    // Async: a lost delete is redone by the next sweep, and is lost together
+    // with its cutoff record.
     KL_RETURN_IF_ERROR(store_->Write(batch, Durability::kAsync));
+    log_swept_before_us_ = std::max(log_swept_before_us_, cutoff);
     deleted += keys;
     if (keys < kDeleteBatchKeysMax) break;
     start = last + '\0';
@@ -1274,13 +1303,15 @@ Result<std::vector<StoredLogEntry>> ReadStoredLogEntries(const KvStore& store, u
   return entries;
 }
 
-// Checks every stored log entry against the event its key names: that event
-// must be a logged call of that key whose log record (key ‖ value) is the
-// stored one. Retention deletes entries, so a missing entry is not detected
-// here; a changed or an added one is. Returns Corruption naming the sequence.
-Status CheckStoredLogEntries(const KvStore& store, const Ledger& ledger, uint64_t position) {
+// Checks the stored log entries against the ledger's events 1..position in
+// one scan: each entry must be the entry of the logged call its key names,
+// byte for byte (a changed or an added one fails), and each logged call that
+// occurred at or after `swept_before_us` must have one (a deleted one fails;
+// older entries may have expired). Returns Corruption naming the sequence.
+Status CheckLogEntries(const KvStore& store, const Ledger& ledger, uint64_t position,
+                       int64_t swept_before_us) {
   KL_ASSIGN_OR_RETURN(std::vector<StoredLogEntry> entries, ReadStoredLogEntries(store, position));
-  if (entries.empty()) return Status::Ok();
+  if (position == 0) return Status::Ok();
   const uint16_t call_kind = ApiCallRecordedBodyKind();
   CallEventView view;
   std::vector<uint64_t> aligned;
@@ -1289,37 +1320,39 @@ Status CheckStoredLogEntries(const KvStore& store, const Ledger& ledger, uint64_
   std::string record;
   size_t next = 0;
   Status bad;
-  KL_RETURN_IF_ERROR(ledger.ScanRaw(
-      entries.front().sequence, entries.back().sequence,
-      [&](uint64_t sequence, std::string_view stored) {
-        if (sequence < entries[next].sequence) return true;
-        if (sequence > entries[next].sequence) {  // the scan is dense: two entries, one event
-          bad = Status::Corruption("more than one log entry names this event",
-                                   entries[next].sequence);
-          return false;
-        }
-        Hash hash;
-        std::string_view body;
-        bad = SplitStoredValue(stored, &hash, &body);
-        if (bad.ok()) bad = DecodeCallEvent(WordAligned(body, &aligned), &view);
-        if (bad.ok() && (view.body_kind != call_kind ||
-                         !MakeLogEntry(view.call, sequence, &key, &value, &record))) {
-          bad = Status::Corruption("a log entry of an event that is not a logged call", sequence);
-        }
-        if (bad.ok() && HashBytes(record) != entries[next].record_hash) {
-          bad = Status::Corruption("a log entry differs from the call it was made from", sequence);
-        }
-        if (!bad.ok()) {
-          if (bad.sequence() == 0) bad = Status::Corruption(bad.message(), sequence);
-          return false;
-        }
-        ++next;
-        return next < entries.size();
-      }));
+  // The scan is dense, so an entry passed over names an event already matched.
+  auto check = [&](uint64_t sequence, std::string_view stored) -> Status {
+    if (next < entries.size() && entries[next].sequence < sequence) {
+      return Status::Corruption("more than one log entry names this event", entries[next].sequence);
+    }
+    const bool has_entry = next < entries.size() && entries[next].sequence == sequence;
+    Hash hash;
+    std::string_view body;
+    KL_RETURN_IF_ERROR(SplitStoredValue(stored, &hash, &body));
+    KL_RETURN_IF_ERROR(DecodeCallEvent(WordAligned(body, &aligned), &view));
+    const bool gets_entry =
+        view.body_kind == call_kind && MakeLogEntry(view.call, sequence, &key, &value, &record);
+    if (!has_entry) {
+      if (gets_entry && view.call.occurred_at_us >= swept_before_us) {
+        return Status::Corruption("the log entry of a logged call is missing", sequence);
+      }
+      return Status::Ok();
+    }
+    if (!gets_entry) return Status::Corruption("a log entry of an event that is not a logged call");
+    if (HashBytes(record) != entries[next].record_hash) {
+      return Status::Corruption("a log entry differs from the call it was made from");
+    }
+    ++next;
+    return Status::Ok();
+  };
+  KL_RETURN_IF_ERROR(ledger.ScanRaw(1, position, [&](uint64_t sequence, std::string_view stored) {
+    bad = check(sequence, stored);
+    if (!bad.ok() && bad.sequence() == 0) bad = Status::Corruption(bad.message(), sequence);
+    return bad.ok();
+  }));
   KL_RETURN_IF_ERROR(bad);
   if (next != entries.size()) {
-    return Status::Corruption("a log entry of an event the ledger does not have",
-                              entries[next].sequence);
+    return Status::Corruption("more than one log entry names this event", entries[next].sequence);
   }
   return Status::Ok();
 }
@@ -1334,8 +1367,9 @@ Result<CallProjectionsSnapshot> LoadCallProjectionsSnapshot(const std::string& p
   KL_RETURN_IF_ERROR(LoadMetrics(*store, &state));
   KL_RETURN_IF_ERROR(LoadUsage(*store, &state));
   KL_RETURN_IF_ERROR(LoadMeta(*store, &state));
+  KL_ASSIGN_OR_RETURN(const int64_t swept_before_us, ReadLogSweptBefore(*store));
   KL_RETURN_IF_ERROR(ledger.CatchUpTo(state.position));
-  KL_RETURN_IF_ERROR(CheckStoredLogEntries(*store, ledger, state.position));
+  KL_RETURN_IF_ERROR(CheckLogEntries(*store, ledger, state.position, swept_before_us));
   return CallProjectionsSnapshot{call_projections_internal::DigestOf(state), state.position};
 }
 

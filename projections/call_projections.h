@@ -43,7 +43,11 @@
 // Retention. Logs() never returns an entry whose occurred_at_us is older than
 // now_us - log_retention_us; SweepExpiredLogs() deletes such entries from the
 // derived store (never from the ledger), taking now from the injected Clock.
-// The tailing thread sweeps every log_sweep_interval_us.
+// The tailing thread sweeps every log_sweep_interval_us. The store records
+// the highest cutoff any sweep deleted below, in the same write as the
+// deletions: every logged call that occurred at or after it keeps its entry,
+// which is how an audit tells a deleted entry from an expired one
+// (LoadCallProjectionsSnapshot).
 //
 // Persistence. Each folded batch (at most fold_batch_events_max events or
 // fold_batch_bytes_max stored bytes) becomes ONE RocksDB WriteBatch holding
@@ -80,6 +84,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -322,6 +327,9 @@ class CallProjections final : public UsageReader {
   std::mutex fold_mu_;   // one fold at a time; guards broken_
   Status broken_;        // the first fold/persist failure
   std::mutex sweep_mu_;  // one sweep at a time
+  // The store's sweep record (see "Retention"); GUARDED_BY(sweep_mu_), and
+  // set at Open before any sweep.
+  int64_t log_swept_before_us_ = std::numeric_limits<int64_t>::min();
   std::atomic<uint64_t> position_{0};
   std::atomic<uint64_t> events_scanned_{0};
   std::atomic<uint64_t> events_folded_{0};
@@ -368,15 +376,17 @@ struct CallProjectionsSnapshot {
 // Reads the store at `path` (DATA/calls) as a RocksDB secondary instance
 // (scratch files under `secondary_path`, REQUIRES: an empty directory), so a
 // running server's store is read without stopping or disturbing it. The
-// digest covers log entries only through their running hash, so every
-// stored log entry is also checked against the event its key names in
-// `ledger`: it must be that logged call's entry, byte for byte. (An entry
-// missing from the store is not found: retention deletes entries.) The
-// ledger is caught up to the store's position first (Ledger::CatchUpTo).
-// Returns FailedPrecondition for a store of another format version,
-// Corruption for an unreadable record, a log entry that does not match its
-// event (with the sequence), IOError if it cannot be opened or the ledger
-// read, and the errors of Ledger::CatchUpTo.
+// digest covers log entries only through their running hash, so the stored
+// log entries are also checked against the events of `ledger` up to the
+// store's position (one scan): each must be the entry of the logged call its
+// key names, byte for byte, and each logged call that occurred at or after
+// the store's sweep record must have its entry (older ones may be gone:
+// retention). The ledger is caught up to the store's position first
+// (Ledger::CatchUpTo). Returns FailedPrecondition for a store of another
+// format version; Corruption, with the sequence, for an unreadable record, a
+// log entry that does not match its event, or a missing one; IOError if the
+// store cannot be opened or the ledger read; and the errors of
+// Ledger::CatchUpTo.
 Result<CallProjectionsSnapshot> LoadCallProjectionsSnapshot(const std::string& path,
                                                             const std::string& secondary_path,
                                                             Ledger& ledger);

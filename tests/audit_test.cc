@@ -655,6 +655,51 @@ TEST_F(AuditTest, ReplayFindsALogEntryOfACallMadeWithoutLogging) {
                                   "a log entry of an event that is not a logged call");
 }
 
+// Deletes the log entry of call `sequence` of `key_id` from DATA/calls.
+void DeleteLogEntry(const std::string& calls_path, const std::string& key_id, uint64_t sequence) {
+  EditStore(calls_path, kCallFamilies, [&](KvStore& store, KvBatch& batch) {
+    auto value = store.Get(kLogsFamily, LogKeyOf(key_id, sequence));
+    ASSERT_TRUE(value.ok() && value->has_value()) << "no log entry of call " << sequence;
+    batch.Delete(kLogsFamily, LogKeyOf(key_id, sequence));
+  });
+}
+
+TEST_F(AuditTest, ReplayFindsADeletedLogEntry) {
+  LoggedCall();
+  const uint64_t logged = LoggedCall();
+  OpenProjections();
+  CloseAll();
+  DeleteLogEntry(calls_path(), "key_b", logged);
+  OpenLedger();
+  ExpectReplayReportsCorruptionIn(data_, logged, "the log entry of a logged call is missing");
+}
+
+// Entries the retention sweep deleted are not missing; one it kept and that
+// is gone anyway is.
+TEST_F(AuditTest, ReplayTellsEntriesTheSweepDeletedFromDeletedOnes) {
+  const uint64_t older = LoggedCall();
+  const uint64_t newer = LoggedCall();
+  auto occurred_at = [&](uint64_t sequence) {
+    auto event = ledger_->Read(sequence);
+    EXPECT_TRUE(event.ok());
+    return event.ok() ? std::get<ApiCallRecorded>(event->body).occurred_at_us : 0;
+  };
+  ASSERT_LT(occurred_at(older), occurred_at(newer));
+  OpenProjections();
+  // Sweep at the newer call's occurred_at + retention: the older entry expires.
+  clock_.AdvanceUs(occurred_at(newer) + CallProjectionsOptions{}.log_retention_us -
+                   clock_.NowUs());
+  auto swept = calls_->SweepExpiredLogs();
+  ASSERT_TRUE(swept.ok()) << swept.ToStatus().ToString();
+  ASSERT_EQ(*swept, 1u);
+  CloseAll();
+  CliResult after_sweep = RunCli({"audit", "replay", "--data", data_});
+  EXPECT_EQ(after_sweep.exit_code, 0) << after_sweep.out << after_sweep.err;
+
+  DeleteLogEntry(calls_path(), "key_b", newer);
+  ExpectReplayReportsCorruptionIn(data_, newer, "the log entry of a logged call is missing");
+}
+
 TEST_F(AuditTest, ReplayFindsAChangedProjectionRecord) {
   OpenProjections();
   CloseAll();

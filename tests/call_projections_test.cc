@@ -389,6 +389,35 @@ TEST(CallProjectionsTest, RetentionHidesAndTheSweepDeletesOldEntries) {
   EXPECT_TRUE(AllLogs(*p, QueryFor(w.key), 0).empty());
 }
 
+// The store records the highest cutoff a sweep deleted below. A later sweep
+// with a lower one (a longer retention) must not lower it: what the earlier
+// sweep deleted would then look deleted by hand to an audit.
+TEST(CallProjectionsTest, TheSweepRecordOnlyRises) {
+  World w;
+  w.SetLogging(w.key, true);
+  w.Record(w.key, 2, 200, 20 * kDayUs);
+  w.Record(w.key, 1, 200, kSecondUs);
+  CallProjectionsOptions fifteen_days;
+  fifteen_days.log_retention_us = 15 * kDayUs;
+  auto p = w.Open(fifteen_days);
+  ASSERT_NE(p, nullptr);
+  ASSERT_EQ(*p->SweepExpiredLogs(), 2u);
+  p.reset();
+  w.Record(w.key, 1, 200, 30 * kDayUs);  // late: before both cutoffs
+  CallProjectionsOptions twenty_five_days;
+  twenty_five_days.log_retention_us = 25 * kDayUs;
+  p = w.Open(twenty_five_days);
+  ASSERT_NE(p, nullptr);
+  ASSERT_EQ(*p->SweepExpiredLogs(), 1u);
+  const Hash digest = p->Digest();
+  p.reset();
+
+  ScratchDir secondary;
+  auto snapshot = LoadCallProjectionsSnapshot(w.dir.sub("calls"), secondary.path(), w.h.ledger());
+  ASSERT_TRUE(snapshot.ok()) << snapshot.ToStatus().ToString();
+  EXPECT_EQ(snapshot->digest, digest);
+}
+
 TEST(CallProjectionsTest, RestartResumesFromThePersistedPosition) {
   World w;
   w.SetLogging(w.key, true);

@@ -1323,7 +1323,8 @@ Status CheckLogEntries(const KvStore& store, const Ledger& ledger, uint64_t posi
   // The scan is dense, so an entry passed over names an event already matched.
   auto check = [&](uint64_t sequence, std::string_view stored) -> Status {
     if (next < entries.size() && entries[next].sequence < sequence) {
-      return Status::Corruption("more than one log entry names this event", entries[next].sequence);
+      return Status::Corruption("more than one log entry names this event",
+                                entries[next].sequence);
     }
     const bool has_entry = next < entries.size() && entries[next].sequence == sequence;
     Hash hash;

@@ -587,6 +587,37 @@ TEST_F(AuditTest, ReplayGivesTheSameTableOnOneThreadAndOnMany) {
   }
 }
 
+// `bench append` stores what it reports, through the real append path: the
+// events spread over --keys streams, in a ledger that verifies.
+TEST(BenchAppendTest, StoresTheEventsItReportsOverItsKeys) {
+  ScratchDir dir;
+  const std::string data = dir.sub("bench");  // as `serve --data`: the ledger in DATA/ledger
+  CliResult r = RunCli({"bench", "append", "--events", "500", "--batch", "50", "--keys", "7",
+                        "--data", data + "/ledger"});
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  const json report = json::parse(r.out);
+  EXPECT_EQ(report["events"], 500);
+  EXPECT_EQ(report["keys"], 7);
+  EXPECT_GT(report["events_per_sec"].get<double>(), 0.0);
+  {
+    ManualClock clock{kStartUs};
+    LedgerOptions options;
+    options.clock = &clock;
+    auto ledger = Ledger::Open(data + "/ledger", options);
+    ASSERT_TRUE(ledger.ok()) << ledger.ToStatus().ToString();
+    EXPECT_EQ((*ledger)->head().sequence, 500u);
+    EXPECT_EQ((*ledger)->StreamVersion("calls/key_bench_0").value(), 72u);  // 500 = 4 * 72 + 3 * 71
+    EXPECT_EQ((*ledger)->StreamVersion("calls/key_bench_6").value(), 71u);
+    EXPECT_EQ((*ledger)->StreamVersion("calls/key_bench_7").value(), 0u);
+  }
+  CliResult verify = RunCli({"audit", "verify", "--data", data});
+  EXPECT_EQ(verify.exit_code, 0) << verify.out << verify.err;
+
+  CliResult bad = RunCli({"bench", "append", "--keys", "0", "--data", dir.sub("other")});
+  EXPECT_EQ(bad.exit_code, 2);
+  EXPECT_NE(bad.err.find("--keys"), std::string::npos) << bad.err;
+}
+
 // A data directory with issued invoices, written by `bench invoice-run`
 // (entities, a month of calls, the month's invoice run, all through the
 // server's code), replays with every invoice reproduced from the log.

@@ -14,11 +14,11 @@
 namespace keyledger::tools {
 namespace {
 
-NewEvent SyntheticCall(RandomSource& random, uint64_t n, size_t padding_bytes) {
+NewEvent SyntheticCall(RandomSource& random, uint64_t n, uint64_t keys, size_t padding_bytes) {
   ApiCallRecorded call;
   call.request_id = "bench-" + std::to_string(n);
   call.workspace_id = "ws_bench";
-  call.key_id = "key_bench_" + std::to_string(n % 64);
+  call.key_id = "key_bench_" + std::to_string(n % keys);
   call.occurred_at_us = 1'700'000'000'000'000 + static_cast<int64_t>(n);
   call.method = "POST";
   call.path = "/v1/render";
@@ -38,7 +38,7 @@ NewEvent SyntheticCall(RandomSource& random, uint64_t n, size_t padding_bytes) {
 // Bytes an event takes beyond its padding, so --value-size means stored bytes.
 size_t StoredOverheadBytes() {
   SeededRandom random(1);
-  NewEvent e = SyntheticCall(random, 0, 0);
+  NewEvent e = SyntheticCall(random, 0, 1, 0);
   Event envelope;
   envelope.sequence = 1;
   envelope.stream_id = e.stream_id;
@@ -82,7 +82,9 @@ int RunBenchAppend(const BenchAppendOptions& options) {
     for (uint64_t done = 0; done < per_thread;) {
       uint64_t count = std::min<uint64_t>(options.batch, per_thread - done);
       std::vector<NewEvent> batch;
-      for (uint64_t i = 0; i < count; i++) batch.push_back(SyntheticCall(random, n++, padding));
+      for (uint64_t i = 0; i < count; i++) {
+        batch.push_back(SyntheticCall(random, n++, options.keys, padding));
+      }
       batches.push_back(std::move(batch));
       done += count;
     }
@@ -111,10 +113,11 @@ int RunBenchAppend(const BenchAppendOptions& options) {
   if (failed) return 1;
   std::printf(
       "{\"benchmark\":\"append\",\"events\":%llu,\"value_size\":%zu,\"batch\":%zu,"
-      "\"threads\":%d,\"sync\":%s,\"seconds\":%.3f,\"events_per_sec\":%.0f,"
+      "\"threads\":%d,\"keys\":%llu,\"sync\":%s,\"seconds\":%.3f,\"events_per_sec\":%.0f,"
       "\"append_cpu_us_per_event\":%.2f}\n",
       static_cast<unsigned long long>(n), options.value_size_bytes, options.batch,
-      options.threads, options.sync ? "true" : "false", seconds,
+      options.threads, static_cast<unsigned long long>(options.keys),
+      options.sync ? "true" : "false", seconds,
       static_cast<double>(n) / seconds, static_cast<double>(cpu_ns.load()) / 1e3 / static_cast<double>(n));
   return 0;
 }

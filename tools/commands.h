@@ -13,6 +13,7 @@ struct BenchAppendOptions {
   size_t value_size_bytes = 256;  // approximate stored bytes per event
   size_t batch = 100;             // events per Append call
   int threads = 1;                // concurrent appenders (group commit merges them)
+  uint64_t keys = 64;             // API keys the calls are spread over: one stream each
   bool sync = true;
   std::string data_dir;
 };

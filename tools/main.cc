@@ -101,6 +101,9 @@ int main(int argc, char** argv) {
   append_cmd->add_option("--threads", append.threads, "Concurrent appenders")
       ->check(CLI::Range(1, 256))
       ->capture_default_str();
+  append_cmd->add_option("--keys", append.keys, "API keys the calls are spread over (a stream each)")
+      ->check(CLI::Range(uint64_t{1}, uint64_t{10'000'000}))
+      ->capture_default_str();
   append_cmd->add_flag("!--no-sync", append.sync, "Acknowledge before fsync (async durability)");
   append_cmd->add_option("--data", append.data_dir, "Scratch data directory")->required();
   append_cmd->callback([&] { exit_code = RunBenchAppend(append); });

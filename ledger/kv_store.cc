@@ -1,9 +1,12 @@
 #include "ledger/kv_store.h"
 #include "ledger/memtables.h"
+#include "ledger/prefilled_wal.h"
 
 #include <rocksdb/cache.h>
 #include <rocksdb/convenience.h>
 #include <rocksdb/db.h>
+#include <rocksdb/env.h>
+#include <rocksdb/file_system.h>
 #include <rocksdb/filter_policy.h>
 #include <rocksdb/memtablerep.h>
 #include <rocksdb/table.h>
@@ -12,6 +15,7 @@
 #include <algorithm>
 #include <cassert>
 #include <cstring>
+#include <filesystem>
 
 namespace keyledger {
 namespace {
@@ -97,6 +101,8 @@ rocksdb::DBOptions MakeDbOptions(const KvStoreOptions& options) {
 }  // namespace
 
 struct KvStore::Rep {
+  // Declared before db: the DB is closed before its Env goes.
+  std::unique_ptr<rocksdb::Env> env;
   std::unique_ptr<rocksdb::DB> db;
   std::vector<rocksdb::ColumnFamilyHandle*> handles;  // [0] is "default"
   bool flush_on_close = false;
@@ -192,6 +198,19 @@ Result<std::unique_ptr<KvStore>> KvStore::Open(const std::string& path,
   rocksdb::DB* db = nullptr;
   rocksdb::Status s;
   try {
+    std::shared_ptr<rocksdb::FileSystem> fs;
+    if (options.mode == OpenMode::kReadWrite && options.wal_prefill_bytes > 0) {
+      std::filesystem::create_directories(path);
+      fs = NewPrefilledWalFileSystem(rocksdb::FileSystem::Default(), path,
+                                     options.wal_prefill_bytes);
+    } else if (options.mode == OpenMode::kSecondary) {
+      // The primary may prefill its WAL files: read them only as far as written.
+      fs = NewWalEndCappedFileSystem(rocksdb::FileSystem::Default());
+    }
+    if (fs != nullptr) {
+      rep->env = rocksdb::NewCompositeEnv(fs);
+      db_options.env = rep->env.get();
+    }
     if (options.mode == OpenMode::kSecondary) {
       s = rocksdb::DB::OpenAsSecondary(db_options, path, options.secondary_path, descriptors,
                                        &rep->handles, &db);

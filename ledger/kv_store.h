@@ -66,6 +66,14 @@ struct KvStoreOptions {
   // open (a restart, or a tool's secondary instance) replays no WAL. Default
   // true; the WAL keeps the data safe either way.
   bool flush_on_close = true;
+  // kReadWrite only: when non-zero, write-ahead log files are handed to
+  // RocksDB already written to this size, so a synced append does not also
+  // persist block allocation and a file size (ledger/prefilled_wal.h). Costs
+  // a spare file of this size in the directory and writing every WAL byte
+  // twice (the fill ahead, in the background). Default 0: off; the server
+  // turns it on for its ledger. Secondary instances read such WAL files
+  // correctly whatever this says.
+  uint64_t wal_prefill_bytes = 0;
 };
 
 // How a scan reads, a hint that never changes what it returns.

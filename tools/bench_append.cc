@@ -63,6 +63,7 @@ int RunBenchAppend(const BenchAppendOptions& options) {
   std::filesystem::create_directories(options.data_dir);
   LedgerOptions lo;
   lo.clock = &clock;
+  lo.storage.wal_prefill_bytes = options.wal_prefill_mib << 20;
   auto ledger = Ledger::Open(options.data_dir, lo);
   if (!ledger.ok()) {
     std::fprintf(stderr, "bench append: %s\n", ledger.status().ToString().c_str());

@@ -8,12 +8,17 @@
 
 namespace keyledger::tools {
 
+// The ledger's prefilled WAL size for `serve` (ledger/prefilled_wal.h): a
+// WAL lives until a 64 MiB memtable fills, which takes ~80 MiB of log.
+inline constexpr uint64_t kServeWalPrefillMib = 96;
+
 struct BenchAppendOptions {
   uint64_t events = 100'000;
   size_t value_size_bytes = 256;  // approximate stored bytes per event
   size_t batch = 100;             // events per Append call
   int threads = 1;                // concurrent appenders (group commit merges them)
   uint64_t keys = 64;             // API keys the calls are spread over: one stream each
+  uint64_t wal_prefill_mib = kServeWalPrefillMib;  // as `serve`; 0: off
   bool sync = true;
   std::string data_dir;
 };
@@ -53,6 +58,7 @@ struct ServeOptions {
   int64_t log_retention_days = 30;
   int64_t max_lateness_days = 35;
   bool workspace_tps_cap = false;
+  uint64_t wal_prefill_mib = kServeWalPrefillMib;  // 0: WAL files are created as RocksDB does
   // Alarms: SMTP relay for e-mail ("" = e-mail notifications fail and are
   // retried until a relay is configured), webhook guard, loop timing.
   std::string smtp;                 // HOST:PORT

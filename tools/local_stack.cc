@@ -15,6 +15,7 @@ Status LocalStack::Open(const std::string& dir, bool create, ServiceOptions opti
   if (ec) return Status::IOError("create " + dir + ": " + ec.message());
   LedgerOptions lo;
   lo.clock = &clock;
+  lo.storage.wal_prefill_bytes = ledger_wal_prefill_bytes;
   KL_ASSIGN_OR_RETURN(ledger, Ledger::Open(dir + "/ledger", lo));
   KL_ASSIGN_OR_RETURN(key_state, KeyStateStore::Open(dir + "/projections", ledger.get()));
   KL_ASSIGN_OR_RETURN(calls, CallProjections::Open(dir + "/calls", ledger.get(),

@@ -21,6 +21,9 @@ struct LocalStack {
   // Alarm notifications; set before Open to let the Service deliver them.
   std::unique_ptr<Notifier> notifier;
   std::unique_ptr<Service> service;
+  // Set before Open: the ledger's prefilled WAL size (0: off). `serve` sets
+  // it; short-lived commands leave it off rather than fill a spare they never use.
+  uint64_t ledger_wal_prefill_bytes = 0;
 
   // Opens DIR/ledger, DIR/projections and DIR/calls (creating them when
   // `create` is true) and builds the Service. Returns NotFound if the ledger

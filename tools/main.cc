@@ -38,6 +38,11 @@ int main(int argc, char** argv) {
   serve_cmd->add_option("--body-bytes-max", serve.body_bytes_max, "Largest request body accepted")
       ->check(CLI::Range(size_t{1024}, size_t{64} << 20))
       ->capture_default_str();
+  serve_cmd->add_option("--wal-prefill-mib", serve.wal_prefill_mib,
+                        "Size the ledger's write-ahead log files are written to ahead of use, "
+                        "so synced appends sync data only (0: off)")
+      ->check(CLI::Range(uint64_t{0}, uint64_t{4096}))
+      ->capture_default_str();
   serve_cmd->add_option("--log-retention-days", serve.log_retention_days,
                         "Days request logs are kept (in the derived store; the ledger keeps all)")
       ->check(CLI::Range(int64_t{1}, int64_t{3650}))
@@ -103,6 +108,10 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   append_cmd->add_option("--keys", append.keys, "API keys the calls are spread over (a stream each)")
       ->check(CLI::Range(uint64_t{1}, uint64_t{10'000'000}))
+      ->capture_default_str();
+  append_cmd->add_option("--wal-prefill-mib", append.wal_prefill_mib,
+                         "As serve's: WAL files written ahead of use (0: off)")
+      ->check(CLI::Range(uint64_t{0}, uint64_t{4096}))
       ->capture_default_str();
   append_cmd->add_flag("!--no-sync", append.sync, "Acknowledge before fsync (async durability)");
   append_cmd->add_option("--data", append.data_dir, "Scratch data directory")->required();

@@ -116,6 +116,7 @@ int RunServe(const ServeOptions& options) {
   call_options.fold_batch_events_max = 4096;
   LocalStack stack;
   stack.notifier = NewCurlNotifier(notifier);
+  stack.ledger_wal_prefill_bytes = options.wal_prefill_mib << 20;
   Status opened = stack.Open(options.data_dir, /*create=*/true, service_options, call_options);
   if (!opened.ok()) return Fail("open " + options.data_dir, opened);
   stack.calls->Start();

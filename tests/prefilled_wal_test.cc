@@ -67,6 +67,15 @@ bool EndsInFill(const fs::path& path, size_t bytes = 64) {
   return tail.find_first_not_of(kPrefilledWalFillByte) == std::string::npos;
 }
 
+// Waits up to 5 s for the filler thread to leave a spare in `db`.
+bool WaitForSpare(const std::string& db) {
+  const fs::path spare = fs::path(db) / kPrefilledWalSpareName;
+  for (int i = 0; i < 500 && !fs::exists(spare); i++) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return fs::exists(spare);
+}
+
 // What a killed process leaves: the directory as the page cache holds it.
 // Files RocksDB deletes meanwhile (an obsolete WAL) are skipped.
 void CopyAsACrashLeavesIt(const std::string& from, const std::string& to) {
@@ -86,12 +95,8 @@ TEST(PrefilledWalTest, TheWalOfAFreshStoreIsPrefilledAndASpareWaits) {
   EXPECT_EQ(fs::file_size(wals[0]), kPrefillBytes);
   EXPECT_TRUE(fs::exists(wals[0].string() + kPrefilledWalEndSuffix));
   // The spare for the next WAL is filled in the background.
-  const fs::path spare = fs::path(dir.sub("db")) / kPrefilledWalSpareName;
-  for (int i = 0; i < 500 && !fs::exists(spare); i++) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  ASSERT_TRUE(fs::exists(spare));
-  EXPECT_EQ(fs::file_size(spare), kPrefillBytes);
+  ASSERT_TRUE(WaitForSpare(dir.sub("db")));
+  EXPECT_EQ(fs::file_size(fs::path(dir.sub("db")) / kPrefilledWalSpareName), kPrefillBytes);
 }
 
 TEST(PrefilledWalTest, ACrashKeepsEverySyncedWriteAcrossWalFiles) {
@@ -189,11 +194,7 @@ TEST(PrefilledWalTest, CreatingAWalCutsThePreviousOneAtOnce) {
   ASSERT_TRUE(first->Append("records", rocksdb::IOOptions(), nullptr).ok());
   EXPECT_EQ(fs::file_size(dir.sub("db/000007.log")), kPrefillBytes);
   EXPECT_EQ(first->GetFileSize(rocksdb::IOOptions(), nullptr), 7u);
-  // Wait for the spare the second WAL will take.
-  const fs::path spare = fs::path(dir.sub("db")) / kPrefilledWalSpareName;
-  for (int i = 0; i < 500 && !fs::exists(spare); i++) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
+  ASSERT_TRUE(WaitForSpare(dir.sub("db")));  // the one the second WAL takes
   std::unique_ptr<rocksdb::FSWritableFile> second;
   ASSERT_TRUE(files->NewWritableFile(dir.sub("db/000009.log"), rocksdb::FileOptions(), &second,
                                      nullptr).ok());

@@ -103,6 +103,7 @@ rocksdb::DBOptions MakeDbOptions(const KvStoreOptions& options) {
 struct KvStore::Rep {
   // Declared before db: the DB is closed before its Env goes.
   std::unique_ptr<rocksdb::Env> env;
+  std::shared_ptr<rocksdb::FileSystem> prefilled_wal_fs;  // or nullptr
   std::unique_ptr<rocksdb::DB> db;
   std::vector<rocksdb::ColumnFamilyHandle*> handles;  // [0] is "default"
   bool flush_on_close = false;
@@ -118,6 +119,8 @@ struct KvStore::Rep {
   }
   ~Rep() {
     if (!db) return;
+    // The closing flush's WAL lives only until the next open: keep the spare for that open.
+    if (prefilled_wal_fs != nullptr) KeepPrefilledWalSpare(*prefilled_wal_fs);
     // A failed flush loses nothing (the WAL holds the data); the next open replays it.
     if (flush_on_close) FlushAll().PermitUncheckedError();
     for (auto* h : handles) db->DestroyColumnFamilyHandle(h).PermitUncheckedError();
@@ -203,6 +206,7 @@ Result<std::unique_ptr<KvStore>> KvStore::Open(const std::string& path,
       std::filesystem::create_directories(path);
       fs = NewPrefilledWalFileSystem(rocksdb::FileSystem::Default(), path,
                                      options.wal_prefill_bytes);
+      rep->prefilled_wal_fs = fs;
     } else if (options.mode == OpenMode::kSecondary) {
       // The primary may prefill its WAL files: read them only as far as written.
       fs = NewWalEndCappedFileSystem(rocksdb::FileSystem::Default());

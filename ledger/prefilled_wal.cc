@@ -246,6 +246,11 @@ class PrefilledWalFileSystem final : public rocksdb::FileSystemWrapper {
 
   const char* Name() const override { return "KeyledgerPrefilledWalFileSystem"; }
 
+  void KeepSpare() {
+    std::lock_guard<std::mutex> lock(mu_);
+    keep_spare_ = true;
+  }
+
   rocksdb::IOStatus NewWritableFile(const std::string& path, const rocksdb::FileOptions& options,
                                     std::unique_ptr<rocksdb::FSWritableFile>* result,
                                     rocksdb::IODebugContext* dbg) override {
@@ -305,7 +310,7 @@ class PrefilledWalFileSystem final : public rocksdb::FileSystemWrapper {
   // the filler once the spare is taken.
   std::shared_ptr<WalState> TakeSpare(const std::string& path) {
     std::lock_guard<std::mutex> lock(mu_);
-    if (!spare_ready_) return nullptr;
+    if (!spare_ready_ || keep_spare_) return nullptr;
     const std::string end_path = EndPathOf(path);
     const int end_fd = ::open(end_path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (end_fd < 0) return nullptr;
@@ -330,7 +335,7 @@ class PrefilledWalFileSystem final : public rocksdb::FileSystemWrapper {
   void FillLoop() {
     std::unique_lock<std::mutex> lock(mu_);
     for (;;) {
-      cv_.wait(lock, [this] { return stopping_ || !spare_ready_; });
+      cv_.wait(lock, [this] { return stopping_ || (!spare_ready_ && !keep_spare_); });
       if (stopping_) return;
       lock.unlock();
       const rocksdb::IOStatus filled = FillSpare();
@@ -388,6 +393,7 @@ class PrefilledWalFileSystem final : public rocksdb::FileSystemWrapper {
   std::condition_variable cv_;
   bool spare_ready_ = false;                           // GUARDED_BY(mu_)
   bool stopping_ = false;                              // GUARDED_BY(mu_)
+  bool keep_spare_ = false;                            // GUARDED_BY(mu_)
   std::vector<std::weak_ptr<WalState>> open_wals_;     // GUARDED_BY(mu_)
   std::thread filler_;
 };
@@ -465,6 +471,10 @@ std::shared_ptr<rocksdb::FileSystem> NewPrefilledWalFileSystem(
     std::shared_ptr<rocksdb::FileSystem> base, std::string db_path, uint64_t prefill_bytes) {
   return std::make_shared<PrefilledWalFileSystem>(std::move(base), std::move(db_path),
                                                   prefill_bytes);
+}
+
+void KeepPrefilledWalSpare(rocksdb::FileSystem& file_system) {
+  if (auto* prefilled = dynamic_cast<PrefilledWalFileSystem*>(&file_system)) prefilled->KeepSpare();
 }
 
 std::shared_ptr<rocksdb::FileSystem> NewWalEndCappedFileSystem(

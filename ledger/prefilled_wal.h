@@ -46,6 +46,13 @@ namespace keyledger {
 std::shared_ptr<rocksdb::FileSystem> NewPrefilledWalFileSystem(
     std::shared_ptr<rocksdb::FileSystem> base, std::string db_path, uint64_t prefill_bytes);
 
+// Makes `file_system` (from NewPrefilledWalFileSystem) keep its spare from
+// now on: new WAL files are created plain and no spare is filled. For a
+// store about to close, whose closing flush creates one last WAL that lives
+// only until the next open: the spare then waits for that open instead of
+// being spent and filled again. Does nothing to any other FileSystem.
+void KeepPrefilledWalSpare(rocksdb::FileSystem& file_system);
+
 // Returns a FileSystem over `base` whose WAL readers stop at the end a
 // prefilled WAL's side file publishes (and read files without one to their
 // end). For RocksDB secondary instances. Thread-safe.

@@ -153,6 +153,38 @@ TEST(PrefilledWalTest, ClosingCutsTheFillAndRemovesTheSideFiles) {
   EXPECT_EQ(Get(**reopened, "a"), "1");
 }
 
+// A closing store flushes, and RocksDB makes one last WAL for it that lives
+// only until the next open: that WAL must not spend the spare.
+TEST(PrefilledWalTest, ClosingKeepsTheSpareForTheNextOpen) {
+  ScratchDir dir;
+  KvStoreOptions options = PrefilledOptions();
+  options.flush_on_close = true;
+  const fs::path spare = fs::path(dir.sub("db")) / kPrefilledWalSpareName;
+  struct stat before;
+  {
+    auto store = KvStore::Open(dir.sub("db"), options);
+    ASSERT_TRUE(store.ok()) << store.ToStatus().ToString();
+    Put(**store, "a", "1");
+    ASSERT_TRUE(WaitForSpare(dir.sub("db")));
+    ASSERT_EQ(::stat(spare.c_str(), &before), 0);
+  }
+  struct stat after;
+  ASSERT_EQ(::stat(spare.c_str(), &after), 0) << "closing spent the spare";
+  EXPECT_EQ(after.st_ino, before.st_ino);
+  EXPECT_EQ(after.st_nlink, 1u);
+  // The next open's WAL is that spare.
+  auto reopened = KvStore::Open(dir.sub("db"), options);
+  ASSERT_TRUE(reopened.ok()) << reopened.ToStatus().ToString();
+  EXPECT_EQ(Get(**reopened, "a"), "1");
+  bool took_it = false;
+  for (const fs::path& wal : WalFiles(dir.sub("db"))) {
+    struct stat st;
+    ASSERT_EQ(::stat(wal.c_str(), &st), 0);
+    took_it = took_it || st.st_ino == before.st_ino;
+  }
+  EXPECT_TRUE(took_it);
+}
+
 TEST(PrefilledWalTest, ASecondaryFollowsAPrefilledWalAsItGrows) {
   ScratchDir dir;
   auto primary = KvStore::Open(dir.sub("db"), PrefilledOptions());

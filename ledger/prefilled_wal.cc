@@ -16,6 +16,7 @@
 #include <thread>
 #include <vector>
 
+#include "ledger/kv_store.h"
 #include "ledger/thread_name.h"
 
 namespace keyledger {
@@ -29,7 +30,7 @@ constexpr uint64_t kFillWritebackBytes = uint64_t{8} << 20;
 // Wait before filling again after a failure (a full disk, say); meanwhile
 // new WAL files are created as RocksDB would create them.
 constexpr auto kFillRetryDelay = std::chrono::seconds(10);
-constexpr size_t kEndBytes = 8;  // the side file: bytes written, little-endian
+constexpr size_t kEndBytes = 8;  // the side file: bytes written, big-endian
 
 rocksdb::IOStatus ErrnoStatus(std::string_view what, const std::string& path, int err) {
   std::string message(what);
@@ -77,13 +78,11 @@ std::string EndPathOf(const std::string& wal_path) { return wal_path + kPrefille
 std::optional<uint64_t> ReadPublishedEnd(const std::string& end_path) {
   const int fd = ::open(end_path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return std::nullopt;
-  unsigned char bytes[kEndBytes] = {};
+  char bytes[kEndBytes] = {};
   const ssize_t n = ::pread(fd, bytes, sizeof(bytes), 0);
   ::close(fd);
   if (n != static_cast<ssize_t>(sizeof(bytes))) return uint64_t{0};  // being created
-  uint64_t end = 0;
-  for (size_t i = kEndBytes; i-- > 0;) end = end << 8 | bytes[i];
-  return end;
+  return DecodeBigEndian64(bytes);
 }
 
 // One prefilled WAL, shared by the file RocksDB writes through and the file
@@ -103,10 +102,11 @@ struct WalState {
   // Publishes `written` to readers of the side file. REQUIRES: mu held.
   void PublishLocked() {
     if (end_fd < 0) return;
-    unsigned char bytes[kEndBytes];
-    for (size_t i = 0; i < kEndBytes; i++) bytes[i] = static_cast<unsigned char>(written >> (8 * i));
+    std::string bytes;  // fits the string's inline buffer: no allocation
+    AppendBigEndian64(&bytes, written);
+    assert(bytes.size() == kEndBytes);
     // Best effort: a reader that misses an update reads less, never more.
-    (void)WriteAllAt(end_fd, reinterpret_cast<const char*>(bytes), sizeof(bytes), 0);
+    (void)WriteAllAt(end_fd, bytes.data(), bytes.size(), 0);
   }
 
   // Cuts the fill off, syncs the cut, and removes the side file (readers

@@ -1025,7 +1025,7 @@ Result<size_t> CallProjections::SweepExpiredLogs() {
     if (keys == 0) break;
     // The cutoff goes with the first deletions it makes, in one WriteBatch: a
     // store never lacks an entry at or after its recorded cutoff. (Only ever
-    // raised: a later sweep with a shorter retention or an earlier clock must
+    // raised: a later sweep with a longer retention or an earlier clock must
     // not hide what an earlier one deleted.)
     if (cutoff > log_swept_before_us_) {
       std::string ordered;
@@ -1331,15 +1331,19 @@ Status CheckLogEntries(const KvStore& store, const Ledger& ledger, uint64_t posi
     std::string_view body;
     KL_RETURN_IF_ERROR(SplitStoredValue(stored, &hash, &body));
     KL_RETURN_IF_ERROR(DecodeCallEvent(WordAligned(body, &aligned), &view));
-    const bool gets_entry =
-        view.body_kind == call_kind && MakeLogEntry(view.call, sequence, &key, &value, &record);
+    const bool is_call = view.body_kind == call_kind;
     if (!has_entry) {
-      if (gets_entry && view.call.occurred_at_us >= swept_before_us) {
+      // A call older than the cutoff may have had an entry that expired:
+      // whether it got one does not matter, so it is not made.
+      if (is_call && view.call.occurred_at_us >= swept_before_us &&
+          MakeLogEntry(view.call, sequence, &key, &value, &record)) {
         return Status::Corruption("the log entry of a logged call is missing", sequence);
       }
       return Status::Ok();
     }
-    if (!gets_entry) return Status::Corruption("a log entry of an event that is not a logged call");
+    if (!is_call || !MakeLogEntry(view.call, sequence, &key, &value, &record)) {
+      return Status::Corruption("a log entry of an event that is not a logged call");
+    }
     if (HashBytes(record) != entries[next].record_hash) {
       return Status::Corruption("a log entry differs from the call it was made from");
     }

@@ -11,6 +11,7 @@ namespace keyledger::tools {
 // The ledger's prefilled WAL size for `serve` (ledger/prefilled_wal.h): a
 // WAL lives until a 64 MiB memtable fills, which takes ~80 MiB of log.
 inline constexpr uint64_t kServeWalPrefillMib = 96;
+inline constexpr uint64_t kWalPrefillMibMax = 4096;
 
 struct BenchAppendOptions {
   uint64_t events = 100'000;

@@ -41,7 +41,7 @@ int main(int argc, char** argv) {
   serve_cmd->add_option("--wal-prefill-mib", serve.wal_prefill_mib,
                         "Size the ledger's write-ahead log files are written to ahead of use, "
                         "so synced appends sync data only (0: off)")
-      ->check(CLI::Range(uint64_t{0}, uint64_t{4096}))
+      ->check(CLI::Range(uint64_t{0}, kWalPrefillMibMax))
       ->capture_default_str();
   serve_cmd->add_option("--log-retention-days", serve.log_retention_days,
                         "Days request logs are kept (in the derived store; the ledger keeps all)")
@@ -111,7 +111,7 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   append_cmd->add_option("--wal-prefill-mib", append.wal_prefill_mib,
                          "As serve's: WAL files written ahead of use (0: off)")
-      ->check(CLI::Range(uint64_t{0}, uint64_t{4096}))
+      ->check(CLI::Range(uint64_t{0}, kWalPrefillMibMax))
       ->capture_default_str();
   append_cmd->add_flag("!--no-sync", append.sync, "Acknowledge before fsync (async durability)");
   append_cmd->add_option("--data", append.data_dir, "Scratch data directory")->required();

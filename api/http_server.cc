@@ -182,6 +182,10 @@ std::string EndpointText(const tcp::endpoint& endpoint) {
 Status ValidateOptions(const HttpServerOptions& o, const HttpHandler& handler) {
   if (!handler) return Status::InvalidArgument("handler is empty", "handler");
   if (o.threads < 1) return Status::InvalidArgument("threads must be >= 1", "threads");
+  if (o.worker_threads < 0 || o.worker_threads > kHttpWorkerThreadsMax) {
+    return Status::InvalidArgument(
+        "worker_threads must be 0.." + std::to_string(kHttpWorkerThreadsMax), "worker_threads");
+  }
   if (o.header_bytes_max < 1) {
     return Status::InvalidArgument("header_bytes_max must be >= 1", "header_bytes_max");
   }
@@ -263,6 +267,7 @@ struct Counters {
   std::atomic<uint64_t> connections_timed_out{0};
   std::atomic<uint64_t> requests_total{0};
   std::atomic<uint64_t> requests_in_flight{0};
+  std::atomic<uint64_t> requests_awaiting_worker{0};
   std::atomic<uint64_t> requests_rejected{0};
   std::atomic<uint64_t> handler_errors{0};
   std::atomic<uint64_t> proxy_relayed{0};
@@ -295,6 +300,7 @@ class ServerCore {
     // waking other threads for every completion. Other threads (Stop(), the
     // accepting one) still post to it, so its locking stays on.
     for (size_t i = 0; i < contexts; i++) ioc_.push_back(std::make_unique<net::io_context>(1));
+    if (options_.worker_threads > 0) worker_ioc_ = std::make_unique<net::io_context>();
   }
   ~ServerCore() { Stop(); }
 
@@ -315,6 +321,12 @@ class ServerCore {
   bool stopping() const { return stopping_.load(std::memory_order_acquire); }
   // Calls the handler; turns exceptions and invalid responses into 500.
   HttpResponse CallHandler(const HttpRequest& request);
+  // Whether `request` is handled on its I/O thread rather than by a worker.
+  bool RunsInline(const HttpRequest& request) const;
+  // Runs `task` on a worker thread, after the tasks handed over before it.
+  // REQUIRES: options().worker_threads > 0.
+  template <class Task>
+  void PostToWorker(Task&& task);
   // Gateway mode: nullptr when off.
   const HttpProxyOptions* proxy() const { return proxy_ ? &*proxy_ : nullptr; }
   const tcp::endpoint& upstream() const { return upstream_; }
@@ -347,6 +359,7 @@ class ServerCore {
   uint16_t port_ = 0;
   std::once_flag stop_once_;
   std::vector<std::thread> threads_;  // written only before Start() returns
+  std::vector<std::thread> worker_threads_;  // likewise
   size_t next_context_ = 1;           // used only by the accepting thread
 
   std::mutex mu_;
@@ -364,6 +377,11 @@ class ServerCore {
   // connections.
   std::vector<std::unique_ptr<net::io_context>> ioc_;
   std::vector<net::executor_work_guard<Executor>> work_;
+  // The workers' queue, run by all of worker_threads_ (nullptr without
+  // workers). Its tasks post back to ioc_[1..], so DoStop() joins the
+  // workers before it destroys those.
+  std::unique_ptr<net::io_context> worker_ioc_;
+  std::optional<net::executor_work_guard<Executor>> worker_work_;
   std::unique_ptr<tcp::acceptor> acceptor_;
   std::unique_ptr<net::steady_timer> accept_retry_timer_;  // on the acceptor's io_context
   std::unique_ptr<net::signal_set> signals_;               // GUARDED_BY(mu_)
@@ -398,6 +416,8 @@ class Session : public std::enable_shared_from_this<Session> {
   void OnReadBody(error_code ec, size_t bytes);
   void OnReadError(error_code ec);
   void Handle();
+  // Writes the response of a request handled by a worker (on the I/O thread).
+  void OnHandled(HttpResponse response, bool wants_keep_alive, unsigned version);
   HttpRequest TakeRequest();
   void DoWriteError(int status, std::string_view code, std::string message);
   // Puts `response` into write_head_ and write_body_, framed for the client.
@@ -594,7 +614,23 @@ void Session::Handle() {
   const bool wants_keep_alive = message.keep_alive();
   const unsigned version = message.version();
   requests_served_++;
-  HttpResponse response = core_.CallHandler(request);
+  if (core_.RunsInline(request)) {
+    HttpResponse response = core_.CallHandler(request);
+    return OnHandled(std::move(response), wants_keep_alive, version);
+  }
+  // Nothing else happens on this connection until OnHandled: no read is
+  // pending, and DoWrite sets a fresh timeout.
+  core_.PostToWorker([self = shared_from_this(), request = std::move(request),
+                      wants_keep_alive, version]() mutable {
+    HttpResponse response = self->core_.CallHandler(request);
+    net::post(self->stream_.get_executor(),
+              [self, response = std::move(response), wants_keep_alive, version]() mutable {
+                self->OnHandled(std::move(response), wants_keep_alive, version);
+              });
+  });
+}
+
+void Session::OnHandled(HttpResponse response, bool wants_keep_alive, unsigned version) {
   // After the handler: Stop() may have begun while it ran.
   DoWrite(std::move(response), MayKeepAlive(wants_keep_alive), version);
 }
@@ -1057,6 +1093,15 @@ Status ServerCore::Listen() {
 
 Status ServerCore::StartThreads() {
   try {
+    if (worker_ioc_) {
+      worker_work_.emplace(net::make_work_guard(*worker_ioc_));
+      for (int i = 0; i < options_.worker_threads; ++i) {
+        worker_threads_.emplace_back([this, i] {
+          NameThisThread(("kl-http-work-" + std::to_string(i + 1)).c_str());
+          RunThread(*worker_ioc_);
+        });
+      }
+    }
     work_.reserve(ioc_.size());
     threads_.reserve(ioc_.size());
     for (size_t i = 0; i < ioc_.size(); ++i) {
@@ -1086,8 +1131,10 @@ void ServerCore::RunThread(net::io_context& ioc) {
 }
 
 bool ServerCore::OnIoThread() const {
-  for (const std::thread& t : threads_) {
-    if (t.get_id() == std::this_thread::get_id()) return true;
+  for (const auto* pool : {&threads_, &worker_threads_}) {
+    for (const std::thread& t : *pool) {
+      if (t.get_id() == std::this_thread::get_id()) return true;
+    }
   }
   return false;
 }
@@ -1185,6 +1232,25 @@ HttpResponse ServerCore::CallHandler(const HttpRequest& request) {
   return std::move(*response);
 }
 
+bool ServerCore::RunsInline(const HttpRequest& request) const {
+  if (!worker_ioc_ || !options_.runs_inline) return true;
+  try {
+    return options_.runs_inline(request);
+  } catch (...) {
+    return false;  // a predicate bug: a worker handles it, which is always safe
+  }
+}
+
+template <class Task>
+void ServerCore::PostToWorker(Task&& task) {
+  assert(worker_ioc_);
+  Increment(counters_.requests_awaiting_worker);
+  net::post(*worker_ioc_, [this, task = std::forward<Task>(task)]() mutable {
+    Decrement(counters_.requests_awaiting_worker);
+    task();
+  });
+}
+
 bool ServerCore::IsOwnTarget(std::string_view target) const {
   if (!proxy_) return true;
   try {
@@ -1251,12 +1317,17 @@ void ServerCore::DoStop() {
   // Abandons whatever did not drain; a running handler still finishes.
   for (auto& ioc : ioc_) ioc->stop();
   for (std::thread& t : threads_) t.join();
+  // Handlers already handed to the workers still run (their responses are
+  // dropped with ioc_ below); the workers exit when the queue is empty.
+  worker_work_.reset();
+  for (std::thread& t : worker_threads_) t.join();
   {
     std::lock_guard<std::mutex> lock(mu_);
     signals_.reset();
   }
   accept_retry_timer_.reset();
   acceptor_.reset();
+  worker_ioc_.reset();
   ioc_.clear();  // destroys queued handlers and the sessions they hold
   assert(sessions_.empty());
 }
@@ -1295,6 +1366,7 @@ HttpServerStats ServerCore::stats() const {
   s.connections_timed_out = load(counters_.connections_timed_out);
   s.requests_total = load(counters_.requests_total);
   s.requests_in_flight = load(counters_.requests_in_flight);
+  s.requests_awaiting_worker = load(counters_.requests_awaiting_worker);
   s.requests_rejected = load(counters_.requests_rejected);
   s.handler_errors = load(counters_.handler_errors);
   s.proxy_relayed = load(counters_.proxy_relayed);

@@ -4,18 +4,22 @@
 //
 // Built on Boost.Beast/Asio, which only api/http_server.cc includes.
 //
-// Threading: `threads` I/O threads, each running its own io_context, and one
-// more thread that only accepts. Accepted connections are dealt to the I/O
-// threads in turn, and a connection stays on its thread: it is served by one
-// thread at a time and its requests are handled one after another (no
-// pipelining in parallel). The handler runs on the I/O thread of its
-// connection, so a handler that blocks (e.g. on a synced write) blocks that
-// thread and with it the other connections dealt to it (their reads, writes
-// and timeouts wait); at most `threads` handlers run at once. Size `threads`
-// for the expected number of concurrently blocking requests.
-// (One io_context shared by all threads, with a strand per connection, let
-// an idle thread serve a blocked thread's connections, but cost 20-30% more
-// CPU per request in locks and wake-ups: docs/performance.md.)
+// Threading: `threads` I/O threads, each running its own io_context, one
+// more thread that only accepts, and `worker_threads` threads for handlers
+// that may block. Accepted connections are dealt to the I/O threads in turn,
+// and a connection stays on its thread: it is served by one thread at a time
+// and its requests are handled one after another (no pipelining in
+// parallel). A request that `runs_inline` claims (or every request, without
+// workers) is handled on its connection's I/O thread: quick, non-blocking
+// work such as an authorization decision, answered without a thread switch.
+// Any other request is handed to a worker thread, and its response goes back
+// to the I/O thread to be written, so a handler that blocks (e.g. on a synced
+// write) holds up only its own connection; at most `worker_threads` such
+// handlers run at once, the rest wait in order. I/O threads can then be few
+// (about one per core the server may use), which keeps the inline requests'
+// tail latency low. (One io_context shared by all I/O threads, with a strand
+// per connection, cost 20-30% more CPU per request in locks and wake-ups:
+// docs/performance.md.)
 //
 // Protocol notes: HTTP/1.0 and 1.1; keep-alive as the client asks; pipelined
 // requests are answered in order, one at a time; "expect: 100-continue" is
@@ -27,6 +31,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -36,11 +41,20 @@
 
 namespace keyledger {
 
+// Most worker threads one server may run.
+inline constexpr int kHttpWorkerThreadsMax = 1024;
+
 struct HttpServerOptions {
   // IP address literal to bind ("127.0.0.1", "0.0.0.0", "::1"); no host names.
   std::string host = "127.0.0.1";
   uint16_t port = 8080;  // 0 picks an ephemeral port; see HttpServer::port()
-  int threads = 4;       // I/O threads; the handler runs on them. >= 1.
+  int threads = 2;  // I/O threads: reads, writes, and the handler for inline requests. >= 1.
+  // Threads that run the handler for requests `runs_inline` does not claim.
+  // 0: every request is handled on its I/O thread. 0..kHttpWorkerThreadsMax.
+  int worker_threads = 0;
+  // Whether a request (body read) is handled on its I/O thread. Must be quick,
+  // thread-safe and not throw. Empty: every request is (as with 0 workers).
+  std::function<bool(const HttpRequest&)> runs_inline;
 
   uint64_t body_bytes_max = 1 << 20;     // larger bodies get 413
   uint32_t header_bytes_max = 16 << 10;  // request line + headers; larger get 431
@@ -101,6 +115,7 @@ struct HttpServerStats {
   uint64_t connections_timed_out = 0;  // closed by read or write timeout (not idle)
   uint64_t requests_total = 0;         // requests passed to the handler
   uint64_t requests_in_flight = 0;     // handler calls running now
+  uint64_t requests_awaiting_worker = 0;  // handed to the workers, not started yet
   uint64_t requests_rejected = 0;      // answered 400/413/431 by the server itself
   uint64_t handler_errors = 0;         // handler threw or returned an invalid response
   uint64_t proxy_relayed = 0;          // gateway mode: exchanges relayed to the upstream

@@ -660,6 +660,9 @@ HttpResponse Service::Impl::Metrics() const {
                 "counter");
     RenderGauge(&out, "keyledger_http_requests_in_flight", "Requests being handled now.",
                 http.requests_in_flight);
+    RenderGauge(&out, "keyledger_http_requests_awaiting_worker",
+                "Requests handed to the worker threads and not started yet.",
+                http.requests_awaiting_worker);
     RenderGauge(&out, "keyledger_http_requests_rejected_total",
                 "Requests answered 400/413/431 by the server before any handler.",
                 http.requests_rejected, "counter");
@@ -697,6 +700,18 @@ HttpResponse Service::Impl::Metrics() const {
   r.headers.emplace_back("content-type", "text/plain; version=0.0.4");
   r.body = std::move(out);
   return r;
+}
+
+bool Service::IsQuickRequest(const HttpRequest& request) {
+  switch (RouteOf(request.target)) {
+    case RequestCounters::kAuthorize:
+      return request.method == "POST";
+    case RequestCounters::kHealthz:
+    case RequestCounters::kMetrics:
+      return request.method == "GET";
+    default:
+      return false;
+  }
 }
 
 HttpResponse Service::HandleAsOperator(const HttpRequest& request) {

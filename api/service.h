@@ -126,6 +126,13 @@ class Service {
   // Handles one request. Never throws.
   HttpResponse Handle(const HttpRequest& request);
 
+  // Returns whether Handle(request) is quick and never waits on a disk or
+  // another thread's work: POST /v1/authorize, GET /healthz and GET /metrics.
+  // Such requests may be handled on an HTTP I/O thread
+  // (HttpServerOptions::runs_inline); the others write synced events or read
+  // projections at length and belong on a worker. Thread-safe.
+  static bool IsQuickRequest(const HttpRequest& request);
+
   // Handles one request as the operator, without authentication: for local
   // command-line tools that open the data directory themselves (and so
   // already have every power the operator has). Never reachable over HTTP.

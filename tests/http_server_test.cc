@@ -15,6 +15,7 @@
 #include <cctype>
 #include <cerrno>
 #include <chrono>
+#include <condition_variable>
 #include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -479,6 +480,128 @@ TEST(HttpServerTest, ABlockedHandlerHoldsOnlyItsThreadsConnections) {
   EXPECT_EQ(r->body, "GET /slow||127.0.0.1|");
 }
 
+// A handler that waits until the test opens the gate (at most 5 s) for
+// /blocked, and echoes every request.
+class GatedHandler {
+ public:
+  HttpResponse operator()(const HttpRequest& request) {
+    if (request.target == "/blocked") {
+      std::unique_lock<std::mutex> lock(mu_);
+      entered_++;
+      cv_.notify_all();
+      cv_.wait_for(lock, 5s, [&] { return open_; });
+    }
+    return EchoHandler(request);
+  }
+  void WaitForEntered(int n) {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait_for(lock, 5s, [&] { return entered_ >= n; });
+  }
+  void Open() {
+    std::lock_guard<std::mutex> lock(mu_);
+    open_ = true;
+    cv_.notify_all();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int entered_ = 0;
+  bool open_ = false;
+};
+
+HttpServerOptions OneIoThreadWithWorkers(int workers) {
+  HttpServerOptions options;
+  options.threads = 1;
+  options.worker_threads = workers;
+  options.runs_inline = [](const HttpRequest& request) { return request.target != "/blocked"; };
+  return options;
+}
+
+// One I/O thread serves every connection; a handler blocked on a worker holds
+// up its own connection only, where without workers it held up them all.
+TEST(HttpServerTest, AHandlerOnAWorkerHoldsUpOnlyItsOwnConnection) {
+  auto gate = std::make_shared<GatedHandler>();
+  auto server = StartServer(OneIoThreadWithWorkers(2),
+                            [gate](const HttpRequest& request) { return (*gate)(request); });
+  Client first(server->port());
+  Client second(server->port());
+  ASSERT_TRUE(first.Send(Get("/blocked")));
+  ASSERT_TRUE(second.Send(Get("/blocked")));
+  gate->WaitForEntered(2);  // both run at once, on the two workers
+  EXPECT_EQ(server->stats().requests_in_flight, 2u);
+
+  Client third(server->port());  // the same I/O thread answers at once
+  ASSERT_TRUE(third.Send(Get("/quick")));
+  auto r = third.ReadResponse();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->body, "GET /quick||127.0.0.1|");
+  EXPECT_EQ(server->stats().requests_in_flight, 2u);  // the blocked ones still wait
+
+  gate->Open();
+  for (Client* client : {&first, &second}) {
+    r = client->ReadResponse();
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 200);
+    EXPECT_EQ(r->body, "GET /blocked||127.0.0.1|");
+    // The connection stays usable: its next request is served as before.
+    ASSERT_TRUE(client->Send(Get("/after")));
+    r = client->ReadResponse();
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->body, "GET /after||127.0.0.1|");
+  }
+  EXPECT_EQ(server->stats().requests_awaiting_worker, 0u);
+}
+
+// With every worker busy, later requests wait in order for one.
+TEST(HttpServerTest, RequestsWaitForAFreeWorker) {
+  auto gate = std::make_shared<GatedHandler>();
+  auto server = StartServer(OneIoThreadWithWorkers(1),
+                            [gate](const HttpRequest& request) { return (*gate)(request); });
+  Client first(server->port());
+  ASSERT_TRUE(first.Send(Get("/blocked")));
+  gate->WaitForEntered(1);
+  Client second(server->port());
+  ASSERT_TRUE(second.Send(Get("/blocked")));
+  EXPECT_EQ(Eventually(1, [&] { return server->stats().requests_awaiting_worker; }), 1u);
+  gate->Open();
+  for (Client* client : {&first, &second}) {
+    auto r = client->ReadResponse();
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->body, "GET /blocked||127.0.0.1|");
+  }
+  EXPECT_EQ(server->stats().requests_awaiting_worker, 0u);
+}
+
+TEST(HttpServerTest, GracefulStopLetsAHandlerOnAWorkerFinish) {
+  auto server = StartServer(OneIoThreadWithWorkers(1));
+  std::optional<RawResponse> response;
+  std::thread client_thread([&] {
+    Client client(server->port());
+    client.Send(Get("/slow"));  // EchoHandler sleeps 500 ms
+    response = client.ReadResponse();
+  });
+  while (server->stats().requests_in_flight == 0) std::this_thread::sleep_for(1ms);
+  server->Stop();
+  client_thread.join();
+  ASSERT_TRUE(response);
+  EXPECT_EQ(response->status, 200);
+  EXPECT_EQ(response->body, "GET /slow||127.0.0.1|");
+  EXPECT_EQ(Lower(response->Header("connection")), "close");
+}
+
+TEST(HttpServerTest, AThrowingRunsInlineSendsTheRequestToAWorker) {
+  HttpServerOptions options = OneIoThreadWithWorkers(1);
+  options.runs_inline = [](const HttpRequest&) -> bool { throw std::runtime_error("bug"); };
+  auto server = StartServer(options);
+  Client client(server->port());
+  ASSERT_TRUE(client.Send(Get("/x")));
+  auto r = client.ReadResponse();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->body, "GET /x||127.0.0.1|");
+  EXPECT_EQ(server->stats().handler_errors, 0u);
+}
+
 TEST(HttpServerTest, BindFailureNamesTheAddress) {
   auto first = StartServer();
   HttpServerOptions options;
@@ -501,6 +624,13 @@ TEST(HttpServerTest, InvalidOptionsAreRejected) {
   EXPECT_EQ(r.status().field(), "threads");
 
   options.threads = 1;
+  for (int workers : {-1, kHttpWorkerThreadsMax + 1}) {
+    options.worker_threads = workers;
+    r = HttpServer::Start(options, EchoHandler);
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.status().field(), "worker_threads");
+  }
+  options.worker_threads = 0;
   options.host = "localhost";
   r = HttpServer::Start(options, EchoHandler);
   ASSERT_FALSE(r.ok());

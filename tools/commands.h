@@ -12,6 +12,15 @@ namespace keyledger::tools {
 // WAL lives until a 64 MiB memtable fills, which takes ~80 MiB of log.
 inline constexpr uint64_t kServeWalPrefillMib = 96;
 inline constexpr uint64_t kWalPrefillMibMax = 4096;
+// Threads `serve` runs the handlers of writes and long reads on: a handler
+// blocked on a synced append holds one, so this many such requests can join
+// one group commit.
+inline constexpr int kServeWorkerThreadsDefault = 16;
+inline constexpr int kServeWorkerThreadsMax = 256;
+// `serve`'s HTTP I/O threads unless --threads says otherwise: half the cores,
+// at least one. They only move bytes and decide authorizations; the other
+// cores run the workers, the appender, the folds and RocksDB's flushes.
+int DefaultServeIoThreads();
 
 struct BenchAppendOptions {
   uint64_t events = 100'000;
@@ -54,7 +63,8 @@ int RunInvoiceExport(const InvoiceOptions& options);
 struct ServeOptions {
   std::string data_dir = "./data";
   std::string listen = "127.0.0.1:8080";  // HOST:PORT; IPv6 as [::1]:8080
-  int threads = 4;
+  int threads = DefaultServeIoThreads();  // HTTP I/O threads
+  int worker_threads = kServeWorkerThreadsDefault;
   size_t body_bytes_max = 1u << 20;
   int64_t log_retention_days = 30;
   int64_t max_lateness_days = 35;

@@ -32,8 +32,15 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   serve_cmd->add_option("--listen", serve.listen, "HOST:PORT to listen on ([::1]:PORT for IPv6)")
       ->capture_default_str();
-  serve_cmd->add_option("--threads", serve.threads, "HTTP I/O threads; connections are dealt to them in turn and a handler blocked on a synced write holds up its thread's connections")
+  serve_cmd->add_option("--threads", serve.threads,
+                        "HTTP I/O threads (default: half the cores): they read and write every "
+                        "connection and decide authorizations; connections are dealt to them in turn")
       ->check(CLI::Range(1, 64))
+      ->capture_default_str();
+  serve_cmd->add_option("--worker-threads", serve.worker_threads,
+                        "Threads for the other requests (writes wait on them for a synced "
+                        "append, so this many can share one group commit)")
+      ->check(CLI::Range(1, kServeWorkerThreadsMax))
       ->capture_default_str();
   serve_cmd->add_option("--body-bytes-max", serve.body_bytes_max, "Largest request body accepted")
       ->check(CLI::Range(size_t{1024}, size_t{64} << 20))

@@ -2,11 +2,13 @@
 #include <netdb.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <optional>
 #include <string_view>
+#include <thread>
 
 #include "api/http_server.h"
 #include "api/service.h"
@@ -71,6 +73,10 @@ int Fail(const std::string& what, const Status& s) {
 
 }  // namespace
 
+int DefaultServeIoThreads() {
+  return std::max(1, static_cast<int>(std::thread::hardware_concurrency() / 2));
+}
+
 int RunServe(const ServeOptions& options) {
   HttpServerOptions http;
   if (!SplitListen(options.listen, &http.host, &http.port)) {
@@ -79,6 +85,8 @@ int RunServe(const ServeOptions& options) {
     return 2;
   }
   http.threads = options.threads;
+  http.worker_threads = options.worker_threads;
+  http.runs_inline = &Service::IsQuickRequest;
   http.body_bytes_max = options.body_bytes_max;
 
   constexpr int64_t kDayUs = 24LL * 3600 * 1'000'000;

@@ -87,8 +87,11 @@ void BM_ApplyCallOneKey(benchmark::State& state) {
 }
 BENCHMARK(BM_ApplyCallOneKey);
 
-// state.range(0) keys in 100 workspaces, visited round-robin.
-void BM_ApplyCallManyKeys(benchmark::State& state) {
+// state.range(0) keys in 100 workspaces, visited round-robin, `gap_us`
+// apart. With `warm`, every key has had one call before the timing starts,
+// so only the steady state is measured (a key's first call also creates its
+// series: a one-time cost per key that dominates short runs over many keys).
+void ApplyCallManyKeys(benchmark::State& state, int64_t gap_us, bool warm) {
   const auto kKeys = static_cast<size_t>(state.range(0));
   std::vector<ApiCallRecorded> calls(kKeys);
   for (size_t i = 0; i < kKeys; ++i) {
@@ -101,16 +104,37 @@ void BM_ApplyCallManyKeys(benchmark::State& state) {
   uint64_t rng = 1;
   int64_t t = kT0Us;
   size_t i = 0;
-  for (auto _ : state) {
+  const auto apply_next = [&] {
     ApiCallRecorded& call = calls[i];
-    call.occurred_at_us = (t += 10);
+    call.occurred_at_us = (t += gap_us);
     call.latency_us = NextLatencyUs(&rng);
     fold.ApplyCall(call);
     if (++i == kKeys) i = 0;
+  };
+  if (warm) {
+    for (size_t n = 0; n < kKeys; ++n) apply_next();
   }
+  for (auto _ : state) apply_next();
   state.SetItemsProcessed(state.iterations());
+  state.counters["cells"] = static_cast<double>(fold.cell_count());
 }
+
+// Calls 10 us apart: a key's minute collects many calls (100 ms apart over
+// 10,000 keys), counted from the first call of each key.
+void BM_ApplyCallManyKeys(benchmark::State& state) { ApplyCallManyKeys(state, 10, false); }
 BENCHMARK(BM_ApplyCallManyKeys)->Arg(1'000)->Arg(10'000)->Arg(100'000);
+
+// The same after one call per key: the steady state.
+void BM_ApplyCallManyKeysWarm(benchmark::State& state) { ApplyCallManyKeys(state, 10, true); }
+BENCHMARK(BM_ApplyCallManyKeysWarm)->Arg(1'000)->Arg(10'000)->Arg(100'000);
+
+// Sparse keys: each key's calls a minute apart, so every call opens a new
+// minute cell of its key (and closes the previous one into its hour and
+// day): the most work per call an in-order fold does.
+void BM_ApplyCallSparseKeysWarm(benchmark::State& state) {
+  ApplyCallManyKeys(state, kMetricsMinuteUs / state.range(0), true);
+}
+BENCHMARK(BM_ApplyCallSparseKeysWarm)->Arg(1'000)->Arg(10'000);
 
 // Late calls: random minutes of the past 30 days.
 void BM_ApplyCallLate(benchmark::State& state) {

@@ -36,6 +36,7 @@
 #include <csignal>
 #include <cstdio>
 #include <exception>
+#include <iterator>
 #include <limits>
 #include <mutex>
 #include <optional>
@@ -238,6 +239,7 @@ Status ValidateProxyOptions(const HttpProxyOptions& o) {
 template <class Fields>
 std::vector<std::pair<std::string, std::string>> LowerFields(const Fields& fields) {
   std::vector<std::pair<std::string, std::string>> out;
+  out.reserve(static_cast<size_t>(std::distance(fields.begin(), fields.end())));
   for (const auto& field : fields) {
     const beast::string_view name = field.name_string();
     out.emplace_back(LowerAscii(std::string_view(name.data(), name.size())),

@@ -18,6 +18,10 @@ HttpResponse JsonResponse(int status, const Json& body) {
   return r;
 }
 
+// Segments of the longest API path (/v1/workspaces/{ws}/keys/{key}/...): one
+// allocation for every route.
+constexpr size_t kPathSegmentsTypical = 8;
+
 HttpResponse NoContent() {
   HttpResponse r;
   r.status = 204;
@@ -26,6 +30,7 @@ HttpResponse NoContent() {
 
 std::vector<std::string_view> SplitPath(std::string_view path) {
   std::vector<std::string_view> out;
+  out.reserve(kPathSegmentsTypical);
   while (!path.empty()) {
     if (path.front() == '/') {
       path.remove_prefix(1);

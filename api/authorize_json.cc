@@ -1,10 +1,10 @@
 #include "api/authorize_json.h"
 
-#include <simdjson.h>
-
 #include <array>
 #include <cstddef>
 #include <utility>
+
+#include "api/json_body_simd.h"
 
 // simdjson reports errors as codes (exceptions are not used here: every call
 // goes through .get(), which returns an error_code).
@@ -42,19 +42,8 @@ Result<AuthorizeBody> ParseAuthorizeBody(std::string_view body) {
   std::array<std::optional<element>, kFieldNames.size()> values;
   simdjson::dom::parser parser;
   if (!body.empty()) {
-    if (parser.allocate(body.size(), kAuthorizeBodyDepthMax) != simdjson::SUCCESS) {
-      return Status::Unavailable("cannot allocate the JSON parser");
-    }
-    element root;
-    // parse() copies `body` into a padded buffer (simdjson reads past the end).
-    if (parser.parse(body.data(), body.size(), /*realloc_if_needed=*/true).get(root) !=
-        simdjson::SUCCESS) {
-      return Status::InvalidArgument("request body is not valid JSON");
-    }
-    simdjson::dom::object object;
-    if (root.get(object) != simdjson::SUCCESS) {
-      return Status::InvalidArgument("request body must be a JSON object");
-    }
+    KL_ASSIGN_OR_RETURN(simdjson::dom::object object,
+                        ParseBodyObject(&parser, body, kAuthorizeBodyDepthMax));
     std::optional<std::string_view> first_unknown;
     for (auto [key, value] : object) {
       size_t i = 0;

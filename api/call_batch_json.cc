@@ -9,6 +9,7 @@
 #include <string>
 #include <utility>
 
+#include "api/json_body_simd.h"
 #include "billing/calendar.h"
 
 // simdjson reports errors as codes (exceptions are not used here: every call
@@ -249,19 +250,7 @@ Result<std::vector<CallReport>> ParseCallBatch(std::string_view body) {
   std::vector<CallReport> reports;
   if (body.empty()) return Status::InvalidArgument("calls must be an array", "calls");
   simdjson::dom::parser parser;
-  if (parser.allocate(body.size(), kCallBatchDepthMax) != simdjson::SUCCESS) {
-    return Status::Unavailable("cannot allocate the JSON parser");
-  }
-  element root;
-  // parse() copies `body` into a padded buffer (simdjson reads past the end).
-  if (parser.parse(body.data(), body.size(), /*realloc_if_needed=*/true).get(root) !=
-      simdjson::SUCCESS) {
-    return Status::InvalidArgument("request body is not valid JSON");
-  }
-  object top;
-  if (root.get(top) != simdjson::SUCCESS) {
-    return Status::InvalidArgument("request body must be a JSON object");
-  }
+  KL_ASSIGN_OR_RETURN(object top, ParseBodyObject(&parser, body, kCallBatchDepthMax));
   std::optional<element> calls;
   std::optional<std::string_view> first_unknown;
   for (auto [key, value] : top) {

@@ -4,9 +4,12 @@
 // simdjson, as the call batch is (api/call_batch_json.h): nlohmann's DOM
 // cost about 9,000 instructions and a dozen allocations per body, nearly
 // half of the server's own user-space work per authorization. The rules are
-// those of the other request bodies (api/json_input.h): wrong types, unknown
-// fields and malformed text are InvalidArgument naming the field, null reads
-// as absent, and a key given twice counts with its last value.
+// those of the other request bodies (api/json_input.h): wrong types and
+// unknown fields are InvalidArgument naming the field, malformed text is
+// InvalidArgument naming none, null reads as absent, and a key given twice
+// counts with its last value. One difference: nesting deeper than 8 and
+// numbers beyond 64-bit integers or doubles (e.g. 1e400) are malformed here
+// (api/json_body_simd.h), where the other bodies would get past the parse.
 //
 // Thread safety: stateless function.
 #pragma once

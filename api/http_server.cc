@@ -325,8 +325,8 @@ class ServerCore {
   HttpResponse CallHandler(const HttpRequest& request);
   // Whether `request` is handled on its I/O thread rather than by a worker.
   bool RunsInline(const HttpRequest& request) const;
-  // Runs `task` on a worker thread, after the tasks handed over before it.
-  // REQUIRES: options().worker_threads > 0.
+  // Runs `task` on a worker thread; tasks start in the order they were
+  // handed over. REQUIRES: options().worker_threads > 0.
   template <class Task>
   void PostToWorker(Task&& task);
   // Gateway mode: nullptr when off.
@@ -625,10 +625,13 @@ void Session::Handle() {
   core_.PostToWorker([self = shared_from_this(), request = std::move(request),
                       wants_keep_alive, version]() mutable {
     HttpResponse response = self->core_.CallHandler(request);
-    net::post(self->stream_.get_executor(),
-              [self, response = std::move(response), wants_keep_alive, version]() mutable {
-                self->OnHandled(std::move(response), wants_keep_alive, version);
-              });
+    // The session moves on to its I/O thread: its last reference must not
+    // be dropped here, on the worker.
+    auto executor = self->stream_.get_executor();
+    net::post(executor, [self = std::move(self), response = std::move(response),
+                         wants_keep_alive, version]() mutable {
+      self->OnHandled(std::move(response), wants_keep_alive, version);
+    });
   });
 }
 
@@ -1320,11 +1323,13 @@ void ServerCore::DoStop() {
     cv_.wait_until(lock, deadline, [this] { return sessions_.empty(); });
   }
   work_.clear();
-  // Abandons whatever did not drain; a running handler still finishes.
+  // Abandons whatever did not drain; a running handler still finishes (its
+  // response is dropped with ioc_ below), and requests still waiting for a
+  // worker are dropped with worker_ioc_: run unanswered, a synced append
+  // would only keep Stop() waiting.
+  if (worker_ioc_) worker_ioc_->stop();
   for (auto& ioc : ioc_) ioc->stop();
   for (std::thread& t : threads_) t.join();
-  // Handlers already handed to the workers still run (their responses are
-  // dropped with ioc_ below); the workers exit when the queue is empty.
   worker_work_.reset();
   for (std::thread& t : worker_threads_) t.join();
   {

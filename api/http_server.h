@@ -53,7 +53,8 @@ struct HttpServerOptions {
   // 0: every request is handled on its I/O thread. 0..kHttpWorkerThreadsMax.
   int worker_threads = 0;
   // Whether a request (body read) is handled on its I/O thread. Must be quick,
-  // thread-safe and not throw. Empty: every request is (as with 0 workers).
+  // thread-safe and not throw (one that throws sends the request to a
+  // worker). Empty: every request is, and the workers stay idle.
   std::function<bool(const HttpRequest&)> runs_inline;
 
   uint64_t body_bytes_max = 1 << 20;     // larger bodies get 413
@@ -157,9 +158,11 @@ class HttpServer {
   // Stops gracefully: stops accepting, closes connections waiting for a
   // request, lets requests already being read or handled finish and their
   // responses (sent with "connection: close") be written, then closes
-  // everything and joins the I/O threads. What is still open after
-  // drain_timeout_ms is closed; a handler that is still running is not
-  // interrupted, so Stop() also waits for it to return.
+  // everything and joins the I/O and worker threads. What is still open
+  // after drain_timeout_ms is closed; a handler that is still running is not
+  // interrupted, so Stop() also waits for it to return, but requests still
+  // waiting for a worker then are dropped unhandled (their connections close
+  // without an answer, as for a request still being read).
   // Idempotent; concurrent callers all return once the server has stopped.
   // REQUIRES: not called from inside the handler.
   void Stop();

@@ -15,8 +15,10 @@
 namespace keyledger {
 
 // Parses `body` with `*parser` and returns its top-level object, valid until
-// `*parser` parses again or is destroyed. Nesting deeper than `depth_max`
-// counts as malformed.
+// `*parser` parses again or is destroyed. A leading UTF-8 byte order mark is
+// skipped. Counted as malformed, where nlohmann's parser (api/json_input.h)
+// accepts them: nesting deeper than `depth_max`, and numbers beyond 64-bit
+// integers or doubles (e.g. 1e400).
 // Returns InvalidArgument (no field) "request body is not valid JSON" or
 // "request body must be a JSON object"; Unavailable if the parser cannot
 // allocate its buffers.

@@ -23,6 +23,12 @@ TEST(AuthorizeBodyTest, ReadsTheThreeFields) {
   EXPECT_EQ(body->request_id, "r\xc3\xa9-1");
 }
 
+TEST(AuthorizeBodyTest, SkipsAByteOrderMark) {
+  auto body = ParseAuthorizeBody("\xEF\xBB\xBF{\"client_ip\":\"10.0.0.1\"}");
+  ASSERT_TRUE(body.ok()) << body.status().ToString();
+  EXPECT_EQ(body->client_ip, "10.0.0.1");
+}
+
 TEST(AuthorizeBodyTest, NullIsAbsentAndTheLastDuplicateCounts) {
   auto body = ParseAuthorizeBody(
       R"({"client_ip":"10.0.0.1","origin":null,"client_ip":"10.0.0.2","request_id":null})");
@@ -67,6 +73,9 @@ INSTANTIATE_TEST_SUITE_P(
         ErrorCase{"RequestIdObject", R"({"client_ip":"1.2.3.4","request_id":{}})", "request_id",
                   "must be a string"},
         ErrorCase{"TooDeep", R"({"x":[[[[[[[[[[1]]]]]]]]]]})", "",
+                  "request body is not valid JSON"},
+        // Here, unlike the other bodies, such a number is malformed text.
+        ErrorCase{"NumberOutOfRange", R"({"client_ip":"1.2.3.4","origin":1e400})", "",
                   "request body is not valid JSON"}),
     [](const auto& info) { return info.param.name; });
 
@@ -89,9 +98,10 @@ std::string ArbitraryBody() {
   const auto members = *rc::gen::container<std::vector<std::pair<std::string, std::string>>>(
       rc::gen::pair(rc::gen::element<std::string>("client_ip", "origin", "request_id", "a",
                                                   "zeta", "client"),
-                    rc::gen::element<std::string>(R"("10.0.0.1")", R"("https://x.example")",
-                                                  R"("r\"1")", "null", "7", "-1.5", "true",
-                                                  "[]", R"({"k":[1,2]})", R"("")")));
+                    rc::gen::element<std::string>(
+                        R"("10.0.0.1")", R"("https://x.example")", R"("r\"1")", R"("\udc00")",
+                        R"("\ud83d\ude00")", "null", "7", "-1.5", "true", "[]",
+                        R"({"k":[1,2]})", R"("")")));
   std::string body = "{";
   for (size_t i = 0; i < members.size(); i++) {
     if (i > 0) body += ",";
@@ -99,6 +109,7 @@ std::string ArbitraryBody() {
   }
   body += "}";
   if (*rc::gen::inRange(0, 8) == 0) body.resize(*rc::gen::inRange<size_t>(0, body.size()));
+  if (*rc::gen::inRange(0, 8) == 0) body.insert(0, "\xEF\xBB\xBF");  // a byte order mark
   return body;
 }
 

@@ -502,6 +502,10 @@ class GatedHandler {
     open_ = true;
     cv_.notify_all();
   }
+  int entered() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return entered_;
+  }
 
  private:
   std::mutex mu_;
@@ -588,6 +592,30 @@ TEST(HttpServerTest, GracefulStopLetsAHandlerOnAWorkerFinish) {
   EXPECT_EQ(response->status, 200);
   EXPECT_EQ(response->body, "GET /slow||127.0.0.1|");
   EXPECT_EQ(Lower(response->Header("connection")), "close");
+}
+
+// At the drain deadline the running handler finishes, and a request still
+// waiting for a worker is dropped unhandled: its client sees the connection
+// close (it was never acknowledged, so it may retry).
+TEST(HttpServerTest, StopDropsRequestsStillWaitingForAWorker) {
+  auto gate = std::make_shared<GatedHandler>();
+  HttpServerOptions options = OneIoThreadWithWorkers(1);
+  options.drain_timeout_ms = 100;
+  auto server = StartServer(options, [gate](const HttpRequest& request) { return (*gate)(request); });
+  Client running(server->port());
+  ASSERT_TRUE(running.Send(Get("/blocked")));
+  gate->WaitForEntered(1);
+  Client waiting(server->port());
+  ASSERT_TRUE(waiting.Send(Get("/blocked")));
+  EXPECT_EQ(Eventually(1, [&] { return server->stats().requests_awaiting_worker; }), 1u);
+
+  std::thread stopper([&] { server->Stop(); });
+  std::this_thread::sleep_for(300ms);  // past the drain deadline
+  gate->Open();
+  stopper.join();
+  EXPECT_EQ(gate->entered(), 1);  // the waiting request never reached the handler
+  EXPECT_FALSE(running.ReadResponse());  // its answer was dropped with the I/O threads
+  EXPECT_TRUE(waiting.ReadEof());
 }
 
 TEST(HttpServerTest, AThrowingRunsInlineSendsTheRequestToAWorker) {

@@ -122,13 +122,15 @@ class CallReader {
   CallReader(const CallMembers& members, std::string prefix)
       : m_(members), prefix_(std::move(prefix)) {}
 
-  Result<CallReport> Read() {
+  // Fills *report, which is left partly filled on error. (Read in place: a
+  // call moved through a Result and into the vector cost three moves of its
+  // nine strings per call.)
+  Status Read(CallReport* report) {
     if (m_.first_unknown) {
       return Status::InvalidArgument("unknown field \"" + std::string(*m_.first_unknown) + "\"",
                                      prefix_ + std::string(*m_.first_unknown));
     }
-    CallReport report;
-    ApiCallRecorded& c = report.call;
+    ApiCallRecorded& c = report->call;
     KL_RETURN_IF_ERROR(String(CallField::kRequestId, &c.request_id));
     KL_RETURN_IF_ERROR(String(CallField::kKeyId, &c.key_id));
     std::string occurred_at;
@@ -148,7 +150,7 @@ class CallReader {
     if (!status) return Invalid("status is required", CallField::kStatus);
     c.status = static_cast<uint16_t>(*status);
     KL_RETURN_IF_ERROR(Int(CallField::kUnits, INT64_MAX, &units));
-    if (units) report.units = static_cast<uint64_t>(*units);
+    if (units) report->units = static_cast<uint64_t>(*units);
     KL_RETURN_IF_ERROR(Int(CallField::kRequestBytes, INT64_MAX, &request_bytes));
     KL_RETURN_IF_ERROR(Int(CallField::kResponseBytes, INT64_MAX, &response_bytes));
     c.request_bytes = static_cast<uint64_t>(request_bytes.value_or(0));
@@ -156,7 +158,7 @@ class CallReader {
     KL_RETURN_IF_ERROR(LatencyUs(&c.latency_us));
     KL_RETURN_IF_ERROR(Excerpt(CallField::kRequest, &c.request));
     KL_RETURN_IF_ERROR(Excerpt(CallField::kResponse, &c.response));
-    return report;
+    return Status::Ok();
   }
 
  private:
@@ -274,8 +276,7 @@ Result<std::vector<CallReport>> ParseCallBatch(std::string_view body) {
     const std::string index = "calls[" + std::to_string(i) + "]";
     object call;
     if (item.get(call) != simdjson::SUCCESS) return Status::InvalidArgument("must be an object", index);
-    KL_ASSIGN_OR_RETURN(CallReport report, CallReader(ReadMembers(call), index + ".").Read());
-    reports.push_back(std::move(report));
+    KL_RETURN_IF_ERROR(CallReader(ReadMembers(call), index + ".").Read(&reports.emplace_back()));
     i++;
   }
   return reports;

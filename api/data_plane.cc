@@ -431,12 +431,11 @@ Result<RecordResult> DataPlane::RecordCalls(std::vector<CallReport> calls) {
       call.request = HttpExcerpt{};
       call.response = HttpExcerpt{};
     }
-    NewEvent e;
+    NewEvent& e = events.emplace_back();
     e.event_id = CallEventId(call.request_id);
     e.stream_id = CallStream(call.key_id);
     e.actor = "gateway";
-    e.body = std::move(call);
-    events.push_back(std::move(e));
+    e.body.emplace<ApiCallRecorded>(std::move(call));
   }
   AppendOptions ao;
   ao.durability = Durability::kSync;  // acknowledged only when durable

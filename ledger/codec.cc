@@ -246,13 +246,18 @@ void Fill(schema::NotificationAttempt::Builder b, const NotificationAttempt& v) 
   b.setNextAttemptAtUs(v.next_attempt_at_us);
 }
 
+// The call is the event the log is mostly made of, so its empty optional
+// fields are left as null pointers, which every reader takes as empty: an
+// empty excerpt costs no words and no Fill (~300 instructions per call).
 void Fill(schema::HttpExcerpt::Builder b, const HttpExcerpt& v) {
-  auto headers = b.initHeaders(ListSize(v.headers.size()));
-  for (capnp::uint i = 0; i < headers.size(); i++) {
-    headers[i].setName(AsText(v.headers[i].name));
-    headers[i].setValue(AsText(v.headers[i].value));
+  if (!v.headers.empty()) {
+    auto headers = b.initHeaders(ListSize(v.headers.size()));
+    for (capnp::uint i = 0; i < headers.size(); i++) {
+      headers[i].setName(AsText(v.headers[i].name));
+      headers[i].setValue(AsText(v.headers[i].value));
+    }
   }
-  b.setBodyExcerpt(AsData(v.body_excerpt));
+  if (!v.body_excerpt.empty()) b.setBodyExcerpt(AsData(v.body_excerpt));
 }
 
 void Fill(schema::ApiCallRecorded::Builder b, const ApiCallRecorded& v) {
@@ -260,18 +265,22 @@ void Fill(schema::ApiCallRecorded::Builder b, const ApiCallRecorded& v) {
   b.setWorkspaceId(AsText(v.workspace_id));
   b.setKeyId(AsText(v.key_id));
   b.setOccurredAtUs(v.occurred_at_us);
-  b.setMethod(AsText(v.method));
-  b.setPath(AsText(v.path));
+  if (!v.method.empty()) b.setMethod(AsText(v.method));
+  if (!v.path.empty()) b.setPath(AsText(v.path));
   b.setStatus(v.status);
   b.setLatencyUs(v.latency_us);
   b.setUnits(v.units);
   b.setRequestBytes(v.request_bytes);
   b.setResponseBytes(v.response_bytes);
-  b.setClientIp(AsText(v.client_ip));
-  b.setOrigin(AsText(v.origin));
+  if (!v.client_ip.empty()) b.setClientIp(AsText(v.client_ip));
+  if (!v.origin.empty()) b.setOrigin(AsText(v.origin));
   b.setLogged(v.logged);
-  Fill(b.initRequest(), v.request);
-  Fill(b.initResponse(), v.response);
+  if (!v.request.headers.empty() || !v.request.body_excerpt.empty()) {
+    Fill(b.initRequest(), v.request);
+  }
+  if (!v.response.headers.empty() || !v.response.body_excerpt.empty()) {
+    Fill(b.initResponse(), v.response);
+  }
 }
 
 void Fill(schema::AuthorizationDenied::Builder b, const AuthorizationDenied& v) {

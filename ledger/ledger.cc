@@ -82,12 +82,16 @@ Status ValidateNewEvents(const std::vector<NewEvent>& events) {
     }
   }
   if (events.size() > 1) {
-    std::vector<const EventId*> ids;
-    ids.reserve(events.size());
-    for (const auto& e : events) ids.push_back(&e.event_id);
-    std::sort(ids.begin(), ids.end(), [](const EventId* a, const EventId* b) { return *a < *b; });
-    auto same = [](const EventId* a, const EventId* b) { return *a == *b; };
-    if (std::adjacent_find(ids.begin(), ids.end(), same) != ids.end()) {
+    // Any total order finds duplicates: two native words compare inline,
+    // where the arrays' operator< calls memcmp (200 instructions per event).
+    static_assert(sizeof(EventId) == 2 * sizeof(uint64_t));
+    std::vector<std::pair<uint64_t, uint64_t>> ids(events.size());
+    for (size_t i = 0; i < events.size(); i++) {
+      std::memcpy(&ids[i].first, events[i].event_id.data(), sizeof(uint64_t));
+      std::memcpy(&ids[i].second, events[i].event_id.data() + sizeof(uint64_t), sizeof(uint64_t));
+    }
+    std::sort(ids.begin(), ids.end());
+    if (std::adjacent_find(ids.begin(), ids.end()) != ids.end()) {
       return Status::InvalidArgument("an event id appears twice in one append", "event_id");
     }
   }
@@ -108,6 +112,14 @@ std::string EventKey(uint64_t sequence) {
   AppendBigEndian64(&key, sequence);
   return key;
 }
+
+// A stream's version in the ledger's cache: as stored, and as the group
+// being committed takes it (when pending_group is that group's number).
+struct CachedVersion {
+  uint64_t stored = 0;
+  uint64_t pending = 0;
+  uint64_t pending_group = 0;
+};
 
 // One caller of Append waiting in the group-commit queue.
 struct Writer {
@@ -133,18 +145,25 @@ struct Ledger::Rep {
   bool closed = false;
   LedgerStats stats;
 
-  // Touched only by the group-commit leader (one at a time, outside mu).
-  std::unordered_map<std::string, uint64_t, StringHash, std::equal_to<>> stream_versions;
+  // Touched only by the group-commit leader (one at a time; the leader
+  // updates `stored` under mu once its group is written).
+  std::unordered_map<std::string, CachedVersion, StringHash, std::equal_to<>> stream_versions;
+  uint64_t group_number = 0;  // the group being committed; 0: none yet
+  // Entries the current group gave a pending version, some maybe twice or
+  // rolled back since (pending_group tells). References into stream_versions
+  // stay valid: it is cleared only between groups.
+  std::vector<CachedVersion*> pending_streams;
   EventEncoder encoder{kHashBytes};  // leaves room for the hash: stored = hash || body
   std::unique_ptr<KvBatch> batch;    // reused, so its buffer is allocated once
 
   Result<uint64_t> LookupStreamVersion(std::string_view stream_id) const;
-  Result<uint64_t> CurrentStreamVersion(std::string_view stream_id);
-  // `versions` gets views of stream ids in the group's events: valid until
-  // the group's writers are released.
+  // The cache entry of `stream_id`, read from the store on a miss.
+  Result<CachedVersion*> CachedStreamVersion(std::string_view stream_id);
   Status CommitGroup(std::vector<Writer*>& group, const LedgerHead& start, int64_t now_us,
-                     LedgerHead* new_head,
-                     std::vector<std::pair<std::string_view, uint64_t>>* versions);
+                     LedgerHead* new_head);
+  // After the group's batch is written: its pending versions become stored.
+  // REQUIRES: mu held, by the leader that committed the group.
+  void StorePendingVersions();
   Result<Event> DecodeStored(uint64_t sequence, std::string_view value) const;
 };
 
@@ -159,13 +178,19 @@ Result<uint64_t> Ledger::Rep::LookupStreamVersion(std::string_view stream_id) co
   return DecodeBigEndian64(key.data() + floor.size());
 }
 
-Result<uint64_t> Ledger::Rep::CurrentStreamVersion(std::string_view stream_id) {
+Result<CachedVersion*> Ledger::Rep::CachedStreamVersion(std::string_view stream_id) {
   auto it = stream_versions.find(stream_id);
-  if (it != stream_versions.end()) return it->second;
+  if (it != stream_versions.end()) return &it->second;
   KL_ASSIGN_OR_RETURN(uint64_t version, LookupStreamVersion(stream_id));
-  if (stream_versions.size() >= options.stream_cache_entries_max) stream_versions.clear();
-  stream_versions.emplace(std::string(stream_id), version);
-  return version;
+  return &stream_versions.emplace(std::string(stream_id), CachedVersion{.stored = version})
+              .first->second;
+}
+
+void Ledger::Rep::StorePendingVersions() {
+  for (CachedVersion* v : pending_streams) {
+    if (v->pending_group == group_number) v->stored = v->pending;
+  }
+  pending_streams.clear();
 }
 
 Ledger::Ledger(std::unique_ptr<Rep> rep) : rep_(std::move(rep)) {}
@@ -245,11 +270,16 @@ Result<Event> Ledger::Rep::DecodeStored(uint64_t sequence, std::string_view valu
 // out of the batch to its save point.
 // REQUIRES: called by the current leader only, without holding mu.
 Status Ledger::Rep::CommitGroup(std::vector<Writer*>& group, const LedgerHead& start,
-                                int64_t now_us, LedgerHead* new_head,
-                                std::vector<std::pair<std::string_view, uint64_t>>* versions) {
+                                int64_t now_us, LedgerHead* new_head) {
   // 1. Which proposed events are already stored? One MultiGet for the group.
   size_t group_events = 0;
   for (Writer* w : group) group_events += w->events->size();
+  assert(pending_streams.empty());
+  group_number++;
+  // The cache is bounded between groups, so no entry moves during one.
+  if (stream_versions.size() + group_events > options.stream_cache_entries_max) {
+    stream_versions.clear();
+  }
   std::vector<std::string_view> id_views;
   id_views.reserve(group_events);
   for (Writer* w : group) {
@@ -263,10 +293,9 @@ Status Ledger::Rep::CommitGroup(std::vector<Writer*>& group, const LedgerHead& s
   if (batch->bytes() > kBatchBytesRetained) batch = std::make_unique<KvBatch>(*store);
   batch->Clear();
   // Views into the writers' events, which outlive the group.
-  std::unordered_map<std::string_view, uint64_t> group_versions;  // stream -> version after
   std::unordered_map<std::string_view, uint64_t> group_ids;  // id -> sequence, earlier writers
-  // (stream, version before) per change by the current writer, to undo it.
-  std::vector<std::pair<std::string_view, std::optional<uint64_t>>> undo;
+  // (stream, what it was) per change by the current writer, to undo it.
+  std::vector<std::pair<CachedVersion*, CachedVersion>> undo;
   std::string stream_key;
   LedgerHead head = start;
   size_t writer_base = 0;  // index of this writer's first event in id_views
@@ -295,15 +324,11 @@ Status Ledger::Rep::CommitGroup(std::vector<Writer*>& group, const LedgerHead& s
         continue;
       }
       const std::string_view stream_id = e.stream_id;
-      auto g = group_versions.find(stream_id);
-      uint64_t current;
-      if (g != group_versions.end()) {
-        current = g->second;
-      } else {
-        auto looked_up = CurrentStreamVersion(stream_id);
-        if (!looked_up.ok()) return looked_up.status();
-        current = *looked_up;
-      }
+      auto cached = CachedStreamVersion(stream_id);
+      if (!cached.ok()) return cached.status();
+      CachedVersion& stream = **cached;
+      const bool pending = stream.pending_group == group_number;
+      const uint64_t current = pending ? stream.pending : stream.stored;
       if (e.expected_version && *e.expected_version != current) {
         status = Status::Conflict("stream " + e.stream_id + " is at version " +
                                   std::to_string(current) + ", expected " +
@@ -312,13 +337,10 @@ Status Ledger::Rep::CommitGroup(std::vector<Writer*>& group, const LedgerHead& s
       }
       const uint64_t version = current + 1;
       const uint64_t sequence = tentative.sequence + 1;
-      if (g != group_versions.end()) {
-        undo.emplace_back(stream_id, g->second);
-        g->second = version;
-      } else {
-        undo.emplace_back(stream_id, std::nullopt);
-        group_versions.emplace(stream_id, version);
-      }
+      undo.emplace_back(&stream, stream);
+      if (!pending) pending_streams.push_back(&stream);
+      stream.pending = version;
+      stream.pending_group = group_number;
 
       EnvelopeFields envelope;
       envelope.sequence = sequence;
@@ -359,13 +381,7 @@ Status Ledger::Rep::CommitGroup(std::vector<Writer*>& group, const LedgerHead& s
     }
     if (!status.ok()) {
       batch->RollbackToSavePoint();
-      for (auto u = undo.rbegin(); u != undo.rend(); ++u) {
-        if (u->second) {
-          group_versions[u->first] = *u->second;
-        } else {
-          group_versions.erase(u->first);
-        }
-      }
+      for (auto u = undo.rbegin(); u != undo.rend(); ++u) *u->first = u->second;
       w->status = status;
       continue;
     }
@@ -382,7 +398,6 @@ Status Ledger::Rep::CommitGroup(std::vector<Writer*>& group, const LedgerHead& s
   }
 
   *new_head = head;
-  versions->assign(group_versions.begin(), group_versions.end());
   if (head.sequence == start.sequence) {
     return needs_sync ? store->SyncWal() : Status::Ok();
   }
@@ -423,9 +438,8 @@ Result<AppendResult> Ledger::Append(const std::vector<NewEvent>& events,
   lock.unlock();
 
   LedgerHead new_head;
-  std::vector<std::pair<std::string_view, uint64_t>> versions;
   const auto write_start = std::chrono::steady_clock::now();
-  Status io = rep_->CommitGroup(group, start, now_us, &new_head, &versions);
+  Status io = rep_->CommitGroup(group, start, now_us, &new_head);
   const auto write_us = std::chrono::duration_cast<std::chrono::microseconds>(
                             std::chrono::steady_clock::now() - write_start).count();
 
@@ -439,15 +453,7 @@ Result<AppendResult> Ledger::Append(const std::vector<NewEvent>& events,
   }
   if (io.ok()) {
     assert(new_head.sequence >= start.sequence);
-    // The views point into the group's events: their writers are not released yet.
-    for (const auto& [stream, version] : versions) {
-      auto it = rep_->stream_versions.find(stream);
-      if (it != rep_->stream_versions.end()) {
-        it->second = version;
-      } else {
-        rep_->stream_versions.emplace(std::string(stream), version);
-      }
-    }
+    rep_->StorePendingVersions();
     if (new_head.sequence > start.sequence) {
       rep_->head = new_head;
       rep_->last_recorded_at_us = now_us;
@@ -458,7 +464,8 @@ Result<AppendResult> Ledger::Append(const std::vector<NewEvent>& events,
     });
     if (any_sync) rep_->synced_sequence = new_head.sequence;
   } else {
-    // Nothing was written; the cache may hold versions of unwritten events.
+    // Nothing was written: forget the group's pending versions.
+    rep_->pending_streams.clear();
     rep_->stream_versions.clear();
   }
   for (Writer* w : group) {

@@ -1250,12 +1250,28 @@ bool ServerCore::RunsInline(const HttpRequest& request) const {
   }
 }
 
+// Counts a request out of requests_awaiting_worker once: when a worker
+// takes it, or when Stop() drops it unrun (its handler is destroyed).
+class AwaitingWorker {
+ public:
+  explicit AwaitingWorker(std::atomic<uint64_t>* gauge) : gauge_(gauge) { Increment(*gauge_); }
+  AwaitingWorker(AwaitingWorker&& other) noexcept : gauge_(std::exchange(other.gauge_, nullptr)) {}
+  AwaitingWorker& operator=(AwaitingWorker&&) = delete;
+  ~AwaitingWorker() { Taken(); }
+  void Taken() {
+    if (gauge_ != nullptr) Decrement(*std::exchange(gauge_, nullptr));
+  }
+
+ private:
+  std::atomic<uint64_t>* gauge_;
+};
+
 template <class Task>
 void ServerCore::PostToWorker(Task&& task) {
   assert(worker_ioc_);
-  Increment(counters_.requests_awaiting_worker);
-  net::post(*worker_ioc_, [this, task = std::forward<Task>(task)]() mutable {
-    Decrement(counters_.requests_awaiting_worker);
+  net::post(*worker_ioc_, [awaiting = AwaitingWorker(&counters_.requests_awaiting_worker),
+                           task = std::forward<Task>(task)]() mutable {
+    awaiting.Taken();
     task();
   });
 }

@@ -614,6 +614,7 @@ TEST(HttpServerTest, StopDropsRequestsStillWaitingForAWorker) {
   gate->Open();
   stopper.join();
   EXPECT_EQ(gate->entered(), 1);  // the waiting request never reached the handler
+  EXPECT_EQ(server->stats().requests_awaiting_worker, 0u);  // nor waits any more
   EXPECT_FALSE(running.ReadResponse());  // its answer was dropped with the I/O threads
   EXPECT_TRUE(waiting.ReadEof());
 }

@@ -401,7 +401,10 @@ Result<RecordResult> DataPlane::RecordCalls(std::vector<CallReport> calls) {
   const int64_t now_us = clock_->NowUs();
   std::vector<NewEvent> events;
   events.reserve(calls.size());
-  std::unordered_set<std::string> request_ids;  // copies: the calls are moved into events
+  // Views of the request ids inside `events`, whose reserved storage never
+  // moves in this loop.
+  std::unordered_set<std::string_view> request_ids;
+  request_ids.reserve(calls.size());
   size_t in_batch_duplicates = 0;
   for (size_t i = 0; i < calls.size(); i++) {
     ApiCallRecorded& call = calls[i].call;
@@ -411,7 +414,7 @@ Result<RecordResult> DataPlane::RecordCalls(std::vector<CallReport> calls) {
       return Status::InvalidArgument("unknown key " + call.key_id,
                                      "calls[" + std::to_string(i) + "].key_id");
     }
-    if (!request_ids.insert(call.request_id).second) {
+    if (request_ids.contains(call.request_id)) {
       in_batch_duplicates++;
       continue;
     }
@@ -435,7 +438,8 @@ Result<RecordResult> DataPlane::RecordCalls(std::vector<CallReport> calls) {
     e.event_id = CallEventId(call.request_id);
     e.stream_id = CallStream(call.key_id);
     e.actor = "gateway";
-    e.body.emplace<ApiCallRecorded>(std::move(call));
+    const ApiCallRecorded& stored = e.body.emplace<ApiCallRecorded>(std::move(call));
+    request_ids.insert(stored.request_id);
   }
   AppendOptions ao;
   ao.durability = Durability::kSync;  // acknowledged only when durable

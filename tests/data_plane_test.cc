@@ -180,6 +180,22 @@ TEST_F(DataPlaneTest, RecordsCallsDurablyAndIdempotently) {
   EXPECT_EQ(std::get<ApiCallRecorded>(events->at(1).body).units, 0u);  // a 500 is not billable
 }
 
+// Request ids past the short-string buffer are stored on the heap: the
+// in-batch duplicate check must find those too.
+TEST_F(DataPlaneTest, LongRequestIdsRepeatedInOneBatchAreDuplicates) {
+  const std::string long_id(100, 'q');
+  json body = {{"calls", {Call(long_id), Call("short"), Call(long_id), Call(long_id + "2")}}};
+  auto r = h.Call("POST", "/v1/calls", body.dump());
+  ASSERT_EQ(r.status, 200) << r.raw;
+  EXPECT_EQ(r.body["recorded"], 3);
+  EXPECT_EQ(r.body["duplicates"], 1);
+  auto events = h.ledger().ReadStream("calls/" + key_, 1, 10);
+  ASSERT_TRUE(events.ok());
+  ASSERT_EQ(events->size(), 3u);
+  EXPECT_EQ(std::get<ApiCallRecorded>(events->at(0).body).request_id, long_id);
+  EXPECT_EQ(std::get<ApiCallRecorded>(events->at(2).body).request_id, long_id + "2");
+}
+
 TEST_F(DataPlaneTest, ARefusedBatchAppendsNothing) {
   uint64_t head = h.ledger().head().sequence;
   auto expect_field = [&](json call, const std::string& field) {

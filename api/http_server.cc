@@ -174,6 +174,62 @@ void SerializeResponseHead(const HttpResponse& response, bool keep_alive, unsign
   out->append("\r\n");
 }
 
+void AppendHttpVersion(unsigned version, std::string* out) {
+  out->append("HTTP/");
+  out->push_back(static_cast<char>('0' + version / 10));
+  out->push_back('.');
+  out->push_back(static_cast<char>('0' + version % 10));
+}
+
+void AppendFields(const http::fields& fields, std::string* out) {
+  for (const auto& field : fields) {
+    const beast::string_view name = field.name_string();
+    const beast::string_view value = field.value();
+    out->append(name.data(), name.size());
+    out->append(": ");
+    out->append(value.data(), value.size());
+    out->append("\r\n");
+  }
+  out->append("\r\n");
+}
+
+// A relayed message's start line and fields, into `out` (replacing what was
+// there), byte for byte as Beast's serializer writes them: the gateway frames
+// the header of every relayed message whose body is not chunked itself, and
+// then relays the body's bytes as they are. Beast's buffer_body serializer
+// cost ~35,000 instructions of a relayed GET's ~150,000.
+// REQUIRES: version < 100 (Beast parses 10 * major + minor, one digit each).
+void SerializeRelayedHeader(const http::request_header<>& header, std::string* out) {
+  assert(header.version() < 100);
+  out->clear();
+  const beast::string_view method = header.method_string();
+  const beast::string_view target = header.target();
+  out->append(method.data(), method.size());
+  out->push_back(' ');
+  out->append(target.data(), target.size());
+  out->push_back(' ');
+  AppendHttpVersion(header.version(), out);
+  out->append("\r\n");
+  AppendFields(header, out);
+}
+
+void SerializeRelayedHeader(const http::response_header<>& header, std::string* out) {
+  assert(header.version() < 100);
+  out->clear();
+  AppendHttpVersion(header.version(), out);
+  out->push_back(' ');
+  const unsigned status = header.result_int();
+  assert(status >= 100 && status <= 999);  // the parser takes three digits
+  out->push_back(static_cast<char>('0' + status / 100));
+  out->push_back(static_cast<char>('0' + status / 10 % 10));
+  out->push_back(static_cast<char>('0' + status % 10));
+  out->push_back(' ');
+  const beast::string_view reason = header.reason();
+  out->append(reason.data(), reason.size());
+  out->append("\r\n");
+  AppendFields(header, out);
+}
+
 std::string EndpointText(const tcp::endpoint& endpoint) {
   const std::string address = endpoint.address().to_string();
   const std::string port = std::to_string(endpoint.port());
@@ -438,8 +494,10 @@ class Session : public std::enable_shared_from_this<Session> {
   net::awaitable<error_code> ConnectUpstream();
   // Sends the request header upstream, reconnecting once when a kept-alive
   // connection turns out to be closed by the upstream.
+  // With `serializer` empty, sends relay_head_ (the request header framed by
+  // SerializeRelayedHeader); otherwise makes the serializer and writes through it.
   net::awaitable<error_code> WriteRequestHeader(
-      std::optional<http::request_serializer<http::buffer_body>>& serializer,
+      std::optional<http::request_serializer<http::buffer_body>>* serializer,
       http::request<http::buffer_body>& request);
   // Writes a response of the server's own in the middle of a relay (e.g.
   // 502), then closes the connection.
@@ -478,6 +536,9 @@ class Session : public std::enable_shared_from_this<Session> {
   std::optional<Stream> upstream_;
   beast::flat_buffer upstream_buffer_;
   std::vector<char> relay_buffer_;  // relay_chunk_bytes, allocated on first use
+  // A relayed header framed by the gateway (its capacity kept between
+  // exchanges up to kWriteBufferKeepBytesMax).
+  std::string relay_head_;
 };
 
 // ---------------------------------------------------------------------------
@@ -870,15 +931,19 @@ net::awaitable<void> Session::Relay(std::shared_ptr<Session> self, ProxyAdmissio
     if (ec) co_return Close();  // reported as abandoned
   }
 
+  // A body that is not chunked goes as it arrives, behind a header framed
+  // here; a chunked one is re-chunked by Beast's serializer.
+  const bool frame_request = !req.chunked();
   std::optional<http::request_serializer<http::buffer_body>> request_writer;
-  ec = co_await WriteRequestHeader(request_writer, req);
+  if (frame_request) SerializeRelayedHeader(req, &relay_head_);
+  ec = co_await WriteRequestHeader(frame_request ? nullptr : &request_writer, req);
   if (ec) {
     const std::string message = "the upstream could not be reached: " + ec.message();
     co_await FailUpstream(exchange, 502, kUpstreamUnavailable, message, version);
     co_return;
   }
   // The request body, as it arrives.
-  while (!request_writer->is_done()) {
+  while (frame_request ? !request.is_done() : !request_writer->is_done()) {
     size_t bytes = 0;
     if (!request.is_done()) {
       req.body().data = chunk;
@@ -901,12 +966,16 @@ net::awaitable<void> Session::Relay(std::shared_ptr<Session> self, ProxyAdmissio
     }
     Capture(&exchange.request_body_excerpt, chunk, bytes, capture_max);
     exchange.request_body_bytes += bytes;
-    req.body().data = bytes > 0 ? chunk : nullptr;
-    req.body().size = bytes;
-    req.body().more = !request.is_done();
     upstream_->expires_after(Ms(o.relay_idle_timeout_ms));
-    co_await http::async_write(*upstream_, *request_writer, token);
-    if (ec == http::error::need_buffer) ec = {};
+    if (frame_request) {
+      co_await net::async_write(*upstream_, net::buffer(chunk, bytes), token);
+    } else {
+      req.body().data = bytes > 0 ? chunk : nullptr;
+      req.body().size = bytes;
+      req.body().more = !request.is_done();
+      co_await http::async_write(*upstream_, *request_writer, token);
+      if (ec == http::error::need_buffer) ec = {};
+    }
     if (ec) {
       const std::string message = "the upstream broke the connection: " + ec.message();
       co_await FailUpstream(exchange, 502, kUpstreamUnavailable, message, version);
@@ -948,13 +1017,26 @@ net::awaitable<void> Session::Relay(std::shared_ptr<Session> self, ProxyAdmissio
   exchange.response_headers = LowerFields(res);
   const bool upstream_keep_alive = res.keep_alive();
   EditResponseHeader(res, admission, version, MayKeepAlive(wants_keep_alive));
-  http::response_serializer<http::buffer_body> response_writer{res};
+  // Framed here unless chunked, as the request above.
+  const bool frame_response = !res.chunked();
+  std::optional<http::response_serializer<http::buffer_body>> response_writer;
+  bool head_sent = false;  // when frame_response
+  if (frame_response) {
+    SerializeRelayedHeader(res, &relay_head_);
+  } else {
+    response_writer.emplace(res);
+  }
   // When the body (or its start) came in with the header, the first write
   // below sends the header and that chunk together: one send instead of two.
   // Otherwise the header goes now, so a slow body does not hold it back.
   if (!response->is_done() && upstream_buffer_.size() == 0) {
     stream_.expires_after(Ms(core_.options().write_timeout_ms));
-    co_await http::async_write_header(stream_, response_writer, token);
+    if (frame_response) {
+      co_await net::async_write(stream_, net::buffer(relay_head_), token);
+      head_sent = true;
+    } else {
+      co_await http::async_write_header(stream_, *response_writer, token);
+    }
     if (ec) {
       exchange.status = kClientClosedStatus;
       CloseUpstream();
@@ -962,7 +1044,7 @@ net::awaitable<void> Session::Relay(std::shared_ptr<Session> self, ProxyAdmissio
     }
   }
   // The response body, as it arrives.
-  while (!response_writer.is_done()) {
+  while (frame_response ? !(head_sent && response->is_done()) : !response_writer->is_done()) {
     size_t bytes = 0;
     if (!response->is_done()) {
       res.body().data = chunk;
@@ -981,12 +1063,20 @@ net::awaitable<void> Session::Relay(std::shared_ptr<Session> self, ProxyAdmissio
     }
     Capture(&exchange.response_body_excerpt, chunk, bytes, capture_max);
     exchange.response_body_bytes += bytes;
-    res.body().data = bytes > 0 ? chunk : nullptr;
-    res.body().size = bytes;
-    res.body().more = !response->is_done();
     stream_.expires_after(Ms(o.relay_idle_timeout_ms));
-    co_await http::async_write(stream_, response_writer, token);
-    if (ec == http::error::need_buffer) ec = {};
+    if (frame_response) {
+      const std::array<net::const_buffer, 2> parts = {
+          net::buffer(relay_head_.data(), head_sent ? 0 : relay_head_.size()),
+          net::buffer(chunk, bytes)};
+      head_sent = true;
+      co_await net::async_write(stream_, parts, token);
+    } else {
+      res.body().data = bytes > 0 ? chunk : nullptr;
+      res.body().size = bytes;
+      res.body().more = !response->is_done();
+      co_await http::async_write(stream_, *response_writer, token);
+      if (ec == http::error::need_buffer) ec = {};
+    }
     if (ec) {
       exchange.status = kClientClosedStatus;
       CloseUpstream();
@@ -994,6 +1084,7 @@ net::awaitable<void> Session::Relay(std::shared_ptr<Session> self, ProxyAdmissio
     }
   }
   if (!upstream_keep_alive) CloseUpstream();
+  if (relay_head_.capacity() > kWriteBufferKeepBytesMax) relay_head_ = std::string();
   reporter.Report();
   if (res.need_eof()) co_return DoLinger();
   DoWaitForRequest();
@@ -1010,7 +1101,7 @@ net::awaitable<error_code> Session::ConnectUpstream() {
 }
 
 net::awaitable<error_code> Session::WriteRequestHeader(
-    std::optional<http::request_serializer<http::buffer_body>>& serializer,
+    std::optional<http::request_serializer<http::buffer_body>>* serializer,
     http::request<http::buffer_body>& request) {
   const bool reused = upstream_.has_value();
   error_code ec;
@@ -1019,10 +1110,15 @@ net::awaitable<error_code> Session::WriteRequestHeader(
       ec = co_await ConnectUpstream();
       if (ec) co_return ec;
     }
-    serializer.emplace(request);
     upstream_->expires_after(Ms(core_.proxy()->relay_idle_timeout_ms));
-    co_await http::async_write_header(*upstream_, *serializer,
-                                      net::redirect_error(net::use_awaitable, ec));
+    if (serializer == nullptr) {
+      co_await net::async_write(*upstream_, net::buffer(relay_head_),
+                                net::redirect_error(net::use_awaitable, ec));
+    } else {
+      serializer->emplace(request);
+      co_await http::async_write_header(*upstream_, **serializer,
+                                        net::redirect_error(net::use_awaitable, ec));
+    }
     // A kept-alive connection may have been closed by the upstream meanwhile.
     if (!ec || !reused) break;
     CloseUpstream();

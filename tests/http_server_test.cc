@@ -11,6 +11,7 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cctype>
 #include <cerrno>
@@ -917,6 +918,154 @@ TEST(HttpProxyTest, ASlowBodyDoesNotHoldBackTheResponseHeader) {
   EXPECT_LT(*header_after, std::chrono::milliseconds(kBodyDelayMs / 2));
   EXPECT_EQ(received.substr(0, 15), "HTTP/1.1 200 OK");
   EXPECT_EQ(received.substr(received.size() - 4), "body");
+}
+
+// A one-connection upstream on a raw socket that answers each request with
+// the next scripted response, byte for byte, and keeps the requests it got.
+class ScriptedUpstream {
+ public:
+  explicit ScriptedUpstream(std::vector<std::string> responses) {
+    listen_fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(addr);
+    EXPECT_EQ(::bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), len), 0);
+    EXPECT_EQ(::listen(listen_fd_, 4), 0);
+    ::getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&addr), &len);
+    port_ = ntohs(addr.sin_port);
+    thread_ = std::thread([this, responses = std::move(responses)] { Serve(responses); });
+  }
+  ~ScriptedUpstream() {
+    ::shutdown(listen_fd_, SHUT_RDWR);
+    thread_.join();
+    ::close(listen_fd_);
+  }
+  uint16_t port() const { return port_; }
+  // The requests received so far, each header and body as sent.
+  std::vector<std::string> requests() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return requests_;
+  }
+
+ private:
+  void Serve(const std::vector<std::string>& responses) {
+    const int fd = ::accept(listen_fd_, nullptr, nullptr);
+    if (fd < 0) return;
+    std::string in;
+    char buf[4096];
+    auto fill = [&] {
+      const ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
+      if (n > 0) in.append(buf, static_cast<size_t>(n));
+      return n > 0;
+    };
+    for (const std::string& response : responses) {
+      size_t end;
+      while ((end = in.find("\r\n\r\n")) == std::string::npos) {
+        if (!fill()) break;
+      }
+      if (end == std::string::npos) break;
+      size_t length = 0;
+      const std::string head = Lower(in.substr(0, end));
+      if (const size_t at = head.find("content-length: "); at != std::string::npos) {
+        length = std::stoul(head.substr(at + 16));
+      }
+      while (in.size() < end + 4 + length && fill()) {}
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        requests_.push_back(in.substr(0, end + 4 + length));
+      }
+      in.erase(0, end + 4 + length);
+      ::send(fd, response.data(), response.size(), MSG_NOSIGNAL);
+    }
+    ::shutdown(fd, SHUT_WR);
+    while (::recv(fd, buf, sizeof(buf), 0) > 0) {}  // until the gateway closes
+    ::close(fd);
+  }
+
+  int listen_fd_ = -1;
+  uint16_t port_ = 0;
+  std::thread thread_;
+  std::mutex mu_;
+  std::vector<std::string> requests_;  // GUARDED_BY(mu_)
+};
+
+// Reads from `fd` until `bytes` bytes arrived or the peer closed.
+std::string ReceiveUpTo(int fd, size_t bytes) {
+  std::string received;
+  char buf[4096];
+  while (received.size() < bytes) {
+    const ssize_t n = ::recv(fd, buf, std::min(sizeof(buf), bytes - received.size()), 0);
+    if (n <= 0) break;
+    received.append(buf, static_cast<size_t>(n));
+  }
+  return received;
+}
+
+TEST(HttpProxyTest, RelayedHeadersAndBodiesArriveByteForByte) {
+  ScriptedUpstream upstream({"HTTP/1.1 299 Custom Reason\r\nContent-Length: 2\r\nX-Up: a\r\n\r\nhi",
+                             "HTTP/1.1 201 Created\r\nContent-Length: 3\r\n\r\nnew"});
+  ProxyFixture f;
+  f.Start({}, upstream.port());
+  Client client(f.gateway->port());
+  ASSERT_TRUE(client.Send("GET /x?q=1 HTTP/1.1\r\nHost: t\r\nAccept: */*\r\n\r\n"));
+  const std::string first =
+      "HTTP/1.1 299 Custom Reason\r\nContent-Length: 2\r\nX-Up: a\r\nx-gateway: 1\r\n\r\nhi";
+  EXPECT_EQ(ReceiveUpTo(client.fd(), first.size()), first);
+  ASSERT_TRUE(client.Send("POST /p HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello"));
+  const std::string second = "HTTP/1.1 201 Created\r\nContent-Length: 3\r\nx-gateway: 1\r\n\r\nnew";
+  EXPECT_EQ(ReceiveUpTo(client.fd(), second.size()), second);
+  const std::vector<std::string> requests = upstream.requests();
+  ASSERT_EQ(requests.size(), 2u);
+  // The hook's headers and x-forwarded-for are appended; nothing else changes.
+  EXPECT_EQ(requests[0],
+            "GET /x?q=1 HTTP/1.1\r\nHost: t\r\nAccept: */*\r\nx-test: from-gateway\r\n"
+            "x-forwarded-for: 127.0.0.1\r\n\r\n");
+  EXPECT_EQ(requests[1],
+            "POST /p HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nx-test: from-gateway\r\n"
+            "x-forwarded-for: 127.0.0.1\r\n\r\nhello");
+  auto done = f.Done(2);
+  ASSERT_EQ(done.size(), 2u);
+  EXPECT_EQ(done[0].status, 299);
+  EXPECT_EQ(done[0].response_body_bytes, 2u);
+  EXPECT_EQ(done[1].request_body_bytes, 5u);
+}
+
+TEST(HttpProxyTest, AHeadResponseHasNoBodyAndTheConnectionGoesOn) {
+  ScriptedUpstream upstream({"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n",
+                             "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"});
+  ProxyFixture f;
+  f.Start({}, upstream.port());
+  Client client(f.gateway->port());
+  ASSERT_TRUE(client.Send("HEAD /h HTTP/1.1\r\nHost: t\r\n\r\nGET /g HTTP/1.1\r\nHost: t\r\n\r\n"));
+  const std::string both = "HTTP/1.1 200 OK\r\nContent-Length: 4\r\nx-gateway: 1\r\n\r\n"
+                           "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nx-gateway: 1\r\n\r\nok";
+  EXPECT_EQ(ReceiveUpTo(client.fd(), both.size()), both);
+}
+
+TEST(HttpProxyTest, AChunkedResponseStaysChunkedForHttp11AndEndsTheConnectionForHttp10) {
+  const std::string chunked =
+      "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
+  {
+    ScriptedUpstream upstream({chunked});
+    ProxyFixture f;
+    f.Start({}, upstream.port());
+    Client client(f.gateway->port());
+    ASSERT_TRUE(client.Send("GET /c HTTP/1.1\r\nHost: t\r\n\r\n"));
+    const std::string expected = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nx-gateway: 1\r\n\r\n"
+                                 "5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
+    EXPECT_EQ(ReceiveUpTo(client.fd(), expected.size()), expected);
+  }
+  {
+    ScriptedUpstream upstream({chunked});
+    ProxyFixture f;
+    f.Start({}, upstream.port());
+    Client client(f.gateway->port());
+    ASSERT_TRUE(client.Send("GET /c HTTP/1.0\r\nHost: t\r\n\r\n"));
+    // HTTP/1.0 has no chunked coding: the body is sent plain, up to the close.
+    EXPECT_EQ(ReceiveUpTo(client.fd(), 4096),
+              "HTTP/1.0 200 OK\r\nx-gateway: 1\r\n\r\nhello world");
+  }
 }
 
 TEST(HttpProxyTest, InvalidProxyOptionsAreRejected) {

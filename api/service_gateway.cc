@@ -47,33 +47,40 @@ std::vector<HttpHeader> ExcerptHeaders(const std::vector<std::pair<std::string, 
   return out;
 }
 
-// The call as POST /v1/calls would carry it, from what the gateway saw.
-// RecordCalls fills in the workspace, the units (1 for a 2xx), the logging
-// switch, and trims and redacts the excerpts.
-CallReport MakeCallReport(const HttpRequest& head, const std::string& client_ip,
-                          const AuthorizeDecision& decision, const std::string& request_id,
-                          int64_t occurred_at_us, const ProxyExchange& exchange) {
+// The call as POST /v1/calls would carry it, from what the gateway saw:
+// this much from the request, at admission (so the relay keeps it, not the
+// whole request head), and FinishCallReport adds the exchange. RecordCalls
+// fills in the workspace, the units (1 for a 2xx), the logging switch, and
+// trims and redacts the excerpts.
+CallReport StartCallReport(const HttpRequest& head, std::string client_ip,
+                           const AuthorizeDecision& decision, std::string request_id,
+                           int64_t occurred_at_us) {
   CallReport report;
   ApiCallRecorded& call = report.call;
-  call.request_id = request_id;
+  call.request_id = std::move(request_id);
   call.key_id = decision.key_id;
   call.occurred_at_us = occurred_at_us;
   call.method = head.method.substr(0, kRecordedMethodBytesMax);
   call.path = head.target.substr(0, kRecordedPathBytesMax);
+  call.client_ip = std::move(client_ip);
+  call.origin = std::string(head.Header("origin"));
+  call.logged = decision.logging;  // the data plane decides again from the key
+  if (decision.logging) call.request.headers = ExcerptHeaders(head.headers);
+  return report;
+}
+
+void FinishCallReport(ProxyExchange exchange, CallReport* report) {
+  ApiCallRecorded& call = report->call;
   assert(exchange.status >= 100 && exchange.status <= 599);
   call.status = static_cast<uint16_t>(exchange.status);
   call.latency_us = static_cast<uint64_t>(std::max<int64_t>(exchange.latency_us, 0));
   call.request_bytes = exchange.request_body_bytes;
   call.response_bytes = exchange.response_body_bytes;
-  call.client_ip = client_ip;
-  call.origin = std::string(head.Header("origin"));
-  if (decision.logging) {
-    call.request.headers = ExcerptHeaders(head.headers);
-    call.request.body_excerpt = exchange.request_body_excerpt;
+  if (call.logged) {
+    call.request.body_excerpt = std::move(exchange.request_body_excerpt);
     call.response.headers = ExcerptHeaders(exchange.response_headers);
-    call.response.body_excerpt = exchange.response_body_excerpt;
+    call.response.body_excerpt = std::move(exchange.response_body_excerpt);
   }
-  return report;
 }
 
 // Splits the X-Forwarded-For headers of `head` into their entries, in order,
@@ -186,12 +193,12 @@ ProxyAdmission Service::Impl::AdmitProxied(const HttpRequest& head) {
   admission.set_response_headers.emplace_back("x-request-id", request_id);
   if (!origin.empty()) AddCorsHeaders(origin, &admission.set_response_headers);
   admission.capture_bytes_max = decision.logging ? kBodyExcerptBytesMax : 0;
-  admission.on_done = [this, head, client_ip = std::move(client_ip),
-                       decision = std::move(decision), request_id = std::move(request_id),
-                       occurred_at_us = ar.now_us](ProxyExchange exchange) {
+  admission.on_done = [this, report = StartCallReport(head, std::move(client_ip), decision,
+                                                      std::move(request_id), ar.now_us)](
+                           ProxyExchange exchange) mutable {
     requests.Count(RequestCounters::kGateway, exchange.status);
-    data_plane->QueueReservedCall(
-        MakeCallReport(head, client_ip, decision, request_id, occurred_at_us, exchange));
+    FinishCallReport(std::move(exchange), &report);
+    data_plane->QueueReservedCall(std::move(report));
   };
   return admission;
 }

@@ -587,6 +587,9 @@ TEST_F(GatewayBlackBoxTest, RelaysAuthorizedRequestsStreamingBothBodiesAndRecord
   EXPECT_EQ(e["origin"], kOrigin);
   EXPECT_EQ(e["request"]["body_excerpt"].get<std::string>(), request_body.substr(0, 4096));
   EXPECT_EQ(e["response"]["body_excerpt"].get<std::string>(), response_body.substr(0, 4096));
+  EXPECT_EQ(e["client_ip"], "127.0.0.1");
+  EXPECT_FALSE(e["request"]["headers"].empty()) << e.dump();
+  EXPECT_FALSE(e["response"]["headers"].empty()) << e.dump();
   const std::string log_text = entries.dump();
   EXPECT_EQ(log_text.find(key_a_.second), std::string::npos) << "a secret reached the log";
 

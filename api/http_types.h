@@ -74,7 +74,8 @@ struct ProxyExchange {
   int64_t latency_us = 0;            // from admission to the last byte sent (or failure)
   uint64_t request_body_bytes = 0;   // relayed to the upstream
   uint64_t response_body_bytes = 0;  // relayed to the client
-  // The upstream's response headers (lower-cased names); empty when it failed.
+  // The upstream's response headers (lower-cased names), when the admission
+  // asked for them (capture_response_headers); empty when it failed.
   std::vector<std::pair<std::string, std::string>> response_headers;
   // The first ProxyAdmission::capture_bytes_max bytes of each body.
   std::string request_body_excerpt;
@@ -95,6 +96,9 @@ struct ProxyAdmission {
   std::vector<std::pair<std::string, std::string>> set_response_headers;
   // Bytes of each body to copy into ProxyExchange excerpts; 0 = none.
   size_t capture_bytes_max = 0;
+  // Whether to copy the upstream's response headers into the exchange
+  // (a copy of every field per request: ask only when they are logged).
+  bool capture_response_headers = false;
   // Called exactly once when a relayed exchange ends, on an I/O thread; also
   // when the server is stopped mid-exchange. Must not block.
   std::function<void(ProxyExchange)> on_done;

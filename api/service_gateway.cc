@@ -193,6 +193,7 @@ ProxyAdmission Service::Impl::AdmitProxied(const HttpRequest& head) {
   admission.set_response_headers.emplace_back("x-request-id", request_id);
   if (!origin.empty()) AddCorsHeaders(origin, &admission.set_response_headers);
   admission.capture_bytes_max = decision.logging ? kBodyExcerptBytesMax : 0;
+  admission.capture_response_headers = decision.logging;
   admission.on_done = [this, report = StartCallReport(head, std::move(client_ip), decision,
                                                       std::move(request_id), ar.now_us)](
                            ProxyExchange exchange) mutable {

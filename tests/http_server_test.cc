@@ -1031,6 +1031,24 @@ TEST(HttpProxyTest, RelayedHeadersAndBodiesArriveByteForByte) {
   EXPECT_EQ(done[1].request_body_bytes, 5u);
 }
 
+TEST(HttpProxyTest, HopByHopFieldsAndThoseConnectionNamesAreNotRelayed) {
+  ScriptedUpstream upstream({"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: x-up-drop\r\n"
+                             "X-Up-Drop: 1\r\nUpgrade: h2c\r\nX-Up-Keep: 3\r\n\r\nok"});
+  ProxyFixture f;
+  f.Start({}, upstream.port());
+  Client client(f.gateway->port());
+  ASSERT_TRUE(client.Send("GET /h HTTP/1.1\r\nHost: t\r\nConnection: X-Drop, keep-alive\r\n"
+                          "x-drop: 1\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nX-Keep: 2\r\n"
+                          "Proxy-Authorization: Basic abc\r\nConnection: te\r\n\r\n"));
+  const std::string expected = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Up-Keep: 3\r\nx-gateway: 1\r\n\r\nok";
+  EXPECT_EQ(ReceiveUpTo(client.fd(), expected.size()), expected);
+  const std::vector<std::string> requests = upstream.requests();
+  ASSERT_EQ(requests.size(), 1u);
+  EXPECT_EQ(requests[0],
+            "GET /h HTTP/1.1\r\nHost: t\r\nX-Keep: 2\r\nx-test: from-gateway\r\n"
+            "x-forwarded-for: 127.0.0.1\r\n\r\n");
+}
+
 TEST(HttpProxyTest, AHeadResponseHasNoBodyAndTheConnectionGoesOn) {
   ScriptedUpstream upstream({"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n",
                              "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"});

@@ -17,6 +17,7 @@
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -847,11 +848,12 @@ TEST(HttpProxyTest, ServerStopMidExchangeStillReportsItOnce) {
   EXPECT_EQ(done[0].status, 499);  // abandoned: the response never reached the client
 }
 
-// A one-shot upstream on a raw socket: answers the first request with its
-// header at once and its 4-byte body `body_delay_ms` later.
-class SlowBodyUpstream {
+// A one-connection upstream on a raw loopback socket: `serve` runs on its
+// own thread with the listening socket, which the destructor shuts down (to
+// wake an accept() nobody answered) before joining it.
+class RawUpstream {
  public:
-  explicit SlowBodyUpstream(int body_delay_ms) {
+  explicit RawUpstream(std::function<void(int listen_fd)> serve) {
     listen_fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
     sockaddr_in addr{};
     addr.sin_family = AF_INET;
@@ -861,18 +863,32 @@ class SlowBodyUpstream {
     EXPECT_EQ(::listen(listen_fd_, 4), 0);
     ::getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&addr), &len);
     port_ = ntohs(addr.sin_port);
-    thread_ = std::thread([this, body_delay_ms] { Serve(body_delay_ms); });
+    thread_ = std::thread([this, serve = std::move(serve)] { serve(listen_fd_); });
   }
-  ~SlowBodyUpstream() {
-    ::shutdown(listen_fd_, SHUT_RDWR);  // wakes accept() if nobody came
+  ~RawUpstream() {
+    ::shutdown(listen_fd_, SHUT_RDWR);
     thread_.join();
     ::close(listen_fd_);
   }
   uint16_t port() const { return port_; }
 
  private:
-  void Serve(int body_delay_ms) {
-    const int fd = ::accept(listen_fd_, nullptr, nullptr);
+  int listen_fd_ = -1;
+  uint16_t port_ = 0;
+  std::thread thread_;
+};
+
+// Answers the first request with its header at once and its 4-byte body
+// `body_delay_ms` later.
+class SlowBodyUpstream {
+ public:
+  explicit SlowBodyUpstream(int body_delay_ms)
+      : raw_([body_delay_ms](int listen_fd) { Serve(listen_fd, body_delay_ms); }) {}
+  uint16_t port() const { return raw_.port(); }
+
+ private:
+  static void Serve(int listen_fd, int body_delay_ms) {
+    const int fd = ::accept(listen_fd, nullptr, nullptr);
     if (fd < 0) return;
     std::string request;
     char buf[4096];
@@ -890,9 +906,7 @@ class SlowBodyUpstream {
     ::close(fd);
   }
 
-  int listen_fd_ = -1;
-  uint16_t port_ = 0;
-  std::thread thread_;
+  RawUpstream raw_;
 };
 
 TEST(HttpProxyTest, ASlowBodyDoesNotHoldBackTheResponseHeader) {
@@ -920,28 +934,13 @@ TEST(HttpProxyTest, ASlowBodyDoesNotHoldBackTheResponseHeader) {
   EXPECT_EQ(received.substr(received.size() - 4), "body");
 }
 
-// A one-connection upstream on a raw socket that answers each request with
-// the next scripted response, byte for byte, and keeps the requests it got.
+// Answers each request with the next scripted response, byte for byte, and
+// keeps the requests it got.
 class ScriptedUpstream {
  public:
-  explicit ScriptedUpstream(std::vector<std::string> responses) {
-    listen_fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof(addr);
-    EXPECT_EQ(::bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), len), 0);
-    EXPECT_EQ(::listen(listen_fd_, 4), 0);
-    ::getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&addr), &len);
-    port_ = ntohs(addr.sin_port);
-    thread_ = std::thread([this, responses = std::move(responses)] { Serve(responses); });
-  }
-  ~ScriptedUpstream() {
-    ::shutdown(listen_fd_, SHUT_RDWR);
-    thread_.join();
-    ::close(listen_fd_);
-  }
-  uint16_t port() const { return port_; }
+  explicit ScriptedUpstream(std::vector<std::string> responses)
+      : raw_([this, responses = std::move(responses)](int listen_fd) { Serve(listen_fd, responses); }) {}
+  uint16_t port() const { return raw_.port(); }
   // The requests received so far, each header and body as sent.
   std::vector<std::string> requests() {
     std::lock_guard<std::mutex> lock(mu_);
@@ -949,8 +948,8 @@ class ScriptedUpstream {
   }
 
  private:
-  void Serve(const std::vector<std::string>& responses) {
-    const int fd = ::accept(listen_fd_, nullptr, nullptr);
+  void Serve(int listen_fd, const std::vector<std::string>& responses) {
+    const int fd = ::accept(listen_fd, nullptr, nullptr);
     if (fd < 0) return;
     std::string in;
     char buf[4096];
@@ -983,11 +982,9 @@ class ScriptedUpstream {
     ::close(fd);
   }
 
-  int listen_fd_ = -1;
-  uint16_t port_ = 0;
-  std::thread thread_;
   std::mutex mu_;
   std::vector<std::string> requests_;  // GUARDED_BY(mu_)
+  RawUpstream raw_;  // last: its thread starts once the members above exist
 };
 
 // Reads from `fd` until `bytes` bytes arrived or the peer closed.

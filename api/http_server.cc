@@ -812,11 +812,14 @@ bool IsHopByHop(http::field name) {
 template <class Fields>
 void EraseHopByHop(Fields& fields) {
   std::vector<std::string_view> named;  // most often "keep-alive", or nothing
-  for (const auto& token : http::token_list{fields[http::field::connection]}) {
-    const std::string_view name(token.data(), token.size());
-    if (!EqualsIgnoringCase(name, "content-length") &&
-        !EqualsIgnoringCase(name, "transfer-encoding") && !EqualsIgnoringCase(name, "host")) {
-      named.push_back(name);
+  for (const auto& field : fields) {  // every Connection field, not just the first
+    if (field.name() != http::field::connection) continue;
+    for (const auto& token : http::token_list{field.value()}) {
+      const std::string_view name(token.data(), token.size());
+      if (!EqualsIgnoringCase(name, "content-length") &&
+          !EqualsIgnoringCase(name, "transfer-encoding") && !EqualsIgnoringCase(name, "host")) {
+        named.push_back(name);
+      }
     }
   }
   for (auto it = fields.begin(); it != fields.end();) {
@@ -1036,8 +1039,10 @@ net::awaitable<void> Session::Relay(std::shared_ptr<Session> self, ProxyAdmissio
   if (admission.capture_response_headers) exchange.response_headers = LowerFields(res);
   const bool upstream_keep_alive = res.keep_alive();
   EditResponseHeader(res, admission, version, MayKeepAlive(wants_keep_alive));
-  // Framed here unless chunked, as the request above.
-  const bool frame_response = !res.chunked();
+  // Framed here unless a chunked body follows, as the request above. (No
+  // body follows a HEAD, 204 or 304 answer even when its header says
+  // chunked; Beast's serializer would still end it with a last chunk.)
+  const bool frame_response = !res.chunked() || response->is_done();
   std::optional<http::response_serializer<http::buffer_body>> response_writer;
   bool head_sent = false;  // when frame_response
   if (frame_response) {

@@ -1036,7 +1036,8 @@ TEST(HttpProxyTest, HopByHopFieldsAndThoseConnectionNamesAreNotRelayed) {
   Client client(f.gateway->port());
   ASSERT_TRUE(client.Send("GET /h HTTP/1.1\r\nHost: t\r\nConnection: X-Drop, keep-alive\r\n"
                           "x-drop: 1\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nX-Keep: 2\r\n"
-                          "Proxy-Authorization: Basic abc\r\nConnection: te\r\n\r\n"));
+                          "Proxy-Authorization: Basic abc\r\nConnection: x-second\r\n"
+                          "X-Second: 1\r\n\r\n"));
   const std::string expected = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Up-Keep: 3\r\nx-gateway: 1\r\n\r\nok";
   EXPECT_EQ(ReceiveUpTo(client.fd(), expected.size()), expected);
   const std::vector<std::string> requests = upstream.requests();
@@ -1054,6 +1055,19 @@ TEST(HttpProxyTest, AHeadResponseHasNoBodyAndTheConnectionGoesOn) {
   Client client(f.gateway->port());
   ASSERT_TRUE(client.Send("HEAD /h HTTP/1.1\r\nHost: t\r\n\r\nGET /g HTTP/1.1\r\nHost: t\r\n\r\n"));
   const std::string both = "HTTP/1.1 200 OK\r\nContent-Length: 4\r\nx-gateway: 1\r\n\r\n"
+                           "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nx-gateway: 1\r\n\r\nok";
+  EXPECT_EQ(ReceiveUpTo(client.fd(), both.size()), both);
+}
+
+// A HEAD answer whose header says chunked has no body, not even a last chunk.
+TEST(HttpProxyTest, AChunkedHeadResponseEndsWithItsHeader) {
+  ScriptedUpstream upstream({"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                             "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"});
+  ProxyFixture f;
+  f.Start({}, upstream.port());
+  Client client(f.gateway->port());
+  ASSERT_TRUE(client.Send("HEAD /h HTTP/1.1\r\nHost: t\r\n\r\nGET /g HTTP/1.1\r\nHost: t\r\n\r\n"));
+  const std::string both = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nx-gateway: 1\r\n\r\n"
                            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nx-gateway: 1\r\n\r\nok";
   EXPECT_EQ(ReceiveUpTo(client.fd(), both.size()), both);
 }

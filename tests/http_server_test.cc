@@ -1047,29 +1047,28 @@ TEST(HttpProxyTest, HopByHopFieldsAndThoseConnectionNamesAreNotRelayed) {
             "x-forwarded-for: 127.0.0.1\r\n\r\n");
 }
 
-TEST(HttpProxyTest, AHeadResponseHasNoBodyAndTheConnectionGoesOn) {
-  ScriptedUpstream upstream({"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n",
+// Sends HEAD then GET on one connection to an upstream that answers the HEAD
+// with `head_framing` (one header line) and no body: the client must get
+// that header alone, then the GET's answer whole.
+void ExpectHeadAnswerEndsWithItsHeader(const std::string& head_framing) {
+  ScriptedUpstream upstream({"HTTP/1.1 200 OK\r\n" + head_framing + "\r\n\r\n",
                              "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"});
   ProxyFixture f;
   f.Start({}, upstream.port());
   Client client(f.gateway->port());
   ASSERT_TRUE(client.Send("HEAD /h HTTP/1.1\r\nHost: t\r\n\r\nGET /g HTTP/1.1\r\nHost: t\r\n\r\n"));
-  const std::string both = "HTTP/1.1 200 OK\r\nContent-Length: 4\r\nx-gateway: 1\r\n\r\n"
+  const std::string both = "HTTP/1.1 200 OK\r\n" + head_framing + "\r\nx-gateway: 1\r\n\r\n" +
                            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nx-gateway: 1\r\n\r\nok";
   EXPECT_EQ(ReceiveUpTo(client.fd(), both.size()), both);
 }
 
+TEST(HttpProxyTest, AHeadResponseHasNoBodyAndTheConnectionGoesOn) {
+  ExpectHeadAnswerEndsWithItsHeader("Content-Length: 4");
+}
+
 // A HEAD answer whose header says chunked has no body, not even a last chunk.
 TEST(HttpProxyTest, AChunkedHeadResponseEndsWithItsHeader) {
-  ScriptedUpstream upstream({"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
-                             "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"});
-  ProxyFixture f;
-  f.Start({}, upstream.port());
-  Client client(f.gateway->port());
-  ASSERT_TRUE(client.Send("HEAD /h HTTP/1.1\r\nHost: t\r\n\r\nGET /g HTTP/1.1\r\nHost: t\r\n\r\n"));
-  const std::string both = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nx-gateway: 1\r\n\r\n"
-                           "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nx-gateway: 1\r\n\r\nok";
-  EXPECT_EQ(ReceiveUpTo(client.fd(), both.size()), both);
+  ExpectHeadAnswerEndsWithItsHeader("Transfer-Encoding: chunked");
 }
 
 TEST(HttpProxyTest, AChunkedResponseStaysChunkedForHttp11AndEndsTheConnectionForHttp10) {

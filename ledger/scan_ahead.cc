@@ -32,6 +32,9 @@ struct Chunk {
   std::vector<uint64_t> words;
   size_t used_words = 0;
   std::vector<Item> items;
+  // With decode_calls: decoded[i] is what the reading thread made of item i.
+  // Its views point into `words`, which do not move while items are held.
+  std::vector<DecodedCallEvent> decoded;
 
   bool Fits(size_t words_needed) const { return used_words + words_needed <= words.size(); }
   size_t Copy(std::string_view bytes) {
@@ -53,6 +56,7 @@ struct Chunk {
 
 struct ScanAhead::Rep {
   ScanFn scan;
+  bool decode_calls = false;  // OfLedgerDecodingCalls: fill Chunk::decoded
 
   std::mutex mu;  // guards what follows, up to `current`
   std::condition_variable cv;
@@ -82,6 +86,7 @@ struct ScanAhead::Rep {
     auto chunk = std::make_unique<Chunk>();
     chunk->words.resize(kChunkWords);
     chunk->items.reserve(kScanAheadChunkItemsMax);
+    if (decode_calls) chunk->decoded.resize(kScanAheadChunkItemsMax);
     return chunk;
   }
 
@@ -91,6 +96,37 @@ struct ScanAhead::Rep {
       full.push_back(std::move(chunk));
     }
     cv.notify_all();
+  }
+
+  // Calls fn(chunk, i) for the next items in order until fn returns false
+  // (that item is consumed) or the scan ends; returns as ScanAhead::Scan.
+  // Consumer side only.
+  template <typename ItemFn>
+  Status ScanItems(const ItemFn& fn) {
+    for (;;) {
+      if (current == nullptr || next_item == current->items.size()) {
+        std::unique_lock<std::mutex> lock(mu);
+        if (current != nullptr) {
+          current->Clear();
+          free.push_back(std::move(current));
+          cv.notify_all();
+        }
+        cv.wait(lock, [&] { return !full.empty() || done; });
+        if (full.empty()) return status;
+        current = std::move(full.front());
+        full.pop_front();
+        next_item = 0;
+      }
+      if (!fn(*current, next_item++)) return Status::Ok();
+    }
+  }
+
+  // `stored` is word-aligned (Chunk::Copy), so is the body 32 bytes into it.
+  static void Decode(std::string_view stored, DecodedCallEvent* out) {
+    Hash hash;
+    std::string_view body;
+    out->status = SplitStoredValue(stored, &hash, &body);
+    if (out->status.ok()) out->status = DecodeCallEvent(body, &out->view);
   }
 
   void Run() {
@@ -111,6 +147,10 @@ struct ScanAhead::Rep {
         item.key_offset = chunk->Copy(key);
         item.value_size = value.size();
         item.value_offset = chunk->Copy(value);
+        if (decode_calls) {
+          Decode(chunk->View(item.value_offset, item.value_size),
+                 &chunk->decoded[chunk->items.size()]);
+        }
         chunk->items.push_back(item);
         return true;
       });
@@ -125,8 +165,11 @@ struct ScanAhead::Rep {
   }
 };
 
-ScanAhead::ScanAhead(ScanFn scan) : rep_(std::make_unique<Rep>()) {
+ScanAhead::ScanAhead(ScanFn scan) : ScanAhead(std::move(scan), /*decode_calls=*/false) {}
+
+ScanAhead::ScanAhead(ScanFn scan, bool decode_calls) : rep_(std::make_unique<Rep>()) {
   rep_->scan = std::move(scan);
+  rep_->decode_calls = decode_calls;
   rep_->thread = std::thread([rep = rep_.get()] {
     NameThisThread("kl-scan-ahead");
     rep->Run();
@@ -142,14 +185,28 @@ ScanAhead::~ScanAhead() {
   rep_->thread.join();
 }
 
-std::unique_ptr<ScanAhead> ScanAhead::OfLedger(const Ledger& ledger, uint64_t from, uint64_t to) {
-  return std::make_unique<ScanAhead>([&ledger, from, to](const Emit& emit) {
+namespace {
+
+ScanAhead::ScanFn LedgerScan(const Ledger& ledger, uint64_t from, uint64_t to) {
+  return [&ledger, from, to](const ScanAhead::Emit& emit) {
     return ledger.ScanRaw(from, to, [&](uint64_t sequence, std::string_view value) {
       std::string key;
       AppendBigEndian64(&key, sequence);  // 8 bytes: fits the small-string buffer
       return emit(key, value);
     });
-  });
+  };
+}
+
+}  // namespace
+
+std::unique_ptr<ScanAhead> ScanAhead::OfLedger(const Ledger& ledger, uint64_t from, uint64_t to) {
+  return std::make_unique<ScanAhead>(LedgerScan(ledger, from, to));
+}
+
+std::unique_ptr<ScanAhead> ScanAhead::OfLedgerDecodingCalls(const Ledger& ledger, uint64_t from,
+                                                            uint64_t to) {
+  // The constructor is private: no make_unique.
+  return std::unique_ptr<ScanAhead>(new ScanAhead(LedgerScan(ledger, from, to), true));
 }
 
 std::unique_ptr<ScanAhead> ScanAhead::OfStore(const KvStore& store, int cf, std::string_view start,
@@ -161,33 +218,27 @@ std::unique_ptr<ScanAhead> ScanAhead::OfStore(const KvStore& store, int cf, std:
 }
 
 Status ScanAhead::Scan(const Emit& fn) {
-  Rep& r = *rep_;
-  for (;;) {
-    if (r.current == nullptr || r.next_item == r.current->items.size()) {
-      std::unique_lock<std::mutex> lock(r.mu);
-      if (r.current != nullptr) {
-        r.current->Clear();
-        r.free.push_back(std::move(r.current));
-        r.cv.notify_all();
-      }
-      r.cv.wait(lock, [&] { return !r.full.empty() || r.done; });
-      if (r.full.empty()) return r.status;
-      r.current = std::move(r.full.front());
-      r.full.pop_front();
-      r.next_item = 0;
-    }
-    const Chunk::Item& item = r.current->items[r.next_item++];
-    if (!fn(r.current->View(item.key_offset, item.key_size),
-            r.current->View(item.value_offset, item.value_size))) {
-      return Status::Ok();
-    }
-  }
+  return rep_->ScanItems([&](const Chunk& chunk, size_t i) {
+    const Chunk::Item& item = chunk.items[i];
+    return fn(chunk.View(item.key_offset, item.key_size),
+              chunk.View(item.value_offset, item.value_size));
+  });
 }
 
 Status ScanAhead::ScanEvents(const std::function<bool(uint64_t, std::string_view)>& fn) {
   return Scan([&](std::string_view key, std::string_view value) {
     assert(key.size() == 8);  // OfLedger's keys
     return fn(DecodeBigEndian64(key.data()), value);
+  });
+}
+
+Status ScanAhead::ScanDecodedCallEvents(const DecodedEventFn& fn) {
+  assert(rep_->decode_calls);
+  return rep_->ScanItems([&](const Chunk& chunk, size_t i) {
+    const Chunk::Item& item = chunk.items[i];
+    assert(item.key_size == 8);  // OfLedger's keys
+    return fn(DecodeBigEndian64(chunk.View(item.key_offset, 8).data()),
+              chunk.View(item.value_offset, item.value_size), chunk.decoded[i]);
   });
 }
 

@@ -8,6 +8,10 @@
 // Every key and value starts at an 8-byte-aligned address, so a Cap'n Proto
 // body found 32 bytes into a stored event is word-aligned (no decode copy).
 //
+// OfLedgerDecodingCalls also decodes each event on the reading thread
+// (DecodeCallEvent), so that a projection fold spends its own thread on
+// applying events only.
+//
 // Thread safety: construct, Scan and destroy on one thread. The scan function
 // runs on the reading thread, from the constructor until it ends or the
 // ScanAhead is destroyed; whatever it reads must be safe to read from there
@@ -20,6 +24,7 @@
 #include <memory>
 #include <string_view>
 
+#include "ledger/codec.h"
 #include "ledger/status.h"
 
 namespace keyledger {
@@ -30,6 +35,15 @@ class KvStore;
 inline constexpr size_t kScanAheadChunks = 8;
 inline constexpr size_t kScanAheadChunkBytes = 1u << 20;
 inline constexpr size_t kScanAheadChunkItemsMax = 4096;
+
+// What the reading thread of ScanAhead::OfLedgerDecodingCalls made of one
+// stored event.
+struct DecodedCallEvent {
+  // OK, or the Corruption that SplitStoredValue or DecodeCallEvent returned.
+  Status status;
+  // DecodeCallEvent's view of the event's body; meaningful when status.ok().
+  CallEventView view;
+};
 
 class ScanAhead {
  public:
@@ -50,6 +64,11 @@ class ScanAhead {
   // with the sequence as an 8-byte big-endian key.
   // REQUIRES: `ledger` outlives the returned object.
   static std::unique_ptr<ScanAhead> OfLedger(const Ledger& ledger, uint64_t from, uint64_t to);
+  // The same, and each event is also split (SplitStoredValue) and decoded
+  // (DecodeCallEvent) on the reading thread: read them with
+  // ScanDecodedCallEvents. REQUIRES: `ledger` outlives the returned object.
+  static std::unique_ptr<ScanAhead> OfLedgerDecodingCalls(const Ledger& ledger, uint64_t from,
+                                                          uint64_t to);
   // Reads [start, end) of column family `cf` of `store` as a bulk
   // KvStore::Scan. The views are copied: `start` and `end` need not outlive
   // the call. REQUIRES: `store` outlives the returned object.
@@ -64,9 +83,16 @@ class ScanAhead {
   [[nodiscard]] Status Scan(const Emit& fn);
   // The same for OfLedger: fn(sequence, stored value).
   [[nodiscard]] Status ScanEvents(const std::function<bool(uint64_t sequence, std::string_view value)>& fn);
+  // The same for OfLedgerDecodingCalls: fn(sequence, stored value, what the
+  // reading thread decoded of it). The event's views, like the value, are
+  // valid only during the call.
+  using DecodedEventFn = std::function<bool(uint64_t sequence, std::string_view value,
+                                            const DecodedCallEvent& event)>;
+  [[nodiscard]] Status ScanDecodedCallEvents(const DecodedEventFn& fn);
 
  private:
   struct Rep;
+  ScanAhead(ScanFn scan, bool decode_calls);
   std::unique_ptr<Rep> rep_;
 };
 

@@ -388,6 +388,9 @@ class BatchFolder {
   // Returns Corruption (with the sequence) when the value does not decode or
   // sequences are not dense from state->position + 1.
   Status Fold(uint64_t sequence, std::string_view stored);
+  // The same for an event a ScanAhead decoded already (its status is what
+  // this Fold's own split and decode would have returned).
+  Status FoldDecoded(uint64_t sequence, std::string_view stored, const DecodedCallEvent& event);
 
   // Adds the changed metrics cells and usage records to `out` and advances
   // the state's position. Call once, after the last Fold.
@@ -426,7 +429,7 @@ class BatchFolder {
   Zones own_zones_;  // before zones_, which may refer to it
   Zones& zones_;
   std::vector<ChangedUsage> changed_usage_;
-  CallEventView view_;             // reused
+  DecodedCallEvent decoded_;       // Fold's, reused
   std::vector<uint64_t> aligned_;  // reused buffers
   std::string log_key_;
   std::string log_value_;
@@ -448,31 +451,39 @@ class BatchFolder {
 };
 
 Status BatchFolder::Fold(uint64_t sequence, std::string_view stored) {
+  Hash hash;
+  std::string_view unaligned;
+  decoded_.status = SplitStoredValue(stored, &hash, &unaligned);
+  if (decoded_.status.ok()) {
+    // Reads the body only of calls and denials; refuses exactly what the
+    // header decode (any event) and the full decode (calls, denials) would.
+    decoded_.status = DecodeCallEvent(WordAligned(unaligned, &aligned_), &decoded_.view);
+  }
+  return FoldDecoded(sequence, stored, decoded_);
+}
+
+Status BatchFolder::FoldDecoded(uint64_t sequence, std::string_view stored,
+                                const DecodedCallEvent& event) {
   const uint64_t expected = (events_scanned_ == 0 ? state_->position : last_sequence_) + 1;
   if (sequence != expected) {
     return Status::Corruption(
         "the ledger skips from " + std::to_string(expected - 1) + " to " + std::to_string(sequence),
         expected);
   }
-  Hash hash;
-  std::string_view unaligned;
-  Status split = SplitStoredValue(stored, &hash, &unaligned);
-  if (!split.ok()) return Status::Corruption(split.message(), sequence);
-  const std::string_view body = WordAligned(unaligned, &aligned_);
+  if (!event.status.ok()) return Status::Corruption(event.status.message(), sequence);
+  std::string_view body;
+  Status split = SplitStoredValue(stored, &last_hash_, &body);
+  assert(split.ok());  // event.status covers it
   ++events_scanned_;
   bytes_ += stored.size();
   last_sequence_ = sequence;
-  last_hash_ = hash;
-  // Reads the body only of calls and denials; refuses exactly what the header
-  // decode (any event) and the full decode (calls, denials) would.
-  Status decoded = DecodeCallEvent(body, &view_);
-  if (!decoded.ok()) return Status::Corruption(decoded.message(), sequence);
-  if (view_.body_kind == call_kind_) {
+  const CallEventView& view = event.view;
+  if (view.body_kind == call_kind_) {
     ++events_folded_;
-    FoldCall(sequence, view_.call);
-  } else if (view_.body_kind == denial_kind_ && parts_ == FoldParts::kAll) {
+    FoldCall(sequence, view.call);
+  } else if (view.body_kind == denial_kind_ && parts_ == FoldParts::kAll) {
     ++events_folded_;
-    const AuthorizationDeniedView& d = view_.denial;
+    const AuthorizationDeniedView& d = view.denial;
     state_->metrics.ApplyDenial(d.workspace_id, d.key_id, d.occurred_at_us, d.reason, d.count);
   }
   return Status::Ok();
@@ -606,6 +617,26 @@ void BatchFolder::Finish() {
   log_records_.clear();
 }
 
+// Folds events of [from, to] into `folder` (from `ahead`, which must read
+// them with OfLedgerDecodingCalls and be at `from`, or else from `ledger`)
+// while more() holds after an event. The first fold error stops the scan and
+// is left in *fold; returns the scan's own status.
+template <typename More>
+Status ScanBatch(const Ledger& ledger, uint64_t from, uint64_t to, ScanAhead* ahead,
+                 BatchFolder* folder, Status* fold, const More& more) {
+  if (ahead != nullptr) {
+    return ahead->ScanDecodedCallEvents(
+        [&](uint64_t sequence, std::string_view value, const DecodedCallEvent& event) {
+          *fold = folder->FoldDecoded(sequence, value, event);
+          return fold->ok() && more();
+        });
+  }
+  return ledger.ScanRaw(from, to, [&](uint64_t sequence, std::string_view value) {
+    *fold = folder->Fold(sequence, value);
+    return fold->ok() && more();
+  });
+}
+
 Hash DigestOf(const FoldState& state) {
   Hash h{};
   std::string record;
@@ -641,17 +672,14 @@ Status FoldInMemory(const Ledger& ledger, const KeyState& key_state, uint64_t to
                     FoldParts parts = FoldParts::kAll) {
   std::unique_ptr<ScanAhead> ahead;
   if (state->position < to && to - state->position >= kRebuildReadAheadEventsMin) {
-    ahead = ScanAhead::OfLedger(ledger, state->position + 1, to);
+    ahead = ScanAhead::OfLedgerDecodingCalls(ledger, state->position + 1, to);
   }
   Zones zones;  // for the whole fold: key_state does not change
   while (state->position < to) {
     BatchFolder folder(key_state, state, nullptr, &zones, parts);
     Status fold;
-    auto fn = [&](uint64_t sequence, std::string_view value) {
-      fold = folder.Fold(sequence, value);
-      return fold.ok() && folder.events_scanned() < kRebuildBatchEventsMax;
-    };
-    KL_RETURN_IF_ERROR(ahead ? ahead->ScanEvents(fn) : ledger.ScanRaw(state->position + 1, to, fn));
+    KL_RETURN_IF_ERROR(ScanBatch(ledger, state->position + 1, to, ahead.get(), &folder, &fold,
+                                 [&] { return folder.events_scanned() < kRebuildBatchEventsMax; }));
     KL_RETURN_IF_ERROR(fold);
     if (folder.events_scanned() == 0) {
       return Status::Corruption("the ledger has no event " + std::to_string(state->position + 1),
@@ -880,7 +908,7 @@ Status CallProjections::CatchUpTo(uint64_t sequence) {
   std::unique_ptr<ScanAhead> ahead;
   if (options_.read_ahead_events_min > 0 && position() < to &&
       to - position() >= options_.read_ahead_events_min) {
-    ahead = ScanAhead::OfLedger(*ledger_, position() + 1, to);
+    ahead = ScanAhead::OfLedgerDecodingCalls(*ledger_, position() + 1, to);
   }
   while (position() < to) {
     Status s = FoldBatchLocked(to, ahead.get());
@@ -907,12 +935,10 @@ Status CallProjections::FoldBatchLocked(uint64_t to, ScanAhead* ahead) {
     assert(state_->position == from - 1);
     BatchFolder folder(*key_state_, state_.get(), &batch);
     Status fold;
-    auto fn = [&](uint64_t sequence, std::string_view value) {
-      fold = folder.Fold(sequence, value);
-      return fold.ok() && folder.events_scanned() < batch_events_max_ &&
+    KL_RETURN_IF_ERROR(ScanBatch(*ledger_, from, to, ahead, &folder, &fold, [&] {
+      return folder.events_scanned() < batch_events_max_ &&
              folder.bytes() < options_.fold_batch_bytes_max;
-    };
-    KL_RETURN_IF_ERROR(ahead != nullptr ? ahead->ScanEvents(fn) : ledger_->ScanRaw(from, to, fn));
+    }));
     KL_RETURN_IF_ERROR(fold);
     if (folder.events_scanned() == 0) {
       return Status::Corruption("the ledger has no event " + std::to_string(from), from);

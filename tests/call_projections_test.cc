@@ -475,6 +475,55 @@ TEST(CallProjectionsTest, RestartResumesFromThePersistedPosition) {
   EXPECT_EQ(p->events_folded(), 0u);
 }
 
+// A long fold reads the ledger on a second thread that also decodes the
+// events (ScanAhead::OfLedgerDecodingCalls); it must fold exactly what the
+// inline read folds, across batch boundaries, logs included. More than
+// 16,384 events, so RebuildCallProjectionsDigest reads ahead too.
+TEST(CallProjectionsTest, ReadingAheadFoldsWhatReadingInlineFolds) {
+  World w;
+  w.SetLogging(w.key, true);
+  auto [key2, secret2] = w.h.CreateKey(w.ws, w.group, "second");
+  std::string closed =
+      w.h.CreateGroup(w.ws, {{"name", "closed"}, {"ip_allow", {"203.0.113.0/24"}}});
+  auto [key3, secret3] = w.h.CreateKey(w.ws, closed, "closed");
+  for (int batch = 0; batch < 17; batch++) {
+    const int64_t now = w.h.clock().NowUs();
+    std::vector<json> calls;
+    for (int i = 0; i < 1000; i++) {
+      const std::string& key_id = i % 3 == 0 ? key2 : w.key;
+      const int status = i % 17 == 0 ? 500 : i % 13 == 0 ? 429 : 200;
+      calls.push_back(w.CallJson(key_id, status, now - (i % 7) * 61 * kSecondUs, i % 4));
+    }
+    w.Post(calls);
+    EXPECT_EQ(w.Authorize(secret3, "198.51.100.1"), 403);
+    ASSERT_TRUE(w.h.service().data_plane().FlushDenials().ok());
+    w.h.clock().AdvanceUs(37 * kSecondUs);
+  }
+  ASSERT_GT(w.h.ledger().head().sequence, 17'000u);
+
+  CallProjectionsOptions ahead_options;
+  ahead_options.read_ahead_events_min = 1;
+  ahead_options.fold_batch_events_max = 777;  // batches end inside the reader's chunks
+  auto ahead = w.Open(ahead_options);
+  ASSERT_NE(ahead, nullptr);
+  CallProjectionsOptions inline_options;
+  inline_options.read_ahead_events_min = 0;
+  auto read_inline = CallProjections::Open(w.dir.sub("calls-inline"), &w.h.ledger(),
+                                           &w.h.key_state().state(), &w.h.clock(), inline_options);
+  ASSERT_TRUE(read_inline.ok()) << read_inline.ToStatus().ToString();
+  const CallProjections& inline_p = **read_inline;
+
+  EXPECT_EQ(ahead->position(), w.h.ledger().head().sequence);
+  EXPECT_EQ(ahead->events_folded(), inline_p.events_folded());
+  EXPECT_EQ(ahead->Digest(), inline_p.Digest());
+  EXPECT_EQ(ahead->Digest(), w.Rebuild(0));
+  EXPECT_EQ(KeyTotals(*ahead, w, w.key), KeyTotals(inline_p, w, w.key));
+  EXPECT_EQ(KeyTotals(*ahead, w, key3).auth_denied, 17u);
+  const auto logs = AllLogs(*ahead, QueryFor(w.key, 1000), w.h.clock().NowUs());
+  EXPECT_EQ(logs.size(), 17u * 666u);  // w.key's calls: i % 3 != 0
+  EXPECT_EQ(logs, AllLogs(inline_p, QueryFor(w.key, 1000), w.h.clock().NowUs()));
+}
+
 TEST(CallProjectionsTest, UsageMonthsFollowTheWorkspaceBillingTimeZone) {
   World w;
   // 2026-06-01 00:00 in Seoul is 2026-05-31T15:00:00Z.

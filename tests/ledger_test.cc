@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstring>
 #include <filesystem>
 #include <limits>
 #include <map>
@@ -875,6 +876,64 @@ TEST(ScanAheadTest, OfStoreAndOfLedgerReadWhatTheirScansRead) {
   }).ok());
   EXPECT_EQ(direct.size(), 17u);
   EXPECT_EQ(ahead_events, direct);
+}
+
+// The reading thread's decode (OfLedgerDecodingCalls) gives, event by event,
+// what DecodeCallEvent gives on the stored bytes: the same kind and fields,
+// and a damaged event's Corruption in that event's place, the scan going on.
+TEST_F(LedgerTest, OfLedgerDecodingCallsDecodesAsDecodeCallEventDoes) {
+  {
+    auto ledger = OpenLedger();
+    for (uint64_t i = 1; i <= 30; i++) {
+      ASSERT_TRUE(ledger->Append({i % 10 == 5 ? KeyRenamedEvent(i, "key/key_a", std::nullopt)
+                                              : MakeCallEvent(i, "key_" + std::to_string(i % 3))})
+                      .ok());
+    }
+  }
+  Tamper(dir_.sub("ledger"), [](KvStore& store, KvBatch& batch) {
+    batch.Put(kCfEvents, EventKey(7), StoredValue(store, 7).substr(0, 10));  // no whole hash
+    std::string garbled = StoredValue(store, 9);
+    for (size_t i = 32; i < garbled.size(); i++) garbled[i] = '\xff';  // no Cap'n Proto message
+    batch.Put(kCfEvents, EventKey(9), garbled);
+  });
+  auto ledger = OpenLedger();
+  ASSERT_NE(ledger, nullptr);
+  std::map<uint64_t, std::string> stored;
+  ASSERT_TRUE(ledger->ScanRaw(3, 28, [&](uint64_t seq, std::string_view v) {
+    stored.emplace(seq, v);
+    return true;
+  }).ok());
+  auto ahead = ScanAhead::OfLedgerDecodingCalls(*ledger, 3, 28);
+  uint64_t next = 3;
+  uint64_t calls = 0;
+  ASSERT_TRUE(ahead->ScanDecodedCallEvents([&](uint64_t seq, std::string_view v,
+                                               const DecodedCallEvent& event) {
+    EXPECT_EQ(seq, next++);
+    EXPECT_EQ(v, stored[seq]);
+    std::vector<uint64_t> words((v.size() + 7) / 8);
+    std::memcpy(words.data(), v.data(), v.size());
+    const std::string_view aligned(reinterpret_cast<const char*>(words.data()), v.size());
+    Hash hash;
+    std::string_view body;
+    CallEventView expected;
+    Status status = SplitStoredValue(aligned, &hash, &body);
+    if (status.ok()) status = DecodeCallEvent(body, &expected);
+    EXPECT_EQ(event.status.code(), status.code()) << seq;
+    EXPECT_EQ(event.status.message(), status.message()) << seq;
+    EXPECT_EQ(event.status.ok(), seq != 7 && seq != 9) << seq;
+    if (!status.ok()) return true;
+    EXPECT_EQ(event.view.body_kind, expected.body_kind) << seq;
+    if (expected.body_kind != ApiCallRecordedBodyKind()) return true;
+    ++calls;
+    EXPECT_EQ(event.view.call.request_id, "req-" + std::to_string(seq));
+    EXPECT_EQ(event.view.call.key_id, expected.call.key_id);
+    EXPECT_EQ(event.view.call.occurred_at_us, expected.call.occurred_at_us);
+    EXPECT_EQ(event.view.call.latency_us, expected.call.latency_us);
+    EXPECT_EQ(event.view.call.path, "/v1/render");
+    return true;
+  }).ok());
+  EXPECT_EQ(next, 29u);
+  EXPECT_EQ(calls, 21u);  // 26 events, less 7, 9 and the renames 5, 15, 25
 }
 
 }  // namespace

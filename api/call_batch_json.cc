@@ -248,7 +248,12 @@ class CallReader {
 
 }  // namespace
 
-Result<std::vector<CallReport>> ParseCallBatch(std::string_view body) {
+Status CallBatchTooLarge(size_t calls_max) {
+  return Status::InvalidArgument("at most " + std::to_string(calls_max) + " calls per request",
+                                 "calls");
+}
+
+Result<std::vector<CallReport>> ParseCallBatch(std::string_view body, size_t calls_max) {
   std::vector<CallReport> reports;
   if (body.empty()) return Status::InvalidArgument("calls must be an array", "calls");
   simdjson::dom::parser parser;
@@ -270,6 +275,7 @@ Result<std::vector<CallReport>> ParseCallBatch(std::string_view body) {
   if (!calls || calls->get(items) != simdjson::SUCCESS) {
     return Status::InvalidArgument("calls must be an array", "calls");
   }
+  if (items.size() > calls_max) return CallBatchTooLarge(calls_max);
   reports.reserve(items.size());
   size_t i = 0;
   for (element item : items) {

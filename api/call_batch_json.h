@@ -33,6 +33,12 @@ inline constexpr size_t kCallBatchDepthMax = 8;
 // "calls[i]" or "calls[i].<field>", checked in this order: unknown field (the
 // smallest name), request_id, key_id, occurred_at, method, path, client_ip,
 // origin, status, units, request_bytes, response_bytes, latency_ms, request,
-Result<std::vector<CallReport>> ParseCallBatch(std::string_view body);
+// Before any call is read, a batch of more than `calls_max` calls is refused
+// with CallBatchTooLarge (field "calls"), whatever its items hold.
+Result<std::vector<CallReport>> ParseCallBatch(std::string_view body, size_t calls_max);
+
+// Returns the InvalidArgument (field "calls") for a batch of more than
+// `calls_max` calls.
+Status CallBatchTooLarge(size_t calls_max);
 
 }  // namespace keyledger

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <unordered_set>
 
+#include "api/call_batch_json.h"
 #include "ledger/hash.h"
 #include "ledger/thread_name.h"
 #include "projections/security_rules.h"
@@ -93,10 +94,12 @@ Status ValidateCall(const ApiCallRecorded& c, size_t i, int64_t now_us,
   }
   if (c.method.size() > kMethodBytesMax) return Status::InvalidArgument("too long", field("method"));
   if (c.path.size() > kPathBytesMax) return Status::InvalidArgument("too long", field("path"));
-  if (c.request.headers.size() > kExcerptHeadersMax ||
-      c.response.headers.size() > kExcerptHeadersMax) {
-    return Status::InvalidArgument("at most " + std::to_string(kExcerptHeadersMax) + " headers",
-                                   field("request.headers"));
+  for (const auto& [excerpt, name] :
+       {std::pair{&c.request, "request.headers"}, std::pair{&c.response, "response.headers"}}) {
+    if (excerpt->headers.size() > kExcerptHeadersMax) {
+      return Status::InvalidArgument(
+          "at most " + std::to_string(kExcerptHeadersMax) + " headers", field(name));
+    }
   }
   return Status::Ok();
 }
@@ -367,36 +370,39 @@ Status DataPlane::FlushDenials() {
     events.push_back(std::move(e));
     if (events.size() == kAppendEventsMax) break;  // the rest waits for the next flush
   }
+  // Puts the entries of `pending` after the first `appended` back, for the
+  // next flush. Counts merge; the earlier refusal keeps its time and samples,
+  // since a denial event lands in the minute of its first refusal.
+  auto put_back = [&](size_t appended) {
+    std::lock_guard<std::mutex> lock(denial_mu_);
+    size_t i = 0;
+    for (auto& [key, p] : pending) {
+      if (i++ < appended) continue;
+      Pending& q = denials_[key];
+      if (q.count != 0 && q.first_at_us <= p.first_at_us) {
+        q.count += p.count;
+        continue;
+      }
+      p.count += q.count;
+      q = std::move(p);
+    }
+  };
   AppendOptions ao;
   ao.durability = Durability::kSync;
   auto appended = ledger_->Append(events, ao);
   if (!appended.ok()) {
-    // Put them back so the next flush retries; counts merge.
-    std::lock_guard<std::mutex> lock(denial_mu_);
-    for (auto& [key, p] : pending) {
-      Pending& q = denials_[key];
-      if (q.count == 0) q = p; else q.count += p.count;
-    }
+    put_back(0);  // the next flush retries them
     return appended.status();
   }
   denial_events_appended_ += events.size();
-  if (events.size() < pending.size()) {
-    std::lock_guard<std::mutex> lock(denial_mu_);
-    size_t i = 0;
-    for (auto& [key, p] : pending) {
-      if (i++ < events.size()) continue;
-      Pending& q = denials_[key];
-      if (q.count == 0) q = p; else q.count += p.count;
-    }
-  }
+  if (events.size() < pending.size()) put_back(events.size());
   return Status::Ok();
 }
 
 Result<RecordResult> DataPlane::RecordCalls(std::vector<CallReport> calls) {
   if (calls.empty()) return Status::InvalidArgument("calls must not be empty", "calls");
   if (calls.size() > options_.calls_per_batch_max) {
-    return Status::InvalidArgument(
-        "at most " + std::to_string(options_.calls_per_batch_max) + " calls per request", "calls");
+    return CallBatchTooLarge(options_.calls_per_batch_max);
   }
   const int64_t now_us = clock_->NowUs();
   std::vector<NewEvent> events;

@@ -109,6 +109,8 @@ class DataPlane {
   // by request_id forever. Returns InvalidArgument naming "calls[i].field"
   // and appends nothing if any call is invalid.
   Result<RecordResult> RecordCalls(std::vector<CallReport> calls);
+  // Returns DataPlaneOptions::calls_per_batch_max.
+  size_t calls_per_batch_max() const { return options_.calls_per_batch_max; }
 
   // Appends the aggregated denials now. Called by the background flusher and
   // at shutdown; tests call it directly.

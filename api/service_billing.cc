@@ -227,6 +227,8 @@ Result<HttpResponse> Service::Impl::Invoices(const HttpRequest& req, const Works
     return JsonResponse(200, {{"invoices", list}});
   }
   if (seg.size() != 5) return Status::NotFound("no such endpoint");
+  // A malformed month is the caller's mistake, not a month without an invoice.
+  KL_RETURN_IF_ERROR(ParseBillingMonth(seg[4], "month").ToStatus());
   auto ref = state().FindInvoice(ws.id, seg[4]);
   if (!ref) return Status::NotFound("no invoice for " + std::string(seg[4]), "month");
   KL_ASSIGN_OR_RETURN(InvoiceIssued invoice, ReadInvoice(*d.ledger, *ref));

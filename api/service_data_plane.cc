@@ -88,7 +88,7 @@ Result<HttpResponse> Service::Impl::Authorize(const HttpRequest& req) {
 }
 
 Result<HttpResponse> Service::Impl::RecordCalls(const HttpRequest& req) {
-  KL_ASSIGN_OR_RETURN(std::vector<CallReport> calls, ParseCallBatch(req.body));
+  KL_ASSIGN_OR_RETURN(std::vector<CallReport> calls, ParseCallBatch(req.body, data_plane->calls_per_batch_max()));
   KL_ASSIGN_OR_RETURN(RecordResult recorded, data_plane->RecordCalls(std::move(calls)));
   return JsonResponse(200, {{"recorded", recorded.recorded}, {"duplicates", recorded.duplicates}});
 }

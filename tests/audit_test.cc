@@ -640,6 +640,33 @@ TEST(AuditReplayInvoicesTest, ReproducesTheIssuedInvoicesOnOneThreadAndOnMany) {
   }
 }
 
+// `invoice export` refuses what would otherwise print nothing and succeed:
+// a malformed month, a workspace that does not exist.
+TEST(InvoiceExportCliTest, RefusesAMalformedMonthAndAnUnknownWorkspace) {
+  ScratchDir dir;
+  const std::string data = dir.sub("data");
+  CliResult setup = RunCli({"bench", "invoice-run", "--workspaces", "2", "--keys-per-workspace",
+                            "1", "--calls", "20", "--recorded-calls", "10", "--data", data});
+  ASSERT_EQ(setup.exit_code, 0) << setup.out << setup.err;
+  const std::string month = json::parse(setup.out)["month"];
+  CliResult all = RunCli({"invoice", "export", "--data", data, "--month", month});
+  ASSERT_EQ(all.exit_code, 0) << all.err;
+  const json invoices = json::parse(all.out);
+  ASSERT_EQ(invoices.size(), 2u) << all.out;
+  const std::string ws = invoices[0]["workspace_id"];
+  CliResult one = RunCli({"invoice", "export", "--data", data, "--month", month, "--workspace", ws});
+  ASSERT_EQ(one.exit_code, 0) << one.err;
+  EXPECT_EQ(json::parse(one.out).size(), 1u) << one.out;
+
+  CliResult malformed = RunCli({"invoice", "export", "--data", data, "--month", "2026-1"});
+  EXPECT_EQ(malformed.exit_code, 2) << malformed.out;
+  EXPECT_NE(malformed.err.find("--month"), std::string::npos) << malformed.err;
+  CliResult unknown =
+      RunCli({"invoice", "export", "--data", data, "--month", month, "--workspace", "ws_nope"});
+  EXPECT_EQ(unknown.exit_code, 1) << unknown.out;
+  EXPECT_NE(unknown.err.find("no workspace ws_nope"), std::string::npos) << unknown.err;
+}
+
 TEST_F(AuditTest, ReplayFindsAChangedCallProjectionRecord) {
   OpenProjections();
   CloseAll();

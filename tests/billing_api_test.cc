@@ -115,6 +115,11 @@ TEST_F(BillingApiTest, UsageAndTheMonthlyInvoice) {
   EXPECT_NE(csv.raw.find("monthly_fee"), std::string::npos);
   auto list = h.Call("GET", "/v1/workspaces/" + ws_ + "/invoices");
   EXPECT_EQ(list.body["invoices"].size(), 1u);
+  // A month without an invoice is not found; a malformed one is refused.
+  EXPECT_EQ(h.Call("GET", "/v1/workspaces/" + ws_ + "/invoices/2026-09").status, 404);
+  auto malformed = h.Call("GET", "/v1/workspaces/" + ws_ + "/invoices/2026-1");
+  EXPECT_EQ(malformed.status, 400) << malformed.raw;
+  EXPECT_EQ(malformed.body["error"]["field"], "month");
   auto tz = h.Call("PATCH", "/v1/workspaces/" + ws_, R"({"billing_timezone":"Asia/Seoul"})");
   EXPECT_EQ(tz.status, 409) << tz.raw;
   EXPECT_EQ(tz.body["error"]["field"], "billing_timezone");

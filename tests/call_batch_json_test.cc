@@ -17,6 +17,7 @@ namespace {
 using nlohmann::json;
 
 constexpr char kWhen[] = "2026-11-26T21:00:00Z";
+constexpr size_t kCallsMax = 1000;  // DataPlaneOptions::calls_per_batch_max
 
 // A valid call with the required fields, for the error cases to spoil.
 json ValidCall() {
@@ -35,7 +36,7 @@ struct ErrorCase {
 class CallBatchErrorTest : public ::testing::TestWithParam<ErrorCase> {};
 
 TEST_P(CallBatchErrorTest, IsRefusedNamingTheField) {
-  auto parsed = ParseCallBatch(GetParam().body);
+  auto parsed = ParseCallBatch(GetParam().body, kCallsMax);
   ASSERT_FALSE(parsed.ok());
   EXPECT_EQ(parsed.status().code(), Code::kInvalidArgument);
   EXPECT_EQ(parsed.status().field(), GetParam().field) << parsed.status().ToString();
@@ -107,7 +108,7 @@ TEST(CallBatchTest, ReadsEveryFieldNullAsAbsentAndTheLastOfRepeatedKeys) {
      "response":null},
     {"request_id":"r2","key_id":"key_b","occurred_at":"2026-11-26T21:00:01Z","status":200,
      "method":null,"units":null,"latency_ms":3,"request":{"headers":null}}]})";
-  auto parsed = ParseCallBatch(body);
+  auto parsed = ParseCallBatch(body, kCallsMax);
   ASSERT_TRUE(parsed.ok()) << parsed.status().ToString();
   ASSERT_EQ(parsed->size(), 2u);
   const CallReport& first = (*parsed)[0];
@@ -162,7 +163,7 @@ RC_GTEST_PROP(CallBatchProperty, ValidCallsRoundTrip, ()) {
   const std::string body =
       json{{"calls", calls}}.dump(-1, ' ', false, json::error_handler_t::replace);
   const json echoed = json::parse(body);
-  auto parsed = ParseCallBatch(body);
+  auto parsed = ParseCallBatch(body, kCallsMax);
   RC_ASSERT(parsed.ok());
   RC_ASSERT(parsed->size() == count);
   for (size_t i = 0; i < count; i++) {

@@ -230,6 +230,19 @@ TEST_F(DataPlaneTest, ARefusedBatchAppendsNothing) {
   auto r = h.Call("POST", "/v1/calls", too_many.dump());
   EXPECT_EQ(r.status, 400);
   EXPECT_EQ(r.body["error"]["field"], "calls");
+  // The batch's size is its first fault, whatever its items hold.
+  too_many["calls"][1000]["colour"] = "red";
+  r = h.Call("POST", "/v1/calls", too_many.dump());
+  EXPECT_EQ(r.status, 400);
+  EXPECT_EQ(r.body["error"]["field"], "calls") << r.raw;
+  // Each excerpt's headers are counted and named on their own.
+  for (const char* side : {"request", "response"}) {
+    c = Call("x");
+    c[side]["headers"] = json::object();
+    for (int i = 0; i <= 64; i++) c[side]["headers"]["x-h" + std::to_string(i)] = "v";
+    expect_field(c, std::string("calls[1].") + side + ".headers");
+  }
+  EXPECT_EQ(h.ledger().head().sequence, head);
 }
 
 TEST_F(DataPlaneTest, OnlyTheOperatorRecordsCalls) {

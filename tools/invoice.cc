@@ -118,9 +118,11 @@ int RunInvoiceExport(const InvoiceOptions& options) {
   Json workspaces = Json::parse(list.body, nullptr, false)["workspaces"];
   Json all = Json::array();
   bool header_written = false;
+  bool workspace_found = options.workspace.empty();
   for (const auto& ws : workspaces) {
     std::string id = ws["id"];
     if (!options.workspace.empty() && id != options.workspace) continue;
+    workspace_found = true;
     std::string target = "/v1/workspaces/" + id + "/invoices/" + options.month +
                          (options.format == "csv" ? "?format=csv" : "");
     HttpResponse r = (*transport)(Request("GET", target));
@@ -136,6 +138,7 @@ int RunInvoiceExport(const InvoiceOptions& options) {
     std::fwrite(csv.data(), 1, csv.size(), stdout);
     header_written = true;
   }
+  if (!workspace_found) return Fail("export", "no workspace " + options.workspace);
   if (options.format == "json") std::printf("%s\n", all.dump(2).c_str());
   return 0;
 }

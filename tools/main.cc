@@ -3,12 +3,24 @@
 #include <CLI/CLI.hpp>
 #include <malloc.h>
 
+#include "billing/calendar.h"
+#include "tools/commands.h"
+
 namespace {
+
+// --month: what ParseBillingMonth accepts (YYYY-MM), checked before any work.
+CLI::Validator BillingMonthValidator() {
+  return CLI::Validator(
+      [](std::string& text) {
+        auto month = keyledger::ParseBillingMonth(text, "month");
+        return month.ok() ? std::string() : month.ToStatus().message();
+      },
+      "YYYY-MM");
+}
+
 constexpr int kMmapThresholdBytes = 64 << 20;
 constexpr int kTrimThresholdBytes = 256 << 20;
 }  // namespace
-
-#include "tools/commands.h"
 
 namespace keyledger::tools {
 // `bench invoice-run` registers its own flags (tools/bench_invoice.cc).
@@ -210,7 +222,9 @@ int main(int argc, char** argv) {
   invoice_cmd->require_subcommand(1);
   InvoiceOptions invoice;
   auto add_target = [&invoice](CLI::App* cmd) {
-    cmd->add_option("--month", invoice.month, "Billing month, YYYY-MM")->required();
+    cmd->add_option("--month", invoice.month, "Billing month, YYYY-MM")
+        ->required()
+        ->check(BillingMonthValidator());
     auto* data = cmd->add_option("--data", invoice.data_dir, "Data directory of a stopped server");
     auto* server = cmd->add_option("--server", invoice.server,
                                    "Base URL of a running server, e.g. http://127.0.0.1:8080");

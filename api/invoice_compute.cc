@@ -114,7 +114,7 @@ Result<std::vector<InvoiceIssued>> ReproduceInvoiceRun(const Ledger& ledger,
                                   ", beyond the ledger head",
                               refs.front().sequence);
   }
-  KL_ASSIGN_OR_RETURN(std::unique_ptr<UsageReader> usage, FoldUsage(ledger, *state, covers));
+  KL_ASSIGN_OR_RETURN(std::unique_ptr<UsageReader> usage, FoldUsage(ledger, covers));
   std::vector<InvoiceIssued> reproduced;
   reproduced.reserve(refs.size());
   for (size_t i = 0; i < refs.size(); i++) {

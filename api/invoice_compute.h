@@ -40,7 +40,7 @@ Result<std::optional<InvoiceIssued>> ComputeInvoice(const KeyState& state, const
 
 // Recomputes the issued invoice `ref` from the ledger alone: the key state
 // folded up to just before the invoice, the usage folded in memory
-// (FoldUsage) up to its covers_sequence with that key state's time zones.
+// (FoldUsage) up to its covers_sequence, as the live projection folds it.
 // Finance and auditors compare the result byte for byte with the stored one.
 Result<InvoiceIssued> ReproduceInvoice(const Ledger& ledger, const InvoiceRef& ref);
 

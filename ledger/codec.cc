@@ -940,6 +940,14 @@ uint16_t InvoiceIssuedBodyKind() {
   return static_cast<uint16_t>(schema::Envelope::Body::INVOICE_ISSUED);
 }
 
+uint16_t WorkspaceCreatedBodyKind() {
+  return static_cast<uint16_t>(schema::Envelope::Body::WORKSPACE_CREATED);
+}
+
+uint16_t WorkspaceChangedBodyKind() {
+  return static_cast<uint16_t>(schema::Envelope::Body::WORKSPACE_CHANGED);
+}
+
 const char* EventTypeName(const EventBody& body) { return std::visit(TypeNamer{}, body); }
 
 // ---- Views of call events ------------------------------------------------------

@@ -102,6 +102,9 @@ uint16_t ApiCallRecordedBodyKind();
 uint16_t AuthorizationDeniedBodyKind();
 // The body_kind of an InvoiceIssued event, for cheap filtering.
 uint16_t InvoiceIssuedBodyKind();
+// The body_kinds of WorkspaceCreated and WorkspaceChanged events.
+uint16_t WorkspaceCreatedBodyKind();
+uint16_t WorkspaceChangedBodyKind();
 
 // ---- Views of call events, for folds that read millions of them ---------------
 //

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <limits>
 #include <map>
+#include <type_traits>
 #include <unordered_map>
 #include <utility>
 #include <variant>
@@ -32,10 +33,15 @@ constexpr char kFormatKey[] = "format";
 // Bump when any record layout changes: the store is then rebuilt from the log.
 // 2: the sweep records its cutoff (kLogSweptBeforeKey); a store of format 1
 // may have been swept without one, so it is rebuilt rather than trusted.
-constexpr char kFormatVersion[] = "call-projections-2";
+// 3: usage months follow the billing zone as of each call's place in the log
+// (kZoneKeyPrefix records), no longer the key state's zone at fold time.
+constexpr char kFormatVersion[] = "call-projections-3";
 constexpr char kPositionKey[] = "position";             // sequence (8 BE) ‖ ledger hash (32)
 constexpr char kLogChainKey[] = "log_chain";            // 32 bytes
 constexpr char kUsageRejectedKey[] = "usage_rejected";  // 8 BE
+// kZoneKeyPrefix ‖ workspace_id -> billing zone name (FoldState::zone_names).
+constexpr char kZoneKeyPrefix[] = "zone/";
+constexpr char kZoneKeyEnd[] = "zone0";  // '0' follows '/': the end of the prefix
 // The highest cutoff below which a sweep has deleted log entries, as
 // OrderedTime (8 BE); absent while no sweep has deleted any. Every logged call
 // that occurred at or after it still has its entry.
@@ -48,7 +54,7 @@ constexpr size_t kLogHeaderBytes = 1 + 8 + 2;  // version, ordered occurred_at, 
 constexpr size_t kSequenceBytes = 8;
 // Keys deleted per WriteBatch by the wipe and the sweep.
 constexpr size_t kDeleteBatchKeysMax = 10'000;
-// Events per batch of RebuildCallProjectionsDigest (time zones are re-read per batch, as live).
+// Events per batch of RebuildCallProjectionsDigest.
 constexpr size_t kRebuildBatchEventsMax = 65'536;
 // RebuildCallProjectionsDigest reads ahead (ScanAhead) from this many events.
 constexpr uint64_t kRebuildReadAheadEventsMin = 16'384;
@@ -323,21 +329,9 @@ struct MonthUsage {
 };
 using UsageTable = std::map<std::string, std::map<BillingMonth, MonthUsage>, std::less<>>;
 
-// The state of every call projection held in memory (logs live only in the
-// store; the fold keeps the running hash over them).
-struct FoldState {
-  MetricsFold metrics;
-  UsageTable usage;
-  Hash log_chain{};
-  uint64_t usage_rejected = 0;
-  uint64_t position = 0;  // the last sequence applied to this state
-};
-
-// The billing zone of each workspace as read from a KeyState, and the month
+// A cache over FoldState::zone_names: each workspace's zone, and the month
 // last resolved in it. Pointers into the FoldState's usage stay valid while
-// no usage record is erased. A rebuild keeps one Zones for its whole fold
-// (its key state never changes); the live fold starts one per batch, so it
-// reads the zones current when it folds (see "Usage" in the header).
+// no usage record is erased (never). Neither persisted nor digested.
 struct Zones {
   struct Zone {
     std::string name;
@@ -357,6 +351,20 @@ struct Zones {
   Zone* last = nullptr;
 };
 
+// The state of every call projection held in memory (logs live only in the
+// store; the fold keeps the running hash over them).
+struct FoldState {
+  MetricsFold metrics;
+  UsageTable usage;
+  // The billing zone of each workspace whose WorkspaceCreated or
+  // WorkspaceChanged named one, as of `position` (see "Usage" in the header).
+  std::map<std::string, std::string, std::less<>> zone_names;
+  Zones zones;
+  Hash log_chain{};
+  uint64_t usage_rejected = 0;
+  uint64_t position = 0;  // the last sequence applied to this state
+};
+
 // What a fold applies: every projection, or the usage alone (FoldUsage).
 enum class FoldParts : uint8_t { kAll, kUsageOnly };
 
@@ -370,17 +378,16 @@ enum class FoldParts : uint8_t { kAll, kUsageOnly };
 // call is logged.
 class BatchFolder {
  public:
-  // `zones`: the zones known so far, or nullptr to read every zone afresh.
   // REQUIRES: parts == kAll when `out` is set (a store holds every part).
-  BatchFolder(const KeyState& key_state, FoldState* state, KvBatch* out, Zones* zones = nullptr,
-              FoldParts parts = FoldParts::kAll)
-      : key_state_(key_state),
-        state_(state),
+  BatchFolder(FoldState* state, KvBatch* out, FoldParts parts = FoldParts::kAll)
+      : state_(state),
         out_(out),
         parts_(parts),
         call_kind_(ApiCallRecordedBodyKind()),
         denial_kind_(AuthorizationDeniedBodyKind()),
-        zones_(zones != nullptr ? *zones : own_zones_) {
+        workspace_created_kind_(WorkspaceCreatedBodyKind()),
+        workspace_changed_kind_(WorkspaceChangedBodyKind()),
+        zones_(state->zones) {
     assert(out_ == nullptr || parts_ == FoldParts::kAll);
   }
 
@@ -411,6 +418,9 @@ class BatchFolder {
     KeyUnits* units;
   };
   void FoldCall(uint64_t sequence, const ApiCallView& call);
+  // Follows a workspace's billing zone. Returns Corruption if `body` (of a
+  // WorkspaceCreated or WorkspaceChanged) does not decode.
+  Status FoldWorkspace(uint64_t sequence, std::string_view body);
   // Returns the zone of `workspace_id`; consecutive calls are mostly of one
   // workspace, so the last one is remembered.
   Zone& ZoneOf(std::string_view workspace_id);
@@ -420,15 +430,16 @@ class BatchFolder {
   // Chains (and with `out`, keeps) the call's log entry, if it gets one (MakeLogEntry).
   void AppendLog(uint64_t sequence, const ApiCallView& call);
 
-  const KeyState& key_state_;
   FoldState* const state_;
   KvBatch* const out_;
   const FoldParts parts_;
   const uint16_t call_kind_;
   const uint16_t denial_kind_;
-  Zones own_zones_;  // before zones_, which may refer to it
+  const uint16_t workspace_created_kind_;
+  const uint16_t workspace_changed_kind_;
   Zones& zones_;
   std::vector<ChangedUsage> changed_usage_;
+  std::vector<std::string> changed_zones_;  // workspace ids, with `out`
   DecodedCallEvent decoded_;       // Fold's, reused
   std::vector<uint64_t> aligned_;  // reused buffers
   std::string log_key_;
@@ -485,6 +496,9 @@ Status BatchFolder::FoldDecoded(uint64_t sequence, std::string_view stored,
     ++events_folded_;
     const AuthorizationDeniedView& d = view.denial;
     state_->metrics.ApplyDenial(d.workspace_id, d.key_id, d.occurred_at_us, d.reason, d.count);
+  } else if (view.body_kind == workspace_created_kind_ ||
+             view.body_kind == workspace_changed_kind_) {
+    return FoldWorkspace(sequence, body);
   }
   return Status::Ok();
 }
@@ -502,13 +516,37 @@ BatchFolder::Zone& BatchFolder::ZoneOf(std::string_view workspace_id) {
   auto it = zones_.by_workspace.find(workspace_id);
   if (it == zones_.by_workspace.end()) {
     Zone zone;
-    std::optional<WorkspaceView> ws = key_state_.FindWorkspace(workspace_id);
-    zone.name = ws && !ws->billing_timezone.empty() ? ws->billing_timezone : kDefaultTimeZone;
+    auto name = state_->zone_names.find(workspace_id);
+    zone.name = name != state_->zone_names.end() ? name->second : kDefaultTimeZone;
     it = zones_.by_workspace.emplace(std::string(workspace_id), std::move(zone)).first;
   }
   zones_.last_id = &it->first;
   zones_.last = &it->second;
   return it->second;
+}
+
+Status BatchFolder::FoldWorkspace(uint64_t sequence, std::string_view body) {
+  Result<Event> event = DecodeEventBody(body);
+  if (!event.ok()) return Status::Corruption(event.status().message(), sequence);
+  const WorkspaceState* ws = std::visit(
+      [](const auto& b) -> const WorkspaceState* {
+        if constexpr (std::is_base_of_v<WorkspaceState, std::decay_t<decltype(b)>>) return &b;
+        return nullptr;
+      },
+      event->body);
+  assert(ws != nullptr);  // the body kind said so
+  const std::string name =
+      ws->billing_timezone.empty() ? std::string(kDefaultTimeZone) : ws->billing_timezone;
+  auto [it, added] = state_->zone_names.try_emplace(ws->workspace_id, name);
+  if (!added && it->second == name) return Status::Ok();
+  it->second = name;
+  auto cached = zones_.by_workspace.find(ws->workspace_id);
+  if (cached != zones_.by_workspace.end()) {
+    cached->second.name = name;
+    cached->second.start_us = cached->second.end_us = 0;  // resolve the month again
+  }
+  if (out_ != nullptr) changed_zones_.push_back(ws->workspace_id);
+  return Status::Ok();
 }
 
 MonthUsage* BatchFolder::ResolveUsage(Zone& zone, const ApiCallView& call) {
@@ -615,6 +653,13 @@ void BatchFolder::Finish() {
   }
   pending_logs_.clear();
   log_records_.clear();
+  std::sort(changed_zones_.begin(), changed_zones_.end());
+  changed_zones_.erase(std::unique(changed_zones_.begin(), changed_zones_.end()),
+                       changed_zones_.end());
+  for (const std::string& workspace : changed_zones_) {
+    out_->Put(kCallCfMeta, kZoneKeyPrefix + workspace, state_->zone_names.at(workspace));
+  }
+  changed_zones_.clear();
 }
 
 // Folds events of [from, to] into `folder` (from `ahead`, which must read
@@ -658,6 +703,13 @@ Hash DigestOf(const FoldState& state) {
       }
     }
   }
+  for (const auto& [workspace, zone] : state.zone_names) {
+    record.clear();
+    record.push_back('z');
+    PutBytes(workspace, &record);  // self-delimiting, so the zone may run to the end
+    record += zone;
+    h = ChainHash(h, record);
+  }
   record.clear();
   record.push_back('l');
   record += EncodeHash(state.log_chain);
@@ -667,16 +719,15 @@ Hash DigestOf(const FoldState& state) {
 
 // Folds (after, to] of `ledger` into `state` in batches, without storage;
 // with kUsageOnly, only state->usage, usage_rejected and position change.
-Status FoldInMemory(const Ledger& ledger, const KeyState& key_state, uint64_t to,
-                    FoldState* state, const std::function<void(uint64_t)>& progress,
+Status FoldInMemory(const Ledger& ledger, uint64_t to, FoldState* state,
+                    const std::function<void(uint64_t)>& progress,
                     FoldParts parts = FoldParts::kAll) {
   std::unique_ptr<ScanAhead> ahead;
   if (state->position < to && to - state->position >= kRebuildReadAheadEventsMin) {
     ahead = ScanAhead::OfLedgerDecodingCalls(ledger, state->position + 1, to);
   }
-  Zones zones;  // for the whole fold: key_state does not change
   while (state->position < to) {
-    BatchFolder folder(key_state, state, nullptr, &zones, parts);
+    BatchFolder folder(state, nullptr, parts);
     Status fold;
     KL_RETURN_IF_ERROR(ScanBatch(ledger, state->position + 1, to, ahead.get(), &folder, &fold,
                                  [&] { return folder.events_scanned() < kRebuildBatchEventsMax; }));
@@ -700,10 +751,9 @@ struct CallProjections::FoldState : call_projections_internal::FoldState {};
 
 // ---- CallProjections: open, load, wipe ---------------------------------------------------
 
-CallProjections::CallProjections(const Ledger* ledger, const KeyState* key_state,
-                                 const Clock* clock, CallProjectionsOptions options)
+CallProjections::CallProjections(const Ledger* ledger, const Clock* clock,
+                                 CallProjectionsOptions options)
     : ledger_(ledger),
-      key_state_(key_state),
       clock_(clock),
       options_(options),
       batch_events_max_(options.fold_batch_events_max) {}
@@ -712,13 +762,12 @@ CallProjections::~CallProjections() { Stop(); }
 
 Result<std::unique_ptr<CallProjections>> CallProjections::Open(const std::string& path,
                                                                const Ledger* ledger,
-                                                               const KeyState* key_state,
                                                                const Clock* clock,
                                                                CallProjectionsOptions options) {
-  assert(ledger != nullptr && key_state != nullptr && clock != nullptr);
+  assert(ledger != nullptr && clock != nullptr);
   assert(options.log_retention_us > 0 && options.fold_batch_events_max > 0 &&
          options.tail_wait_us > 0);
-  std::unique_ptr<CallProjections> self(new CallProjections(ledger, key_state, clock, options));
+  std::unique_ptr<CallProjections> self(new CallProjections(ledger, clock, options));
   KL_ASSIGN_OR_RETURN(self->store_, KvStore::Open(path, StoreOptions()));
   KL_RETURN_IF_ERROR(self->LoadOrWipe());
   const uint64_t head = ledger->head().sequence;
@@ -823,6 +872,15 @@ Status LoadUsage(const KvStore& store, FoldState* state) {
   return load;
 }
 
+Status LoadZones(const KvStore& store, FoldState* state) {
+  auto record = [&](std::string_view key, std::string_view value) {
+    key.remove_prefix(std::strlen(kZoneKeyPrefix));
+    state->zone_names.emplace(key, value);
+    return true;
+  };
+  return store.Scan(kCallCfMeta, kZoneKeyPrefix, kZoneKeyEnd, record, ScanKind::kBulk);
+}
+
 // Reads the position, log chain and rejected-usage count (written together).
 Status LoadMeta(const KvStore& store, FoldState* state) {
   KL_ASSIGN_OR_RETURN(auto position, store.Get(kCallCfMeta, kPositionKey));
@@ -839,6 +897,14 @@ Status LoadMeta(const KvStore& store, FoldState* state) {
   return Status::Ok();
 }
 
+// Reads every record of the in-memory state from `store`.
+Status LoadState(const KvStore& store, FoldState* state) {
+  KL_RETURN_IF_ERROR(LoadMetrics(store, state));
+  KL_RETURN_IF_ERROR(LoadUsage(store, state));
+  KL_RETURN_IF_ERROR(LoadZones(store, state));
+  return LoadMeta(store, state);
+}
+
 // Returns the store's kLogSweptBeforeKey, kNeverSwept without one, or
 // Corruption/IOError.
 Result<int64_t> ReadLogSweptBefore(const KvStore& store) {
@@ -853,9 +919,7 @@ Result<int64_t> ReadLogSweptBefore(const KvStore& store) {
 Status CallProjections::Load() {
   auto state = std::make_unique<FoldState>();
   state->metrics.TrackChanges();
-  KL_RETURN_IF_ERROR(LoadMetrics(*store_, state.get()));
-  KL_RETURN_IF_ERROR(LoadUsage(*store_, state.get()));
-  KL_RETURN_IF_ERROR(LoadMeta(*store_, state.get()));
+  KL_RETURN_IF_ERROR(LoadState(*store_, state.get()));
   KL_ASSIGN_OR_RETURN(log_swept_before_us_, ReadLogSweptBefore(*store_));
   position_.store(state->position, std::memory_order_release);
   state_ = std::move(state);
@@ -933,7 +997,7 @@ Status CallProjections::FoldBatchLocked(uint64_t to, ScanAhead* ahead) {
   {
     std::unique_lock<std::shared_mutex> lock(state_mu_);
     assert(state_->position == from - 1);
-    BatchFolder folder(*key_state_, state_.get(), &batch);
+    BatchFolder folder(state_.get(), &batch);
     Status fold;
     KL_RETURN_IF_ERROR(ScanBatch(*ledger_, from, to, ahead, &folder, &fold, [&] {
       return folder.events_scanned() < batch_events_max_ &&
@@ -1235,23 +1299,21 @@ Status CheckUntil(const Ledger& ledger, uint64_t until) {
 
 }  // namespace
 
-Result<Hash> RebuildCallProjectionsDigest(const Ledger& ledger, const KeyState& key_state,
-                                          uint64_t until,
+Result<Hash> RebuildCallProjectionsDigest(const Ledger& ledger, uint64_t until,
                                           const std::function<void(uint64_t)>& progress) {
   KL_RETURN_IF_ERROR(CheckUntil(ledger, until));
   const uint64_t head = ledger.head().sequence;
   call_projections_internal::FoldState state;
   KL_RETURN_IF_ERROR(call_projections_internal::FoldInMemory(
-      ledger, key_state, until == 0 ? head : until, &state, progress));
+      ledger, until == 0 ? head : until, &state, progress));
   return call_projections_internal::DigestOf(state);
 }
 
-Result<std::unique_ptr<UsageReader>> FoldUsage(const Ledger& ledger, const KeyState& key_state,
-                                               uint64_t to) {
+Result<std::unique_ptr<UsageReader>> FoldUsage(const Ledger& ledger, uint64_t to) {
   KL_RETURN_IF_ERROR(CheckUntil(ledger, to));
   auto state = std::make_unique<call_projections_internal::FoldState>();
   KL_RETURN_IF_ERROR(call_projections_internal::FoldInMemory(
-      ledger, key_state, to, state.get(), {}, call_projections_internal::FoldParts::kUsageOnly));
+      ledger, to, state.get(), {}, call_projections_internal::FoldParts::kUsageOnly));
   return std::unique_ptr<UsageReader>(std::make_unique<FoldedUsage>(std::move(state)));
 }
 
@@ -1395,9 +1457,7 @@ Result<CallProjectionsSnapshot> LoadCallProjectionsSnapshot(const std::string& p
                                                             Ledger& ledger) {
   KL_ASSIGN_OR_RETURN(auto store, OpenSnapshotStore(path, secondary_path));
   call_projections_internal::FoldState state;
-  KL_RETURN_IF_ERROR(LoadMetrics(*store, &state));
-  KL_RETURN_IF_ERROR(LoadUsage(*store, &state));
-  KL_RETURN_IF_ERROR(LoadMeta(*store, &state));
+  KL_RETURN_IF_ERROR(LoadState(*store, &state));
   KL_ASSIGN_OR_RETURN(const int64_t swept_before_us, ReadLogSweptBefore(*store));
   KL_RETURN_IF_ERROR(ledger.CatchUpTo(state.position));
   KL_RETURN_IF_ERROR(CheckLogEntries(*store, ledger, state.position, swept_before_us));

@@ -8,29 +8,30 @@
 //
 // Folding. Events are walked with Ledger::ScanRaw in sequence order (for a
 // long range, on a second thread reading ahead of the fold: see
-// read_ahead_events_min). Each is decoded once (DecodeCallEvent, codec.h) into
-// views of its stored bytes; an event whose envelope says it is neither
-// ApiCallRecorded nor AuthorizationDenied is skipped without reading its
-// body. For a call:
-// MetricsFold::ApplyCall; its units count toward the billing month of its
-// occurred_at_us in the workspace's billing_timezone (see "Usage" below); and
-// when call.logged, a log entry is written. For a denial:
-// MetricsFold::ApplyDenial (denials have no log entry and no usage). Folds
-// never read a clock.
+// read_ahead_events_min, which also decodes there). Each is decoded once
+// (DecodeCallEvent, codec.h) into views of its stored bytes; an event whose
+// envelope says it is none of ApiCallRecorded, AuthorizationDenied,
+// WorkspaceCreated and WorkspaceChanged is skipped without reading its body.
+// For a call: MetricsFold::ApplyCall; its units count toward the billing
+// month of its occurred_at_us in the workspace's billing_timezone (see
+// "Usage" below); and when call.logged, a log entry is written. For a denial:
+// MetricsFold::ApplyDenial (denials have no log entry and no usage). For a
+// workspace event: its billing zone, for the calls after it. Folds never read
+// a clock.
 //
 // Usage. A call with units > 0 adds them to (workspace_id, month, key_id),
 // where month = MonthOf(occurred_at_us, zone) (billing/calendar.h) and zone is
-// the workspace's billing_timezone read from the KeyState *when the event is
-// folded*; "UTC" when the KeyState does not know the workspace. RULE: usage
-// months use the workspace's billing time zone as of the fold. A rebuild
-// (which also reads the current zone) agrees with the live fold as long as
-// the zone did not change between the two; changing billing_timezone is
-// therefore meant for workspaces without issued invoices. A call whose month
-// cannot be computed (a zone unknown to the tz database, a year outside
-// 1..9999) or whose units would push its (workspace, month) total past
-// 2^64 - 1 is not counted, and usage_rejected() counts it; the same call is
-// rejected by every fold of the same log, so rebuilds still agree. Calls with
-// 0 units do not touch usage at all.
+// the workspace's billing_timezone as of the call's place in the log: the
+// zone of the last WorkspaceCreated or WorkspaceChanged of that workspace
+// before the call's event ("UTC" when there is none, or it names none). The
+// fold follows those events itself (it never reads a KeyState), so every
+// fold of the same log, live or rebuilt, now or later, puts every call in the
+// same month, and a zone change never moves a call already recorded. A call
+// whose month cannot be computed (a zone unknown to the tz database, a year
+// outside 1..9999) or whose units would push its (workspace, month) total
+// past 2^64 - 1 is not counted, and usage_rejected() counts it; the same call
+// is rejected by every fold of the same log. Calls with 0 units do not touch
+// usage at all.
 //
 // Log entries. Stored under key_id '\0' big-endian(UINT64_MAX - sequence), so a
 // forward scan of one key is newest first (by ledger sequence, i.e. by the
@@ -62,8 +63,9 @@
 // at its position differs from the ledger's (the ledger lost a tail and was
 // appended to again) is wiped and rebuilt from the log at Open.
 //
-// Digest. Digest() hashes every metrics cell, every usage record, the count
-// of rejected usage, and a running hash over every log entry ever folded (in
+// Digest. Digest() hashes every metrics cell, every usage record, the
+// billing zone of every workspace the log named one for, the count of
+// rejected usage, and a running hash over every log entry ever folded (in
 // sequence order; retention does not change it). Equal logs give equal
 // digests: a fresh in-memory fold (RebuildCallProjectionsDigest) of the events
 // up to position() must give the live Digest(), before and after a restart.
@@ -100,7 +102,6 @@
 #include "ledger/kv_store.h"
 #include "ledger/ledger.h"
 #include "ledger/status.h"
-#include "projections/key_state.h"
 #include "projections/metrics_fold.h"
 
 namespace keyledger {
@@ -201,14 +202,13 @@ class CallProjections final : public UsageReader {
   // Opens (creating if missing) the store at `path`, loads the persisted
   // state, and catches up with the ledger head (see the file comment for when
   // the store is wiped and rebuilt instead).
-  // REQUIRES: ledger, key_state and clock non-null and outliving the result;
+  // REQUIRES: ledger and clock non-null and outliving the result;
   // options as documented on CallProjectionsOptions.
   // Returns IOError if the store cannot be opened or written, Corruption if a
   // stored record cannot be read or the ledger holds an undecodable event
   // (with its sequence), or any error of CatchUp.
   static Result<std::unique_ptr<CallProjections>> Open(const std::string& path,
                                                        const Ledger* ledger,
-                                                       const KeyState* key_state,
                                                        const Clock* clock,
                                                        CallProjectionsOptions options);
 
@@ -299,8 +299,7 @@ class CallProjections final : public UsageReader {
 
  private:
   struct FoldState;
-  CallProjections(const Ledger* ledger, const KeyState* key_state, const Clock* clock,
-                  CallProjectionsOptions options);
+  CallProjections(const Ledger* ledger, const Clock* clock, CallProjectionsOptions options);
 
   Status LoadOrWipe();
   Status Load();
@@ -312,7 +311,6 @@ class CallProjections final : public UsageReader {
   void MaybeSweep(int64_t* next_sweep_us);
 
   const Ledger* const ledger_;
-  const KeyState* const key_state_;
   const Clock* const clock_;
   const CallProjectionsOptions options_;
   // Events per folded batch: options_.fold_batch_events_max, or more during
@@ -342,27 +340,23 @@ class CallProjections final : public UsageReader {
   std::thread tailer_;
 };
 
-// Folds every API-call and denial event of `ledger` up to `until` (0: the
-// head) into a fresh in-memory state, reading billing time zones from
-// `key_state` as the live fold does, and returns its digest: the reference
+// Folds every event of `ledger` up to `until` (0: the head) into a fresh
+// in-memory state, as the live fold does, and returns its digest: the reference
 // CallProjections::Digest must equal when position() == until.
 // Returns InvalidArgument (field "until") if until is beyond the ledger head,
 // Corruption (with the sequence) for an undecodable event, IOError if the
 // ledger cannot be read.
 // `progress`, when set, is called after each batch with the last sequence folded.
-Result<Hash> RebuildCallProjectionsDigest(const Ledger& ledger, const KeyState& key_state,
-                                          uint64_t until,
+Result<Hash> RebuildCallProjectionsDigest(const Ledger& ledger, uint64_t until,
                                           const std::function<void(uint64_t)>& progress = {});
 
 // Folds the usage alone (no metrics, no logs, no store) of every API-call
-// event of `ledger` in 1..to into memory, reading billing time zones from
-// `key_state` for the whole fold: the usage CallProjections holds at `to`
-// when it folded with that key state. For recomputing invoices from the log.
+// event of `ledger` in 1..to into memory: the usage CallProjections holds at
+// `to`. For recomputing invoices from the log.
 // The result is immutable, so thread-safe.
 // Returns InvalidArgument (field "until") if `to` is beyond the ledger head,
 // and the other errors of RebuildCallProjectionsDigest.
-Result<std::unique_ptr<UsageReader>> FoldUsage(const Ledger& ledger, const KeyState& key_state,
-                                               uint64_t to);
+Result<std::unique_ptr<UsageReader>> FoldUsage(const Ledger& ledger, uint64_t to);
 
 // The digest of call projections that folded nothing.
 Hash EmptyCallProjectionsDigest();

@@ -225,7 +225,7 @@ class AuditTest : public ::testing::Test {
     auto store = KeyStateStore::Open(projections_path(), ledger_.get());
     ASSERT_TRUE(store.ok()) << store.ToStatus().ToString();
     key_state_ = std::move(store).value();
-    auto calls = CallProjections::Open(calls_path(), ledger_.get(), &key_state_->state(), &clock_,
+    auto calls = CallProjections::Open(calls_path(), ledger_.get(), &clock_,
                                        CallProjectionsOptions{});
     ASSERT_TRUE(calls.ok()) << calls.ToStatus().ToString();
     calls_ = std::move(calls).value();

@@ -7,6 +7,7 @@
 #include "billing/calendar.h"
 #include "api/invoice_compute.h"
 #include "billing/invoicing.h"
+#include "projections/call_projections.h"
 #include "tests/service_fixture.h"
 
 namespace keyledger {
@@ -239,6 +240,48 @@ TEST_F(BillingApiTest, MonthFollowsTheWorkspaceTimeZoneAndCurrency) {
   EXPECT_EQ(nov.body["amount_minor"], 4500);  // 3 × ₩1,500
   EXPECT_EQ(nov.body["amount"], "4500");
   EXPECT_EQ(h.Call("GET", "/v1/workspaces/" + ws + "/usage?month=2026-13").status, 400);
+}
+
+// A zone change before the first invoice moves no call already recorded:
+// each call's month follows the zone in force at its place in the log, so
+// the live usage, a rebuild from the log and the invoice's reproduction all
+// agree, and no call is billed in two months.
+TEST_F(BillingApiTest, AZoneChangeMovesNoCallAlreadyRecorded) {
+  h.clock().SetUs(At("2026-11-01T00:00:00Z"));
+  Record("utc-", 1, "2026-10-31T20:00:00Z");  // October in UTC; November 1st in Seoul
+  ASSERT_TRUE(h.calls().CatchUp().ok());
+  auto tz = h.Call("PATCH", "/v1/workspaces/" + ws_, R"({"billing_timezone":"Asia/Seoul"})");
+  ASSERT_EQ(tz.status, 200) << tz.raw;
+  Record("seoul-", 4, "2026-10-31T20:30:00Z");  // November in Seoul, the zone now
+  ASSERT_TRUE(h.calls().CatchUp().ok());
+  auto usage = [&](const char* month) {
+    auto r = h.Call("GET", "/v1/workspaces/" + ws_ + "/usage?month=" + month);
+    EXPECT_EQ(r.status, 200) << r.raw;
+    return r.body["total_quantity"].get<int>();
+  };
+  EXPECT_EQ(usage("2026-10"), 1);
+  EXPECT_EQ(usage("2026-11"), 4);
+  // A fresh fold of the log agrees with the live projection, usage included.
+  auto rebuilt = RebuildCallProjectionsDigest(h.ledger(), h.calls().position());
+  ASSERT_TRUE(rebuilt.ok()) << rebuilt.ToStatus().ToString();
+  EXPECT_EQ(*rebuilt, h.calls().Digest());
+  auto folded = FoldUsage(h.ledger(), h.calls().position());
+  ASSERT_TRUE(folded.ok());
+  EXPECT_EQ((*folded)->UsageFor(ws_, *ParseBillingMonth("2026-10", "m")).total, 1u);
+  EXPECT_EQ((*folded)->UsageFor(ws_, *ParseBillingMonth("2026-11", "m")).total, 4u);
+
+  h.clock().SetUs(At("2026-11-03T00:00:00Z"));  // October has ended in Seoul, plus 24 h
+  auto run = h.Call("POST", "/v1/invoice-runs", R"({"month":"2026-10"})");
+  ASSERT_EQ(run.status, 200) << run.raw;
+  ASSERT_EQ(run.body["issued"].size(), 1u) << run.raw;
+  EXPECT_EQ(run.body["issued"][0]["total_minor"], 1 * 2 + 500);
+  const std::vector<InvoiceRef> refs = h.key_state().state().ListInvoices(ws_);
+  ASSERT_EQ(refs.size(), 1u);
+  auto stored = ReadInvoice(h.ledger(), refs[0]);
+  ASSERT_TRUE(stored.ok());
+  auto reproduced = ReproduceInvoice(h.ledger(), refs[0]);
+  ASSERT_TRUE(reproduced.ok()) << reproduced.ToStatus().ToString();
+  EXPECT_EQ(InvoiceCanonicalBytes(*reproduced), InvoiceCanonicalBytes(*stored));
 }
 
 }  // namespace

@@ -414,7 +414,7 @@ void BM_RebuildDigest(benchmark::State& state) {
   WallTimer wall;
   for (auto _ : state) {
     wall.Start();
-    auto digest = RebuildCallProjectionsDigest(*f.ledger, *f.key_state, 0);
+    auto digest = RebuildCallProjectionsDigest(*f.ledger, 0);
     Fixture::Check(digest.ToStatus());
     last = *digest;
     benchmark::DoNotOptimize(digest);
@@ -434,7 +434,7 @@ void OpenAndCatchUp(benchmark::State& state, CallProjectionsOptions options) {
   for (auto _ : state) {
     const std::string path = f.scratch.sub("calls-" + std::to_string(run++));
     wall.Start();
-    auto p = CallProjections::Open(path, f.ledger.get(), f.key_state.get(), &f.clock, options);
+    auto p = CallProjections::Open(path, f.ledger.get(), &f.clock, options);
     Fixture::Check(p.ToStatus());
     wall.Stop();
     state.PauseTiming();

@@ -92,14 +92,13 @@ struct World {
   }
 
   std::unique_ptr<CallProjections> Open(CallProjectionsOptions options = {}) {
-    auto p = CallProjections::Open(dir.sub("calls"), &h.ledger(), &h.key_state().state(),
-                                   &h.clock(), options);
+    auto p = CallProjections::Open(dir.sub("calls"), &h.ledger(), &h.clock(), options);
     EXPECT_TRUE(p.ok()) << p.ToStatus().ToString();
     return p.ok() ? std::move(p).value() : nullptr;
   }
 
   Hash Rebuild(uint64_t until) {
-    auto digest = RebuildCallProjectionsDigest(h.ledger(), h.key_state().state(), until);
+    auto digest = RebuildCallProjectionsDigest(h.ledger(), until);
     EXPECT_TRUE(digest.ok()) << digest.ToStatus().ToString();
     return digest.ok() ? *digest : Hash{};
   }
@@ -509,7 +508,7 @@ TEST(CallProjectionsTest, ReadingAheadFoldsWhatReadingInlineFolds) {
   CallProjectionsOptions inline_options;
   inline_options.read_ahead_events_min = 0;
   auto read_inline = CallProjections::Open(w.dir.sub("calls-inline"), &w.h.ledger(),
-                                           &w.h.key_state().state(), &w.h.clock(), inline_options);
+                                           &w.h.clock(), inline_options);
   ASSERT_TRUE(read_inline.ok()) << read_inline.ToStatus().ToString();
   const CallProjections& inline_p = **read_inline;
 
@@ -639,7 +638,7 @@ TEST(CallProjectionsTest, AStoreAheadOfOrForeignToTheLedgerIsRebuilt) {
   ScratchDir calls;
   const std::string path = calls.sub("calls");
   auto open = [&](World& w) {
-    auto p = CallProjections::Open(path, &w.h.ledger(), &w.h.key_state().state(), &w.h.clock(), {});
+    auto p = CallProjections::Open(path, &w.h.ledger(), &w.h.clock(), {});
     EXPECT_TRUE(p.ok()) << p.ToStatus().ToString();
     return std::move(p).value();
   };
@@ -670,8 +669,7 @@ TEST(CallProjectionsTest, AStoreAheadOfOrForeignToTheLedgerIsRebuilt) {
 
 TEST(CallProjectionsTest, RebuildRefusesAPositionBeyondTheHead) {
   World w;
-  auto r = RebuildCallProjectionsDigest(w.h.ledger(), w.h.key_state().state(),
-                                        w.h.ledger().head().sequence + 1);
+  auto r = RebuildCallProjectionsDigest(w.h.ledger(), w.h.ledger().head().sequence + 1);
   EXPECT_EQ(r.ToStatus().field(), "until");
 }
 

@@ -175,7 +175,7 @@ RC_GTEST_PROP(ReplayProperty, RebuildFromTheLogEqualsEveryLiveProjection, ()) {
   RC_ASSERT(key_state.ok());
   RC_ASSERT((*key_state)->Digest() == h.key_state().state().Digest());
 
-  auto calls = RebuildCallProjectionsDigest(h.ledger(), **key_state, head);
+  auto calls = RebuildCallProjectionsDigest(h.ledger(), head);
   RC_ASSERT(calls.ok());
   RC_ASSERT(*calls == h.calls().Digest());
 

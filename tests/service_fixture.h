@@ -36,8 +36,8 @@ class ServiceHarness {
     EXPECT_TRUE(ks.ok()) << ks.ToStatus().ToString();
     key_state_ = std::move(ks).value();
     // No tailing thread: tests fold call events explicitly (calls().CatchUp()).
-    auto calls = CallProjections::Open(dir_.sub("calls"), ledger_.get(), &key_state_->state(),
-                                       &clock_, CallProjectionsOptions{});
+    auto calls = CallProjections::Open(dir_.sub("calls"), ledger_.get(), &clock_,
+                                       CallProjectionsOptions{});
     EXPECT_TRUE(calls.ok()) << calls.ToStatus().ToString();
     calls_ = std::move(calls).value();
     service_ = std::make_unique<Service>(

@@ -461,9 +461,7 @@ Result<Hash> RebuiltKeyState(ReplayInputs& inputs, uint64_t to, const ProgressFn
 }
 
 // Call projections (logs, metrics, usage): the store the server persisted,
-// and a fresh in-memory fold with the time zones of the key state rebuilt to
-// the same position (the live fold reads the zones current when it folds:
-// see the usage rule in projections/call_projections.h).
+// and a fresh in-memory fold of the log to the same position.
 Result<std::string> CallProjectionsPath(const ReplayInputs& inputs) {
   std::string path = inputs.data_dir() + "/calls";
   std::error_code ec;
@@ -484,8 +482,7 @@ Result<uint64_t> LiveCallProjectionsPosition(ReplayInputs& inputs, const std::st
 
 Result<Hash> RebuiltCallProjections(ReplayInputs& inputs, uint64_t to, const ProgressFn& progress) {
   if (to == 0) return EmptyCallProjectionsDigest();
-  KL_ASSIGN_OR_RETURN(const KeyState* key_state, inputs.KeyStateAt(to, {}));
-  return RebuildCallProjectionsDigest(inputs.ledger(), *key_state, to, progress);
+  return RebuildCallProjectionsDigest(inputs.ledger(), to, progress);
 }
 
 // Every InvoiceIssued event in 1..to with its sequence. Only the envelope

@@ -86,8 +86,7 @@ struct BenchStack {
     KL_ASSIGN_OR_RETURN(key_state, KeyStateStore::Open(dir + "/projections", ledger.get()));
     const double key_state_s = SecondsSince(t);
     t = SteadyClock::now();
-    KL_ASSIGN_OR_RETURN(calls, CallProjections::Open(dir + "/calls", ledger.get(),
-                                                     &key_state->state(), &clock,
+    KL_ASSIGN_OR_RETURN(calls, CallProjections::Open(dir + "/calls", ledger.get(), &clock,
                                                      CallProjectionsOptions{}));
     std::fprintf(stderr,
                  "bench invoice-run: opened ledger %.1f s, key state %.1f s, call projections "

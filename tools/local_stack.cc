@@ -18,8 +18,7 @@ Status LocalStack::Open(const std::string& dir, bool create, ServiceOptions opti
   lo.storage.wal_prefill_bytes = ledger_wal_prefill_bytes;
   KL_ASSIGN_OR_RETURN(ledger, Ledger::Open(dir + "/ledger", lo));
   KL_ASSIGN_OR_RETURN(key_state, KeyStateStore::Open(dir + "/projections", ledger.get()));
-  KL_ASSIGN_OR_RETURN(calls, CallProjections::Open(dir + "/calls", ledger.get(),
-                                                   &key_state->state(), &clock,
+  KL_ASSIGN_OR_RETURN(calls, CallProjections::Open(dir + "/calls", ledger.get(), &clock,
                                                    call_options));
   service = std::make_unique<Service>(
       ServiceDeps{ledger.get(), key_state.get(), &clock, &random, calls.get(), notifier.get()}, options);

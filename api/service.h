@@ -64,6 +64,10 @@ struct ServiceOptions {
   // Allow alarm webhooks to loopback and private addresses (tests only; an
   // SSRF guard refuses them by default).
   bool allow_private_webhooks = false;
+  // Most invoices one append of an invoice run holds; a run with more issues
+  // them in several appends (see docs/billing.md). Default and most:
+  // kAppendEventsMax (10,000). REQUIRES: 1..kAppendEventsMax.
+  size_t invoice_run_append_events_max = kAppendEventsMax;
   DataPlaneOptions data_plane;
   AlarmOptions alarms;
   // Gateway mode: the proxies in front of keyledger (load balancers). A

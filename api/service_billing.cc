@@ -172,7 +172,8 @@ Result<HttpResponse> Service::Impl::InvoiceRun(const HttpRequest& req, const Pri
   const int64_t grace_us = grace.value_or(kGraceHoursDefault) * kHourUs;
   const int64_t now_us = d.clock->NowUs();
   std::vector<NewEvent> events;
-  Json issued = Json::array(), already = Json::array(), not_due = Json::array();
+  Json issued = Json::array(), already = Json::array(), not_due = Json::array(),
+       failed = Json::array();
   // Usage accounts for every call recorded before the run, all of it at one
   // position (folds held), which becomes every invoice's covers_sequence.
   KL_RETURN_IF_ERROR(d.calls->WithPositionHeld(d.ledger->head().sequence, [&](uint64_t position) {
@@ -190,26 +191,44 @@ Result<HttpResponse> Service::Impl::InvoiceRun(const HttpRequest& req, const Pri
         not_due.push_back(ws.id);
         continue;
       }
-      KL_ASSIGN_OR_RETURN(auto invoice, ComputeInvoice(state(), *d.ledger, *d.calls, ws, month,
-                                                       next_number, position));
-      assert(invoice.has_value());
-      KL_ASSIGN_OR_RETURN(Json json, InvoiceJson(*invoice));
+      auto invoice = ComputeInvoice(state(), *d.ledger, *d.calls, ws, month, next_number, position);
+      const Status computed = invoice.ToStatus();
+      if (computed.code() == Code::kResourceExhausted) {
+        // Over a billing limit: this workspace's invoice cannot be built, and
+        // no other workspace's invoice may wait on it. Listed with the error
+        // body the request would have answered.
+        failed.push_back({{"workspace_id", ws.id},
+                          {"error", Json::parse(ErrorResponse(computed).body)["error"]}});
+        continue;
+      }
+      KL_RETURN_IF_ERROR(computed);
+      assert(invoice->has_value());
+      KL_ASSIGN_OR_RETURN(Json json, InvoiceJson(**invoice));
       issued.push_back(std::move(json));
-      events.push_back(MakeEvent(InvoiceStream(ws.id), std::nullopt, who, std::move(*invoice)));
+      events.push_back(MakeEvent(InvoiceStream(ws.id), std::nullopt, who, std::move(**invoice)));
       next_number++;
     }
     return Status::Ok();
   }));
-  if (events.empty() && already.empty() && !not_due.empty()) {
+  if (events.empty() && already.empty() && failed.empty() && !not_due.empty()) {
     return Status::FailedPrecondition(
         "month " + month.ToString() + " has not ended plus " +
             std::to_string(grace_us / kHourUs) + " h of grace in the workspaces' time zones",
         "month");
   }
-  // All invoices of a run land in one atomic append, numbered without gaps.
-  if (!events.empty()) KL_RETURN_IF_ERROR(Commit(events));
+  // The run's invoices land in appends of at most
+  // invoice_run_append_events_max, in order and under the command lock, so
+  // their numbers stay gap-free; if one append fails, the invoices before it
+  // stay issued and a re-run issues the rest.
+  const size_t chunk = o.invoice_run_append_events_max;
+  assert(chunk >= 1 && chunk <= kAppendEventsMax);
+  for (size_t begin = 0; begin < events.size(); begin += chunk) {
+    const size_t end = std::min(events.size(), begin + chunk);
+    KL_RETURN_IF_ERROR(Commit(std::vector<NewEvent>(std::make_move_iterator(events.begin() + begin),
+                                                    std::make_move_iterator(events.begin() + end))));
+  }
   return JsonResponse(200, {{"month", month.ToString()}, {"issued", issued},
-                            {"already_issued", already}, {"not_due", not_due}});
+                            {"already_issued", already}, {"not_due", not_due}, {"failed", failed}});
 }
 
 Result<HttpResponse> Service::Impl::Invoices(const HttpRequest& req, const WorkspaceView& ws,

@@ -284,5 +284,82 @@ TEST_F(BillingApiTest, AZoneChangeMovesNoCallAlreadyRecorded) {
   EXPECT_EQ(InvoiceCanonicalBytes(*reproduced), InvoiceCanonicalBytes(*stored));
 }
 
+// A workspace whose invoice is over a billing limit is listed in `failed`
+// with the error it would have answered; every other workspace is invoiced.
+TEST_F(BillingApiTest, AnInvoiceOverALimitFailsAloneAndTheRunGoesOn) {
+  ASSERT_EQ(h.Call("POST", "/v1/price-plans", R"({"id":"pricey","currency":"USD","mode":"volume",
+        "tiers":[{"up_to":null,"unit_price_micros":1000000000000000}]})").status, 201);
+  const std::string big = h.CreateWorkspace("Big");
+  ASSERT_EQ(h.Call("PATCH", "/v1/workspaces/" + big, R"({"price_plan":"pricey"})").status, 200);
+  const std::string big_key = h.CreateKey(big, h.CreateGroup(big)).first;
+  json calls = {{"calls", {{{"request_id", "huge"}, {"key_id", big_key}, {"units", 1'000'001},
+                            {"occurred_at", "2026-10-09T12:00:00Z"}, {"status", 200}}}}};
+  ASSERT_EQ(h.Call("POST", "/v1/calls", calls.dump()).status, 200);
+  Record("oct-", 3, "2026-10-09T12:00:00Z");
+  h.clock().SetUs(At("2026-11-03T00:00:00Z"));
+  for (int round = 0; round < 2; round++) {  // a re-run fails the same way, appending nothing
+    const uint64_t head = h.ledger().head().sequence;
+    auto run = h.Call("POST", "/v1/invoice-runs", R"({"month":"2026-10"})");
+    ASSERT_EQ(run.status, 200) << run.raw;
+    ASSERT_EQ(run.body["failed"].size(), 1u) << run.raw;
+    EXPECT_EQ(run.body["failed"][0]["workspace_id"], big);
+    EXPECT_EQ(run.body["failed"][0]["error"]["code"], "failed_precondition") << run.raw;
+    EXPECT_FALSE(run.body["failed"][0]["error"]["message"].get<std::string>().empty());
+    const json& done = round == 0 ? run.body["issued"] : run.body["already_issued"];
+    ASSERT_EQ(done.size(), 1u) << run.raw;
+    EXPECT_EQ(done[0]["workspace_id"], ws_);
+    EXPECT_EQ(h.ledger().head().sequence, head + (round == 0 ? 1 : 0));
+  }
+  EXPECT_TRUE(h.key_state().state().ListInvoices(big).empty());
+}
+
+// A run with more invoices than one append holds issues them in several,
+// numbered without gaps, each reproducible from the log.
+TEST(BillingRunTest, ARunLargerThanOneAppendIssuesEveryInvoice) {
+  ServiceOptions options;
+  options.invoice_run_append_events_max = 2;
+  ServiceHarness h(42, options);
+  h.clock().SetUs(At("2026-10-10T00:00:00Z"));
+  ASSERT_EQ(h.Call("POST", "/v1/price-plans", R"({"id":"std","currency":"USD","mode":"volume",
+        "tiers":[{"up_to":null,"unit_price_micros":1000000}]})").status, 201);
+  for (int w = 0; w < 5; w++) {
+    const std::string ws = h.CreateWorkspace("w" + std::to_string(w));
+    ASSERT_EQ(h.Call("PATCH", "/v1/workspaces/" + ws, R"({"price_plan":"std"})").status, 200);
+    const std::string key = h.CreateKey(ws, h.CreateGroup(ws)).first;
+    json calls = {{"calls", {{{"request_id", "c" + std::to_string(w)}, {"key_id", key},
+                              {"occurred_at", "2026-10-09T12:00:00Z"}, {"status", 200}}}}};
+    ASSERT_EQ(h.Call("POST", "/v1/calls", calls.dump()).status, 200);
+  }
+  auto command_appends = [&] {
+    const std::string metrics = h.Call("GET", "/metrics", "", "").raw;
+    const std::string name = "keyledger_append_latency_seconds_count{kind=\"command\"} ";
+    const size_t at = metrics.find(name);
+    EXPECT_NE(at, std::string::npos);
+    return at == std::string::npos ? 0 : std::stoull(metrics.substr(at + name.size()));
+  };
+  const uint64_t appends_before = command_appends();
+  h.clock().SetUs(At("2026-11-03T00:00:00Z"));
+  auto run = h.Call("POST", "/v1/invoice-runs", R"({"month":"2026-10"})");
+  ASSERT_EQ(run.status, 200) << run.raw;
+  ASSERT_EQ(run.body["issued"].size(), 5u) << run.raw;
+  EXPECT_EQ(command_appends() - appends_before, 3u);  // 2 + 2 + 1
+  std::vector<InvoiceRef> refs;
+  for (const auto& w : h.key_state().state().ListWorkspaces()) {
+    for (const InvoiceRef& ref : h.key_state().state().ListInvoices(w.id)) refs.push_back(ref);
+  }
+  ASSERT_EQ(refs.size(), 5u);
+  std::vector<uint64_t> numbers;
+  for (const InvoiceRef& ref : refs) {
+    auto stored = ReadInvoice(h.ledger(), ref);
+    ASSERT_TRUE(stored.ok());
+    numbers.push_back(stored->invoice_number);
+    auto reproduced = ReproduceInvoice(h.ledger(), ref);
+    ASSERT_TRUE(reproduced.ok()) << reproduced.ToStatus().ToString();
+    EXPECT_EQ(InvoiceCanonicalBytes(*reproduced), InvoiceCanonicalBytes(*stored));
+  }
+  std::sort(numbers.begin(), numbers.end());
+  EXPECT_EQ(numbers, (std::vector<uint64_t>{1, 2, 3, 4, 5}));
+}
+
 }  // namespace
 }  // namespace keyledger

@@ -103,10 +103,16 @@ int RunInvoiceRun(const InvoiceOptions& options) {
   if (r.status != 200) return Fail("run", std::to_string(r.status) + " " + r.body);
   Json result = Json::parse(r.body, nullptr, false);
   std::printf("%s\n", r.body.c_str());
-  std::fprintf(stderr, "month %s: %zu issued, %zu already issued, %zu not yet due\n",
+  std::fprintf(stderr, "month %s: %zu issued, %zu already issued, %zu not yet due, %zu failed\n",
                options.month.c_str(), result["issued"].size(), result["already_issued"].size(),
-               result["not_due"].size());
-  return 0;
+               result["not_due"].size(), result["failed"].size());
+  // A workspace over a billing limit got no invoice: finance must see it.
+  for (const Json& f : result["failed"]) {
+    std::fprintf(stderr, "keyledger invoice run: no invoice for %s: %s\n",
+                 f["workspace_id"].get<std::string>().c_str(),
+                 f["error"]["message"].get<std::string>().c_str());
+  }
+  return result["failed"].empty() ? 0 : 1;
 }
 
 int RunInvoiceExport(const InvoiceOptions& options) {

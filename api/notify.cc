@@ -315,6 +315,12 @@ std::string NormalizeBody(std::string_view body) {
 
 }  // namespace
 
+Status CheckEmailAddress(std::string_view address, const std::string& field) {
+  Status checked = CheckDotAtomPair(address, kEmailAddressBytesMax, "address");
+  if (checked.ok()) return checked;
+  return Status::InvalidArgument(checked.message(), field);
+}
+
 Result<std::string> ComposeEmail(const EmailMessage& message, std::string_view from) {
   KL_RETURN_IF_ERROR(CheckDotAtomPair(message.to, kEmailAddressBytesMax, "to"));
   KL_RETURN_IF_ERROR(CheckDotAtomPair(from, kEmailAddressBytesMax, "from"));

@@ -135,4 +135,10 @@ inline constexpr size_t kEmailBodyBytesMax = 1024 * 1024;
 // the same kind, a date outside years 1970..9999, or an input over its limit.
 Result<std::string> ComposeEmail(const EmailMessage& message, std::string_view from);
 
+// Checks an address as ComposeEmail checks `to`: one printable-ASCII
+// dot-atom addr-spec "local@domain" of 1..kEmailAddressBytesMax bytes.
+// Returns InvalidArgument naming `field`, for callers that accept addresses
+// long before anything is sent (alarm channels).
+Status CheckEmailAddress(std::string_view address, const std::string& field);
+
 }  // namespace keyledger

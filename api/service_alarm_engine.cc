@@ -192,7 +192,12 @@ DeliveryResult Service::Impl::Send(const OutboxEntry& e, int64_t now_us) {
 Result<size_t> Service::Impl::DeliverNotifications() {
   if (d.notifier == nullptr) return size_t{0};
   const auto due = state().DueNotifications(d.clock->NowUs(), o.alarms.deliveries_per_round_max);
+  size_t attempted = 0;
   for (const OutboxEntry& e : due) {
+    // A round may last minutes: an alarm deleted meanwhile (which drops its
+    // outbox) notifies no one from then on.
+    if (!StillPending(e)) continue;
+    attempted++;
     const int64_t now_us = d.clock->NowUs();
     DeliveryResult result = Send(e, now_us);
     NotificationAttempt attempt{e.alarm.workspace_id, e.alarm.alarm_id, e.notification.id,
@@ -213,7 +218,14 @@ Result<size_t> Service::Impl::DeliverNotifications() {
     std::lock_guard<std::mutex> lock(command_mu);
     KL_RETURN_IF_ERROR(Commit({SystemEvent(AlarmStream(e.alarm.alarm_id), std::nullopt, body)}));
   }
-  return due.size();
+  return attempted;
+}
+
+bool Service::Impl::StillPending(const OutboxEntry& e) const {
+  const std::optional<AlarmView> alarm = state().FindAlarm(e.alarm.alarm_id);
+  if (!alarm || alarm->deleted) return false;
+  return std::any_of(alarm->outbox.begin(), alarm->outbox.end(),
+                     [&](const PendingNotification& n) { return n.id == e.notification.id; });
 }
 
 NewEvent Service::Impl::SystemEvent(std::string stream, std::optional<uint64_t> expected,

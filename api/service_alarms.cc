@@ -12,7 +12,6 @@ namespace {
 
 constexpr size_t kAlarmsPerKeyMax = 20;
 constexpr size_t kChannelsMax = 10;
-constexpr size_t kEmailBytesMax = 254;
 constexpr size_t kUrlBytesMax = 2048;
 constexpr int64_t kPeriodSecondsMax = 86'400;
 constexpr int64_t kEvaluationPeriodsMax = 100;
@@ -44,10 +43,24 @@ Status ValidateWebhookUrl(const std::string& url, bool allow_private, const std:
   if (url.size() > kUrlBytesMax || !(url.starts_with("https://") || url.starts_with("http://"))) {
     return Status::InvalidArgument("webhook url must be http:// or https://", field);
   }
-  size_t host_start = url.find("://") + 3;
-  size_t host_end = url.find_first_of(":/?#", host_start);
-  std::string host = url.substr(host_start, host_end - host_start);
-  if (host.empty()) return Status::InvalidArgument("webhook url has no host", field);
+  const size_t authority_start = url.find("://") + 3;
+  const std::string authority =
+      url.substr(authority_start, url.find_first_of("/?#", authority_start) - authority_start);
+  if (authority.find('@') != std::string::npos) {
+    return Status::InvalidArgument("webhook url must not carry a user name or password", field);
+  }
+  // The host: a bracketed IPv6 literal, or everything up to the port.
+  std::string host;
+  if (authority.starts_with("[")) {
+    const size_t close = authority.find(']');
+    if (close == std::string::npos) {
+      return Status::InvalidArgument("webhook url has an unclosed [", field);
+    }
+    host = authority.substr(0, close + 1);
+  } else {
+    host = authority.substr(0, authority.find(':'));
+  }
+  if (host.empty() || host == "[]") return Status::InvalidArgument("webhook url has no host", field);
   if (allow_private) return Status::Ok();
   // SSRF guard: no loopback or private addresses, by name or literal.
   // Names are checked again at connect time (api/notify.h), against DNS rebinding.
@@ -217,19 +230,38 @@ Status Service::Impl::ParseAlarmSpec(const Json& body, bool creating, AlarmSpec*
     const Json& c = (*channels)[i];
     const std::string field = "channels[" + std::to_string(i) + "]";
     if (!c.is_object()) return Status::InvalidArgument("must be an object", field);
-    KL_ASSIGN_OR_RETURN(auto type, OptionalString(c, "type"));
-    if (type == "email") {
-      KL_ASSIGN_OR_RETURN(auto to, OptionalString(c, "to"));
-      if (!to || to->size() > kEmailBytesMax || to->find('@') == std::string::npos ||
-          to->find_first_of(" \t\r\n<>,") != std::string::npos) {
-        return Status::InvalidArgument("an e-mail address is required", field + ".to");
+    // A channel's fields, named with their place in the body.
+    auto text = [&](const char* name) -> Result<std::optional<std::string>> {
+      auto value = OptionalString(c, name);
+      if (!value.ok()) return Status::InvalidArgument(value.status().message(), field + "." + name);
+      return value;
+    };
+    KL_ASSIGN_OR_RETURN(auto type, text("type"));
+    const std::vector<std::string_view> allowed =
+        type == "webhook" ? std::vector<std::string_view>{"type", "url", "secret"}
+                          : std::vector<std::string_view>{"type", "to"};
+    std::optional<std::string> unknown;  // the smallest, as for the body's own fields
+    for (const auto& [name, value] : c.items()) {
+      if (std::find(allowed.begin(), allowed.end(), name) == allowed.end() &&
+          (!unknown || name < *unknown)) {
+        unknown = name;
       }
+    }
+    if (unknown && (type == "email" || type == "webhook")) {
+      return Status::InvalidArgument("unknown field \"" + *unknown + "\"", field + "." + *unknown);
+    }
+    if (type == "email") {
+      KL_ASSIGN_OR_RETURN(auto to, text("to"));
+      if (!to) return Status::InvalidArgument("an e-mail address is required", field + ".to");
+      // What the sender will accept (api/notify.h), checked now rather than
+      // failing every delivery.
+      KL_RETURN_IF_ERROR(CheckEmailAddress(*to, field + ".to"));
       spec->channels.push_back(EmailChannel{*to});
     } else if (type == "webhook") {
-      KL_ASSIGN_OR_RETURN(auto url, OptionalString(c, "url"));
+      KL_ASSIGN_OR_RETURN(auto url, text("url"));
       KL_RETURN_IF_ERROR(ValidateWebhookUrl(url.value_or(""), o.allow_private_webhooks,
                                             field + ".url"));
-      KL_ASSIGN_OR_RETURN(auto secret, OptionalString(c, "secret"));
+      KL_ASSIGN_OR_RETURN(auto secret, text("secret"));
       if (secret && (secret->size() < kWebhookSecretBytesMin || secret->size() > kWebhookSecretBytesMax)) {
         return Status::InvalidArgument("a webhook secret has " +
                                            std::to_string(kWebhookSecretBytesMin) + ".." +

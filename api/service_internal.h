@@ -230,6 +230,8 @@ struct Service::Impl {
                                                               int64_t period_us);
   int64_t NextAttemptUs(const PendingNotification& n, uint32_t attempt, int64_t now_us);
   DeliveryResult Send(const OutboxEntry& entry, int64_t now_us);
+  // Returns true while the entry's alarm exists and still holds it.
+  bool StillPending(const OutboxEntry& entry) const;
   // An event recorded by keyledger itself (actor "system/alarms").
   NewEvent SystemEvent(std::string stream, std::optional<uint64_t> expected, EventBody body);
   void StartAlarmLoops();

@@ -5,6 +5,7 @@
 #include <rapidcheck/gtest.h>
 
 #include <deque>
+#include <functional>
 #include <mutex>
 
 #include "billing/calendar.h"
@@ -145,6 +146,7 @@ RC_GTEST_PROP(EvaluateAlarm, EqualsCountingModel, ()) {
 class ScriptedNotifier final : public Notifier {
  public:
   DeliveryResult SendWebhook(const WebhookMessage& m) override {
+    if (on_webhook) on_webhook();  // outside mu_: it may call the Service
     std::lock_guard<std::mutex> lock(mu_);
     webhooks.push_back(m);
     return Next();
@@ -160,6 +162,7 @@ class ScriptedNotifier final : public Notifier {
   }
   std::vector<WebhookMessage> webhooks;
   std::vector<EmailMessage> emails;
+  std::function<void()> on_webhook;  // runs as each webhook is sent
 
  private:
   DeliveryResult Next() {
@@ -375,6 +378,23 @@ TEST_F(AlarmEngineTest, DeletingTheAlarmDropsItsOutbox) {
   EXPECT_TRUE(notifier.webhooks.empty());
   EXPECT_EQ(Evaluate(), 0u);
   EXPECT_EQ(h.Call("GET", base_ + "/" + id + "/history").status, 404);
+}
+
+// A delivery round works from the list it took at its start; an alarm
+// deleted during the round sends nothing more.
+TEST_F(AlarmEngineTest, AnAlarmDeletedDuringARoundSendsNothingMore) {
+  std::string id = CreateAlarm();  // a webhook, then an e-mail
+  RecordCalls(1, 20);
+  RecordCalls(2, 20);
+  ASSERT_EQ(Evaluate(), 1u);
+  notifier.on_webhook = [&] {
+    notifier.on_webhook = nullptr;
+    EXPECT_EQ(h.Call("DELETE", base_ + "/" + id).status, 204);
+  };
+  EXPECT_EQ(Deliver(), 1u);  // the webhook only
+  EXPECT_EQ(notifier.webhooks.size(), 1u);
+  EXPECT_TRUE(notifier.emails.empty());
+  EXPECT_EQ(Deliver(), 0u);
 }
 
 TEST_F(AlarmEngineTest, ErrorRateAndMissingData) {

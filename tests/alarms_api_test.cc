@@ -87,7 +87,39 @@ TEST_F(AlarmsApiTest, BadRulesNameTheField) {
   r = Rule();
   r["colour"] = "red";
   expect_field(r, "colour");
+  // Private addresses hidden in IPv6 literals or behind a user name.
+  for (const char* url : {"http://[::1]/x", "http://[::ffff:10.0.0.1]/x", "http://[fd00:ec2::254]/",
+                          "http://[fe80::1]:8080/", "http://x@169.254.169.254/",
+                          "https://user:pw@hooks.example.com/", "http://[::1/x"}) {
+    r = Rule();
+    r["channels"][1]["url"] = url;
+    expect_field(r, "channels[1].url");
+  }
+  // Addresses the mail sender would refuse at every delivery.
+  for (const char* to : {"@", "ops@", "a@b@c", "jos\u00e9@example.com", "a;b(c)@x"}) {
+    r = Rule();
+    r["channels"][0]["to"] = to;
+    expect_field(r, "channels[0].to");
+  }
+  // A channel's unknown fields (the smallest named) and wrong types.
+  r = Rule();
+  r["channels"][1]["secert"] = "my-own-secret-0123456789";
+  r["channels"][1]["zz"] = 1;
+  expect_field(r, "channels[1].secert");
+  r = Rule();
+  r["channels"][0]["url"] = "https://hooks.example.com/x";
+  expect_field(r, "channels[0].url");
+  r = Rule();
+  r["channels"][0]["to"] = 7;
+  expect_field(r, "channels[0].to");
+  r = Rule();
+  r["channels"][1]["secret"] = true;
+  expect_field(r, "channels[1].secret");
   EXPECT_EQ(h.ledger().head().sequence, head);
+  // A bracketed public IPv6 literal, with a port, is a host like any other.
+  r = Rule();
+  r["channels"][1]["url"] = "https://[2001:4860:4860::8888]:8443/hook";
+  EXPECT_EQ(h.Call("POST", base_ + "/alarms", r.dump()).status, 201);
 }
 
 TEST_F(AlarmsApiTest, AKeyWithAlarmsCannotBeDeleted) {

@@ -23,12 +23,7 @@ constexpr char kFormatVersion[] = "keyledger-ledger-1";
 constexpr size_t kHashBytes = 32;
 constexpr size_t kStreamReadEventsMax = 100'000;
 
-std::string StreamKey(std::string_view stream_id, uint64_t version) {
-  std::string key(stream_id);
-  key.push_back('\0');
-  AppendBigEndian64(&key, version);
-  return key;
-}
+using ledger_internal::StreamKey;
 
 std::string_view EventIdKey(const EventId& id) {
   return std::string_view(reinterpret_cast<const char*>(id.data()), id.size());
@@ -609,7 +604,7 @@ uint64_t Ledger::WaitForSequence(uint64_t after, int64_t timeout_us) const {
 Result<VerifyResult> Ledger::Verify(const std::function<void(uint64_t)>& progress,
                                     const VerifyOptions& options) const {
   KL_ASSIGN_OR_RETURN(VerifyResult result,
-                      ledger_internal::VerifyChain(*this, options, progress));
+                      ledger_internal::VerifyChain(*this, *rep_->store, options, progress));
   LedgerHead stored_head = head();
   if (rep_->options.mode == OpenMode::kReadWrite &&
       (stored_head.sequence != result.head.sequence ||

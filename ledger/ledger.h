@@ -72,6 +72,10 @@ struct VerifyOptions {
   // reading thread hashes every event; UINT64_MAX: the checking thread does.
   // Every setting checks the same things and finds the same first bad event.
   uint64_t reader_hashes_at_lag_events = 8'192;
+  // Also check that the stream and event-id indexes (which idempotency and
+  // stream reads trust) hold exactly one entry per event, pointing at it:
+  // both are read whole, on a third thread. Default true.
+  bool check_indexes = true;
 };
 
 // Counters since Open, for monitoring.
@@ -142,11 +146,14 @@ class Ledger {
   uint64_t WaitForSequence(uint64_t after, int64_t timeout_us) const;
 
   // Walks the log from the first event: recomputes every hash from the stored
-  // bytes, checks sequences are dense and stream versions consistent. Reads
-  // on a second thread (ledger/verify_chain.h) so reading and hashing
-  // overlap. `progress` (may be empty) is called on the calling thread about
-  // every 65,536 events with the count verified so far.
-  // Returns Corruption with the first bad sequence.
+  // bytes, checks sequences are dense and stream versions consistent, and
+  // (options.check_indexes) that the stream and event-id indexes hold exactly
+  // one entry per event, pointing at it. Reads on a second thread
+  // (ledger/verify_chain.h) so reading and hashing overlap. `progress` (may
+  // be empty) is called on the calling thread about every 65,536 events with
+  // the count verified so far.
+  // Returns Corruption with the first bad sequence (for an index: the event
+  // whose entry is missing or changed, else the one an extra entry names).
   Result<VerifyResult> Verify(const std::function<void(uint64_t)>& progress = {},
                               const VerifyOptions& options = {}) const;
 

@@ -1,17 +1,59 @@
 #include "ledger/verify_chain.h"
 
 #include <atomic>
+#include <optional>
 #include <cassert>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <unordered_map>
+
+#include <sodium.h>
 
 #include "ledger/codec.h"
 #include "ledger/hash.h"
 #include "ledger/scan_ahead.h"
+#include "ledger/thread_name.h"
 
 namespace keyledger::ledger_internal {
+
+std::string StreamKey(std::string_view stream_id, uint64_t version) {
+  std::string key(stream_id);
+  key.push_back('\0');
+  AppendBigEndian64(&key, version);
+  return key;
+}
+
 namespace {
+
+// An index of the ledger (the streams or the event-id column family) as an
+// order-free multiset digest: the count of its entries and the sum, mod 2^64,
+// of a keyed SipHash (libsodium's crypto_shorthash) of each key ‖ value. The
+// key is drawn per Verify, so nobody can choose entries whose sums cancel. An
+// index equals the one the events imply exactly when (up to a 2^-64 chance)
+// count and sum agree: no entry missing, changed or added.
+class IndexDigest {
+ public:
+  explicit IndexDigest(const uint8_t* key) : key_(key) {}
+  void Add(std::string_view key, std::string_view value) {
+    buffer_.assign(key);
+    buffer_.append(value);
+    uint64_t h = 0;
+    crypto_shorthash(reinterpret_cast<unsigned char*>(&h),
+                     reinterpret_cast<const unsigned char*>(buffer_.data()), buffer_.size(), key_);
+    sum_ += h;
+    count_++;
+  }
+  bool operator==(const IndexDigest& other) const {
+    return count_ == other.count_ && sum_ == other.sum_;
+  }
+
+ private:
+  const uint8_t* key_;  // crypto_shorthash_KEYBYTES
+  std::string buffer_;  // reused
+  uint64_t sum_ = 0;
+  uint64_t count_ = 0;
+};
 
 // Transparent hashing, so stream ids are looked up without a copy.
 struct StringHash {
@@ -29,9 +71,20 @@ constexpr size_t kVerdictKeyBytes = 9;
 // every event: the reading thread reads the counter on the other core).
 constexpr uint64_t kCheckedPublishEvents = 256;
 
+// The keys an event's index entries have, in the order of `kIndexFamilies`.
+constexpr int kIndexFamilies[] = {kCfStreams, kCfEventIds};
+std::string IndexKey(int cf, const EnvelopeHeader& header) {
+  if (cf == kCfStreams) return StreamKey(header.stream_id, header.stream_version);
+  return std::string(reinterpret_cast<const char*>(header.event_id.data()), header.event_id.size());
+}
+
 // The checks of one event, in log order.
 class ChainChecker {
  public:
+  // `index_key`: the IndexDigest key, or nullptr when the indexes are not checked.
+  explicit ChainChecker(const uint8_t* index_key)
+      : digest_indexes_(index_key != nullptr), streams_(index_key), event_ids_(index_key) {}
+
   // `verdict` is the reading thread's, if it hashed the event. Returns Ok,
   // or Corruption naming `sequence`.
   Status Check(uint64_t sequence, std::string_view value, HashVerdict verdict) {
@@ -64,6 +117,12 @@ class ChainChecker {
                                     std::to_string(header->stream_version),
                                 sequence);
     }
+    if (digest_indexes_) {
+      sequence_value_.clear();
+      AppendBigEndian64(&sequence_value_, sequence);
+      streams_.Add(IndexKey(kCfStreams, *header), sequence_value_);
+      event_ids_.Add(IndexKey(kCfEventIds, *header), sequence_value_);
+    }
     if (it == versions_.end()) {
       versions_.emplace(std::move(header->stream_id), 1);
     } else {
@@ -75,8 +134,15 @@ class ChainChecker {
   }
   uint64_t verified() const { return expected_ - 1; }
   const Hash& head_hash() const { return prev_; }
+  // What the streams and event-id indexes must hold, as the events imply.
+  const IndexDigest& streams() const { return streams_; }
+  const IndexDigest& event_ids() const { return event_ids_; }
 
  private:
+  const bool digest_indexes_;
+  IndexDigest streams_;
+  IndexDigest event_ids_;
+  std::string sequence_value_;  // reused
   Hash prev_{};
   uint64_t expected_ = 1;
   std::unordered_map<std::string, uint64_t, StringHash, std::equal_to<>> versions_;
@@ -111,9 +177,111 @@ Status ReadAndMaybeHash(const Ledger& ledger, uint64_t lag_events,
   });
 }
 
+// The digest of column family `cf` of the ledger's store, read whole.
+Result<IndexDigest> DigestIndex(const KvStore& store, int cf, const uint8_t* key) {
+  IndexDigest digest(key);
+  KL_RETURN_IF_ERROR(store.Scan(
+      cf, "", "",
+      [&](std::string_view k, std::string_view v) {
+        digest.Add(k, v);
+        return true;
+      },
+      ScanKind::kBulk));
+  return digest;
+}
+
+// The header of the stored event `value`. REQUIRES: the chain walk accepted it.
+EnvelopeHeader HeaderOf(std::string_view value) {
+  Hash hash;
+  std::string_view body;
+  Status split = SplitStoredValue(value, &hash, &body);
+  assert(split.ok());
+  auto header = DecodeEnvelopeHeader(body);
+  assert(header.ok());
+  return std::move(header).value();
+}
+
+// After a digest mismatch (rare: tampering), finds what differs, one lookup
+// per event: the first event of 1..head without its exact entries, else the
+// event an extra entry names. Returns that Corruption, or the store's error.
+Status FindBadIndexEntry(const Ledger& ledger, const KvStore& store, uint64_t head) {
+  Status bad;
+  std::string expected;
+  KL_RETURN_IF_ERROR(ledger.ScanRaw(1, head, [&](uint64_t sequence, std::string_view value) {
+    const EnvelopeHeader header = HeaderOf(value);
+    expected.clear();
+    AppendBigEndian64(&expected, sequence);
+    for (int cf : kIndexFamilies) {
+      auto entry = store.Get(cf, IndexKey(cf, header));
+      if (!entry.ok()) {
+        bad = entry.status();
+      } else if (!*entry || **entry != expected) {
+        bad = Status::Corruption(std::string(cf == kCfStreams ? "stream" : "event-id") +
+                                     " index entry of the event is missing or changed",
+                                 sequence);
+      }
+      if (!bad.ok()) return false;
+    }
+    return true;
+  }));
+  KL_RETURN_IF_ERROR(bad);
+  for (int cf : kIndexFamilies) {  // every event has its entries: one is extra
+    KL_RETURN_IF_ERROR(store.Scan(cf, "", "", [&](std::string_view key, std::string_view value) {
+      const uint64_t sequence = value.size() == 8 ? DecodeBigEndian64(value.data()) : 0;
+      bool matches = false;
+      if (sequence >= 1 && sequence <= head) {
+        Status read = ledger.ScanRaw(sequence, sequence, [&](uint64_t, std::string_view stored) {
+          matches = IndexKey(cf, HeaderOf(stored)) == key;
+          return false;
+        });
+        if (!read.ok()) bad = read;
+      }
+      if (bad.ok() && !matches) {
+        bad = Status::Corruption("an index entry names no event with its key",
+                                 sequence <= head ? sequence : head + 1);
+      }
+      return bad.ok();
+    }));
+    KL_RETURN_IF_ERROR(bad);
+  }
+  return Status::Corruption("the indexes do not match the log", head + 1);
+}
+
+// The digests of both indexes, read on a thread of their own while the
+// chain walk runs. Thread safety: construct, Wait and destroy on one thread.
+class IndexReader {
+ public:
+  IndexReader(const KvStore& store, const uint8_t* key)
+      : streams_(Status::Unavailable("not read yet")),
+        event_ids_(Status::Unavailable("not read yet")),
+        thread_([this, &store, key] {
+          NameThisThread("kl-verify-index");
+          streams_ = DigestIndex(store, kCfStreams, key);
+          event_ids_ = DigestIndex(store, kCfEventIds, key);
+        }) {}
+  ~IndexReader() {
+    if (thread_.joinable()) thread_.join();
+  }
+  // Checks that the indexes hold exactly the entries the verified events
+  // imply (see IndexDigest); on a difference, names it (FindBadIndexEntry).
+  Status Check(const Ledger& ledger, const KvStore& store, const ChainChecker& checker) {
+    thread_.join();
+    KL_RETURN_IF_ERROR(streams_.ToStatus());
+    KL_RETURN_IF_ERROR(event_ids_.ToStatus());
+    if (*streams_ == checker.streams() && *event_ids_ == checker.event_ids()) return Status::Ok();
+    return FindBadIndexEntry(ledger, store, checker.verified());
+  }
+
+ private:
+  Result<IndexDigest> streams_;
+  Result<IndexDigest> event_ids_;
+  std::thread thread_;  // last: starts once the members above exist
+};
+
 }  // namespace
 
-Result<VerifyResult> VerifyChain(const Ledger& ledger, const VerifyOptions& options,
+Result<VerifyResult> VerifyChain(const Ledger& ledger, const KvStore& store,
+                                 const VerifyOptions& options,
                                  const std::function<void(uint64_t)>& progress) {
   std::atomic<uint64_t> checked{0};
   const uint64_t lag_events = options.reader_hashes_at_lag_events;
@@ -121,7 +289,12 @@ Result<VerifyResult> VerifyChain(const Ledger& ledger, const VerifyOptions& opti
   ScanAhead ahead([&](const ScanAhead::Emit& emit) {
     return ReadAndMaybeHash(ledger, lag_events, checked, emit);
   });
-  ChainChecker checker;
+  uint8_t index_key[crypto_shorthash_KEYBYTES];
+  randombytes_buf(index_key, sizeof(index_key));
+  ChainChecker checker(options.check_indexes ? index_key : nullptr);
+  // Before the chain walk's reader: destroyed (joined) after it.
+  std::optional<IndexReader> indexes;
+  if (options.check_indexes) indexes.emplace(store, index_key);
   Status status;
   uint64_t next_progress = kVerifyProgressEvents;
   Status scanned = ahead.Scan([&](std::string_view key, std::string_view value) {
@@ -138,6 +311,7 @@ Result<VerifyResult> VerifyChain(const Ledger& ledger, const VerifyOptions& opti
   });
   KL_RETURN_IF_ERROR(scanned);
   KL_RETURN_IF_ERROR(status);
+  if (indexes) KL_RETURN_IF_ERROR(indexes->Check(ledger, store, checker));
   VerifyResult result;
   result.events_verified = checker.verified();
   result.head.sequence = checker.verified();

@@ -17,7 +17,9 @@
 
 #include "billing/calendar.h"
 #include "ledger/hash.h"
+#include "ledger/codec.h"
 #include "ledger/ledger.h"
+#include "ledger/verify_chain.h"
 #include "projections/call_projections.h"
 #include "projections/key_history.h"
 #include "projections/key_state_store.h"
@@ -108,6 +110,27 @@ std::string StoredValue(KvStore& store, uint64_t seq) {
   auto v = store.Get(kCfEvents, EventKey(seq));
   EXPECT_TRUE(v.ok() && v->has_value());
   return v.ok() && v->has_value() ? **v : std::string();
+}
+
+// The header of event `seq` as stored, for edits of its index entries.
+EnvelopeHeader StoredHeader(KvStore& store, uint64_t seq) {
+  const std::string value = StoredValue(store, seq);
+  Hash hash;
+  std::string_view body;
+  EXPECT_TRUE(SplitStoredValue(value, &hash, &body).ok());
+  auto header = DecodeEnvelopeHeader(body);
+  EXPECT_TRUE(header.ok());
+  return header.ok() ? *header : EnvelopeHeader{};
+}
+
+std::string EventIdEntryKey(const EnvelopeHeader& h) {
+  return std::string(reinterpret_cast<const char*>(h.event_id.data()), h.event_id.size());
+}
+
+std::string SequenceValue(uint64_t seq) {
+  std::string v;
+  AppendBigEndian64(&v, seq);
+  return v;
 }
 
 // ---- A data directory with a real key lifecycle ------------------------------------
@@ -492,6 +515,27 @@ INSTANTIATE_TEST_SUITE_P(
                      std::string b = StoredValue(store, 5);
                      batch.Put(kCfEvents, EventKey(4), b);
                      batch.Put(kCfEvents, EventKey(5), a);
+                   }},
+        // The indexes idempotency and stream reads trust.
+        TamperCase{"DeletedStreamIndexEntry", 18,
+                   [](KvStore& store, KvBatch& batch) {
+                     const EnvelopeHeader h = StoredHeader(store, 18);
+                     batch.Delete(kCfStreams,
+                                  ledger_internal::StreamKey(h.stream_id, h.stream_version));
+                   }},
+        TamperCase{"DeletedEventIdEntry", 12,
+                   [](KvStore& store, KvBatch& batch) {
+                     batch.Delete(kCfEventIds, EventIdEntryKey(StoredHeader(store, 12)));
+                   }},
+        TamperCase{"RedirectedEventIdEntry", 3,
+                   [](KvStore& store, KvBatch& batch) {
+                     batch.Put(kCfEventIds, EventIdEntryKey(StoredHeader(store, 3)),
+                               SequenceValue(5));
+                   }},
+        TamperCase{"ExtraStreamIndexEntry", 6,
+                   [](KvStore&, KvBatch& batch) {
+                     batch.Put(kCfStreams, ledger_internal::StreamKey("key/forged", 1),
+                               SequenceValue(6));
                    }},
         TamperCase{"ForgedHeadHash", 19,
                    [](KvStore& store, KvBatch& batch) {

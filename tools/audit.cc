@@ -833,7 +833,9 @@ int RunAuditVerify(const AuditVerifyOptions& options) {
   }
   const Ledger& ledger = *view->ledger;
   Progress progress(cmd, "verifying");
-  auto verified = ledger.Verify(progress.Part(ledger.head().sequence));
+  VerifyOptions verify_options;
+  verify_options.check_indexes = !options.skip_index_check;
+  auto verified = ledger.Verify(progress.Part(ledger.head().sequence), verify_options);
   progress.Finish();
   if (!verified.ok()) return ReportCorruption(verified.status());
   if (Status s = CheckHeadRecord(ledger, *verified); !s.ok()) return ReportCorruption(s);

@@ -111,6 +111,7 @@ int RunEventsDump(const EventsDumpOptions& options);
 struct AuditVerifyOptions {
   std::string data_dir;
   std::string expect_head;  // "SEQ:HASH" pinned earlier; empty: no pin
+  bool skip_index_check = false;  // VerifyOptions::check_indexes = false
 };
 // Verifies the whole hash chain (Ledger::Verify) and prints
 // {"events_verified":N,"head_sequence":S,"head_hash":"hex"}. With a pin,

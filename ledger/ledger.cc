@@ -226,8 +226,14 @@ Result<std::unique_ptr<Ledger>> Ledger::Open(const std::string& path,
                               std::max(last_sequence, rep->head.sequence));
   }
   if (last) {
-    KL_ASSIGN_OR_RETURN(Event event, rep->DecodeStored(last_sequence, last->second));
-    rep->last_recorded_at_us = event.recorded_at_us;
+    Result<Event> event = rep->DecodeStored(last_sequence, last->second);
+    if (event.ok()) {
+      rep->last_recorded_at_us = event->recorded_at_us;
+    } else if (options.mode == OpenMode::kReadWrite) {
+      return event.status();  // never append after a damaged tail
+    }
+    // A read-only view (the audit tools) opens anyway: Verify walks the log
+    // in order and names the first bad event, which may come before this one.
   }
   if (!format && options.mode == OpenMode::kReadWrite) {
     KvBatch batch(*rep->store);

@@ -516,6 +516,23 @@ INSTANTIATE_TEST_SUITE_P(
                      batch.Put(kCfEvents, EventKey(4), b);
                      batch.Put(kCfEvents, EventKey(5), a);
                    }},
+        // The last event damaged too: still the first bad one is named.
+        TamperCase{"SwappedLastEvents", 18,
+                   [](KvStore& store, KvBatch& batch) {
+                     std::string a = StoredValue(store, 18);
+                     std::string b = StoredValue(store, 19);
+                     batch.Put(kCfEvents, EventKey(18), b);
+                     batch.Put(kCfEvents, EventKey(19), a);
+                   }},
+        TamperCase{"FlippedByteAndDamagedLastEvent", 7,
+                   [](KvStore& store, KvBatch& batch) {
+                     std::string v = StoredValue(store, 7);
+                     v[v.size() - 20] ^= 0x01;
+                     batch.Put(kCfEvents, EventKey(7), v);
+                     std::string last = StoredValue(store, 19);
+                     last[last.size() - 1] ^= 0x01;
+                     batch.Put(kCfEvents, EventKey(19), last);
+                   }},
         // The indexes idempotency and stream reads trust.
         TamperCase{"DeletedStreamIndexEntry", 18,
                    [](KvStore& store, KvBatch& batch) {

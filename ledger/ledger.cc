@@ -590,7 +590,10 @@ Status Ledger::ScanRaw(uint64_t from, uint64_t to,
       kCfEvents, EventKey(std::max<uint64_t>(from, 1)), end,
       [&](std::string_view key, std::string_view value) {
         if (key.size() != 8) {
-          bad = Status::Corruption("bad event key");
+          // Not a sequence: it sorts right after the event its first 8 bytes
+          // name (or first, when shorter), so that is where the log breaks.
+          const uint64_t after = key.size() > 8 ? DecodeBigEndian64(key.data()) : 0;
+          bad = Status::Corruption("a stored event key is not a sequence", after + 1);
           return false;
         }
         return fn(DecodeBigEndian64(key.data()), value);

@@ -533,6 +533,10 @@ INSTANTIATE_TEST_SUITE_P(
                      last[last.size() - 1] ^= 0x01;
                      batch.Put(kCfEvents, EventKey(19), last);
                    }},
+        TamperCase{"EventUnderAKeyThatIsNoSequence", 20,
+                   [](KvStore& store, KvBatch& batch) {
+                     batch.Put(kCfEvents, EventKey(19) + "x", StoredValue(store, 19));
+                   }},
         // The indexes idempotency and stream reads trust.
         TamperCase{"DeletedStreamIndexEntry", 18,
                    [](KvStore& store, KvBatch& batch) {

@@ -32,45 +32,47 @@ std::string NotificationType(const AlarmStateChanged& t) {
   return t.to == AlarmState::kOk ? "alarm.resolved" : "alarm.insufficient_data";
 }
 
-// The notification's content; the same on every attempt.
-Json NotificationJson(const OutboxEntry& e, const std::string& key_name) {
-  const AlarmStateChanged& t = e.notification.transition;
+// The notification's content; the same on every attempt: the rule and key
+// name as they were at the transition (PendingNotification), not as now.
+Json NotificationJson(const OutboxEntry& e) {
+  const PendingNotification& n = e.notification;
+  const AlarmStateChanged& t = n.transition;
   return {{"type", NotificationType(t)},
-          {"timestamp", FormatRfc3339(e.notification.created_at_us)},
+          {"timestamp", FormatRfc3339(n.created_at_us)},
           {"data",
            {{"workspace_id", e.alarm.workspace_id}, {"key_id", e.alarm.key_id},
-            {"key_name", key_name}, {"alarm_id", e.alarm.alarm_id}, {"alarm_name", e.alarm.name},
-            {"metric", MetricName(e.alarm.metric)}, {"comparator", ComparatorName(e.alarm.comparator)},
-            {"threshold", Json::parse(FormatMicros(e.alarm.threshold_micros))},
+            {"key_name", n.key_name}, {"alarm_id", e.alarm.alarm_id}, {"alarm_name", n.alarm_name},
+            {"metric", MetricName(n.metric)}, {"comparator", ComparatorName(n.comparator)},
+            {"threshold", Json::parse(FormatMicros(n.threshold_micros))},
             {"value", Json::parse(FormatMicros(t.value_micros))},
             {"previous_state", AlarmStateName(t.from)}, {"state", AlarmStateName(t.to)},
             {"reason", t.reason}, {"period_end", FormatRfc3339(t.evaluated_at_us)},
-            {"transition_sequence", e.notification.transition_sequence}}}};
+            {"transition_sequence", n.transition_sequence}}}};
 }
 
-EmailMessage NotificationEmail(const OutboxEntry& e, const std::string& key_name, int64_t now_us) {
-  const AlarmStateChanged& t = e.notification.transition;
+EmailMessage NotificationEmail(const OutboxEntry& e, int64_t now_us) {
+  const PendingNotification& n = e.notification;
+  const AlarmStateChanged& t = n.transition;
   const char* headline = t.to == AlarmState::kOk ? "RESOLVED" : AlarmStateName(t.to);
   EmailMessage m;
-  m.to = std::get<EmailChannel>(e.notification.channel).to;
-  m.subject = std::string("[keyledger] ") + headline + ": " + e.alarm.name + " (key " + key_name + ")";
-  m.message_id = e.notification.id + "." + e.alarm.alarm_id + "@keyledger";
+  m.to = std::get<EmailChannel>(n.channel).to;
+  m.subject = std::string("[keyledger] ") + headline + ": " + n.alarm_name + " (key " + n.key_name + ")";
+  m.message_id = n.id + "." + e.alarm.alarm_id + "@keyledger";
   m.date_us = now_us;
   m.text_body =
-      std::string("Alarm \"") + e.alarm.name + "\" is now " + AlarmStateName(t.to) + " (was " +
+      std::string("Alarm \"") + n.alarm_name + "\" is now " + AlarmStateName(t.to) + " (was " +
       AlarmStateName(t.from) + ").\n\n" +
       "Workspace:  " + e.alarm.workspace_id + "\n" +
-      "Key:        " + key_name + " (" + e.alarm.key_id + ")\n" +
+      "Key:        " + n.key_name + " (" + e.alarm.key_id + ")\n" +
       "Alarm:      " + e.alarm.alarm_id + "\n" +
-      "Metric:     " + MetricName(e.alarm.metric) + " over " +
-      std::to_string(e.alarm.period_seconds) + " s periods\n" +
+      "Metric:     " + MetricName(n.metric) + " over " + std::to_string(n.period_seconds) +
+      " s periods\n" +
       "Value:      " + FormatMicros(t.value_micros) + "\n" +
-      "Threshold:  " + ComparatorName(e.alarm.comparator) + " " +
-      FormatMicros(e.alarm.threshold_micros) + "\n" +
+      "Threshold:  " + ComparatorName(n.comparator) + " " + FormatMicros(n.threshold_micros) + "\n" +
       "State:      " + AlarmStateName(t.to) + "\n" +
       "Reason:     " + t.reason + "\n" +
       "Period end: " + FormatRfc3339(t.evaluated_at_us) + "\n\n" +
-      "Notification " + e.notification.id + " from keyledger.\n";
+      "Notification " + n.id + " from keyledger.\n";
   return m;
 }
 
@@ -179,14 +181,11 @@ int64_t Service::Impl::NextAttemptUs(const PendingNotification& n, uint32_t atte
 }
 
 DeliveryResult Service::Impl::Send(const OutboxEntry& e, int64_t now_us) {
-  auto key = state().FindKey(e.alarm.key_id);
-  const std::string key_name = key ? key->name : e.alarm.key_id;
   if (const auto* hook = std::get_if<WebhookChannel>(&e.notification.channel)) {
     return d.notifier->SendWebhook(WebhookMessage{hook->url, hook->secret, e.notification.id,
-                                                  now_us / kMicros,
-                                                  NotificationJson(e, key_name).dump()});
+                                                  now_us / kMicros, NotificationJson(e).dump()});
   }
-  return d.notifier->SendEmail(NotificationEmail(e, key_name, now_us));
+  return d.notifier->SendEmail(NotificationEmail(e, now_us));
 }
 
 Result<size_t> Service::Impl::DeliverNotifications() {

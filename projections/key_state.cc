@@ -256,10 +256,22 @@ Status KeyState::ApplyAlarmTransition(const Event& e, const AlarmStateChanged& c
   alarm.value_micros = c.value_micros;
   alarm.version = e.stream_version;
   if (TransitionNotifies(c.from, c.to)) {
+    auto key = keys_.find(alarm.spec.key_id);
     for (uint32_t i = 0; i < alarm.spec.channels.size(); i++) {
-      alarm.outbox.push_back(PendingNotification{NotificationId(e.sequence, i), i,
-                                                 alarm.spec.channels[i], c, e.sequence,
-                                                 e.recorded_at_us, 0, e.recorded_at_us});
+      PendingNotification& n = alarm.outbox.emplace_back();
+      n.id = NotificationId(e.sequence, i);
+      n.channel_index = i;
+      n.channel = alarm.spec.channels[i];
+      n.transition = c;
+      n.transition_sequence = e.sequence;
+      n.created_at_us = e.recorded_at_us;
+      n.next_attempt_at_us = e.recorded_at_us;
+      n.alarm_name = alarm.spec.name;
+      n.metric = alarm.spec.metric;
+      n.comparator = alarm.spec.comparator;
+      n.threshold_micros = alarm.spec.threshold_micros;
+      n.period_seconds = alarm.spec.period_seconds;
+      n.key_name = key != keys_.end() ? key->second.name : alarm.spec.key_id;
     }
   }
   MarkDirty(AlarmRecord(c.alarm_id));
@@ -548,7 +560,10 @@ json ToJson(const PendingNotification& n) {
           {"value_micros", t.value_micros}, {"evaluated_at_us", t.evaluated_at_us},
           {"reason", t.reason}, {"transition_sequence", n.transition_sequence},
           {"created_at_us", n.created_at_us}, {"attempts", n.attempts},
-          {"next_attempt_at_us", n.next_attempt_at_us}};
+          {"next_attempt_at_us", n.next_attempt_at_us}, {"alarm_name", n.alarm_name},
+          {"metric", static_cast<int>(n.metric)}, {"comparator", static_cast<int>(n.comparator)},
+          {"threshold_micros", n.threshold_micros}, {"period_seconds", n.period_seconds},
+          {"key_name", n.key_name}};
 }
 PendingNotification PendingFromJson(const json& j, const AlarmSpec& s) {
   PendingNotification n;
@@ -563,6 +578,12 @@ PendingNotification PendingFromJson(const json& j, const AlarmSpec& s) {
   n.created_at_us = j.at("created_at_us");
   n.attempts = j.at("attempts");
   n.next_attempt_at_us = j.at("next_attempt_at_us");
+  n.alarm_name = j.at("alarm_name");
+  n.metric = static_cast<AlarmMetric>(j.at("metric").get<int>());
+  n.comparator = static_cast<Comparator>(j.at("comparator").get<int>());
+  n.threshold_micros = j.at("threshold_micros");
+  n.period_seconds = j.at("period_seconds");
+  n.key_name = j.at("key_name");
   return n;
 }
 json ToJson(const AlarmView& a) {

@@ -60,6 +60,14 @@ struct PendingNotification {
   int64_t created_at_us = 0;      // recorded_at of the transition
   uint32_t attempts = 0;          // failed attempts so far
   int64_t next_attempt_at_us = 0; // due from then on
+  // The rule and its key as they were at the transition: every attempt's
+  // message says these, whatever changed since.
+  std::string alarm_name;
+  AlarmMetric metric = AlarmMetric::kCalls;
+  Comparator comparator = Comparator::kGreater;
+  int64_t threshold_micros = 0;
+  uint32_t period_seconds = 0;
+  std::string key_name;
   bool operator==(const PendingNotification&) const = default;
 };
 

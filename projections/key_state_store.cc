@@ -12,7 +12,8 @@ constexpr int kCfKeyStateRecords = 0;
 constexpr int kCfProjectionMeta = 1;
 constexpr char kFormatKey[] = "key_state_format";
 // Bump when the record layout changes: the store is then rebuilt from the log.
-constexpr char kFormatVersion[] = "key-state-4";
+// 5: a pending notification keeps its rule and key name as at the transition.
+constexpr char kFormatVersion[] = "key-state-5";
 
 // A rebuild reports its progress every this many events.
 constexpr uint64_t kRebuildProgressEvents = 65'536;

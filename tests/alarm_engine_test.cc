@@ -332,6 +332,35 @@ TEST_F(AlarmEngineTest, FailedDeliveriesAreRetriedWithBackoffAndDeliveredOnce) {
   EXPECT_EQ(history[4]["notification_id"], notifier.webhooks[0].id);
 }
 
+// A retry says what the first attempt said: the rule and key as they were
+// at the transition, though both changed since (receivers deduplicate on the
+// webhook-id, so one id must carry one body).
+TEST_F(AlarmEngineTest, RetriesSendTheMessageOfTheTransitionUnchanged) {
+  std::string id = CreateAlarm();  // a webhook, then an e-mail
+  RecordCalls(1, 20);
+  RecordCalls(2, 20);
+  ASSERT_EQ(Evaluate(), 1u);
+  notifier.FailNext(2, 500);
+  EXPECT_EQ(Deliver(), 2u);
+  auto patched = h.Call("PATCH", base_ + "/" + id,
+                        R"({"name":"renamed","metric":"error_rate","threshold":0.05})");
+  ASSERT_EQ(patched.status, 200) << patched.raw;
+  const std::string key_path = "/v1/workspaces/" + ws_ + "/keys/" + key_;
+  ASSERT_EQ(h.Call("PATCH", key_path, R"({"name":"another name"})").status, 200);
+  h.Open();  // and a restart: the outbox is reloaded from the key-state store
+  h.clock().AdvanceUs(60'000'000);
+  EXPECT_EQ(Deliver(), 2u);
+  ASSERT_EQ(notifier.webhooks.size(), 2u);
+  EXPECT_EQ(notifier.webhooks[1].id, notifier.webhooks[0].id);
+  EXPECT_EQ(notifier.webhooks[1].body_json, notifier.webhooks[0].body_json);
+  const json body = json::parse(notifier.webhooks[0].body_json);
+  EXPECT_EQ(body["data"]["alarm_name"], "busy");
+  EXPECT_EQ(body["data"]["metric"], "calls");
+  ASSERT_EQ(notifier.emails.size(), 2u);
+  EXPECT_EQ(notifier.emails[1].subject, notifier.emails[0].subject);
+  EXPECT_EQ(notifier.emails[1].text_body, notifier.emails[0].text_body);
+}
+
 TEST_F(AlarmEngineTest, OutboxSurvivesRestart) {
   CreateAlarm({{"channels", {{{"type", "webhook"}, {"url", "https://hooks.example.com/kl"}}}}});
   RecordCalls(1, 20);

@@ -1,8 +1,8 @@
 #include "ledger/verify_chain.h"
 
 #include <atomic>
-#include <optional>
 #include <cassert>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -12,6 +12,7 @@
 
 #include "ledger/codec.h"
 #include "ledger/hash.h"
+#include "ledger/random.h"
 #include "ledger/scan_ahead.h"
 #include "ledger/thread_name.h"
 
@@ -248,7 +249,7 @@ Status FindBadIndexEntry(const Ledger& ledger, const KvStore& store, uint64_t he
 }
 
 // The digests of both indexes, read on a thread of their own while the
-// chain walk runs. Thread safety: construct, Wait and destroy on one thread.
+// chain walk runs. Thread safety: construct, Check and destroy on one thread.
 class IndexReader {
  public:
   IndexReader(const KvStore& store, const uint8_t* key)
@@ -290,9 +291,9 @@ Result<VerifyResult> VerifyChain(const Ledger& ledger, const KvStore& store,
     return ReadAndMaybeHash(ledger, lag_events, checked, emit);
   });
   uint8_t index_key[crypto_shorthash_KEYBYTES];
-  randombytes_buf(index_key, sizeof(index_key));
+  SecureRandom().Fill(index_key, sizeof(index_key));
   ChainChecker checker(options.check_indexes ? index_key : nullptr);
-  // Before the chain walk's reader: destroyed (joined) after it.
+  // After index_key, which its thread reads: joined before that goes.
   std::optional<IndexReader> indexes;
   if (options.check_indexes) indexes.emplace(store, index_key);
   Status status;

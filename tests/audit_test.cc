@@ -127,6 +127,12 @@ std::string EventIdEntryKey(const EnvelopeHeader& h) {
   return std::string(reinterpret_cast<const char*>(h.event_id.data()), h.event_id.size());
 }
 
+void SwapEvents(KvStore& store, KvBatch& batch, uint64_t a, uint64_t b) {
+  const std::string value_a = StoredValue(store, a);
+  batch.Put(kCfEvents, EventKey(a), StoredValue(store, b));
+  batch.Put(kCfEvents, EventKey(b), value_a);
+}
+
 std::string SequenceValue(uint64_t seq) {
   std::string v;
   AppendBigEndian64(&v, seq);
@@ -510,20 +516,10 @@ INSTANTIATE_TEST_SUITE_P(
         TamperCase{"DeletedLastEvent", 19,
                    [](KvStore&, KvBatch& batch) { batch.Delete(kCfEvents, EventKey(19)); }},
         TamperCase{"SwappedEvents", 4,
-                   [](KvStore& store, KvBatch& batch) {
-                     std::string a = StoredValue(store, 4);
-                     std::string b = StoredValue(store, 5);
-                     batch.Put(kCfEvents, EventKey(4), b);
-                     batch.Put(kCfEvents, EventKey(5), a);
-                   }},
+                   [](KvStore& store, KvBatch& batch) { SwapEvents(store, batch, 4, 5); }},
         // The last event damaged too: still the first bad one is named.
         TamperCase{"SwappedLastEvents", 18,
-                   [](KvStore& store, KvBatch& batch) {
-                     std::string a = StoredValue(store, 18);
-                     std::string b = StoredValue(store, 19);
-                     batch.Put(kCfEvents, EventKey(18), b);
-                     batch.Put(kCfEvents, EventKey(19), a);
-                   }},
+                   [](KvStore& store, KvBatch& batch) { SwapEvents(store, batch, 18, 19); }},
         TamperCase{"FlippedByteAndDamagedLastEvent", 7,
                    [](KvStore& store, KvBatch& batch) {
                      std::string v = StoredValue(store, 7);

@@ -209,11 +209,9 @@ TEST_P(TamperTest, FlippedByteIsFoundWithItsSequence) {
   EXPECT_EQ(s.code(), Code::kCorruption);
   EXPECT_EQ(s.sequence(), 7u) << s.ToString();
   // Reading it fails too, with the same sequence.
-  LedgerOptions options;
-  options.clock = &clock_;
-  auto ledger = Ledger::Open(dir_.sub("ledger"), options);
-  ASSERT_TRUE(ledger.ok());
-  auto read = (*ledger)->ReadRange(1, 100);
+  auto ledger = OpenLedger();
+  ASSERT_NE(ledger, nullptr);
+  auto read = ledger->ReadRange(1, 100);
   EXPECT_EQ(read.status().code(), Code::kCorruption);
   EXPECT_EQ(read.status().sequence(), 7u);
 }
@@ -229,19 +227,17 @@ TEST_P(TamperTest, ADeletedEventIdEntryIsFoundUnlessIndexesAreSkipped) {
   Status s = VerifyAfterReopen();
   EXPECT_EQ(s.code(), Code::kCorruption);
   EXPECT_EQ(s.sequence(), 9u) << s.ToString();
-  LedgerOptions options;
-  options.clock = &clock_;
-  auto ledger = Ledger::Open(dir_.sub("ledger"), options);
-  ASSERT_TRUE(ledger.ok());
+  auto ledger = OpenLedger();
+  ASSERT_NE(ledger, nullptr);
   VerifyOptions chain_only;
   chain_only.reader_hashes_at_lag_events = GetParam();
   chain_only.check_indexes = false;
-  EXPECT_TRUE((*ledger)->Verify({}, chain_only).ok());
-  auto again = (*ledger)->Append({MakeCallEvent(9)});  // the retry the index no longer stops
+  EXPECT_TRUE(ledger->Verify({}, chain_only).ok());
+  auto again = ledger->Append({MakeCallEvent(9)});  // the retry the index no longer stops
   ASSERT_TRUE(again.ok());
   VerifyOptions full;
   full.reader_hashes_at_lag_events = GetParam();
-  Status after = (*ledger)->Verify({}, full).ToStatus();
+  Status after = ledger->Verify({}, full).ToStatus();
   EXPECT_EQ(after.code(), Code::kCorruption);
   EXPECT_EQ(after.sequence(), 9u) << after.ToString();
 }

@@ -23,6 +23,7 @@ constexpr char kFormatVersion[] = "keyledger-ledger-1";
 constexpr size_t kHashBytes = 32;
 constexpr size_t kStreamReadEventsMax = 100'000;
 
+using ledger_internal::AppendStreamKey;
 using ledger_internal::StreamKey;
 
 std::string_view EventIdKey(const EventId& id) {
@@ -370,9 +371,8 @@ Status Ledger::Rep::CommitGroup(std::vector<Writer*>& group, const LedgerHead& s
       PutBigEndian64(sequence_be, sequence);
       const std::string_view sequence_value(sequence_be, sizeof(sequence_be));
       batch->Put(kCfEvents, sequence_value, std::string_view(value.data(), value.size()));
-      stream_key.assign(stream_id);
-      stream_key.push_back('\0');
-      AppendBigEndian64(&stream_key, version);
+      stream_key.clear();
+      AppendStreamKey(stream_id, version, &stream_key);
       batch->Put(kCfStreams, stream_key, sequence_value);
       batch->Put(kCfEventIds, id_views[base + i], sequence_value);
 

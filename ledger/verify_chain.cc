@@ -18,10 +18,15 @@
 
 namespace keyledger::ledger_internal {
 
+void AppendStreamKey(std::string_view stream_id, uint64_t version, std::string* out) {
+  out->append(stream_id);
+  out->push_back('\0');
+  AppendBigEndian64(out, version);
+}
+
 std::string StreamKey(std::string_view stream_id, uint64_t version) {
-  std::string key(stream_id);
-  key.push_back('\0');
-  AppendBigEndian64(&key, version);
+  std::string key;
+  AppendStreamKey(stream_id, version, &key);
   return key;
 }
 
@@ -74,9 +79,20 @@ constexpr uint64_t kCheckedPublishEvents = 256;
 
 // The keys an event's index entries have, in the order of `kIndexFamilies`.
 constexpr int kIndexFamilies[] = {kCfStreams, kCfEventIds};
+// Sets *out to the key of `header`'s entry in index `cf` (a reused buffer:
+// the chain walk calls this twice per event).
+void SetIndexKey(int cf, const EnvelopeHeader& header, std::string* out) {
+  out->clear();
+  if (cf == kCfStreams) {
+    AppendStreamKey(header.stream_id, header.stream_version, out);
+  } else {
+    out->append(reinterpret_cast<const char*>(header.event_id.data()), header.event_id.size());
+  }
+}
 std::string IndexKey(int cf, const EnvelopeHeader& header) {
-  if (cf == kCfStreams) return StreamKey(header.stream_id, header.stream_version);
-  return std::string(reinterpret_cast<const char*>(header.event_id.data()), header.event_id.size());
+  std::string key;
+  SetIndexKey(cf, header, &key);
+  return key;
 }
 
 // The checks of one event, in log order.
@@ -121,8 +137,10 @@ class ChainChecker {
     if (digest_indexes_) {
       sequence_value_.clear();
       AppendBigEndian64(&sequence_value_, sequence);
-      streams_.Add(IndexKey(kCfStreams, *header), sequence_value_);
-      event_ids_.Add(IndexKey(kCfEventIds, *header), sequence_value_);
+      SetIndexKey(kCfStreams, *header, &index_key_);
+      streams_.Add(index_key_, sequence_value_);
+      SetIndexKey(kCfEventIds, *header, &index_key_);
+      event_ids_.Add(index_key_, sequence_value_);
     }
     if (it == versions_.end()) {
       versions_.emplace(std::move(header->stream_id), 1);
@@ -144,6 +162,7 @@ class ChainChecker {
   IndexDigest streams_;
   IndexDigest event_ids_;
   std::string sequence_value_;  // reused
+  std::string index_key_;       // reused
   Hash prev_{};
   uint64_t expected_ = 1;
   std::unordered_map<std::string, uint64_t, StringHash, std::equal_to<>> versions_;

@@ -29,6 +29,9 @@ Result<VerifyResult> VerifyChain(const Ledger& ledger, const KvStore& store,
 
 // The key of `stream_id`'s event `version` in the ledger's streams column
 // family: stream_id '\0' big-endian(version). (Its value: the sequence, 8 BE.)
+// The one definition of that layout: the append path, reads and Verify use it.
+void AppendStreamKey(std::string_view stream_id, uint64_t version, std::string* out);
+// The same, as a new string.
 std::string StreamKey(std::string_view stream_id, uint64_t version);
 
 }  // namespace keyledger::ledger_internal

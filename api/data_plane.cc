@@ -190,6 +190,12 @@ bool DataPlane::ReserveCall() {
   return true;
 }
 
+void DataPlane::CancelReservedCall() {
+  std::lock_guard<std::mutex> lock(calls_mu_);
+  assert(reserved_calls_ > queued_calls_.size() && "CancelReservedCall without a reservation");
+  reserved_calls_--;
+}
+
 void DataPlane::QueueReservedCall(CallReport report) {
   bool batch_full = false;
   {

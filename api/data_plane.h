@@ -126,6 +126,10 @@ class DataPlane {
   // Queues a call into a slot taken by ReserveCall().
   // REQUIRES: a ReserveCall() returned true that no other call has used.
   void QueueReservedCall(CallReport report);
+  // Gives back a slot taken by ReserveCall() that no call will use (the
+  // request was refused after all).
+  // REQUIRES: a ReserveCall() returned true that no other call has used.
+  void CancelReservedCall();
   // Appends queued calls now, in batches of calls_per_batch_max. Called by
   // the background flusher and at Stop(). A batch that fails to append is
   // kept for the next flush and its error returned; a call that can never be

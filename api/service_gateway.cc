@@ -155,6 +155,16 @@ ProxyAdmission Service::Impl::AdmitProxied(const HttpRequest& head) {
     requests.Count(RequestCounters::kGateway, admission.answer.status);
     return admission;
   }
+  // Reserve the recording slot first: a request refused for lack of one must
+  // not have used its key's rate allowance.
+  if (!data_plane->ReserveCall()) {
+    // Recording is behind (the disk is slow or failing): refuse rather than
+    // relay a call that could not be recorded.
+    admission.answer = JsonError(503, "unavailable", "call recording is behind; retry shortly");
+    admission.answer.headers.emplace_back("retry-after", "1");
+    requests.Count(RequestCounters::kGateway, 503);
+    return admission;
+  }
   std::string client_ip = GatewayClientIp(head, o.trusted_proxies.get());
   AuthorizeRequest ar;
   ar.authorization = head.Header("authorization");
@@ -165,19 +175,12 @@ ProxyAdmission Service::Impl::AdmitProxied(const HttpRequest& head) {
   AuthorizeDecision decision = data_plane->Authorize(ar);
   authorize_latency.Observe(ElapsedUs(start));
   if (decision.outcome != AuthorizeOutcome::kAllowed) {
+    data_plane->CancelReservedCall();  // refusals are aggregated, not queued
     admission.answer = AuthorizeRefusal(decision);
     if (!origin.empty() && decision.outcome != AuthorizeOutcome::kForbidden) {
       AddCorsHeaders(origin, &admission.answer.headers);  // the script may read why
     }
     requests.Count(RequestCounters::kGateway, admission.answer.status);
-    return admission;
-  }
-  if (!data_plane->ReserveCall()) {
-    // Recording is behind (the disk is slow or failing): refuse rather than
-    // relay a call that could not be recorded.
-    admission.answer = JsonError(503, "unavailable", "call recording is behind; retry shortly");
-    admission.answer.headers.emplace_back("retry-after", "1");
-    requests.Count(RequestCounters::kGateway, 503);
     return admission;
   }
   std::string request_id = NextRequestId();

@@ -524,5 +524,42 @@ TEST(DataPlaneGatewayQueueTest, RefusesToRelayWhenRecordingIsFullAndLosesNothing
   EXPECT_EQ(events->size(), 2u);
 }
 
+TEST(DataPlaneGatewayQueueTest, ARequestRefusedForLackOfRecordingRoomKeepsItsRateAllowance) {
+  ServiceOptions options;
+  options.data_plane.queued_calls_max = 1;
+  ServiceHarness h(7, options);
+  const std::string ws = h.CreateWorkspace();
+  ASSERT_EQ(h.Call("PATCH", "/v1/workspaces/" + ws, R"({"tps_limit":2})").status, 200);
+  const std::string group = h.CreateGroup(ws, {{"name", "open"}});
+  auto [key, secret] = h.CreateKey(ws, group);
+  ProxyHooks hooks = h.service().GatewayHooks();
+  ProxyAdmission first = hooks.admit(GatewayHead(secret, ""));
+  ASSERT_TRUE(first.relay);
+  for (int i = 0; i < 3; i++) {  // the clock stands still: all in one second
+    ProxyAdmission full = hooks.admit(GatewayHead(secret, ""));
+    EXPECT_FALSE(full.relay);
+    EXPECT_EQ(full.answer.status, 503);
+  }
+  ProxyExchange done;
+  done.status = 200;
+  first.on_done(done);
+  ASSERT_TRUE(h.service().data_plane().FlushCalls().ok());
+  // A refusal gives its slot back: an unknown key's 401 leaves room for the
+  // next allowed call.
+  ProxyAdmission unknown = hooks.admit(GatewayHead("kl_unknown", ""));
+  EXPECT_EQ(unknown.answer.status, 401);
+  EXPECT_EQ(h.service().data_plane().calls_pending(), 0u);
+  // The three 503s used none of the burst of 2: the second call still passes,
+  // and only the third is over the limit.
+  ProxyAdmission second = hooks.admit(GatewayHead(secret, ""));
+  ASSERT_TRUE(second.relay);
+  second.on_done(done);
+  ASSERT_TRUE(h.service().data_plane().FlushCalls().ok());
+  EXPECT_EQ(hooks.admit(GatewayHead(secret, "")).answer.status, 429);
+  auto events = h.ledger().ReadStream("calls/" + key, 1, 10);
+  ASSERT_TRUE(events.ok());
+  EXPECT_EQ(events->size(), 2u);
+}
+
 }  // namespace
 }  // namespace keyledger

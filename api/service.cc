@@ -312,6 +312,8 @@ Result<HttpResponse> Service::Impl::Tokens(const HttpRequest& req, const Princip
   if (seg.size() == 4 && req.method == "POST") {
     KL_ASSIGN_OR_RETURN(Json body, ParseObject(req.body, {}));
     (void)body;
+    KL_RETURN_IF_ERROR(CheckWorkspaceCount(state().ActiveTokenCount(ws.id),
+                                           o.tokens_per_workspace_max, "active tokens"));
     std::string token = NewSecret(kWorkspaceTokenPrefix);
     WorkspaceTokenCreated created{ws.id, NewId("tok_"), HashSecret(token)};
     KL_RETURN_IF_ERROR(Commit({MakeEvent(TokenStream(created.token_id), 0, who, created)}));
@@ -385,6 +387,8 @@ Result<HttpResponse> Service::Impl::CreateGroup(const HttpRequest& req, const Pr
   KL_RETURN_IF_ERROR(CompileGroupRules(ips.value_or(std::vector<std::string>{}),
                                        origins.value_or(std::vector<std::string>{}),
                                        &created.ip_allow, &created.origin_allow));
+  KL_RETURN_IF_ERROR(CheckWorkspaceCount(state().LiveGroupCount(ws.id),
+                                         o.security_groups_per_workspace_max, "security groups"));
   created.workspace_id = ws.id;
   created.group_id = NewId("sg_");
   std::string id = created.group_id;
@@ -482,6 +486,8 @@ Result<HttpResponse> Service::Impl::CreateKey(const HttpRequest& req, const Prin
     return Status::InvalidArgument("security_group is required", "security_group");
   }
   KL_ASSIGN_OR_RETURN(SecurityGroupView group, Group(ws.id, *group_id, "security_group"));
+  KL_RETURN_IF_ERROR(
+      CheckWorkspaceCount(state().LiveKeyCount(ws.id), o.keys_per_workspace_max, "keys"));
   std::string secret = NewSecret(kApiKeyPrefix);
   created.workspace_id = ws.id;
   created.key_id = NewId("key_");

@@ -59,6 +59,13 @@ struct ServiceOptions {
   // Most keys or groups one list page returns; default page size 50.
   size_t page_size_max = 1000;
   size_t page_size_default = 50;
+  // Most live keys, live security groups and active tokens one workspace may
+  // have; one more is refused with 409 failed_precondition. The key limit
+  // keeps a month's invoice within kInvoiceKeyUsagesMax keys with usage
+  // unless a workspace deletes and replaces thousands of keys in one month.
+  size_t keys_per_workspace_max = 10'000;
+  size_t security_groups_per_workspace_max = 1'000;
+  size_t tokens_per_workspace_max = 100;
   // Longest grace period a rotation may give the old secret. Default 7 days.
   int64_t rotation_grace_seconds_max = 7 * 24 * 3600;
   // Allow alarm webhooks to loopback and private addresses (tests only; an

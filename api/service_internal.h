@@ -163,6 +163,15 @@ struct Service::Impl {
     return *k;
   }
 
+  // Returns FailedPrecondition when a workspace already has `count` of
+  // `what` and may have at most `count_max`.
+  static Status CheckWorkspaceCount(size_t count, size_t count_max, std::string_view what) {
+    if (count < count_max) return Status::Ok();
+    return Status::FailedPrecondition("a workspace may have at most " +
+                                      std::to_string(count_max) + " " + std::string(what) +
+                                      "; delete one first");
+  }
+
   static Status RequireOperator(const Principal& who, std::string_view what,
                                 std::string field = {}) {
     if (who.is_operator) return Status::Ok();

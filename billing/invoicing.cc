@@ -64,8 +64,15 @@ Result<uint64_t> ValidateKeyUsage(const std::vector<KeyUsage>& keys) {
         "at most " + std::to_string(kInvoiceKeyUsagesMax) + " keys per invoice", "key_usage");
   }
   uint64_t total = 0;
+  size_t id_bytes = 0;
   for (size_t i = 0; i < keys.size(); i++) {
     const std::string& id = keys[i].key_id;
+    id_bytes += id.size();
+    if (id_bytes > kInvoiceKeyIdBytesTotalMax) {
+      return Status::ResourceExhausted("the key ids of one invoice may total at most " +
+                                           std::to_string(kInvoiceKeyIdBytesTotalMax) + " bytes",
+                                       "key_usage");
+    }
     if (id.empty() || id.size() > kInvoiceIdBytesMax || (i > 0 && id <= keys[i - 1].key_id)) {
       return Status::InvalidArgument(
           "key ids must be 1.." + std::to_string(kInvoiceIdBytesMax) +

@@ -93,11 +93,13 @@
 
 namespace keyledger {
 
-// Limits of one invoice's input. They keep the encoded InvoiceIssued well
-// below the ledger's one-event limit (1 MiB): at most ~150 bytes per key entry,
-// ~300 per line.
-constexpr size_t kInvoiceIdBytesMax = 128;      // workspace_id and each key_id
-constexpr size_t kInvoiceKeyUsagesMax = 4096;   // keys with usage in one month
+// Limits of one invoice's input. Together they keep the encoded
+// InvoiceIssued below the ledger's one-event limit (1 MiB); a test encodes the
+// largest invoice they admit. keyledger's key ids are 30 bytes, so a month
+// may bill the full 16,384 keys with usage; ids of 128 bytes, ~3,800.
+constexpr size_t kInvoiceIdBytesMax = 128;             // workspace_id and each key_id
+constexpr size_t kInvoiceKeyUsagesMax = 16'384;        // keys with usage in one month
+constexpr size_t kInvoiceKeyIdBytesTotalMax = 512 * 1024;  // those keys' ids together
 constexpr size_t kInvoiceAdjustmentsMax = 120;  // earlier months adjusted at once (10 years)
 
 // The late usage of one earlier month (see "Late usage" above).
@@ -132,8 +134,10 @@ struct InvoiceInput {
 //   "plan"                  null
 //   "plan.<field>"          the plan fails ValidatePricePlan (<field> as there)
 //   "key_usage"             ResourceExhausted: more than kInvoiceKeyUsagesMax
-//                           entries, the units sum past 2^64-1, or the usage
-//                           amount exceeds kAmountMinorMax
+//                           entries, key ids longer than
+//                           kInvoiceKeyIdBytesTotalMax together, the units
+//                           sum past 2^64-1, or the usage amount exceeds
+//                           kAmountMinorMax
 //   "key_usage[i].key_id"   empty, longer than kInvoiceIdBytesMax, or not
 //                           strictly after the previous key id
 //   "key_usage[i].quantity" 0

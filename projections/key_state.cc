@@ -68,6 +68,21 @@ Status KeyState::Apply(const Event& event) {
 
 void KeyState::MarkDirty(std::string record_key) { dirty_.push_back(std::move(record_key)); }
 
+namespace {
+
+// Removes `id` from index[owner], and the owner's entry once it is empty.
+void EraseId(std::map<std::string, std::set<std::string, std::less<>>, std::less<>>* index,
+             std::string_view owner, std::string_view id) {
+  auto ids = index->find(owner);
+  assert(ids != index->end());
+  auto it = ids->second.find(id);
+  assert(it != ids->second.end());
+  ids->second.erase(it);
+  if (ids->second.empty()) index->erase(ids);
+}
+
+}  // namespace
+
 Status KeyState::ApplyLocked(const Event& e) {
   const int64_t at = e.recorded_at_us;
   auto missing = [&](std::string_view what, std::string_view id) {
@@ -109,9 +124,11 @@ Status KeyState::ApplyLocked(const Event& e) {
           [&](const SecurityGroupCreated& c) -> Status {
             if (!workspaces_.count(c.workspace_id)) return missing("workspace", c.workspace_id);
             SecurityGroupView& g = groups_[c.group_id];
+            UnindexGroup(g);  // no-op unless the id was live already
             g = SecurityGroupView{c.workspace_id, c.group_id, c.name, c.ip_allow,
                                   c.origin_allow, at, at, e.stream_version, false, nullptr};
             compile_rules(g);
+            IndexGroup(g);
             MarkDirty(GroupRecord(c.group_id));
             return Status::Ok();
           },
@@ -119,18 +136,21 @@ Status KeyState::ApplyLocked(const Event& e) {
             auto it = groups_.find(c.group_id);
             if (it == groups_.end() || it->second.deleted) return missing("group", c.group_id);
             SecurityGroupView& g = it->second;
+            UnindexGroup(g);
             g.name = c.name;
             g.ip_allow = c.ip_allow;
             g.origin_allow = c.origin_allow;
             g.updated_at_us = at;
             g.version = e.stream_version;
             compile_rules(g);
+            IndexGroup(g);
             MarkDirty(GroupRecord(c.group_id));
             return Status::Ok();
           },
           [&](const SecurityGroupDeleted& c) -> Status {
             auto it = groups_.find(c.group_id);
             if (it == groups_.end() || it->second.deleted) return missing("group", c.group_id);
+            UnindexGroup(it->second);
             it->second.deleted = true;
             it->second.updated_at_us = at;
             it->second.version = e.stream_version;
@@ -152,14 +172,18 @@ Status KeyState::ApplyLocked(const Event& e) {
           [&](const KeyDeleted& c) -> Status { return ApplyKeyEvent(e, c.key_id); },
           [&](const WorkspaceTokenCreated& c) -> Status {
             if (!workspaces_.count(c.workspace_id)) return missing("workspace", c.workspace_id);
-            tokens_[c.token_id] = TokenView{c.workspace_id, c.token_id, c.token_hash, at, false};
+            TokenView& token = tokens_[c.token_id];
+            if (!token.id.empty() && !token.revoked) active_tokens_per_workspace_[token.workspace_id]--;
+            token = TokenView{c.workspace_id, c.token_id, c.token_hash, at, false};
             token_ids_by_hash_[c.token_hash] = c.token_id;
+            active_tokens_per_workspace_[c.workspace_id]++;
             MarkDirty(TokenRecord(c.token_id));
             return Status::Ok();
           },
           [&](const WorkspaceTokenRevoked& c) -> Status {
             auto it = tokens_.find(c.token_id);
             if (it == tokens_.end()) return missing("token", c.token_id);
+            if (!it->second.revoked) active_tokens_per_workspace_[it->second.workspace_id]--;
             it->second.revoked = true;
             token_ids_by_hash_.erase(it->second.token_hash);
             MarkDirty(TokenRecord(c.token_id));
@@ -204,6 +228,7 @@ Status KeyState::ApplyLocked(const Event& e) {
             alarm.created_at_us = alarm.updated_at_us = at;
             alarm.version = e.stream_version;
             alarms_[c.alarm_id] = std::move(alarm);
+            live_alarms_by_key_[c.key_id].insert(c.alarm_id);
             MarkDirty(AlarmRecord(c.alarm_id));
             return Status::Ok();
           },
@@ -219,6 +244,7 @@ Status KeyState::ApplyLocked(const Event& e) {
           [&](const AlarmDeleted& c) -> Status {
             auto it = alarms_.find(c.alarm_id);
             if (it == alarms_.end() || it->second.deleted) return missing("alarm", c.alarm_id);
+            EraseId(&live_alarms_by_key_, it->second.spec.key_id, c.alarm_id);
             it->second.deleted = true;
             it->second.updated_at_us = at;
             it->second.version = e.stream_version;
@@ -324,6 +350,7 @@ void KeyState::IndexKey(const KeyView& k) {
   secrets_[k.secret_hash] = SecretEntry{&k, false};
   if (k.old_secret_hash) secrets_[*k.old_secret_hash] = SecretEntry{&k, true};
   keys_per_group_[k.security_group_id]++;
+  live_keys_by_workspace_[k.workspace_id].insert(k.id);
 }
 
 void KeyState::UnindexKey(const KeyView& k) {
@@ -333,6 +360,36 @@ void KeyState::UnindexKey(const KeyView& k) {
   size_t& users = keys_per_group_[k.security_group_id];
   assert(users > 0);
   users--;
+  EraseId(&live_keys_by_workspace_, k.workspace_id, k.id);
+}
+
+void KeyState::IndexGroup(const SecurityGroupView& g) {
+  if (g.deleted || g.id.empty()) return;
+  live_groups_by_workspace_[g.workspace_id].insert(g.id);
+  if (!g.rules) return;  // rules that do not compile refuse every origin
+  if (!g.rules->origin_restricted()) {
+    origin_unrestricted_groups_++;
+    return;
+  }
+  for (const std::string& pattern : g.rules->canonical_origin_allow()) {
+    origin_pattern_listings_[pattern]++;
+  }
+}
+
+void KeyState::UnindexGroup(const SecurityGroupView& g) {
+  if (g.deleted || g.id.empty()) return;
+  EraseId(&live_groups_by_workspace_, g.workspace_id, g.id);
+  if (!g.rules) return;
+  if (!g.rules->origin_restricted()) {
+    assert(origin_unrestricted_groups_ > 0);
+    origin_unrestricted_groups_--;
+    return;
+  }
+  for (const std::string& pattern : g.rules->canonical_origin_allow()) {
+    auto it = origin_pattern_listings_.find(pattern);
+    assert(it != origin_pattern_listings_.end() && it->second > 0);
+    if (--it->second == 0) origin_pattern_listings_.erase(it);
+  }
 }
 
 uint64_t KeyState::position() const {
@@ -394,24 +451,61 @@ std::optional<Hash> KeyState::operator_token_hash() const {
   return operator_token_hash_;
 }
 
+namespace {
+
+// The views named by the ids in `index[owner]` that sort after `after`, in id
+// order, at most `limit`, looked up in `all`.
+template <typename View>
+std::vector<View> ListIndexed(
+    const std::map<std::string, std::set<std::string, std::less<>>, std::less<>>& index,
+    std::string_view owner, std::string_view after, size_t limit,
+    const std::map<std::string, View, std::less<>>& all) {
+  std::vector<View> out;
+  auto ids = index.find(owner);
+  if (ids == index.end()) return out;
+  for (auto it = ids->second.upper_bound(after); it != ids->second.end() && out.size() < limit;
+       ++it) {
+    auto view = all.find(*it);
+    assert(view != all.end());
+    out.push_back(view->second);
+  }
+  return out;
+}
+
+template <typename Index>
+size_t CountIndexed(const Index& index, std::string_view owner) {
+  auto it = index.find(owner);
+  return it == index.end() ? 0 : it->second.size();
+}
+
+}  // namespace
+
 std::vector<KeyView> KeyState::ListKeys(std::string_view workspace_id, std::string_view after,
                                         size_t limit) const {
   std::shared_lock<std::shared_mutex> lock(mu_);
-  std::vector<KeyView> out;
-  for (auto it = keys_.upper_bound(after); it != keys_.end() && out.size() < limit; ++it) {
-    if (it->second.workspace_id == workspace_id && !it->second.deleted) out.push_back(it->second);
-  }
-  return out;
+  return ListIndexed(live_keys_by_workspace_, workspace_id, after, limit, keys_);
 }
 
 std::vector<SecurityGroupView> KeyState::ListGroups(std::string_view workspace_id,
                                                     std::string_view after, size_t limit) const {
   std::shared_lock<std::shared_mutex> lock(mu_);
-  std::vector<SecurityGroupView> out;
-  for (auto it = groups_.upper_bound(after); it != groups_.end() && out.size() < limit; ++it) {
-    if (it->second.workspace_id == workspace_id && !it->second.deleted) out.push_back(it->second);
-  }
-  return out;
+  return ListIndexed(live_groups_by_workspace_, workspace_id, after, limit, groups_);
+}
+
+size_t KeyState::LiveKeyCount(std::string_view workspace_id) const {
+  std::shared_lock<std::shared_mutex> lock(mu_);
+  return CountIndexed(live_keys_by_workspace_, workspace_id);
+}
+
+size_t KeyState::LiveGroupCount(std::string_view workspace_id) const {
+  std::shared_lock<std::shared_mutex> lock(mu_);
+  return CountIndexed(live_groups_by_workspace_, workspace_id);
+}
+
+size_t KeyState::ActiveTokenCount(std::string_view workspace_id) const {
+  std::shared_lock<std::shared_mutex> lock(mu_);
+  auto it = active_tokens_per_workspace_.find(std::string(workspace_id));
+  return it == active_tokens_per_workspace_.end() ? 0 : it->second;
 }
 
 std::optional<AlarmView> KeyState::FindAlarm(std::string_view alarm_id) const {
@@ -423,11 +517,7 @@ std::optional<AlarmView> KeyState::FindAlarm(std::string_view alarm_id) const {
 
 std::vector<AlarmView> KeyState::ListAlarms(std::string_view key_id) const {
   std::shared_lock<std::shared_mutex> lock(mu_);
-  std::vector<AlarmView> out;
-  for (const auto& [id, a] : alarms_) {
-    if (!a.deleted && a.spec.key_id == key_id) out.push_back(a);
-  }
-  return out;
+  return ListIndexed(live_alarms_by_key_, key_id, "", alarms_.size(), alarms_);
 }
 
 std::vector<AlarmView> KeyState::ListAllAlarms() const {
@@ -515,9 +605,11 @@ size_t KeyState::KeysUsingGroup(std::string_view group_id) const {
 }
 
 bool KeyState::AnyGroupAllowsOrigin(std::string_view origin) const {
+  const std::vector<std::string> candidates = CandidateOriginPatterns(origin);
   std::shared_lock<std::shared_mutex> lock(mu_);
-  for (const auto& [id, group] : groups_) {
-    if (!group.deleted && group.rules && group.rules->AllowsOrigin(origin)) return true;
+  if (origin_unrestricted_groups_ > 0) return true;
+  for (const std::string& pattern : candidates) {
+    if (origin_pattern_listings_.count(pattern) > 0) return true;
   }
   return false;
 }
@@ -787,8 +879,14 @@ Status KeyState::Load(const KvStore& store, int cf) {
   KL_RETURN_IF_ERROR(bad);
   // Rebuild the derived indexes.
   for (const auto& [id, k] : keys_) IndexKey(k);
+  for (const auto& [id, g] : groups_) IndexGroup(g);
   for (const auto& [id, t] : tokens_) {
-    if (!t.revoked) token_ids_by_hash_[t.token_hash] = t.id;
+    if (t.revoked) continue;
+    token_ids_by_hash_[t.token_hash] = t.id;
+    active_tokens_per_workspace_[t.workspace_id]++;
+  }
+  for (const auto& [id, a] : alarms_) {
+    if (!a.deleted) live_alarms_by_key_[a.spec.key_id].insert(id);
   }
   return Status::Ok();
 }

@@ -13,6 +13,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <shared_mutex>
 #include <string>
 #include <string_view>
@@ -254,18 +255,24 @@ class KeyState {
   }
 
   // Live (not deleted) keys of a workspace with id > after, in id order, at
-  // most `limit`.
+  // most `limit`. Walks only that workspace's keys.
   std::vector<KeyView> ListKeys(std::string_view workspace_id, std::string_view after,
                                 size_t limit) const;
   // Live security groups of a workspace in id order, id > after, at most `limit`.
   std::vector<SecurityGroupView> ListGroups(std::string_view workspace_id,
                                             std::string_view after, size_t limit) const;
+  // Numbers of live keys, live security groups and active (not revoked)
+  // tokens of a workspace, for the per-workspace limits. Constant time.
+  size_t LiveKeyCount(std::string_view workspace_id) const;
+  size_t LiveGroupCount(std::string_view workspace_id) const;
+  size_t ActiveTokenCount(std::string_view workspace_id) const;
   // Number of live keys using the group.
   size_t KeysUsingGroup(std::string_view group_id) const;
   // Whether some live security group admits browser `origin` (an empty
   // origin_allow admits every origin). For CORS preflights, which carry no
   // key: the request that follows is checked against its key's own group.
-  // Linear in the number of groups.
+  // At most 128 hash lookups (see CandidateOriginPatterns), whatever the
+  // number of groups.
   bool AnyGroupAllowsOrigin(std::string_view origin) const;
 
   // The alarm, deleted ones included; std::nullopt if unknown.
@@ -316,6 +323,8 @@ class KeyState {
                                   bool delivered);
   void IndexKey(const KeyView& key);
   void UnindexKey(const KeyView& key);
+  void IndexGroup(const SecurityGroupView& group);
+  void UnindexGroup(const SecurityGroupView& group);
   void MarkDirty(std::string record_key);
 
   mutable std::shared_mutex mu_;
@@ -336,6 +345,18 @@ class KeyState {
   std::unordered_map<Hash, SecretEntry, HashOfHash> secrets_;
   std::unordered_map<Hash, std::string, HashOfHash> token_ids_by_hash_;
   std::unordered_map<std::string, size_t> keys_per_group_;
+  // Ids of the live keys and groups of each workspace, of the live alarms
+  // of each key, and the active token count of each workspace: listings and
+  // limits look at their own workspace only.
+  using IdSet = std::set<std::string, std::less<>>;
+  std::map<std::string, IdSet, std::less<>> live_keys_by_workspace_;
+  std::map<std::string, IdSet, std::less<>> live_groups_by_workspace_;
+  std::map<std::string, IdSet, std::less<>> live_alarms_by_key_;
+  std::unordered_map<std::string, size_t> active_tokens_per_workspace_;
+  // Live groups per canonical origin pattern (one count per listing), and
+  // live groups that restrict no origin: AnyGroupAllowsOrigin's index.
+  std::unordered_map<std::string, size_t> origin_pattern_listings_;
+  size_t origin_unrestricted_groups_ = 0;
   std::vector<std::string> dirty_;
 };
 

@@ -515,6 +515,33 @@ Result<OriginPattern> ParseOriginPattern(std::string_view text) {
   return p;
 }
 
+std::vector<std::string> CandidateOriginPatterns(std::string_view origin) {
+  std::vector<std::string> out;
+  OriginParts parts;
+  if (!ParseOriginParts(origin, &parts)) return out;
+  OriginPattern p;
+  p.https_ = parts.https;
+  p.port_ = parts.port;
+  if (parts.is_ipv6) {
+    p.host_kind_ = OriginPattern::HostKind::kIpv6;
+    p.ipv6_ = parts.ipv6;
+    p.host_ = FormatIpv6(parts.ipv6);
+    out.push_back(p.ToString());
+    return out;
+  }
+  // MatchesParts compares a name or IPv4 host as text, whatever its kind.
+  const std::string_view host = parts.host();
+  p.host_ = std::string(host);
+  out.push_back(p.ToString());
+  p.wildcard_ = true;  // "*." stands for the labels before a dot
+  for (size_t dot = host.find('.'); dot != std::string_view::npos; dot = host.find('.', dot + 1)) {
+    if (dot == 0 || dot + 1 == host.size()) continue;
+    p.host_ = std::string(host.substr(dot + 1));
+    out.push_back(p.ToString());
+  }
+  return out;
+}
+
 // ---- SecurityRules -----------------------------------------------------------
 
 namespace {

@@ -188,6 +188,7 @@ class OriginPattern {
   friend Result<OriginPattern> ParseOriginPattern(std::string_view text);
   enum class HostKind : uint8_t { kName, kIpv4, kIpv6 };
 
+  friend std::vector<std::string> CandidateOriginPatterns(std::string_view origin);
   OriginPattern() = default;
   bool MatchesParts(const OriginParts& origin) const;
 
@@ -214,6 +215,15 @@ class OriginPattern {
 // anywhere but as the whole leftmost label, on an IP address, or over fewer than
 // two labels ("*.com" would admit every .com site); or has a malformed host or port.
 Result<OriginPattern> ParseOriginPattern(std::string_view text);
+
+// Returns the canonical form (OriginPattern::ToString) of every pattern that
+// could match `origin`: the origin itself and, for a host name, each "*."
+// pattern over one of its suffixes, longest suffix first. So a pattern p
+// matches `origin` iff p.ToString() is in the result, and an index of
+// patterns by canonical form answers "does any pattern match" with at most
+// 127 lookups (a host has at most 127 dots). Empty when `origin` is not an
+// origin any pattern matches ("", "null", a path, ...).
+std::vector<std::string> CandidateOriginPatterns(std::string_view origin);
 
 // ---- Security rules ----------------------------------------------------------
 

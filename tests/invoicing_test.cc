@@ -19,7 +19,9 @@
 #include "billing/calendar.h"
 #include "billing/invoicing.h"
 #include "billing/pricing.h"
+#include "ledger/codec.h"
 #include "ledger/hash.h"
+#include "ledger/ledger.h"
 
 namespace keyledger {
 namespace {
@@ -76,6 +78,41 @@ std::string ErrorOf(const InvoiceInput& in) {
 using L = InvoiceLine;
 
 // ---- Usage lines at tier edges ---------------------------------------------------
+
+// The input limits exist so that any invoice they admit is one ledger event:
+// the largest (most keys, longest ids, most tiers and adjustments, longest
+// ids elsewhere) must encode within kEventBytesMax with the longest envelope.
+TEST(BuildInvoiceTest, TheLargestInvoiceTheLimitsAdmitFitsInOneLedgerEvent) {
+  std::vector<PriceTier> tiers;
+  for (uint64_t i = 1; i < kPriceTiersMax; i++) tiers.push_back({i * 1'000'000'000, 1'000 + i});
+  tiers.push_back({std::nullopt, 1});
+  PricePlanPublished plan = Plan(PricingMode::kGraduated, tiers, 99'999);
+  plan.plan_id = std::string(kInvoiceIdBytesMax, 'p');
+  InvoiceInput in = Input(&plan, M(2026, 11));
+  in.workspace_id = std::string(kInvoiceIdBytesMax, 'w');
+  const size_t id_bytes = kInvoiceKeyIdBytesTotalMax / kInvoiceKeyUsagesMax;
+  for (size_t i = 0; i < kInvoiceKeyUsagesMax; i++) {
+    std::string id = std::to_string(1'000'000 + i);
+    id.resize(id_bytes, 'k');
+    in.key_usage.push_back({id, 123'456'789'012});
+  }
+  for (size_t i = 0; i < kInvoiceAdjustmentsMax; i++) {
+    BillingMonth month = M(2016 + static_cast<int>((i + 10) / 12), (i + 10) % 12 + 1);
+    in.adjustments.push_back({month, &plan, 987'654'321'098, 123'456'789, 1'234'567'890});
+  }
+  ASSERT_EQ(in.adjustments.back().month, M(2026, 10));
+  Result<InvoiceIssued> invoice = BuildInvoice(in);
+  ASSERT_TRUE(invoice.ok()) << invoice.status().ToString();
+  ASSERT_EQ(invoice->key_usage.size(), kInvoiceKeyUsagesMax);
+  ASSERT_EQ(invoice->lines.size(), kPriceTiersMax + 1 + kInvoiceAdjustmentsMax);
+  Event event;
+  event.stream_id = std::string(kStreamIdBytesMax, 's');
+  event.actor = std::string(kActorBytesMax, 'a');
+  event.body = *invoice;
+  const size_t bytes = EncodeEventBody(event).size();
+  EXPECT_LE(bytes, kEventBytesMax);
+  RecordProperty("encoded_bytes", std::to_string(bytes));
+}
 
 TEST(BuildInvoiceTest, GraduatedAtTierEdges) {
   PricePlanPublished plan = Plan(PricingMode::kGraduated, ThreeTiers(), 500);
@@ -310,6 +347,14 @@ TEST(BuildInvoiceTest, NamesTheBadInput) {
               in.key_usage.clear();
               for (size_t i = 0; i <= kInvoiceKeyUsagesMax; i++) {
                 in.key_usage.push_back({std::to_string(100000 + i), 1});
+              }
+            }),
+            "resource_exhausted key_usage");
+  EXPECT_EQ(with([](InvoiceInput& in) {  // fewer keys, but longer ids
+              in.key_usage.clear();
+              const size_t count = kInvoiceKeyIdBytesTotalMax / kInvoiceIdBytesMax + 1;
+              for (size_t i = 0; i < count; i++) {
+                in.key_usage.push_back({std::to_string(100000 + i).append(122, 'k'), 1});
               }
             }),
             "resource_exhausted key_usage");

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <rapidcheck/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <new>
@@ -793,6 +794,49 @@ RC_GTEST_PROP(SecurityRulesProperty, NearMissJunkNeverCrashes, ()) {
   size_t length = *rc::gen::inRange<size_t>(0, 48);
   for (size_t i = 0; i < length; ++i) junk.push_back(alphabet[*rc::gen::inRange<size_t>(0, alphabet.size())]);
   CheckJunk(junk);
+}
+
+// An origin or pattern text built from few labels, schemes and ports, so
+// that matches and near misses are both common.
+std::string NearOriginText(bool pattern) {
+  std::string text = *rc::gen::element<std::string>("http://", "https://", "HTTPS://");
+  const size_t kind = *rc::gen::inRange<size_t>(0, 8);
+  if (kind == 0) {
+    text += *rc::gen::element<std::string>("[::1]", "[0:0::1]", "[2001:db8::1]", "[::ffff:1.2.3.4]");
+  } else if (kind == 1) {
+    text += *rc::gen::element<std::string>("1.2.3.4", "10.0.0.1");
+  } else {
+    if (pattern && *rc::gen::arbitrary<bool>()) text += "*.";
+    const size_t labels = *rc::gen::inRange<size_t>(1, 5);
+    for (size_t i = 0; i < labels; ++i) {
+      if (i > 0) text += '.';
+      text += *rc::gen::element<std::string>("a", "B", "example", "com", "x-1");
+    }
+  }
+  text += *rc::gen::element<std::string>("", "", ":443", ":80", ":8080", "/", ".");
+  return text;
+}
+
+RC_GTEST_PROP(SecurityRulesProperty, APatternMatchesIffItsCanonicalFormIsACandidate, ()) {
+  Result<OriginPattern> pattern = ParseOriginPattern(NearOriginText(true));
+  RC_PRE(pattern.ok());
+  const std::string origin = NearOriginText(false);
+  const std::vector<std::string> candidates = CandidateOriginPatterns(origin);
+  const bool listed =
+      std::find(candidates.begin(), candidates.end(), pattern->ToString()) != candidates.end();
+  RC_ASSERT(pattern->Matches(origin) == listed);
+}
+
+TEST(SecurityRulesTest, CandidateOriginPatternsNameTheOriginAndEachWildcardOverASuffix) {
+  EXPECT_EQ(CandidateOriginPatterns("HTTPS://App.Example.com:443"),
+            (std::vector<std::string>{"https://app.example.com", "https://*.example.com",
+                                      "https://*.com"}));
+  EXPECT_EQ(CandidateOriginPatterns("http://[0:0::1]:8080"),
+            (std::vector<std::string>{"http://[::1]:8080"}));
+  EXPECT_EQ(CandidateOriginPatterns("http://localhost"),
+            (std::vector<std::string>{"http://localhost"}));
+  EXPECT_TRUE(CandidateOriginPatterns("null").empty());
+  EXPECT_TRUE(CandidateOriginPatterns("https://a.example.com/").empty());
 }
 
 }  // namespace

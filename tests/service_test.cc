@@ -144,6 +144,53 @@ TEST_F(ServiceTest, RevokedTokenStopsWorking) {
               "token");
 }
 
+// Per-workspace limits on live keys, live groups and active tokens: one more
+// is a 409 that appends nothing; deleting one makes room; other workspaces
+// are not affected.
+TEST(ServiceLimitsTest, AWorkspaceHoldsAtMostItsLimitOfKeysGroupsAndTokens) {
+  ServiceOptions options;
+  options.keys_per_workspace_max = 2;
+  options.security_groups_per_workspace_max = 2;
+  options.tokens_per_workspace_max = 1;
+  ServiceHarness h(3, options);
+  const std::string ws = h.CreateWorkspace();
+  const std::string other = h.CreateWorkspace();
+  const std::string group = h.CreateGroup(ws);
+  const std::string spare = h.CreateGroup(ws);
+  auto refused = [&](const std::string& path, const std::string& body) {
+    const uint64_t head = h.ledger().head().sequence;
+    auto r = h.Call("POST", path, body);
+    EXPECT_EQ(r.status, 409) << r.raw;
+    EXPECT_EQ(r.body["error"]["code"], "failed_precondition") << r.raw;
+    EXPECT_EQ(h.ledger().head().sequence, head);
+  };
+  const std::string keys = "/v1/workspaces/" + ws + "/keys";
+  const std::string key_body = json{{"name", "k"}, {"security_group", group}}.dump();
+  auto [first, first_secret] = h.CreateKey(ws, group);
+  h.CreateKey(ws, group);
+  refused(keys, key_body);
+  refused("/v1/workspaces/" + ws + "/security-groups", R"({"name":"third"})");
+  const std::string token = h.Call("POST", "/v1/workspaces/" + ws + "/tokens").body["id"];
+  refused("/v1/workspaces/" + ws + "/tokens", "");
+  // Other workspaces have their own room.
+  h.CreateKey(other, h.CreateGroup(other));
+  EXPECT_EQ(h.Call("POST", "/v1/workspaces/" + other + "/tokens").status, 201);
+  // Deleting (or revoking) one makes room for one.
+  EXPECT_EQ(h.Call("DELETE", keys + "/" + first).status, 204);
+  EXPECT_EQ(h.Call("POST", keys, key_body).status, 201);
+  refused(keys, key_body);
+  EXPECT_EQ(h.Call("DELETE", "/v1/workspaces/" + ws + "/security-groups/" + spare).status, 204);
+  EXPECT_EQ(h.Call("POST", "/v1/workspaces/" + ws + "/security-groups", R"({"name":"third"})")
+                .status,
+            201);
+  EXPECT_EQ(h.Call("DELETE", "/v1/workspaces/" + ws + "/tokens/" + token).status, 204);
+  EXPECT_EQ(h.Call("POST", "/v1/workspaces/" + ws + "/tokens").status, 201);
+  // The counts survive a restart (rebuilt from the stored records).
+  h.Open();
+  refused(keys, key_body);
+  refused("/v1/workspaces/" + ws + "/tokens", "");
+}
+
 TEST_F(ServiceTest, SecurityGroupsLifecycle) {
   std::string ws = h.CreateWorkspace();
   auto created = h.Call("POST", "/v1/workspaces/" + ws + "/security-groups",

@@ -30,6 +30,8 @@
 #include <boost/asio/write.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <cerrno>
+#include <sys/socket.h>
 #include <cassert>
 #include <chrono>
 #include <condition_variable>
@@ -190,6 +192,32 @@ void AppendFields(const http::fields& fields, std::string* out) {
     out->append("\r\n");
   }
   out->append("\r\n");
+}
+
+// Returns what makes a request's framing ambiguous, "" if nothing: a hop
+// before or after this server could find the body's end elsewhere and read
+// a second, unchecked request out of it (RFC 9112 6.1, 6.3). Beast takes a
+// body as chunked only when "chunked" is the last coding, and forwards a
+// Content-Length beside other codings; so only one field of exactly
+// "chunked", or one Content-Length of digits alone, is taken.
+const char* AmbiguousFraming(const http::request_header<>& header) {
+  size_t codings = 0, lengths = 0;
+  for (const auto& field : header) {
+    if (field.name() == http::field::transfer_encoding) {
+      if (++codings > 1 || !beast::iequals(field.value(), "chunked")) {
+        return "Transfer-Encoding may only be one field of \"chunked\"";
+      }
+    } else if (field.name() == http::field::content_length) {
+      const beast::string_view v = field.value();
+      if (++lengths > 1 || v.empty() ||
+          !std::all_of(v.begin(), v.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+        return "Content-Length must be one field of digits";
+      }
+    }
+  }
+  if (codings > 0 && lengths > 0) return "a request may not have both Transfer-Encoding and Content-Length";
+  if (codings > 0 && header.version() < 11) return "HTTP/1.0 has no Transfer-Encoding";
+  return "";
 }
 
 // A relayed message's start line and fields, into `out` (replacing what was
@@ -518,6 +546,7 @@ class Session : public std::enable_shared_from_this<Session> {
   Stream stream_;
   beast::flat_buffer buffer_;
   std::optional<http::request_parser<http::string_body>> parser_;
+  uint64_t body_limit_bytes_ = 0;  // the body limit parser_ applies now
   // The response being written: its status line and header, serialized here
   // (cheaper than Beast's serializer for a small, complete response; its
   // capacity is kept between responses up to kWriteBufferKeepBytesMax), and
@@ -600,8 +629,9 @@ void Session::DoReadHeader() {
   // parsed; in gateway mode the target is not known yet, so the larger of the
   // two limits applies here and OnReadHeader narrows it for own requests.
   const HttpProxyOptions* proxy = core_.proxy();
-  parser_->body_limit(proxy ? std::max(proxy->request_body_bytes_max, core_.options().body_bytes_max)
-                            : core_.options().body_bytes_max);
+  body_limit_bytes_ = proxy ? std::max(proxy->request_body_bytes_max, core_.options().body_bytes_max)
+                            : core_.options().body_bytes_max;
+  parser_->body_limit(body_limit_bytes_);
   parser_->header_limit(core_.options().header_bytes_max);
   http::async_read_header(stream_, buffer_, *parser_,
                           beast::bind_front_handler(&Session::OnReadHeader, shared_from_this()));
@@ -610,12 +640,19 @@ void Session::DoReadHeader() {
 void Session::OnReadHeader(error_code ec, size_t bytes) {
   if (ec) return OnReadError(ec);
   const auto& request = parser_->get();
-  if (core_.proxy()) {
+  if (const char* problem = AmbiguousFraming(request); *problem != '\0') {
+    return DoWriteError(400, "invalid_argument", problem);  // and closes
+  }
+  if (const HttpProxyOptions* proxy = core_.proxy()) {
     const beast::string_view target = request.target();
-    if (!core_.IsOwnTarget(std::string_view(target.data(), target.size()))) return StartProxy();
-    const uint64_t own_max = core_.options().body_bytes_max;
-    if (parser_->content_length().value_or(0) > own_max) return OnReadError(http::error::body_limit);
-    parser_->body_limit(own_max);
+    const bool own = core_.IsOwnTarget(std::string_view(target.data(), target.size()));
+    // The header's parse checked a declared length against the larger limit.
+    body_limit_bytes_ = own ? core_.options().body_bytes_max : proxy->request_body_bytes_max;
+    if (parser_->content_length().value_or(0) > body_limit_bytes_) {
+      return OnReadError(http::error::body_limit);
+    }
+    if (!own) return StartProxy();
+    parser_->body_limit(body_limit_bytes_);
   }
   if (parser_->is_done()) return Handle();  // no body
   if (request.version() == 11 && beast::iequals(request[http::field::expect], "100-continue")) {
@@ -649,8 +686,7 @@ void Session::OnReadError(error_code ec) {
   const HttpServerOptions& options = core_.options();
   if (ec == http::error::body_limit) {
     return DoWriteError(413, "payload_too_large",
-                        "request body exceeds " + std::to_string(options.body_bytes_max) +
-                            " bytes");
+                        "request body exceeds " + std::to_string(body_limit_bytes_) + " bytes");
   }
   if (ec == http::error::header_limit) {
     return DoWriteError(431, "headers_too_large",
@@ -840,8 +876,16 @@ void EditRequestHeader(http::request<http::buffer_body>& request, const ProxyAdm
   request.erase(http::field::expect);  // the server answered 100-continue itself
   for (const std::string& name : admission.remove_request_headers) request.erase(name);
   for (const auto& [name, value] : admission.set_request_headers) request.set(name, value);
-  const std::string forwarded(request["x-forwarded-for"]);
-  request.set("x-forwarded-for", forwarded.empty() ? remote_ip : forwarded + ", " + remote_ip);
+  // Every X-Forwarded-For field, in order, as one list (GatewayClientIp read
+  // them all), then the peer.
+  std::string forwarded;
+  for (const auto& field : request) {
+    const beast::string_view name = field.name_string();
+    if (!EqualsIgnoringCase(std::string_view(name.data(), name.size()), "x-forwarded-for")) continue;
+    forwarded.append(field.value().data(), field.value().size());
+    forwarded += ", ";
+  }
+  request.set("x-forwarded-for", forwarded + remote_ip);
   request.version(11);
   request.keep_alive(true);
 }
@@ -849,7 +893,16 @@ void EditRequestHeader(http::request<http::buffer_body>& request, const ProxyAdm
 void EditResponseHeader(http::response<http::buffer_body>& response,
                         const ProxyAdmission& admission, unsigned version, bool keep_alive) {
   EraseHopByHop(response);
-  for (const auto& [name, value] : admission.set_response_headers) response.set(name, value);
+  for (const auto& [name, value] : admission.set_response_headers) {
+    const bool list = EqualsIgnoringCase(name, "vary") ||
+                      EqualsIgnoringCase(name, "access-control-expose-headers");
+    const beast::string_view upstream = list ? response[name] : beast::string_view();
+    if (upstream.empty()) {
+      response.set(name, value);
+    } else {
+      response.set(name, std::string(upstream.data(), upstream.size()) + ", " + value);
+    }
+  }
   response.version(version);
   if (version < 11 && response.chunked()) {
     // HTTP/1.0 has no chunked coding: the body ends with the connection.
@@ -1007,6 +1060,7 @@ net::awaitable<void> Session::Relay(std::shared_ptr<Session> self, ProxyAdmissio
 
   // The response header; interim 1xx responses are dropped.
   std::optional<http::response_parser<http::buffer_body>> response;
+  unsigned status = 0;
   do {
     response.emplace();
     // The upstream is trusted with its response sizes. (Not boost::none:
@@ -1016,8 +1070,10 @@ net::awaitable<void> Session::Relay(std::shared_ptr<Session> self, ProxyAdmissio
     response->skip(is_head);
     upstream_->expires_after(Ms(o.response_header_timeout_ms));
     co_await http::async_read_header(*upstream_, upstream_buffer_, *response, token);
-  } while (!ec && response->get().result_int() < 200 && response->get().result_int() != 101);
-  if (ec || response->get().result_int() == 101) {
+    if (!ec) status = response->get().result_int();
+  } while (!ec && status >= 100 && status < 200 && status != 101);
+  // Beast reads any three digits; only 200..599 is a final status to relay.
+  if (ec || status < 200 || status > 599) {
     // Awaited with a local message: GCC 12 mishandles non-trivial
     // temporaries (and conditionals) inside a co_await expression.
     const bool timed_out = ec == beast::error::timeout;
@@ -1027,15 +1083,18 @@ net::awaitable<void> Session::Relay(std::shared_ptr<Session> self, ProxyAdmissio
                 std::to_string(o.response_header_timeout_ms) + " ms";
     } else if (ec) {
       message = "the upstream's response was unreadable: " + ec.message();
-    } else {
+    } else if (status == 101) {
       message = "the upstream switched protocols, which is not relayed";
+    } else {
+      message = "the upstream answered with status " + std::to_string(status) +
+                ", outside 100-599";
     }
     co_await FailUpstream(exchange, timed_out ? 504 : 502,
                           timed_out ? kUpstreamTimeout : kUpstreamUnavailable, message, version);
     co_return;
   }
   auto& res = response->get();
-  exchange.status = static_cast<int>(res.result_int());
+  exchange.status = static_cast<int>(status);
   if (admission.capture_response_headers) exchange.response_headers = LowerFields(res);
   const bool upstream_keep_alive = res.keep_alive();
   EditResponseHeader(res, admission, version, MayKeepAlive(wants_keep_alive));
@@ -1124,12 +1183,24 @@ net::awaitable<error_code> Session::ConnectUpstream() {
   co_return ec;
 }
 
+// Whether an idle kept-alive upstream connection was closed by the upstream
+// (or holds bytes nobody asked for). Writing to it would succeed and only the
+// response read would fail, as a 502; so it is dropped before reuse.
+template <typename Socket>
+bool IdleConnectionIsUnusable(Socket& socket) {
+  char byte;
+  const ssize_t n = ::recv(socket.native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+  if (n < 0) return errno != EAGAIN && errno != EWOULDBLOCK;
+  return true;  // 0: closed by the upstream; > 0: stray bytes
+}
+
 net::awaitable<error_code> Session::WriteRequestHeader(
     std::optional<http::request_serializer<http::buffer_body>>* serializer,
     http::request<http::buffer_body>& request) {
   const bool reused = upstream_.has_value();
   error_code ec;
   for (int attempt = 0; attempt < 2; attempt++) {
+    if (upstream_ && IdleConnectionIsUnusable(upstream_->socket())) CloseUpstream();
     if (!upstream_) {
       ec = co_await ConnectUpstream();
       if (ec) co_return ec;

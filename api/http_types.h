@@ -92,7 +92,9 @@ struct ProxyAdmission {
   // fields set (replacing any of the same name).
   std::vector<std::string> remove_request_headers;
   std::vector<std::pair<std::string, std::string>> set_request_headers;
-  // Fields set on the response to the client (replacing the upstream's).
+  // Fields set on the response to the client, replacing the upstream's;
+  // except the list-valued "vary" and "access-control-expose-headers", whose
+  // values are appended to the upstream's (", ").
   std::vector<std::pair<std::string, std::string>> set_response_headers;
   // Bytes of each body to copy into ProxyExchange excerpts; 0 = none.
   size_t capture_bytes_max = 0;

@@ -194,7 +194,12 @@ ProxyAdmission Service::Impl::AdmitProxied(const HttpRequest& head) {
   AddRateLimitHeaders(decision, &rate_headers);
   admission.set_response_headers = std::move(rate_headers.headers);
   admission.set_response_headers.emplace_back("x-request-id", request_id);
-  if (!origin.empty()) AddCorsHeaders(origin, &admission.set_response_headers);
+  if (!origin.empty()) {
+    AddCorsHeaders(origin, &admission.set_response_headers);
+  } else {
+    // The answer to the same request with an Origin differs (CORS headers).
+    admission.set_response_headers.emplace_back("vary", "Origin");
+  }
   admission.capture_bytes_max = decision.logging ? kBodyExcerptBytesMax : 0;
   admission.capture_response_headers = decision.logging;
   admission.on_done = [this, report = StartCallReport(head, std::move(client_ip), decision,

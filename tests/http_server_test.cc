@@ -709,6 +709,8 @@ struct ProxyFixture {
   std::vector<ProxyExchange> done;  // GUARDED_BY(mu)
   std::atomic<int> admitted{0};
   std::unique_ptr<HttpServer> gateway;
+  // More fields for the hooks to set on every relayed response.
+  std::vector<std::pair<std::string, std::string>> extra_response_headers;
 
   // Relays every target but /own, adding x-test, capturing 5 bytes of each body.
   ProxyHooks Hooks() {
@@ -726,6 +728,7 @@ struct ProxyFixture {
       a.remove_request_headers = {"authorization"};
       a.set_request_headers = {{"x-test", "from-gateway " + std::string(head.Header("authorization"))}};
       a.set_response_headers = {{"x-gateway", "1"}};
+      for (const auto& field : extra_response_headers) a.set_response_headers.push_back(field);
       a.capture_bytes_max = 5;
       a.on_done = [this](ProxyExchange e) {
         std::lock_guard<std::mutex> lock(mu);
@@ -736,8 +739,10 @@ struct ProxyFixture {
     return hooks;
   }
 
-  void Start(HttpServerOptions options = {}, uint16_t upstream_port = 0) {
+  void Start(HttpServerOptions options = {}, uint16_t upstream_port = 0,
+             uint64_t relayed_body_bytes_max = HttpProxyOptions{}.request_body_bytes_max) {
     HttpProxyOptions proxy;
+    proxy.request_body_bytes_max = relayed_body_bytes_max;
     proxy.upstream_host = "127.0.0.1";
     proxy.upstream_port = upstream_port ? upstream_port : upstream->port();
     proxy.hooks = Hooks();
@@ -1143,6 +1148,170 @@ TEST(HttpRequestTest, HeaderFindsFirstOrEmpty) {
   EXPECT_EQ(request.Header("a"), "1");
   EXPECT_EQ(request.Header("b"), "2");
   EXPECT_EQ(request.Header("c"), "");
+}
+
+}  // namespace
+}  // namespace keyledger
+
+namespace keyledger {
+namespace {
+
+// An upstream that answers each request on a connection of its own, then
+// closes that connection, as an upstream whose keep-alive timeout is shorter
+// than the gateway's does; without "Connection: close", so the gateway keeps
+// the connection for the next request.
+class OneRequestPerConnectionUpstream {
+ public:
+  OneRequestPerConnectionUpstream() : raw_([this](int listen_fd) { Serve(listen_fd); }) {}
+  uint16_t port() const { return raw_.port(); }
+  int connections() const { return connections_.load(); }
+
+ private:
+  void Serve(int listen_fd) {
+    for (;;) {
+      const int fd = ::accept(listen_fd, nullptr, nullptr);
+      if (fd < 0) return;
+      connections_++;
+      std::string in;
+      char buf[4096];
+      while (in.find("\r\n\r\n") == std::string::npos) {
+        const ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
+        if (n <= 0) break;
+        in.append(buf, static_cast<size_t>(n));
+      }
+      const std::string response = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+      ::send(fd, response.data(), response.size(), MSG_NOSIGNAL);
+      ::close(fd);
+    }
+  }
+
+  std::atomic<int> connections_{0};
+  RawUpstream raw_;  // last: its thread starts once the members above exist
+};
+
+TEST(HttpProxyTest, AKeptAliveUpstreamConnectionTheUpstreamClosedIsNotUsedAgain) {
+  OneRequestPerConnectionUpstream upstream;
+  ProxyFixture f;
+  f.Start({}, upstream.port());
+  Client client(f.gateway->port());
+  const std::string expected = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nx-gateway: 1\r\n\r\nok";
+  for (int i = 0; i < 3; i++) {
+    ASSERT_TRUE(client.Send("GET /again HTTP/1.1\r\nHost: t\r\n\r\n"));
+    EXPECT_EQ(ReceiveUpTo(client.fd(), expected.size()), expected) << "request " << i;
+    std::this_thread::sleep_for(50ms);  // the upstream's close arrives meanwhile
+  }
+  EXPECT_EQ(upstream.connections(), 3);
+  auto done = f.Done(3);
+  for (const ProxyExchange& e : done) EXPECT_EQ(e.status, 200);
+}
+
+TEST(HttpProxyTest, AnUpstreamStatusOutside100To599Gets502AndTheServerGoesOn) {
+  for (const std::string status : {"999", "600", "099"}) {
+    ScriptedUpstream upstream({"HTTP/1.1 " + status + " Odd\r\nContent-Length: 0\r\n\r\n"});
+    ProxyFixture f;
+    f.Start({}, upstream.port());
+    Client client(f.gateway->port());
+    ASSERT_TRUE(client.Send("GET /odd HTTP/1.1\r\nHost: t\r\n\r\n"));
+    auto r = client.ReadResponse();
+    ASSERT_TRUE(r.has_value()) << status;
+    EXPECT_EQ(r->status, 502) << status;
+    EXPECT_NE(r->body.find("status " + std::string(status[0] == '0' ? "99" : status)),
+              std::string::npos)
+        << r->body;
+    auto done = f.Done(1);
+    ASSERT_EQ(done.size(), 1u);
+    EXPECT_EQ(done[0].status, 502);
+    Client again(f.gateway->port());  // still serving
+    ASSERT_TRUE(again.Send(Get("/own")));
+    auto own = again.ReadResponse();
+    ASSERT_TRUE(own.has_value());
+    EXPECT_EQ(own->status, 200);
+  }
+}
+
+TEST(HttpProxyTest, AmbiguousFramingGets400AndReachesNeitherTheUpstreamNorTheHooks) {
+  ScriptedUpstream upstream({});
+  ProxyFixture f;
+  f.Start({}, upstream.port());
+  const std::string smuggled = "0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: t\r\n\r\n";
+  const std::string length = "Content-Length: " + std::to_string(smuggled.size()) + "\r\n";
+  const std::vector<std::string> heads = {
+      "POST /a HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked, x\r\n" + length,
+      "POST /a HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n",
+      "POST /a HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n" + length,
+      "POST /a HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+      "POST /a HTTP/1.1\r\nHost: t\r\n" + length + length,
+      "POST /a HTTP/1.1\r\nHost: t\r\nContent-Length: 5, 5\r\n",
+      "POST /a HTTP/1.0\r\nHost: t\r\nTransfer-Encoding: chunked\r\n",
+      "POST /own HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n" + length,
+  };
+  for (const std::string& head : heads) {
+    Client client(f.gateway->port());
+    ASSERT_TRUE(client.Send(head + "\r\n" + smuggled));
+    auto r = client.ReadResponse();
+    ASSERT_TRUE(r.has_value()) << head;
+    EXPECT_EQ(r->status, 400) << head;
+    EXPECT_EQ(r->Header("connection"), "close") << head;
+  }
+  EXPECT_EQ(f.admitted.load(), 0);
+  EXPECT_TRUE(upstream.requests().empty());
+}
+
+TEST(HttpProxyTest, VaryAndExposedHeadersAreMergedWithTheUpstreams) {
+  ScriptedUpstream upstream({"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nVary: Accept-Encoding\r\n"
+                             "Access-Control-Expose-Headers: content-disposition\r\n\r\nok",
+                             "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"});
+  ProxyFixture f;
+  f.extra_response_headers = {{"vary", "Origin"}, {"access-control-expose-headers", "x-request-id"}};
+  f.Start({}, upstream.port());
+  Client client(f.gateway->port());
+  ASSERT_TRUE(client.Send("GET /v HTTP/1.1\r\nHost: t\r\n\r\n"));
+  auto merged = client.ReadResponse();
+  ASSERT_TRUE(merged.has_value());
+  EXPECT_EQ(merged->Header("vary"), "Accept-Encoding, Origin");
+  EXPECT_EQ(merged->Header("access-control-expose-headers"), "content-disposition, x-request-id");
+  ASSERT_TRUE(client.Send("GET /v HTTP/1.1\r\nHost: t\r\n\r\n"));
+  auto set = client.ReadResponse();
+  ASSERT_TRUE(set.has_value());
+  EXPECT_EQ(set->Header("vary"), "Origin");
+}
+
+TEST(HttpProxyTest, EveryForwardedForFieldIsRelayedAsOneList) {
+  ScriptedUpstream upstream({"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"});
+  ProxyFixture f;
+  f.Start({}, upstream.port());
+  Client client(f.gateway->port());
+  ASSERT_TRUE(client.Send("GET /f HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 1.1.1.1\r\n"
+                          "x-forwarded-for: 2.2.2.2, 3.3.3.3\r\n\r\n"));
+  ASSERT_TRUE(client.ReadResponse().has_value());
+  const std::vector<std::string> requests = upstream.requests();
+  ASSERT_EQ(requests.size(), 1u);
+  EXPECT_EQ(requests[0],
+            "GET /f HTTP/1.1\r\nHost: t\r\nx-test: from-gateway\r\n"
+            "x-forwarded-for: 1.1.1.1, 2.2.2.2, 3.3.3.3, 127.0.0.1\r\n\r\n");
+}
+
+TEST(HttpProxyTest, ADeclaredBodyOverTheRelayLimitGets413NamingThatLimit) {
+  ScriptedUpstream upstream({});
+  ProxyFixture f;
+  HttpServerOptions options;
+  options.body_bytes_max = 4096;
+  f.Start(options, upstream.port(), /*relayed_body_bytes_max=*/1000);
+  Client client(f.gateway->port());
+  ASSERT_TRUE(client.Send("POST /big HTTP/1.1\r\nHost: t\r\nContent-Length: 2000\r\n\r\n" +
+                          std::string(2000, 'x')));
+  auto r = client.ReadResponse();
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->status, 413);
+  EXPECT_NE(r->body.find("exceeds 1000 bytes"), std::string::npos) << r->body;
+  Client own(f.gateway->port());  // the server's own paths keep their limit
+  ASSERT_TRUE(own.Send("POST /own HTTP/1.1\r\nHost: t\r\nContent-Length: 5000\r\n\r\n"));
+  auto own_r = own.ReadResponse();
+  ASSERT_TRUE(own_r.has_value());
+  EXPECT_EQ(own_r->status, 413);
+  EXPECT_NE(own_r->body.find("exceeds 4096 bytes"), std::string::npos) << own_r->body;
+  EXPECT_EQ(f.admitted.load(), 0);
+  EXPECT_TRUE(upstream.requests().empty());
 }
 
 }  // namespace

@@ -49,23 +49,61 @@ EventId CallEventId(std::string_view request_id) {
   return id;
 }
 
+bool IsHeaderNameChar(char c) {  // RFC 9110 tchar
+  return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+         std::string_view("!#$%&'*+-.^_`|~").find(c) != std::string_view::npos;
+}
+
 bool IsSecretChar(char c) {
   return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
 }
 
-// Replaces every kl?_<secret> run in `text` with kl?_[REDACTED].
+// Whether the '_' at text[underscore] ends a secret's prefix: "klk_",
+// "klw_" or "klo_" in any case (c | 0x20 lower-cases exactly the letters
+// compared here).
+bool SecretPrefixEndsAt(std::string_view text, size_t underscore) {
+  if (underscore < 3) return false;
+  const char k = static_cast<char>(text[underscore - 3] | 0x20);
+  const char l = static_cast<char>(text[underscore - 2] | 0x20);
+  const char kind = static_cast<char>(text[underscore - 1] | 0x20);
+  return k == 'k' && l == 'l' && (kind == 'k' || kind == 'w' || kind == 'o');
+}
+
+// Replaces the secret after every prefix (see SecretPrefixEndsAt) in `text`
+// with [REDACTED], in one pass. A secret's run of letters and digits ends
+// where another prefix begins, so secrets written back to back are each
+// redacted whole.
 void RedactSecrets(std::string* text) {
-  static constexpr std::string_view kPrefixes[] = {"klk_", "klw_", "klo_"};
-  for (auto prefix : kPrefixes) {
-    size_t pos = 0;
-    while ((pos = text->find(prefix, pos)) != std::string::npos) {
-      size_t start = pos + prefix.size();
-      size_t end = start;
-      while (end < text->size() && IsSecretChar((*text)[end])) end++;
-      if (end > start) text->replace(start, end - start, kRedacted);
-      pos = start;
+  const std::string_view in = *text;
+  size_t underscore = in.find('_');
+  if (underscore == std::string_view::npos) return;  // the common case: nothing to do
+  std::string out;
+  size_t copied = 0;
+  for (; underscore != std::string_view::npos; underscore = in.find('_', underscore + 1)) {
+    if (!SecretPrefixEndsAt(in, underscore)) continue;
+    const size_t start = underscore + 1;
+    size_t end = start;
+    while (end < in.size() && IsSecretChar(in[end]) &&
+           !(end + 3 < in.size() && in[end + 3] == '_' && SecretPrefixEndsAt(in, end + 3))) {
+      end++;
     }
+    if (end == start) continue;
+    out.append(in.substr(copied, start - copied));
+    out += kRedacted;
+    copied = end;
+    underscore = end - 1;  // the search goes on after the secret
   }
+  if (copied == 0) return;  // no secret found (a redaction sets copied > 0)
+  out.append(in.substr(copied));
+  *text = std::move(out);
+}
+
+// Cuts `text` to at most `bytes_max` bytes, not inside a UTF-8 sequence.
+void CutAtCharBoundary(std::string* text, size_t bytes_max) {
+  if (text->size() <= bytes_max) return;
+  size_t cut = bytes_max;
+  while (cut > 0 && (static_cast<unsigned char>((*text)[cut]) & 0xC0) == 0x80) cut--;
+  text->resize(cut);
 }
 
 Status ValidateCall(const ApiCallRecorded& c, size_t i, int64_t now_us,
@@ -100,15 +138,22 @@ Status ValidateCall(const ApiCallRecorded& c, size_t i, int64_t now_us,
       return Status::InvalidArgument(
           "at most " + std::to_string(kExcerptHeadersMax) + " headers", field(name));
     }
+    for (const HttpHeader& h : excerpt->headers) {
+      // Redaction goes by name: "Authorization " must not pass as another header.
+      if (h.name.empty() || !std::all_of(h.name.begin(), h.name.end(), IsHeaderNameChar)) {
+        return Status::InvalidArgument("header names are HTTP tokens (RFC 9110)",
+                                       field(name));
+      }
+    }
   }
   return Status::Ok();
 }
 
+// After RedactExcerpt, which may lengthen the text: a secret cut in two by
+// the limit is then redacted already.
 void TrimExcerpt(HttpExcerpt* e) {
-  if (e->body_excerpt.size() > kBodyExcerptBytesMax) e->body_excerpt.resize(kBodyExcerptBytesMax);
-  for (auto& h : e->headers) {
-    if (h.value.size() > kHeaderValueBytesMax) h.value.resize(kHeaderValueBytesMax);
-  }
+  CutAtCharBoundary(&e->body_excerpt, kBodyExcerptBytesMax);
+  for (auto& h : e->headers) CutAtCharBoundary(&h.value, kHeaderValueBytesMax);
 }
 
 }  // namespace
@@ -433,15 +478,18 @@ Result<RecordResult> DataPlane::RecordCalls(std::vector<CallReport> calls) {
     call.workspace_id = key->workspace_id;
     call.units = calls[i].units.value_or(call.status >= 200 && call.status < 300 ? 1 : 0);
     // A secret pasted into a query string must not reach the ledger either.
-    RedactSecrets(&call.path);
-    RedactSecrets(&call.origin);
-    // The key's logging switch decides whether request/response data is kept.
-    call.logged = key->logging;
+    for (std::string* text : {&call.path, &call.origin, &call.method, &call.client_ip}) {
+      RedactSecrets(text);
+    }
+    CutAtCharBoundary(&call.path, kPathBytesMax);
+    // Request and response data are kept only for a call made while logging
+    // was on: on now, and not switched since the call occurred.
+    call.logged = key->logging && call.occurred_at_us >= key->logging_switched_at_us;
     if (call.logged) {
-      TrimExcerpt(&call.request);
-      TrimExcerpt(&call.response);
       RedactExcerpt(&call.request);
       RedactExcerpt(&call.response);
+      TrimExcerpt(&call.request);
+      TrimExcerpt(&call.response);
     } else {
       call.request = HttpExcerpt{};
       call.response = HttpExcerpt{};

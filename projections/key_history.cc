@@ -43,7 +43,10 @@ void ApplyToLiveKey(const Event& e, KeyView* k) {
                  [&](const KeySecurityGroupChanged& c) {
                    k->security_group_id = c.security_group_id;
                  },
-                 [&](const KeyLoggingSwitched& c) { k->logging = c.enabled; },
+                 [&](const KeyLoggingSwitched& c) {
+                   k->logging = c.enabled;
+                   k->logging_switched_at_us = at;
+                 },
                  [&](const KeyRotated& c) {
                    // Only the secret just replaced survives, and only until its grace ends.
                    if (c.old_secret_valid_until_us > at) {

@@ -708,7 +708,8 @@ json ToJson(const SecurityGroupView& g) {
 json ToJson(const KeyView& k) {
   return {{"workspace_id", k.workspace_id}, {"id", k.id}, {"name", k.name},
           {"description", k.description}, {"security_group_id", k.security_group_id},
-          {"logging", k.logging}, {"secret_hash", HashHex(k.secret_hash)},
+          {"logging", k.logging}, {"logging_switched_at_us", k.logging_switched_at_us},
+          {"secret_hash", HashHex(k.secret_hash)},
           {"old_secret_hash", k.old_secret_hash ? HashHex(*k.old_secret_hash) : ""},
           {"old_secret_valid_until_us", k.old_secret_valid_until_us},
           {"created_at_us", k.created_at_us}, {"updated_at_us", k.updated_at_us},
@@ -776,6 +777,7 @@ KeyView KeyFromJson(const json& j) {
   k.description = j.at("description");
   k.security_group_id = j.at("security_group_id");
   k.logging = j.at("logging");
+  k.logging_switched_at_us = j.at("logging_switched_at_us");
   k.secret_hash = HashFromHex(j.at("secret_hash"));
   std::string old = j.at("old_secret_hash");
   if (!old.empty()) k.old_secret_hash = HashFromHex(old);

@@ -145,6 +145,9 @@ struct KeyView {
   std::string description;
   std::string security_group_id;
   bool logging = false;
+  // recorded_at_us of the last KeyLoggingSwitched (0: never switched): a call
+  // is logged only if it occurred at or after it, with logging on.
+  int64_t logging_switched_at_us = 0;
   Hash secret_hash{};
   std::optional<Hash> old_secret_hash;  // the secret before the last rotation
   int64_t old_secret_valid_until_us = 0;

@@ -13,7 +13,8 @@ constexpr int kCfProjectionMeta = 1;
 constexpr char kFormatKey[] = "key_state_format";
 // Bump when the record layout changes: the store is then rebuilt from the log.
 // 5: a pending notification keeps its rule and key name as at the transition.
-constexpr char kFormatVersion[] = "key-state-5";
+// 6: a key keeps when its logging was last switched.
+constexpr char kFormatVersion[] = "key-state-6";
 
 // A rebuild reports its progress every this many events.
 constexpr uint64_t kRebuildProgressEvents = 65'536;

@@ -76,10 +76,14 @@ struct World {
     return n == 0 ? std::vector<std::string>{} : Post(calls);
   }
 
-  void SetLogging(const std::string& key_id, bool on) {
+  // Switches logging; then, unless `settle` is false, lets an hour pass, so
+  // that calls Record()ed afterwards (made up to minutes before the clock)
+  // were made after the switch: only those are logged.
+  void SetLogging(const std::string& key_id, bool on, bool settle = true) {
     auto r =
         h.Call("PATCH", "/v1/workspaces/" + ws + "/keys/" + key_id, json{{"logging", on}}.dump());
     ASSERT_EQ(r.status, 200) << r.raw;
+    if (settle) h.clock().AdvanceUs(3600 * kSecondUs);
   }
 
   int Authorize(const std::string& secret_value, const std::string& ip) {
@@ -200,18 +204,28 @@ RC_GTEST_PROP(CallProjectionsProp, LogsHoldExactlyTheCallsMadeWhileLoggingWasOn,
   World& w = shared.world;
   const std::string key = w.h.CreateKey(w.ws, w.group, "prop").first;
   const size_t steps = *rc::gen::inRange<size_t>(0, 10);
-  // -1: flip the logging switch; n >= 0: record n calls in one POST.
-  const auto ops = *rc::gen::container<std::vector<int>>(steps, rc::gen::inRange(-1, 5));
-  bool logging = false;
+  // -2: let 1 s pass; -1: flip the logging switch; n >= 0: record n calls
+  // in one POST, made 0-2 s before the clock (so some before a switch).
+  const auto ops = *rc::gen::container<std::vector<int>>(steps, rc::gen::inRange(-2, 5));
+  std::vector<std::pair<int64_t, bool>> switches = {{0, false}};  // (at, on), oldest first
   std::vector<std::string> expected;
   for (int op : ops) {
-    if (op < 0) {
-      logging = !logging;
-      w.SetLogging(key, logging);
+    if (op == -2) {
+      w.h.clock().AdvanceUs(kSecondUs);
       continue;
     }
-    auto ids = w.Record(key, static_cast<size_t>(op));
-    if (logging) expected.insert(expected.end(), ids.begin(), ids.end());
+    if (op == -1) {
+      w.SetLogging(key, !switches.back().second, /*settle=*/false);
+      switches.emplace_back(w.h.key_state().state().FindKey(key)->logging_switched_at_us,
+                            !switches.back().second);
+      continue;
+    }
+    const int64_t age_us = *rc::gen::inRange<int64_t>(0, 2 * kSecondUs + 1);
+    auto ids = w.Record(key, static_cast<size_t>(op), 200, age_us);
+    // Made while logging was on: on now, and not switched since.
+    const bool logged = switches.back().second &&
+                        w.h.clock().NowUs() - age_us >= switches.back().first;
+    if (logged) expected.insert(expected.end(), ids.begin(), ids.end());
   }
   RC_ASSERT(shared.projections->CatchUp().ok());
   std::reverse(expected.begin(), expected.end());  // newest first
@@ -298,13 +312,13 @@ TEST(CallProjectionsTest, PaginationIsStableWhileNewCallsArrive) {
 
 TEST(CallProjectionsTest, LogQueriesFilterAndCheckTheirArguments) {
   World w;
+  auto [other, other_secret] = w.h.CreateKey(w.ws, w.group, "other");
+  w.SetLogging(other, true);
   w.SetLogging(w.key, true);
   auto ok = w.Record(w.key, 3, 200);
   auto created = w.Record(w.key, 2, 201);
   auto missing = w.Record(w.key, 4, 404);
   auto failed = w.Record(w.key, 1, 503);
-  auto [other, other_secret] = w.h.CreateKey(w.ws, w.group, "other");
-  w.SetLogging(other, true);
   w.Record(other, 2);
   auto p = w.Open();
   ASSERT_NE(p, nullptr);
@@ -363,6 +377,7 @@ TEST(CallProjectionsTest, LogQueriesFilterAndCheckTheirArguments) {
 TEST(CallProjectionsTest, RetentionHidesAndTheSweepDeletesOldEntries) {
   World w;
   w.SetLogging(w.key, true);
+  w.h.clock().AdvanceUs(31 * kDayUs);  // logging was on for the calls below
   auto old_calls = w.Record(w.key, 3, 200, 20 * kDayUs);  // within the 35-day lateness
   auto new_calls = w.Record(w.key, 2, 200, kSecondUs);
   CallProjectionsOptions o;
@@ -394,6 +409,7 @@ TEST(CallProjectionsTest, RetentionHidesAndTheSweepDeletesOldEntries) {
 TEST(CallProjectionsTest, TheSweepRecordOnlyRises) {
   World w;
   w.SetLogging(w.key, true);
+  w.h.clock().AdvanceUs(31 * kDayUs);  // logging was on for the calls below
   w.Record(w.key, 2, 200, 20 * kDayUs);
   w.Record(w.key, 1, 200, kSecondUs);
   CallProjectionsOptions fifteen_days;

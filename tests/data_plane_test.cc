@@ -1,6 +1,8 @@
 // Handler-level tests of the data plane: authorize and call recording.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include "billing/calendar.h"
 #include "tests/service_fixture.h"
 
@@ -257,6 +259,7 @@ TEST_F(DataPlaneTest, LoggedExcerptsAreRedactedAndUnloggedDropped) {
   ASSERT_EQ(h.Call("POST", "/v1/calls", json{{"calls", {call}}}.dump()).status, 200);
   ASSERT_EQ(h.Call("PATCH", "/v1/workspaces/" + ws_ + "/keys/" + key_, R"({"logging":true})")
                 .status, 200);
+  h.clock().AdvanceUs(10'000'000);  // calls made after the switch are logged
   call = Call("logged");
   call["path"] = "/v1/render?api_key=" + secret_;
   call["request"] = {{"headers", {{"Authorization", "Bearer " + secret_}, {"X-Note", secret_}}},
@@ -272,7 +275,7 @@ TEST_F(DataPlaneTest, LoggedExcerptsAreRedactedAndUnloggedDropped) {
   EXPECT_TRUE(logged.logged);
   ASSERT_EQ(logged.request.headers.size(), 2u);
   EXPECT_EQ(logged.request.headers[0].value, "[REDACTED]");
-  // Cut to 4 KiB, then the secret inside replaced by a shorter marker.
+  // The secret inside replaced by a shorter marker, then cut to 4 KiB.
   EXPECT_LE(logged.request.body_excerpt.size(), kBodyExcerptBytesMax);
   EXPECT_GT(logged.request.body_excerpt.size(), kBodyExcerptBytesMax - 64);
   EXPECT_TRUE(logged.request.body_excerpt.starts_with("key=klk_[REDACTED] bbb"));
@@ -281,6 +284,43 @@ TEST_F(DataPlaneTest, LoggedExcerptsAreRedactedAndUnloggedDropped) {
     const auto& c = std::get<ApiCallRecorded>(e.body);
     for (const auto& hd : c.request.headers) EXPECT_EQ(hd.value.find(secret_.substr(4)), std::string::npos);
     EXPECT_EQ(c.request.body_excerpt.find(secret_.substr(4)), std::string::npos);
+  }
+}
+
+TEST_F(DataPlaneTest, SecretsBackToBackOrInUpperCaseAreRedactedAndExcerptsStayWithinTheLimit) {
+  ASSERT_EQ(h.Call("PATCH", "/v1/workspaces/" + ws_ + "/keys/" + key_, R"({"logging":true})")
+                .status, 200);
+  h.clock().AdvanceUs(10'000'000);  // calls made after the switch are logged
+  const std::string random = secret_.substr(4);
+  std::string upper = secret_;
+  std::transform(upper.begin(), upper.end(), upper.begin(), ::toupper);
+  json call = Call("back-to-back");
+  call["path"] = "/r?a=" + secret_ + secret_ + "&b=klw_" + random + "&c=" + upper;
+  std::string many;
+  while (many.size() < 4200) many += "klk_a ";
+  call["request"] = {{"headers", {{"X-Other", secret_ + secret_}}},
+                     {"body_excerpt", std::string(4090, 'x') + secret_}};
+  call["response"] = {{"body_excerpt", many}};
+  ASSERT_EQ(h.Call("POST", "/v1/calls", json{{"calls", {call}}}.dump()).status, 200);
+  auto events = h.ledger().ReadStream("calls/" + key_, 1, 10);
+  ASSERT_TRUE(events.ok());
+  ASSERT_EQ(events->size(), 1u);
+  const auto& c = std::get<ApiCallRecorded>(events->at(0).body);
+  EXPECT_EQ(c.path, "/r?a=klk_[REDACTED]klk_[REDACTED]&b=klw_[REDACTED]&c=KLK_[REDACTED]");
+  EXPECT_EQ(c.request.headers[0].value, "klk_[REDACTED]klk_[REDACTED]");
+  // Redacted before the cut: the secret the cut would have split is gone.
+  EXPECT_EQ(c.request.body_excerpt, std::string(4090, 'x') + "klk_[R");
+  EXPECT_EQ(c.response.body_excerpt.size(), kBodyExcerptBytesMax);
+  EXPECT_TRUE(c.response.body_excerpt.starts_with("klk_[REDACTED] klk_[REDACTED] "));
+}
+
+TEST_F(DataPlaneTest, AHeaderNameThatIsNoHttpTokenIsRefused) {
+  for (const char* name : {"Authorization ", "", "x:y", "a b"}) {
+    json call = Call("bad-name");
+    call["request"] = {{"headers", {{name, "Bearer " + secret_}}}};
+    auto r = h.Call("POST", "/v1/calls", json{{"calls", {call}}}.dump());
+    EXPECT_EQ(r.status, 400) << name;
+    EXPECT_EQ(r.body["error"]["field"], "calls[0].request.headers") << r.raw;
   }
 }
 
@@ -522,6 +562,34 @@ TEST(DataPlaneGatewayQueueTest, RefusesToRelayWhenRecordingIsFullAndLosesNothing
   auto events = h.ledger().ReadStream("calls/" + key, 1, 10);
   ASSERT_TRUE(events.ok());
   EXPECT_EQ(events->size(), 2u);
+}
+
+// A relayed call is logged only if logging was on when it was made (when it
+// was authorized), whatever the switch says when its record is written.
+TEST(DataPlaneGatewayQueueTest, ARelayedCallIsLoggedOnlyIfMadeWhileLoggingWasOn) {
+  ServiceHarness h(7);
+  const std::string ws = h.CreateWorkspace();
+  const std::string group = h.CreateGroup(ws, {{"name", "open"}});
+  auto [key, secret] = h.CreateKey(ws, group);
+  const std::string path = "/v1/workspaces/" + ws + "/keys/" + key;
+  ProxyHooks hooks = h.service().GatewayHooks();
+  ProxyExchange done;
+  done.status = 200;
+  ProxyAdmission made_while_off = hooks.admit(GatewayHead(secret, ""));
+  ASSERT_TRUE(made_while_off.relay);
+  h.clock().AdvanceUs(1000);
+  ASSERT_EQ(h.Call("PATCH", path, R"({"logging":true})").status, 200);
+  made_while_off.on_done(done);  // the upstream answers after the switch
+  h.clock().AdvanceUs(1000);
+  ProxyAdmission made_while_on = hooks.admit(GatewayHead(secret, ""));
+  ASSERT_TRUE(made_while_on.relay);
+  made_while_on.on_done(done);
+  ASSERT_TRUE(h.service().data_plane().FlushCalls().ok());
+  auto events = h.ledger().ReadStream("calls/" + key, 1, 10);
+  ASSERT_TRUE(events.ok());
+  ASSERT_EQ(events->size(), 2u);
+  EXPECT_FALSE(std::get<ApiCallRecorded>(events->at(0).body).logged);
+  EXPECT_TRUE(std::get<ApiCallRecorded>(events->at(1).body).logged);
 }
 
 TEST(DataPlaneGatewayQueueTest, ARequestRefusedForLackOfRecordingRoomKeepsItsRateAllowance) {

@@ -36,6 +36,7 @@ class ObservabilityApiTest : public ::testing::Test {
 TEST_F(ObservabilityApiTest, LogsHoldOnlyCallsMadeWhileLoggingWasOn) {
   Record("off-1", 200, 10, 50);
   ASSERT_EQ(h.Call("PATCH", base_, R"({"logging":true})").status, 200);
+  h.clock().AdvanceUs(60'000'000);  // the "on" calls below were made after the switch
   Record("on-1", 200, 10, 40);
   Record("on-2", 500, 30, 30);
   Record("on-3", 404, 20, 20);
@@ -60,6 +61,7 @@ TEST_F(ObservabilityApiTest, LogsHoldOnlyCallsMadeWhileLoggingWasOn) {
   ASSERT_EQ(first.body["entries"].size(), 2u);
   ASSERT_TRUE(first.body["next_cursor"].is_string());
   ASSERT_EQ(h.Call("PATCH", base_, R"({"logging":true})").status, 200);
+  h.clock().AdvanceUs(2'000'000);
   Record("on-4", 200, 5, 1);
   ASSERT_TRUE(h.calls().CatchUp().ok());
   auto second = h.Call("GET", base_ + "/logs?limit=2&cursor=" +

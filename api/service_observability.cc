@@ -17,6 +17,9 @@ Result<std::optional<int64_t>> TimeParam(std::string_view query, std::string_vie
   std::string_view raw = QueryParam(query, name);
   if (raw.empty()) return std::optional<int64_t>();
   KL_ASSIGN_OR_RETURN(int64_t t, ParseRfc3339(PercentDecode(raw), name));
+  if (t < 0) {  // calls are recorded at UTC times since the epoch only
+    return Status::InvalidArgument("must not be before 1970-01-01T00:00:00Z", std::string(name));
+  }
   return std::optional<int64_t>(t);
 }
 
@@ -114,21 +117,18 @@ Result<HttpResponse> Service::Impl::MetricsResponse(const HttpRequest& req, Metr
   KL_ASSIGN_OR_RETURN(auto from, TimeParam(query, "from"));
   KL_ASSIGN_OR_RETURN(auto to, TimeParam(query, "to"));
   int64_t to_us = to.value_or(d.clock->NowUs());
-  int64_t from_us = from.value_or(to_us - kDefaultMetricsRangeUs);
-  if (from_us < 0 || to_us <= from_us) {
-    return Status::InvalidArgument("from must be before to", "from");
-  }
+  int64_t from_us = from.value_or(std::max<int64_t>(0, to_us - kDefaultMetricsRangeUs));
+  if (to_us <= from_us) return Status::InvalidArgument("to must be after from", "to");
   // Buckets are aligned to the step in UTC: widen the range to whole steps.
   from_us -= from_us % step_us;
   to_us += (step_us - to_us % step_us) % step_us;
-  KL_ASSIGN_OR_RETURN(auto series, d.calls->Metrics(scope, id, from_us, to_us, step_us));
-  KL_ASSIGN_OR_RETURN(MetricsBucket totals, d.calls->Totals(scope, id, from_us, to_us));
+  KL_ASSIGN_OR_RETURN(auto view, d.calls->MetricsWithTotals(scope, id, from_us, to_us, step_us));
   Json points = Json::array();
-  for (const auto& b : series) points.push_back(BucketJson(b, true));
+  for (const auto& b : view.series) points.push_back(BucketJson(b, true));
   return JsonResponse(200, {{"from", FormatRfc3339(from_us)}, {"to", FormatRfc3339(to_us)},
                             {"step", step_us / kSecondUs}, {"series", points},
-                            {"totals", BucketJson(totals, false)},
-                            {"as_of_sequence", d.calls->position()}});
+                            {"totals", BucketJson(view.totals, false)},
+                            {"as_of_sequence", view.position}});
 }
 
 }  // namespace keyledger

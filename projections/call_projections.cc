@@ -1235,6 +1235,17 @@ Result<MetricsBucket> CallProjections::Totals(MetricsScope scope, std::string_vi
   return state_->metrics.Totals(scope, id, from_us, to_us);
 }
 
+Result<CallProjections::MetricsView> CallProjections::MetricsWithTotals(
+    MetricsScope scope, std::string_view id, int64_t from_us, int64_t to_us,
+    int64_t step_us) const {
+  std::shared_lock<std::shared_mutex> lock(state_mu_);
+  MetricsView view;
+  KL_ASSIGN_OR_RETURN(view.series, state_->metrics.Query(scope, id, from_us, to_us, step_us));
+  KL_ASSIGN_OR_RETURN(view.totals, state_->metrics.Totals(scope, id, from_us, to_us));
+  view.position = state_->position;
+  return view;
+}
+
 namespace {
 
 WorkspaceUsage UsageOf(const call_projections_internal::FoldState& state,

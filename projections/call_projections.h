@@ -285,6 +285,17 @@ class CallProjections final : public UsageReader {
   Result<MetricsBucket> Totals(MetricsScope scope, std::string_view id, int64_t from_us,
                                int64_t to_us) const;
 
+  // Metrics and Totals over the same range, and the position they reflect,
+  // all read from one state (separate calls may straddle a fold, so the
+  // series would not sum to the totals). Errors as Metrics.
+  struct MetricsView {
+    std::vector<MetricsBucket> series;
+    MetricsBucket totals;
+    uint64_t position = 0;
+  };
+  Result<MetricsView> MetricsWithTotals(MetricsScope scope, std::string_view id, int64_t from_us,
+                                        int64_t to_us, int64_t step_us) const;
+
   // Returns the usage of `workspace_id` in `month` (no keys and total 0 if
   // none), with the position it covers. Never fails.
   WorkspaceUsage UsageFor(std::string_view workspace_id, const BillingMonth& month) const override;

@@ -9,6 +9,7 @@
 #include <rapidcheck/gtest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <map>
 #include <thread>
@@ -537,6 +538,40 @@ TEST(CallProjectionsTest, ReadingAheadFoldsWhatReadingInlineFolds) {
   const auto logs = AllLogs(*ahead, QueryFor(w.key, 1000), w.h.clock().NowUs());
   EXPECT_EQ(logs.size(), 17u * 666u);  // w.key's calls: i % 3 != 0
   EXPECT_EQ(logs, AllLogs(inline_p, QueryFor(w.key, 1000), w.h.clock().NowUs()));
+}
+
+// While the tailing thread folds new calls, every MetricsWithTotals answer
+// is one state: its series sum to its totals, at the position it reports.
+TEST(CallProjectionsTest, MetricsWithTotalsIsOneStateWhileCallsArrive) {
+  World w;
+  auto p = w.Open();
+  ASSERT_NE(p, nullptr);
+  p->Start();
+  std::atomic<bool> writing{true};
+  std::thread writer([&] {
+    for (int i = 0; i < 60; i++) w.Record(w.key, 20, 200, kSecondUs * (i % 5));
+    writing = false;
+  });
+  const auto [from, to] = w.Range();
+  int answers = 0;
+  uint64_t last_position = 0;
+  while (writing || answers == 0) {
+    auto view = p->MetricsWithTotals(MetricsScope::kKey, w.key, from, to, kDayUs);
+    ASSERT_TRUE(view.ok()) << view.ToStatus().ToString();
+    uint64_t calls = 0;
+    for (const MetricsBucket& b : view->series) calls += b.calls;
+    ASSERT_EQ(calls, view->totals.calls);
+    ASSERT_GE(view->position, last_position);
+    last_position = view->position;
+    answers++;
+  }
+  writer.join();
+  ASSERT_TRUE(p->CatchUp().ok());
+  auto last = p->MetricsWithTotals(MetricsScope::kKey, w.key, from, to, kDayUs);
+  ASSERT_TRUE(last.ok());
+  EXPECT_EQ(last->totals.calls, 1200u);
+  EXPECT_EQ(last->position, p->position());
+  p->Stop();
 }
 
 TEST(CallProjectionsTest, UsageMonthsFollowTheWorkspaceBillingTimeZone) {

@@ -72,6 +72,16 @@ TEST_F(ObservabilityApiTest, LogsHoldOnlyCallsMadeWhileLoggingWasOn) {
   EXPECT_EQ(h.Call("GET", base_ + "/logs?limit=0").body["error"]["field"], "limit");
   EXPECT_EQ(h.Call("GET", base_ + "/logs?cursor=zz").body["error"]["field"], "cursor");
   EXPECT_EQ(h.Call("GET", base_ + "/logs?from=yesterday").body["error"]["field"], "from");
+  // Times before the epoch, and a range that ends before it starts, each
+  // name the parameter at fault.
+  EXPECT_EQ(h.Call("GET", base_ + "/logs?to=1969-12-31T00:00:00Z").body["error"]["field"], "to");
+  EXPECT_EQ(h.Call("GET", base_ + "/metrics?from=1969-12-31T00:00:00Z").body["error"]["field"],
+            "from");
+  auto backwards =
+      h.Call("GET", base_ + "/metrics?from=2026-11-20T10:00:00Z&to=2026-11-20T09:00:00Z");
+  EXPECT_EQ(backwards.status, 400);
+  EXPECT_EQ(backwards.body["error"]["field"], "to");
+  EXPECT_EQ(h.Call("GET", base_ + "/metrics?to=1970-01-01T12:00:00Z").status, 200);
 }
 
 TEST_F(ObservabilityApiTest, MetricsShowCallsErrorsAndLatency) {

@@ -19,6 +19,9 @@ constexpr size_t kMethodBytesMax = 16;
 constexpr size_t kPathBytesMax = 2048;
 constexpr size_t kHeaderValueBytesMax = 8192;
 constexpr char kRedacted[] = "[REDACTED]";
+// The answer to a secret that names no live key, and to one rotated out:
+// a leaked old secret must not tell its holder that it was ever real.
+constexpr char kUnknownKeyMessage[] = "unknown API key";
 
 // Returns the token of "Bearer <token>", or "" when the header is not that.
 std::string_view BearerToken(std::string_view header) {
@@ -330,8 +333,8 @@ AuthorizeDecision DataPlane::Authorize(const AuthorizeRequest& request) {
     d.logging = v.key.logging;
     if (v.is_old_secret && request.now_us >= v.key.old_secret_valid_until_us) {
       d.outcome = AuthorizeOutcome::kUnauthenticated;
-      d.reason = DenialReason::kRevokedSecret;
-      d.message = "this secret was rotated and its grace period has ended";
+      d.reason = DenialReason::kRevokedSecret;  // recorded; the answer is an unknown key's
+      d.message = kUnknownKeyMessage;
       return;
     }
     if (v.rules == nullptr || !v.rules->AllowsIp(*ip)) {
@@ -365,7 +368,7 @@ AuthorizeDecision DataPlane::Authorize(const AuthorizeRequest& request) {
   if (!found) {
     d.outcome = AuthorizeOutcome::kUnauthenticated;
     d.reason = DenialReason::kUnknownKey;
-    d.message = "unknown API key";
+    d.message = kUnknownKeyMessage;
   }
   if (d.outcome != AuthorizeOutcome::kAllowed) QueueDenial(d, request);
   return d;

@@ -198,7 +198,12 @@ TEST_F(BlackBoxTest, KeyLifecycleAndDataPlaneOverHttp) {
   std::string secret3 = Body(rotated2)["secret"];
   EXPECT_EQ(Authorize(secret2, "203.0.113.5", "https://app.example.com").status, 200);
   std::this_thread::sleep_for(std::chrono::milliseconds(1200));
-  EXPECT_EQ(Authorize(secret2, "203.0.113.5", "https://app.example.com").status, 401);
+  auto expired = Authorize(secret2, "203.0.113.5", "https://app.example.com");
+  EXPECT_EQ(expired.status, 401);
+  // Answered as a key that never existed: a leaked old secret learns nothing.
+  auto never = Authorize("klk_" + std::string(32, 'a'), "203.0.113.5", "https://app.example.com");
+  EXPECT_EQ(never.status, 401);
+  EXPECT_EQ(expired.body, never.body);
   EXPECT_EQ(Authorize(secret3, "203.0.113.5", "https://app.example.com").status, 200);
 
   // Call recording: durable, idempotent by request_id.

@@ -399,6 +399,40 @@ TEST_F(AuditTest, DumpFiltersBySequenceAndStream) {
   EXPECT_TRUE(beyond.out.empty());
   CliResult backwards = RunCli({"events", "dump", "--data", data_, "--from", "5", "--to", "4"});
   EXPECT_EQ(backwards.exit_code, 2);
+  for (const char* flag : {"--from", "--to"}) {  // not read as 2^64 - 1
+    CliResult negative = RunCli({"events", "dump", "--data", data_, flag, "-1"});
+    EXPECT_EQ(negative.exit_code, 2) << flag;
+    EXPECT_TRUE(negative.out.empty()) << flag;
+  }
+}
+
+// A benchmark writes synthetic data into its --data directory: it refuses a
+// directory it did not make (such as a server's), and a bad path is an
+// error, not a crash.
+TEST_F(AuditTest, BenchmarksRefuseADirectoryTheyDidNotMake) {
+  const std::string head_before = RunCli({"audit", "verify", "--data", data_}).out;
+  ASSERT_FALSE(head_before.empty());
+  CliResult refused = RunCli({"bench", "authorize", "--data", data_, "--keys", "1",
+                              "--iterations", "1"});
+  EXPECT_EQ(refused.exit_code, 2) << refused.err;
+  EXPECT_NE(refused.err.find("was not made by `keyledger bench`"), std::string::npos)
+      << refused.err;
+  CliResult append = RunCli({"bench", "append", "--data", data_ + "/ledger", "--events", "10"});
+  EXPECT_EQ(append.exit_code, 2) << append.err;
+  EXPECT_EQ(RunCli({"audit", "verify", "--data", data_}).out, head_before);  // untouched
+  const std::string file = dir_.sub("a-file");
+  { std::ofstream(file) << "x"; }
+  CliResult under_file = RunCli({"bench", "authorize", "--data", file + "/sub", "--keys", "1",
+                                 "--iterations", "1"});
+  EXPECT_EQ(under_file.exit_code, 1) << under_file.err;
+  EXPECT_NE(under_file.err.find("Not a directory"), std::string::npos) << under_file.err;
+  // A directory the benchmark made may be used again.
+  const std::string scratch = dir_.sub("bench");
+  for (int run = 0; run < 2; run++) {
+    CliResult ok = RunCli({"bench", "authorize", "--data", scratch, "--keys", "1",
+                           "--iterations", "10"});
+    EXPECT_EQ(ok.exit_code, 0) << ok.err;
+  }
 }
 
 TEST_F(AuditTest, MissingDirectoriesAreNamed) {

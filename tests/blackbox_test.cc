@@ -1,6 +1,8 @@
 // Black-box tests: start the real `keyledger serve` process on a free port and
 // drive it over real HTTP, as the gateway and a workspace member would.
 #include <gtest/gtest.h>
+
+#include <filesystem>
 #include <signal.h>
 #include <sys/wait.h>
 
@@ -671,13 +673,16 @@ TEST_F(GatewayBlackBoxTest, RelaysUpstreamErrorsAndAnswers502WhenItIsDown) {
 }
 
 TEST_F(BlackBoxTest, GatewayTakesTheClientFromForwardedForOnlyBehindATrustedProxy) {
-  // Refused at start: a bad range, and a trusted proxy without gateway mode.
+  // Refused at start as bad flags (exit 2), before the data directory is
+  // created: a bad range, and a trusted proxy without gateway mode.
   ServerProcess bad_cidr(dir_.sub("bad1"), {"--upstream", "http://127.0.0.1:9", "--trusted-proxy", "10.0.0.1/8"});
   EXPECT_EQ(bad_cidr.port(), 0);
-  EXPECT_EQ(bad_cidr.Stop(), 1);
+  EXPECT_EQ(bad_cidr.Stop(), 2);
+  EXPECT_FALSE(std::filesystem::exists(dir_.sub("bad1")));
   ServerProcess no_gateway(dir_.sub("bad2"), {"--trusted-proxy", "10.0.0.0/8"});
   EXPECT_EQ(no_gateway.port(), 0);
-  EXPECT_EQ(no_gateway.Stop(), 1);
+  EXPECT_EQ(no_gateway.Stop(), 2);
+  EXPECT_FALSE(std::filesystem::exists(dir_.sub("bad2")));
 
   auto upstream = WebhookReceiver::Start();
   ASSERT_TRUE(upstream.ok()) << upstream.ToStatus().ToString();

@@ -143,7 +143,9 @@ Result<LedgerView> OpenLedgerView(const std::string& data_dir) {
   static const SystemClock clock;  // recorded_at is never assigned by a secondary
   std::error_code ec;
   if (!fs::is_directory(data_dir, ec)) {
-    return Status::NotFound("data directory " + data_dir + " does not exist", "data");
+    return Status::NotFound("data directory " + data_dir +
+                                (fs::exists(data_dir, ec) ? " is not a directory" : " does not exist"),
+                            "data");
   }
   const std::string path = data_dir + "/ledger";
   if (!fs::exists(path + "/CURRENT", ec)) {

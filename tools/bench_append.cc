@@ -10,6 +10,7 @@
 #include "ledger/ledger.h"
 #include "ledger/random.h"
 #include "tools/commands.h"
+#include "tools/local_stack.h"
 
 namespace keyledger::tools {
 namespace {
@@ -60,7 +61,10 @@ int64_t ThreadCpuNs() {
 
 int RunBenchAppend(const BenchAppendOptions& options) {
   SystemClock clock;
-  std::filesystem::create_directories(options.data_dir);
+  if (Status dir = PrepareBenchDir(options.data_dir, /*wipe=*/false); !dir.ok()) {
+    std::fprintf(stderr, "keyledger bench append: %s\n", dir.message().c_str());
+    return dir.code() == Code::kInvalidArgument ? 2 : 1;
+  }
   LedgerOptions lo;
   lo.clock = &clock;
   lo.storage.wal_prefill_bytes = options.wal_prefill_mib << 20;

@@ -57,8 +57,10 @@ Status Setup(Fixture& f, const std::string& dir, int keys) {
 }  // namespace
 
 int RunBenchAuthorize(const BenchAuthorizeOptions& options) {
-  std::filesystem::remove_all(options.data_dir);
-  std::filesystem::create_directories(options.data_dir);
+  if (Status dir = PrepareBenchDir(options.data_dir, /*wipe=*/true); !dir.ok()) {
+    std::fprintf(stderr, "keyledger bench authorize: %s\n", dir.message().c_str());
+    return dir.code() == Code::kInvalidArgument ? 2 : 1;
+  }
   Fixture f;
   Status setup = Setup(f, options.data_dir, options.keys);
   if (!setup.ok()) {

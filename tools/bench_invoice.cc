@@ -37,6 +37,8 @@
 
 #include "api/service.h"
 #include "billing/calendar.h"
+#include "tools/cli_validators.h"
+#include "tools/local_stack.h"
 
 namespace keyledger::tools {
 namespace {
@@ -373,7 +375,11 @@ int RunBenchInvoice(const BenchInvoiceOptions& o) {
   if (o.no_setup && !std::filesystem::exists(o.data_dir + "/ledger")) {
     return Fail("--no-setup needs a directory set up earlier (no " + o.data_dir + "/ledger)");
   }
-  if (!o.no_setup) std::filesystem::remove_all(o.data_dir);
+  if (!o.no_setup) {
+    if (Status dir = PrepareBenchDir(o.data_dir, /*wipe=*/true); !dir.ok()) {
+      return Fail(dir.message());
+    }
+  }
 
   BenchStack s;
   auto t_open = SteadyClock::now();
@@ -489,7 +495,8 @@ void AddBenchInvoiceCommand(CLI::App* bench, int* exit_code) {
   cmd->add_option("--recorded-calls", o->recorded_calls,
                   "Of them, recorded as individual 1-unit calls (at most --calls)")
       ->capture_default_str();
-  cmd->add_option("--month", o->month, "Billing month YYYY-MM (default: the last one due)");
+  cmd->add_option("--month", o->month, "Billing month YYYY-MM (default: the last one due)")
+      ->check(BillingMonthValidator());
   cmd->add_option("--data", o->data_dir, "Scratch data directory")->required();
   auto* setup_only = cmd->add_flag("--setup-only", o->setup_only,
                                    "Stop after the setup (and the fold); keep DIR for later runs");

@@ -92,12 +92,26 @@ int Fail(const char* command, const std::string& message) {
   return 1;
 }
 
+// Why no transport: bad flags exit 2; a data directory a server holds gets
+// a hint, since RocksDB's own words ("While lock file") do not say so.
+int TransportFailure(const char* command, const Status& s) {
+  if (s.code() == Code::kInvalidArgument) {
+    std::fprintf(stderr, "keyledger invoice %s: %s\n", command, s.message().c_str());
+    return 2;
+  }
+  std::string message = s.ToString();
+  if (s.code() == Code::kIOError && message.find("lock") != std::string::npos) {
+    message += " (is a server running on this directory? then use --server URL)";
+  }
+  return Fail(command, message);
+}
+
 }  // namespace
 
 int RunInvoiceRun(const InvoiceOptions& options) {
   std::unique_ptr<LocalStack> local;
   auto transport = MakeTransport(options, &local);
-  if (!transport.ok()) return Fail("run", transport.status().ToString());
+  if (!transport.ok()) return TransportFailure("run", transport.status());
   Json body = {{"month", options.month}, {"grace_hours", options.grace_hours}};
   HttpResponse r = (*transport)(Request("POST", "/v1/invoice-runs", body.dump()));
   if (r.status != 200) return Fail("run", std::to_string(r.status) + " " + r.body);
@@ -118,7 +132,7 @@ int RunInvoiceRun(const InvoiceOptions& options) {
 int RunInvoiceExport(const InvoiceOptions& options) {
   std::unique_ptr<LocalStack> local;
   auto transport = MakeTransport(options, &local);
-  if (!transport.ok()) return Fail("export", transport.status().ToString());
+  if (!transport.ok()) return TransportFailure("export", transport.status());
   HttpResponse list = (*transport)(Request("GET", "/v1/workspaces"));
   if (list.status != 200) return Fail("export", std::to_string(list.status) + " " + list.body);
   Json workspaces = Json::parse(list.body, nullptr, false)["workspaces"];

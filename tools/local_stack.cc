@@ -40,3 +40,36 @@ void LocalStack::Stop() {
 }
 
 }  // namespace keyledger::tools
+
+namespace keyledger::tools {
+
+Status PrepareBenchDir(const std::string& dir, bool wipe) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::file_status status = fs::status(dir, ec);
+  if (fs::exists(status)) {
+    if (!fs::is_directory(status)) {
+      return Status::InvalidArgument(dir + " is not a directory", "data");
+    }
+    const bool empty = fs::is_empty(dir, ec);
+    if (ec) return Status::IOError("read " + dir + ": " + ec.message());
+    if (!empty && !fs::exists(fs::path(dir) / kBenchMarkerFile, ec)) {
+      return Status::InvalidArgument(
+          dir + " is not empty and was not made by `keyledger bench`; a benchmark writes "
+                "synthetic data into its --data directory, so give it a new or empty one",
+          "data");
+    }
+    if (wipe) {
+      fs::remove_all(dir, ec);
+      if (ec) return Status::IOError("remove " + dir + ": " + ec.message());
+    }
+  }
+  fs::create_directories(dir, ec);
+  if (ec) return Status::IOError("create " + dir + ": " + ec.message());
+  std::FILE* marker = std::fopen((fs::path(dir) / kBenchMarkerFile).c_str(), "w");
+  if (marker == nullptr) return Status::IOError("create a file in " + dir);
+  std::fclose(marker);
+  return Status::Ok();
+}
+
+}  // namespace keyledger::tools

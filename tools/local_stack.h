@@ -36,4 +36,17 @@ struct LocalStack {
   ~LocalStack() { Stop(); }
 };
 
+// The file a `keyledger bench` command leaves in its --data directory.
+inline constexpr char kBenchMarkerFile[] = ".keyledger-bench";
+
+// Makes `dir` ready for a benchmark: creates it when missing; when it exists,
+// requires that it is a directory and that it is empty or was made by a
+// benchmark (holds kBenchMarkerFile), so a benchmark never wipes or writes
+// synthetic events into a server's data; then, when `wipe` is true, empties
+// it. Leaves the marker file in it.
+// Returns InvalidArgument (field "data") for a path that is not a directory
+// or a directory a benchmark did not make; IOError when the file system
+// refuses.
+Status PrepareBenchDir(const std::string& dir, bool wipe);
+
 }  // namespace keyledger::tools

@@ -3,20 +3,10 @@
 #include <CLI/CLI.hpp>
 #include <malloc.h>
 
-#include "billing/calendar.h"
+#include "tools/cli_validators.h"
 #include "tools/commands.h"
 
 namespace {
-
-// --month: what ParseBillingMonth accepts (YYYY-MM), checked before any work.
-CLI::Validator BillingMonthValidator() {
-  return CLI::Validator(
-      [](std::string& text) {
-        auto month = keyledger::ParseBillingMonth(text, "month");
-        return month.ok() ? std::string() : month.ToStatus().message();
-      },
-      "YYYY-MM");
-}
 
 constexpr int kMmapThresholdBytes = 64 << 20;
 constexpr int kTrimThresholdBytes = 256 << 20;
@@ -151,9 +141,10 @@ int main(int argc, char** argv) {
   dump_cmd->add_option("--data", dump.data_dir, "Data directory of the server (holds ledger/)")
       ->required();
   dump_cmd->add_option("--from", dump.from, "First sequence to print")
-      ->check(CLI::Range(uint64_t{1}, UINT64_MAX))
+      ->check(NotNegative() & CLI::Range(uint64_t{1}, UINT64_MAX))
       ->capture_default_str();
   dump_cmd->add_option("--to", dump.to, "Last sequence to print (0: the head)")
+      ->check(NotNegative())
       ->capture_default_str();
   dump_cmd->add_option("--stream", dump.stream,
                        "Only events of this stream, e.g. key/<id>, ws/<id>, calls/<key id>");
@@ -258,6 +249,11 @@ int main(int argc, char** argv) {
     // exit 2 for every command (CLI11's own codes differ per error).
     constexpr int kExitUsage = 2;
     return app.exit(e) == 0 ? 0 : kExitUsage;
+  } catch (const std::exception& e) {
+    // The commands return errors as values; this is the last net (e.g. a
+    // file-system call that threw) so that none ends in abort().
+    std::fprintf(stderr, "keyledger: %s\n", e.what());
+    return 1;
   }
   return exit_code;
 }

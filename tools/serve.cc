@@ -71,6 +71,12 @@ int Fail(const std::string& what, const Status& s) {
   return 1;
 }
 
+// A flag's value is wrong: nothing was opened or created.
+int Usage(const std::string& flag, const std::string& message) {
+  std::fprintf(stderr, "keyledger serve: %s: %s\n", flag.c_str(), message.c_str());
+  return 2;
+}
+
 }  // namespace
 
 int DefaultServeIoThreads() {
@@ -79,10 +85,17 @@ int DefaultServeIoThreads() {
 
 int RunServe(const ServeOptions& options) {
   HttpServerOptions http;
+  // Every flag is checked before the data directory is opened or created.
   if (!SplitListen(options.listen, &http.host, &http.port)) {
-    std::fprintf(stderr, "keyledger serve: --listen must be HOST:PORT, got \"%s\"\n",
-                 options.listen.c_str());
-    return 2;
+    return Usage("--listen", "must be HOST:PORT, got \"" + options.listen + "\"");
+  }
+  std::optional<HttpProxyOptions> proxy;
+  if (!options.upstream.empty()) {
+    proxy.emplace();
+    Status parsed = ParseUpstream(options.upstream, &proxy->upstream_host, &proxy->upstream_port);
+    if (!parsed.ok()) return Usage("--upstream", parsed.message());
+    proxy->response_header_timeout_ms = options.upstream_timeout_ms;
+    proxy->request_body_bytes_max = options.proxy_body_bytes_max;
   }
   http.threads = options.threads;
   http.worker_threads = options.worker_threads;
@@ -95,16 +108,10 @@ int RunServe(const ServeOptions& options) {
   service_options.data_plane.max_lateness_us = options.max_lateness_days * kDayUs;
   service_options.allow_private_webhooks = options.allow_private_webhooks;
   if (!options.trusted_proxies.empty()) {
-    if (options.upstream.empty()) {
-      return Fail("--trusted-proxy", Status::InvalidArgument("applies only with --upstream",
-                                                             "--trusted-proxy"));
-    }
+    if (options.upstream.empty()) return Usage("--trusted-proxy", "applies only with --upstream");
     auto trusted = SecurityRules::Compile(options.trusted_proxies, {});
-    if (!trusted.ok()) {
-      // Compile names its own field (ip_allow[i]); the user typed a flag.
-      return Fail("--trusted-proxy", Status::InvalidArgument(trusted.status().message(),
-                                                             "--trusted-proxy"));
-    }
+    // Compile names its own field (ip_allow[i]); the user typed a flag.
+    if (!trusted.ok()) return Usage("--trusted-proxy", trusted.status().message());
     service_options.trusted_proxies =
         std::make_shared<const SecurityRules>(std::move(trusted).value());
   }
@@ -141,15 +148,7 @@ int RunServe(const ServeOptions& options) {
 
   service.StartAlarmLoops();
 
-  std::optional<HttpProxyOptions> proxy;
-  if (!options.upstream.empty()) {
-    proxy.emplace();
-    Status parsed = ParseUpstream(options.upstream, &proxy->upstream_host, &proxy->upstream_port);
-    if (!parsed.ok()) return Fail("--upstream", parsed);
-    proxy->hooks = service.GatewayHooks();
-    proxy->response_header_timeout_ms = options.upstream_timeout_ms;
-    proxy->request_body_bytes_max = options.proxy_body_bytes_max;
-  }
+  if (proxy) proxy->hooks = service.GatewayHooks();
   auto server = HttpServer::Start(
       http, [&service](const HttpRequest& r) { return service.Handle(r); }, std::move(proxy));
   if (!server.ok()) return Fail("listen on " + options.listen, server.status());

@@ -17,6 +17,8 @@ namespace {
 constexpr size_t kRequestIdBytesMax = 128;
 constexpr size_t kMethodBytesMax = 16;
 constexpr size_t kPathBytesMax = 2048;
+constexpr size_t kOriginBytesMax = 2048;
+constexpr size_t kClientIpBytesMax = 64;  // the longest IPv6 text is 45 bytes
 constexpr size_t kHeaderValueBytesMax = 8192;
 constexpr char kRedacted[] = "[REDACTED]";
 // The answer to a secret that names no live key, and to one rotated out:
@@ -135,6 +137,12 @@ Status ValidateCall(const ApiCallRecorded& c, size_t i, int64_t now_us,
   }
   if (c.method.size() > kMethodBytesMax) return Status::InvalidArgument("too long", field("method"));
   if (c.path.size() > kPathBytesMax) return Status::InvalidArgument("too long", field("path"));
+  if (c.origin.size() > kOriginBytesMax) {
+    return Status::InvalidArgument("too long", field("origin"));
+  }
+  if (c.client_ip.size() > kClientIpBytesMax) {
+    return Status::InvalidArgument("too long", field("client_ip"));
+  }
   for (const auto& [excerpt, name] :
        {std::pair{&c.request, "request.headers"}, std::pair{&c.response, "response.headers"}}) {
     if (excerpt->headers.size() > kExcerptHeadersMax) {
@@ -485,9 +493,13 @@ Result<RecordResult> DataPlane::RecordCalls(std::vector<CallReport> calls) {
       RedactSecrets(text);
     }
     CutAtCharBoundary(&call.path, kPathBytesMax);
+    CutAtCharBoundary(&call.method, kMethodBytesMax);
+    CutAtCharBoundary(&call.origin, kOriginBytesMax);
     // Request and response data are kept only for a call made while logging
-    // was on: on now, and not switched since the call occurred.
-    call.logged = key->logging && call.occurred_at_us >= key->logging_switched_at_us;
+    // was on, and while it is on still.
+    const bool made_while_on = calls[i].logging_when_made.value_or(
+        call.occurred_at_us >= key->logging_switched_at_us);
+    call.logged = key->logging && made_while_on;
     if (call.logged) {
       RedactExcerpt(&call.request);
       RedactExcerpt(&call.response);

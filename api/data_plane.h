@@ -83,6 +83,11 @@ struct AuthorizeDecision {
 struct CallReport {
   ApiCallRecorded call;
   std::optional<uint64_t> units;  // default: 1 for a 2xx, 0 otherwise
+  // Whether the key's logging was on when the call was made, where the
+  // reporter saw it (gateway mode: at authorization). Unset (POST /v1/calls):
+  // RecordCalls takes a call made before the key's last logging switch as
+  // made while logging was in the other state.
+  std::optional<bool> logging_when_made;
 };
 
 struct RecordResult {

@@ -685,8 +685,18 @@ void Session::OnReadBody(error_code ec, size_t bytes) {
 void Session::OnReadError(error_code ec) {
   const HttpServerOptions& options = core_.options();
   if (ec == http::error::body_limit) {
+    uint64_t limit = body_limit_bytes_;
+    const HttpProxyOptions* proxy = core_.proxy();
+    if (proxy != nullptr && parser_ && parser_->is_header_done()) {
+      // A declared length failed against the larger of the two limits while
+      // the header was read: name the one for this target.
+      const beast::string_view target = parser_->get().target();
+      limit = core_.IsOwnTarget(std::string_view(target.data(), target.size()))
+                  ? options.body_bytes_max
+                  : proxy->request_body_bytes_max;
+    }
     return DoWriteError(413, "payload_too_large",
-                        "request body exceeds " + std::to_string(body_limit_bytes_) + " bytes");
+                        "request body exceeds " + std::to_string(limit) + " bytes");
   }
   if (ec == http::error::header_limit) {
     return DoWriteError(431, "headers_too_large",
@@ -870,6 +880,20 @@ void EraseHopByHop(Fields& fields) {
   fields.erase(http::field::connection);
 }
 
+// The values of every field named `name` (any case), in order, each followed
+// by ", ": a list-valued field may come as several fields (RFC 9110 5.3).
+template <typename Fields>
+std::string JoinedFieldValues(const Fields& fields, std::string_view name) {
+  std::string joined;
+  for (const auto& field : fields) {
+    const beast::string_view field_name = field.name_string();
+    if (!EqualsIgnoringCase(std::string_view(field_name.data(), field_name.size()), name)) continue;
+    joined.append(field.value().data(), field.value().size());
+    joined += ", ";
+  }
+  return joined;
+}
+
 void EditRequestHeader(http::request<http::buffer_body>& request, const ProxyAdmission& admission,
                        const std::string& remote_ip) {
   EraseHopByHop(request);
@@ -878,14 +902,7 @@ void EditRequestHeader(http::request<http::buffer_body>& request, const ProxyAdm
   for (const auto& [name, value] : admission.set_request_headers) request.set(name, value);
   // Every X-Forwarded-For field, in order, as one list (GatewayClientIp read
   // them all), then the peer.
-  std::string forwarded;
-  for (const auto& field : request) {
-    const beast::string_view name = field.name_string();
-    if (!EqualsIgnoringCase(std::string_view(name.data(), name.size()), "x-forwarded-for")) continue;
-    forwarded.append(field.value().data(), field.value().size());
-    forwarded += ", ";
-  }
-  request.set("x-forwarded-for", forwarded + remote_ip);
+  request.set("x-forwarded-for", JoinedFieldValues(request, "x-forwarded-for") + remote_ip);
   request.version(11);
   request.keep_alive(true);
 }
@@ -896,12 +913,7 @@ void EditResponseHeader(http::response<http::buffer_body>& response,
   for (const auto& [name, value] : admission.set_response_headers) {
     const bool list = EqualsIgnoringCase(name, "vary") ||
                       EqualsIgnoringCase(name, "access-control-expose-headers");
-    const beast::string_view upstream = list ? response[name] : beast::string_view();
-    if (upstream.empty()) {
-      response.set(name, value);
-    } else {
-      response.set(name, std::string(upstream.data(), upstream.size()) + ", " + value);
-    }
+    response.set(name, list ? JoinedFieldValues(response, name) + value : value);
   }
   response.version(version);
   if (version < 11 && response.chunked()) {

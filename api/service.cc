@@ -62,6 +62,21 @@ std::string_view QueryParam(std::string_view query, std::string_view name) {
   return {};
 }
 
+// One page of a listing in id order: list(after, limit) with the request's
+// `cursor` and `limit`, each item rendered by to_json, answered as
+// {"<name>": [...], "next_cursor": the last id, or null on the last page}.
+template <typename List, typename View>
+Result<HttpResponse> ListPage(const HttpRequest& req, const ServiceOptions& o, const char* name,
+                              List&& list, Json (*to_json)(const View&)) {
+  const std::string_view query = QueryOf(req);
+  KL_ASSIGN_OR_RETURN(size_t limit, PageSize(query, o));
+  const std::vector<View> page = list(QueryParam(query, "cursor"), limit);
+  Json items = Json::array();
+  for (const View& v : page) items.push_back(to_json(v));
+  Json next = page.size() == limit ? Json(page.back().id) : Json(nullptr);
+  return JsonResponse(200, {{name, items}, {"next_cursor", next}});
+}
+
 Result<size_t> PageSize(std::string_view query, const ServiceOptions& o) {
   std::string_view text = QueryParam(query, "limit");
   if (text.empty()) return o.page_size_default;
@@ -215,9 +230,9 @@ Result<HttpResponse> Service::Impl::Workspaces(const HttpRequest& req, const Pri
   if (seg.size() == 2) {
     if (m == "GET") {
       KL_RETURN_IF_ERROR(RequireOperator(who, "list workspaces"));
-      Json list = Json::array();
-      for (const auto& w : state().ListWorkspaces()) list.push_back(WorkspaceJson(w));
-      return JsonResponse(200, {{"workspaces", list}});
+      return ListPage(req, o, "workspaces", [&](std::string_view after, size_t limit) {
+        return state().ListWorkspaces(after, limit);
+      }, WorkspaceJson);
     }
     if (m != "POST") return Status::InvalidArgument("use POST to create a workspace", "method");
     return CreateWorkspace(req, who);
@@ -356,15 +371,9 @@ Result<HttpResponse> Service::Impl::Groups(const HttpRequest& req, const Princip
   if (seg.size() == 4) {
     if (m == "POST") return CreateGroup(req, who, ws);
     if (m != "GET") return Status::InvalidArgument("use GET or POST", "method");
-    std::string_view query = req.target.find('?') == std::string::npos
-                                 ? std::string_view()
-                                 : std::string_view(req.target).substr(req.target.find('?') + 1);
-    KL_ASSIGN_OR_RETURN(size_t limit, PageSize(query, o));
-    auto groups = state().ListGroups(ws.id, QueryParam(query, "cursor"), limit);
-    Json items = Json::array();
-    for (const auto& g : groups) items.push_back(GroupJson(g));
-    Json next = groups.size() == limit ? Json(groups.back().id) : Json(nullptr);
-    return JsonResponse(200, {{"security_groups", items}, {"next_cursor", next}});
+    return ListPage(req, o, "security_groups", [&](std::string_view after, size_t limit) {
+      return state().ListGroups(ws.id, after, limit);
+    }, GroupJson);
   }
   if (seg.size() != 5) return Status::NotFound("no such endpoint");
   KL_ASSIGN_OR_RETURN(SecurityGroupView g, Group(ws.id, seg[4], "security_group"));
@@ -437,15 +446,9 @@ Result<HttpResponse> Service::Impl::Keys(const HttpRequest& req, const Principal
   if (seg.size() == 4) {
     if (m == "POST") return CreateKey(req, who, ws);
     if (m != "GET") return Status::InvalidArgument("use GET or POST", "method");
-    size_t q = req.target.find('?');
-    std::string_view query =
-        q == std::string::npos ? std::string_view() : std::string_view(req.target).substr(q + 1);
-    KL_ASSIGN_OR_RETURN(size_t limit, PageSize(query, o));
-    auto keys = state().ListKeys(ws.id, QueryParam(query, "cursor"), limit);
-    Json items = Json::array();
-    for (const auto& k : keys) items.push_back(KeyJson(k));
-    Json next = keys.size() == limit ? Json(keys.back().id) : Json(nullptr);
-    return JsonResponse(200, {{"keys", items}, {"next_cursor", next}});
+    return ListPage(req, o, "keys", [&](std::string_view after, size_t limit) {
+      return state().ListKeys(ws.id, after, limit);
+    }, KeyJson);
   }
   if (m == "GET" && (seg.size() == 6 && seg[5] == "history")) return KeyHistoryResponse(who, ws, seg[4]);
   if (m == "GET" && seg.size() == 5 && !QueryParam(QueryOf(req), "as_of").empty()) {

@@ -65,6 +65,7 @@ CallReport StartCallReport(const HttpRequest& head, std::string client_ip,
   call.client_ip = std::move(client_ip);
   call.origin = std::string(head.Header("origin"));
   call.logged = decision.logging;  // the data plane decides again from the key
+  report.logging_when_made = decision.logging;
   if (decision.logging) call.request.headers = ExcerptHeaders(head.headers);
   return report;
 }

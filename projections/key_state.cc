@@ -223,6 +223,9 @@ Status KeyState::ApplyLocked(const Event& e) {
           [&](const AlarmCreated& c) -> Status {
             auto key = keys_.find(c.key_id);
             if (key == keys_.end() || key->second.deleted) return missing("key", c.key_id);
+            if (alarms_.count(c.alarm_id)) {
+              return Status::Corruption("a second create of alarm " + c.alarm_id, e.sequence);
+            }
             AlarmView alarm;
             alarm.spec = c;
             alarm.created_at_us = alarm.updated_at_us = at;
@@ -235,6 +238,9 @@ Status KeyState::ApplyLocked(const Event& e) {
           [&](const AlarmChanged& c) -> Status {
             auto it = alarms_.find(c.alarm_id);
             if (it == alarms_.end() || it->second.deleted) return missing("alarm", c.alarm_id);
+            if (c.key_id != it->second.spec.key_id) {  // the service never moves an alarm
+              return Status::Corruption("alarm " + c.alarm_id + " changes its key", e.sequence);
+            }
             it->second.spec = c;
             it->second.updated_at_us = at;
             it->second.version = e.stream_version;
@@ -542,9 +548,16 @@ std::vector<OutboxEntry> KeyState::DueNotifications(int64_t now_us, size_t max) 
 }
 
 std::vector<WorkspaceView> KeyState::ListWorkspaces() const {
+  return ListWorkspaces("", workspaces_.max_size());
+}
+
+std::vector<WorkspaceView> KeyState::ListWorkspaces(std::string_view after, size_t limit) const {
   std::shared_lock<std::shared_mutex> lock(mu_);
   std::vector<WorkspaceView> out;
-  for (const auto& [id, w] : workspaces_) out.push_back(w);
+  for (auto it = workspaces_.upper_bound(after); it != workspaces_.end() && out.size() < limit;
+       ++it) {
+    out.push_back(it->second);
+  }
   return out;
 }
 

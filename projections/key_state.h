@@ -290,6 +290,8 @@ class KeyState {
 
   // Every workspace, in id order.
   std::vector<WorkspaceView> ListWorkspaces() const;
+  // Workspaces with id > after, in id order, at most `limit`.
+  std::vector<WorkspaceView> ListWorkspaces(std::string_view after, size_t limit) const;
 
   // The published versions of a plan, oldest first (empty if unknown).
   std::vector<PlanVersionRef> PlanVersions(std::string_view plan_id) const;

@@ -1259,7 +1259,8 @@ TEST(HttpProxyTest, AmbiguousFramingGets400AndReachesNeitherTheUpstreamNorTheHoo
 
 TEST(HttpProxyTest, VaryAndExposedHeadersAreMergedWithTheUpstreams) {
   ScriptedUpstream upstream({"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nVary: Accept-Encoding\r\n"
-                             "Access-Control-Expose-Headers: content-disposition\r\n\r\nok",
+                             "Access-Control-Expose-Headers: content-disposition\r\n"
+                             "vary: Cookie\r\n\r\nok",
                              "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"});
   ProxyFixture f;
   f.extra_response_headers = {{"vary", "Origin"}, {"access-control-expose-headers", "x-request-id"}};
@@ -1268,7 +1269,7 @@ TEST(HttpProxyTest, VaryAndExposedHeadersAreMergedWithTheUpstreams) {
   ASSERT_TRUE(client.Send("GET /v HTTP/1.1\r\nHost: t\r\n\r\n"));
   auto merged = client.ReadResponse();
   ASSERT_TRUE(merged.has_value());
-  EXPECT_EQ(merged->Header("vary"), "Accept-Encoding, Origin");
+  EXPECT_EQ(merged->Header("vary"), "Accept-Encoding, Cookie, Origin");
   EXPECT_EQ(merged->Header("access-control-expose-headers"), "content-disposition, x-request-id");
   ASSERT_TRUE(client.Send("GET /v HTTP/1.1\r\nHost: t\r\n\r\n"));
   auto set = client.ReadResponse();
@@ -1310,6 +1311,13 @@ TEST(HttpProxyTest, ADeclaredBodyOverTheRelayLimitGets413NamingThatLimit) {
   ASSERT_TRUE(own_r.has_value());
   EXPECT_EQ(own_r->status, 413);
   EXPECT_NE(own_r->body.find("exceeds 4096 bytes"), std::string::npos) << own_r->body;
+  // Over both limits: still the own path's limit is named.
+  Client huge(f.gateway->port());
+  ASSERT_TRUE(huge.Send("POST /own HTTP/1.1\r\nHost: t\r\nContent-Length: 300000000\r\n\r\n"));
+  auto huge_r = huge.ReadResponse();
+  ASSERT_TRUE(huge_r.has_value());
+  EXPECT_EQ(huge_r->status, 413);
+  EXPECT_NE(huge_r->body.find("exceeds 4096 bytes"), std::string::npos) << huge_r->body;
   EXPECT_EQ(f.admitted.load(), 0);
   EXPECT_TRUE(upstream.requests().empty());
 }

@@ -361,6 +361,33 @@ TEST_F(ServiceTest, KeyListPaginates) {
               "invalid_argument", "limit");
 }
 
+TEST_F(ServiceTest, WorkspaceAndGroupListsPaginate) {
+  std::set<std::string> workspaces;
+  for (int i = 0; i < 5; i++) workspaces.insert(h.CreateWorkspace());
+  const std::string ws = *workspaces.begin();
+  std::set<std::string> groups;
+  for (int i = 0; i < 4; i++) groups.insert(h.CreateGroup(ws));
+  // Pages of 2 until next_cursor is null; returns every id seen, in order.
+  auto page_through = [&](const std::string& path, const std::string& items) {
+    std::vector<std::string> seen;
+    std::string cursor;
+    for (int page = 0; page < 10; page++) {
+      auto r = h.Call("GET", path + "?limit=2" + (cursor.empty() ? "" : "&cursor=" + cursor));
+      EXPECT_EQ(r.status, 200) << r.raw;
+      EXPECT_LE(r.body[items].size(), 2u);
+      for (const auto& item : r.body[items]) seen.push_back(item["id"]);
+      if (r.body["next_cursor"].is_null()) break;
+      cursor = r.body["next_cursor"];
+    }
+    return seen;
+  };
+  EXPECT_EQ(page_through("/v1/workspaces", "workspaces"),
+            std::vector<std::string>(workspaces.begin(), workspaces.end()));
+  EXPECT_EQ(page_through("/v1/workspaces/" + ws + "/security-groups", "security_groups"),
+            std::vector<std::string>(groups.begin(), groups.end()));
+  ExpectError(h.Call("GET", "/v1/workspaces?limit=0"), 400, "invalid_argument", "limit");
+}
+
 TEST_F(ServiceTest, EveryEventRecordsItsActor) {
   std::string ws = h.CreateWorkspace();
   std::string t = h.Call("POST", "/v1/workspaces/" + ws + "/tokens").body["token"];

@@ -372,8 +372,10 @@ int RunBenchInvoice(const BenchInvoiceOptions& o) {
   if (bounds->second + 24 * kHourUs > real_now_us) {
     return Fail("month " + month.ToString() + " is not due yet (its end plus 24 h)");
   }
-  if (o.no_setup && !std::filesystem::exists(o.data_dir + "/ledger")) {
-    return Fail("--no-setup needs a directory set up earlier (no " + o.data_dir + "/ledger)");
+  if (o.no_setup && (!std::filesystem::exists(o.data_dir + "/ledger") ||
+                     !std::filesystem::exists(o.data_dir + "/" + kBenchMarkerFile))) {
+    return Fail("--no-setup needs a directory set up earlier by this command (with " +
+                o.data_dir + "/ledger and " + o.data_dir + "/" + kBenchMarkerFile + ")");
   }
   if (!o.no_setup) {
     if (Status dir = PrepareBenchDir(o.data_dir, /*wipe=*/true); !dir.ok()) {

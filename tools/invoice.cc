@@ -129,20 +129,34 @@ int RunInvoiceRun(const InvoiceOptions& options) {
   return result["failed"].empty() ? 0 : 1;
 }
 
+// Workspaces per listing request of an export: the API's largest page.
+constexpr size_t kWorkspacePageSize = 1000;
+
 int RunInvoiceExport(const InvoiceOptions& options) {
   std::unique_ptr<LocalStack> local;
   auto transport = MakeTransport(options, &local);
   if (!transport.ok()) return TransportFailure("export", transport.status());
-  HttpResponse list = (*transport)(Request("GET", "/v1/workspaces"));
-  if (list.status != 200) return Fail("export", std::to_string(list.status) + " " + list.body);
-  Json workspaces = Json::parse(list.body, nullptr, false)["workspaces"];
+  std::vector<std::string> ids;
+  if (!options.workspace.empty()) {
+    HttpResponse one = (*transport)(Request("GET", "/v1/workspaces/" + options.workspace));
+    if (one.status == 404) return Fail("export", "no workspace " + options.workspace);
+    if (one.status != 200) return Fail("export", std::to_string(one.status) + " " + one.body);
+    ids.push_back(options.workspace);
+  } else {
+    // Every workspace, a page at a time (the listing is paginated).
+    std::string cursor;
+    do {
+      HttpResponse page = (*transport)(Request(
+          "GET", "/v1/workspaces?limit=" + std::to_string(kWorkspacePageSize) + "&cursor=" + cursor));
+      if (page.status != 200) return Fail("export", std::to_string(page.status) + " " + page.body);
+      Json body = Json::parse(page.body, nullptr, false);
+      for (const Json& ws : body["workspaces"]) ids.push_back(ws["id"]);
+      cursor = body["next_cursor"].is_string() ? body["next_cursor"].get<std::string>() : "";
+    } while (!cursor.empty());
+  }
   Json all = Json::array();
   bool header_written = false;
-  bool workspace_found = options.workspace.empty();
-  for (const auto& ws : workspaces) {
-    std::string id = ws["id"];
-    if (!options.workspace.empty() && id != options.workspace) continue;
-    workspace_found = true;
+  for (const std::string& id : ids) {
     std::string target = "/v1/workspaces/" + id + "/invoices/" + options.month +
                          (options.format == "csv" ? "?format=csv" : "");
     HttpResponse r = (*transport)(Request("GET", target));
@@ -158,7 +172,6 @@ int RunInvoiceExport(const InvoiceOptions& options) {
     std::fwrite(csv.data(), 1, csv.size(), stdout);
     header_written = true;
   }
-  if (!workspace_found) return Fail("export", "no workspace " + options.workspace);
   if (options.format == "json") std::printf("%s\n", all.dump(2).c_str());
   return 0;
 }

@@ -537,19 +537,46 @@ TEST_F(DataPlaneTest, QueuedCallThatCanNeverBeRecordedIsDroppedWithoutHoldingUpT
   EXPECT_EQ(std::get<ApiCallRecorded>(events->at(0).body).request_id, "q-good");
 }
 
+// A workspace with `tps_limit`, an open group and one key, and the gateway's
+// hooks, on a Service whose recording queue holds `queued_calls_max` calls.
+struct GatewayWorld {
+  GatewayWorld(size_t queued_calls_max, uint32_t tps_limit) : h(7, Options(queued_calls_max)) {
+    ws = h.CreateWorkspace();
+    EXPECT_EQ(h.Call("PATCH", "/v1/workspaces/" + ws, json{{"tps_limit", tps_limit}}.dump()).status,
+              200);
+    group = h.CreateGroup(ws, {{"name", "open"}});
+    std::tie(key, secret) = h.CreateKey(ws, group);
+    hooks = h.service().GatewayHooks();
+  }
+  static ServiceOptions Options(size_t queued_calls_max) {
+    ServiceOptions options;
+    options.data_plane.queued_calls_max = queued_calls_max;
+    return options;
+  }
+  // The gateway's admission of a request with the key, from a fixed address.
+  ProxyAdmission Admit() { return hooks.admit(GatewayHead(secret, "")); }
+  // The calls recorded for the key, oldest first.
+  std::vector<ApiCallRecorded> Recorded() {
+    auto events = h.ledger().ReadStream("calls/" + key, 1, 100);
+    EXPECT_TRUE(events.ok());
+    std::vector<ApiCallRecorded> out;
+    for (const auto& e : events.ok() ? *events : std::vector<Event>{}) {
+      out.push_back(std::get<ApiCallRecorded>(e.body));
+    }
+    return out;
+  }
+
+  ServiceHarness h;
+  std::string ws, group, key, secret;
+  ProxyHooks hooks;
+};
+
 TEST(DataPlaneGatewayQueueTest, RefusesToRelayWhenRecordingIsFullAndLosesNothing) {
-  ServiceOptions options;
-  options.data_plane.queued_calls_max = 2;
-  ServiceHarness h(7, options);
-  const std::string ws = h.CreateWorkspace();
-  ASSERT_EQ(h.Call("PATCH", "/v1/workspaces/" + ws, R"({"tps_limit":100})").status, 200);
-  const std::string group = h.CreateGroup(ws, {{"name", "open"}});
-  auto [key, secret] = h.CreateKey(ws, group);
-  ProxyHooks hooks = h.service().GatewayHooks();
-  ProxyAdmission first = hooks.admit(GatewayHead(secret, ""));
-  ProxyAdmission second = hooks.admit(GatewayHead(secret, ""));
+  GatewayWorld w(/*queued_calls_max=*/2, /*tps_limit=*/100);
+  ProxyAdmission first = w.Admit();
+  ProxyAdmission second = w.Admit();
   ASSERT_TRUE(first.relay && second.relay);
-  ProxyAdmission third = hooks.admit(GatewayHead(secret, ""));
+  ProxyAdmission third = w.Admit();
   EXPECT_FALSE(third.relay);
   EXPECT_EQ(third.answer.status, 503);
   EXPECT_EQ(FieldOf(third.answer.headers, "retry-after"), "1");
@@ -557,76 +584,60 @@ TEST(DataPlaneGatewayQueueTest, RefusesToRelayWhenRecordingIsFullAndLosesNothing
   done.status = 200;
   first.on_done(done);
   second.on_done(done);
-  ASSERT_TRUE(h.service().data_plane().FlushCalls().ok());
-  EXPECT_TRUE(hooks.admit(GatewayHead(secret, "")).relay);  // room again
-  auto events = h.ledger().ReadStream("calls/" + key, 1, 10);
-  ASSERT_TRUE(events.ok());
-  EXPECT_EQ(events->size(), 2u);
+  ASSERT_TRUE(w.h.service().data_plane().FlushCalls().ok());
+  EXPECT_TRUE(w.Admit().relay);  // room again
+  EXPECT_EQ(w.Recorded().size(), 2u);
 }
 
 // A relayed call is logged only if logging was on when it was made (when it
 // was authorized), whatever the switch says when its record is written.
 TEST(DataPlaneGatewayQueueTest, ARelayedCallIsLoggedOnlyIfMadeWhileLoggingWasOn) {
-  ServiceHarness h(7);
-  const std::string ws = h.CreateWorkspace();
-  const std::string group = h.CreateGroup(ws, {{"name", "open"}});
-  auto [key, secret] = h.CreateKey(ws, group);
-  const std::string path = "/v1/workspaces/" + ws + "/keys/" + key;
-  ProxyHooks hooks = h.service().GatewayHooks();
+  GatewayWorld w(/*queued_calls_max=*/100, /*tps_limit=*/10);
+  const std::string path = "/v1/workspaces/" + w.ws + "/keys/" + w.key;
   ProxyExchange done;
   done.status = 200;
-  ProxyAdmission made_while_off = hooks.admit(GatewayHead(secret, ""));
+  ProxyAdmission made_while_off = w.Admit();
   ASSERT_TRUE(made_while_off.relay);
-  h.clock().AdvanceUs(1000);
-  ASSERT_EQ(h.Call("PATCH", path, R"({"logging":true})").status, 200);
+  w.h.clock().AdvanceUs(1000);
+  ASSERT_EQ(w.h.Call("PATCH", path, R"({"logging":true})").status, 200);
   made_while_off.on_done(done);  // the upstream answers after the switch
-  h.clock().AdvanceUs(1000);
-  ProxyAdmission made_while_on = hooks.admit(GatewayHead(secret, ""));
+  w.h.clock().AdvanceUs(1000);
+  ProxyAdmission made_while_on = w.Admit();
   ASSERT_TRUE(made_while_on.relay);
   made_while_on.on_done(done);
-  ASSERT_TRUE(h.service().data_plane().FlushCalls().ok());
-  auto events = h.ledger().ReadStream("calls/" + key, 1, 10);
-  ASSERT_TRUE(events.ok());
-  ASSERT_EQ(events->size(), 2u);
-  EXPECT_FALSE(std::get<ApiCallRecorded>(events->at(0).body).logged);
-  EXPECT_TRUE(std::get<ApiCallRecorded>(events->at(1).body).logged);
+  ASSERT_TRUE(w.h.service().data_plane().FlushCalls().ok());
+  const std::vector<ApiCallRecorded> recorded = w.Recorded();
+  ASSERT_EQ(recorded.size(), 2u);
+  EXPECT_FALSE(recorded[0].logged);
+  EXPECT_TRUE(recorded[1].logged);
 }
 
 TEST(DataPlaneGatewayQueueTest, ARequestRefusedForLackOfRecordingRoomKeepsItsRateAllowance) {
-  ServiceOptions options;
-  options.data_plane.queued_calls_max = 1;
-  ServiceHarness h(7, options);
-  const std::string ws = h.CreateWorkspace();
-  ASSERT_EQ(h.Call("PATCH", "/v1/workspaces/" + ws, R"({"tps_limit":2})").status, 200);
-  const std::string group = h.CreateGroup(ws, {{"name", "open"}});
-  auto [key, secret] = h.CreateKey(ws, group);
-  ProxyHooks hooks = h.service().GatewayHooks();
-  ProxyAdmission first = hooks.admit(GatewayHead(secret, ""));
+  GatewayWorld w(/*queued_calls_max=*/1, /*tps_limit=*/2);
+  ProxyAdmission first = w.Admit();
   ASSERT_TRUE(first.relay);
   for (int i = 0; i < 3; i++) {  // the clock stands still: all in one second
-    ProxyAdmission full = hooks.admit(GatewayHead(secret, ""));
+    ProxyAdmission full = w.Admit();
     EXPECT_FALSE(full.relay);
     EXPECT_EQ(full.answer.status, 503);
   }
   ProxyExchange done;
   done.status = 200;
   first.on_done(done);
-  ASSERT_TRUE(h.service().data_plane().FlushCalls().ok());
+  ASSERT_TRUE(w.h.service().data_plane().FlushCalls().ok());
   // A refusal gives its slot back: an unknown key's 401 leaves room for the
   // next allowed call.
-  ProxyAdmission unknown = hooks.admit(GatewayHead("kl_unknown", ""));
+  ProxyAdmission unknown = w.hooks.admit(GatewayHead("kl_unknown", ""));
   EXPECT_EQ(unknown.answer.status, 401);
-  EXPECT_EQ(h.service().data_plane().calls_pending(), 0u);
+  EXPECT_EQ(w.h.service().data_plane().calls_pending(), 0u);
   // The three 503s used none of the burst of 2: the second call still passes,
   // and only the third is over the limit.
-  ProxyAdmission second = hooks.admit(GatewayHead(secret, ""));
+  ProxyAdmission second = w.Admit();
   ASSERT_TRUE(second.relay);
   second.on_done(done);
-  ASSERT_TRUE(h.service().data_plane().FlushCalls().ok());
-  EXPECT_EQ(hooks.admit(GatewayHead(secret, "")).answer.status, 429);
-  auto events = h.ledger().ReadStream("calls/" + key, 1, 10);
-  ASSERT_TRUE(events.ok());
-  EXPECT_EQ(events->size(), 2u);
+  ASSERT_TRUE(w.h.service().data_plane().FlushCalls().ok());
+  EXPECT_EQ(w.Admit().answer.status, 429);
+  EXPECT_EQ(w.Recorded().size(), 2u);
 }
 
 }  // namespace

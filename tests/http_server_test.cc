@@ -883,6 +883,19 @@ class RawUpstream {
   std::thread thread_;
 };
 
+// Reads from `fd` until a request head has arrived (or the peer closed);
+// returns what was read.
+std::string ReceiveHead(int fd) {
+  std::string in;
+  char buf[4096];
+  while (in.find("\r\n\r\n") == std::string::npos) {
+    const ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
+    if (n <= 0) break;
+    in.append(buf, static_cast<size_t>(n));
+  }
+  return in;
+}
+
 // Answers the first request with its header at once and its 4-byte body
 // `body_delay_ms` later.
 class SlowBodyUpstream {
@@ -895,13 +908,8 @@ class SlowBodyUpstream {
   static void Serve(int listen_fd, int body_delay_ms) {
     const int fd = ::accept(listen_fd, nullptr, nullptr);
     if (fd < 0) return;
-    std::string request;
+    ReceiveHead(fd);
     char buf[4096];
-    while (request.find("\r\n\r\n") == std::string::npos) {
-      const ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
-      if (n <= 0) break;
-      request.append(buf, static_cast<size_t>(n));
-    }
     const std::string head = "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n";
     ::send(fd, head.data(), head.size(), MSG_NOSIGNAL);
     std::this_thread::sleep_for(std::chrono::milliseconds(body_delay_ms));
@@ -1172,13 +1180,7 @@ class OneRequestPerConnectionUpstream {
       const int fd = ::accept(listen_fd, nullptr, nullptr);
       if (fd < 0) return;
       connections_++;
-      std::string in;
-      char buf[4096];
-      while (in.find("\r\n\r\n") == std::string::npos) {
-        const ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
-        if (n <= 0) break;
-        in.append(buf, static_cast<size_t>(n));
-      }
+      ReceiveHead(fd);
       const std::string response = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
       ::send(fd, response.data(), response.size(), MSG_NOSIGNAL);
       ::close(fd);

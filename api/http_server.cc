@@ -497,6 +497,10 @@ class Session : public std::enable_shared_from_this<Session> {
   void DoReadBody();
   void OnReadBody(error_code ec, size_t bytes);
   void OnReadError(error_code ec);
+  // Gateway mode, once the header is parsed: whether the request is for the
+  // server's own paths, and the body limit that applies to it.
+  bool TargetIsOwn() const;
+  uint64_t BodyLimitOfTarget() const;
   void Handle();
   // Writes the response of a request handled by a worker (on the I/O thread).
   void OnHandled(HttpResponse response, bool wants_keep_alive, unsigned version);
@@ -637,21 +641,28 @@ void Session::DoReadHeader() {
                           beast::bind_front_handler(&Session::OnReadHeader, shared_from_this()));
 }
 
+bool Session::TargetIsOwn() const {
+  const beast::string_view target = parser_->get().target();
+  return core_.IsOwnTarget(std::string_view(target.data(), target.size()));
+}
+
+uint64_t Session::BodyLimitOfTarget() const {
+  return TargetIsOwn() ? core_.options().body_bytes_max : core_.proxy()->request_body_bytes_max;
+}
+
 void Session::OnReadHeader(error_code ec, size_t bytes) {
   if (ec) return OnReadError(ec);
   const auto& request = parser_->get();
   if (const char* problem = AmbiguousFraming(request); *problem != '\0') {
     return DoWriteError(400, "invalid_argument", problem);  // and closes
   }
-  if (const HttpProxyOptions* proxy = core_.proxy()) {
-    const beast::string_view target = request.target();
-    const bool own = core_.IsOwnTarget(std::string_view(target.data(), target.size()));
+  if (core_.proxy() != nullptr) {
     // The header's parse checked a declared length against the larger limit.
-    body_limit_bytes_ = own ? core_.options().body_bytes_max : proxy->request_body_bytes_max;
+    body_limit_bytes_ = BodyLimitOfTarget();
     if (parser_->content_length().value_or(0) > body_limit_bytes_) {
       return OnReadError(http::error::body_limit);
     }
-    if (!own) return StartProxy();
+    if (!TargetIsOwn()) return StartProxy();
     parser_->body_limit(body_limit_bytes_);
   }
   if (parser_->is_done()) return Handle();  // no body
@@ -685,16 +696,11 @@ void Session::OnReadBody(error_code ec, size_t bytes) {
 void Session::OnReadError(error_code ec) {
   const HttpServerOptions& options = core_.options();
   if (ec == http::error::body_limit) {
-    uint64_t limit = body_limit_bytes_;
-    const HttpProxyOptions* proxy = core_.proxy();
-    if (proxy != nullptr && parser_ && parser_->is_header_done()) {
-      // A declared length failed against the larger of the two limits while
-      // the header was read: name the one for this target.
-      const beast::string_view target = parser_->get().target();
-      limit = core_.IsOwnTarget(std::string_view(target.data(), target.size()))
-                  ? options.body_bytes_max
-                  : proxy->request_body_bytes_max;
-    }
+    // A declared length may have failed against the larger of the two
+    // gateway limits while the header was read: name the one for its target.
+    const uint64_t limit = core_.proxy() != nullptr && parser_ && parser_->is_header_done()
+                               ? BodyLimitOfTarget()
+                               : body_limit_bytes_;
     return DoWriteError(413, "payload_too_large",
                         "request body exceeds " + std::to_string(limit) + " bytes");
   }

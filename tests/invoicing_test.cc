@@ -84,7 +84,9 @@ using L = InvoiceLine;
 // ids elsewhere) must encode within kEventBytesMax with the longest envelope.
 TEST(BuildInvoiceTest, TheLargestInvoiceTheLimitsAdmitFitsInOneLedgerEvent) {
   std::vector<PriceTier> tiers;
-  for (uint64_t i = 1; i < kPriceTiersMax; i++) tiers.push_back({i * 1'000'000'000, 1'000 + i});
+  for (uint64_t i = 1; i < kPriceTiersMax; i++) {
+    tiers.push_back({i * 1'000'000'000, static_cast<int64_t>(1'000 + i)});
+  }
   tiers.push_back({std::nullopt, 1});
   PricePlanPublished plan = Plan(PricingMode::kGraduated, tiers, 99'999);
   plan.plan_id = std::string(kInvoiceIdBytesMax, 'p');

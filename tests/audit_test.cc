@@ -435,6 +435,13 @@ TEST_F(AuditTest, BenchmarksRefuseADirectoryTheyDidNotMake) {
   }
 }
 
+TEST(CliTest, AnUnknownCommandIsNamed) {
+  CliResult r = RunCli({"bogus"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("unknown command 'bogus'"), std::string::npos) << r.err;
+  EXPECT_EQ(RunCli({"--help"}).exit_code, 0);
+}
+
 TEST_F(AuditTest, MissingDirectoriesAreNamed) {
   CliResult none = RunCli({"events", "dump", "--data", dir_.sub("nope")});
   EXPECT_NE(none.exit_code, 0);

@@ -242,6 +242,17 @@ int main(int argc, char** argv) {
   export_cmd->add_option("--workspace", invoice.workspace, "Only this workspace id");
   export_cmd->callback([&] { exit_code = RunInvoiceExport(invoice); });
 
+  // CLI11 would answer an unknown command with "A subcommand is required".
+  const auto known = [&app](const char* name) {
+    for (const CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; })) {
+      if (sub->get_name() == name) return true;
+    }
+    return false;
+  };
+  if (argc > 1 && argv[1][0] != '-' && !known(argv[1])) {
+    std::fprintf(stderr, "keyledger: unknown command '%s' (see keyledger --help)\n", argv[1]);
+    return 2;
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -37,7 +37,10 @@ Result<HttpResponse> Service::Impl::KeyAsOfResponse(const HttpRequest& req, cons
   uint64_t sequence = 0;
   auto [end, ec] = std::from_chars(as_of.data(), as_of.data() + as_of.size(), sequence);
   if (ec != std::errc() || end != as_of.data() + as_of.size()) {
-    // Not a sequence: an RFC 3339 time, resolved to the last event recorded by then.
+    // Not a sequence: an RFC 3339 time, resolved to the last event recorded by
+    // then (none: the key did not exist yet). from_chars may have read the
+    // year's digits into `sequence`.
+    sequence = 0;
     KL_ASSIGN_OR_RETURN(int64_t at_us, ParseRfc3339(PercentDecode(as_of), "as_of"));
     KL_ASSIGN_OR_RETURN(auto history, KeyHistory(*d.ledger, key.id));
     for (const auto& c : history) {

@@ -504,6 +504,12 @@ TEST_F(ServiceTest, KeyHistoryAndPointInTimeState) {
   auto now = h.Call("GET", path + "?as_of=" + std::to_string(h.ledger().head().sequence));
   EXPECT_EQ(now.body["deleted"], true);
   ExpectError(h.Call("GET", path + "?as_of=1"), 404, "not_found", "as_of");
+  // A time before the key existed: not found, whatever its year's digits
+  // would be as a sequence (from_chars reads "2026" of "2026-…").
+  for (const char* before :
+       {"1970-01-01T00:00:00Z", "2000-01-01T00:00:00Z", "0007-06-01T00:00:00Z"}) {
+    ExpectError(h.Call("GET", path + "?as_of=" + before), 404, "not_found", "as_of");
+  }
   ExpectError(h.Call("GET", path + "?as_of=yesterday"), 400, "invalid_argument", "as_of");
   // A deleted key's past is for the operator (auditors) only.
   ExpectError(h.Call("GET", path + "/history", "", t), 404, "not_found", "key");

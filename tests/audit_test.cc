@@ -348,6 +348,13 @@ TEST(EventJson, EnumsByNameAndWebhookSecretRedacted) {
   EXPECT_EQ(j["data"]["tiers"][0]["up_to"], 1000);
   EXPECT_TRUE(j["data"]["tiers"][1]["up_to"].is_null());
   EXPECT_EQ(j["data"]["mode"], "graduated");
+
+  OperatorTokenSet op;  // a token the operator may have chosen: no hash out
+  op.token_hash = HashBytes("a-human-chosen-token");
+  e.body = op;
+  line = DumpJsonLine(EventToJson(e));
+  EXPECT_EQ(line.find(ToHex(op.token_hash)), std::string::npos) << line;
+  EXPECT_EQ(json::parse(line)["data"]["token_hash"], "<redacted>");
 }
 
 // ---- events dump ----------------------------------------------------------------------

@@ -137,6 +137,12 @@ Result<AlarmDecision> Service::Impl::DecideAlarm(const AlarmView& alarm, int64_t
 
 Result<size_t> Service::Impl::EvaluateAlarms() {
   const int64_t now_us = d.clock->NowUs();
+  // Judge on the calls recorded so far, not on a projection that lags or has
+  // failed (which would resolve "above" rules and fire "below" ones falsely).
+  if (Status caught_up = d.calls->CatchUpTo(d.ledger->head().sequence); !caught_up.ok()) {
+    alarm_evaluation_errors.fetch_add(1, std::memory_order_relaxed);
+    return caught_up;
+  }
   size_t transitions = 0;
   for (const AlarmView& alarm : state().ListAllAlarms()) {
     int64_t period_end_us = 0;
@@ -193,6 +199,11 @@ Result<size_t> Service::Impl::DeliverNotifications() {
   const auto due = state().DueNotifications(d.clock->NowUs(), o.alarms.deliveries_per_round_max);
   size_t attempted = 0;
   for (const OutboxEntry& e : due) {
+    {
+      // A round may hold many slow sends: shutdown does not wait for them all.
+      std::lock_guard<std::mutex> lock(loops_mu);
+      if (loops_stopping) break;
+    }
     // A round may last minutes: an alarm deleted meanwhile (which drops its
     // outbox) notifies no one from then on.
     if (!StillPending(e)) continue;
@@ -209,7 +220,9 @@ Result<size_t> Service::Impl::DeliverNotifications() {
       body = NotificationDelivered{attempt};
     } else {
       notification_failures.fetch_add(1, std::memory_order_relaxed);
-      attempt.next_attempt_at_us = NextAttemptUs(e.notification, attempt.attempt, now_us);
+      // Backoff counts from the end of the attempt, which may have timed out.
+      attempt.next_attempt_at_us =
+          NextAttemptUs(e.notification, attempt.attempt, d.clock->NowUs());
       body = NotificationFailed{attempt};
     }
     // No expected version: rule changes may interleave; the fold tolerates an

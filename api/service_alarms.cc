@@ -1,6 +1,7 @@
 // The alarm-rule endpoints of the Service: rules on a key's usage, their
 // history, and the rule that a key with alarms cannot be deleted. Evaluation
 // and delivery run in service_alarm_engine.cc.
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 
@@ -42,6 +43,12 @@ constexpr const char* kMissingDataNames[] = {"missing", "ignore", "breaching", "
 Status ValidateWebhookUrl(const std::string& url, bool allow_private, const std::string& field) {
   if (url.size() > kUrlBytesMax || !(url.starts_with("https://") || url.starts_with("http://"))) {
     return Status::InvalidArgument("webhook url must be http:// or https://", field);
+  }
+  // The sender refuses these at every attempt (api/notify.cc): refuse them now.
+  if (std::any_of(url.begin(), url.end(),
+                  [](unsigned char c) { return c <= 0x20 || c == 0x7f; })) {
+    return Status::InvalidArgument("webhook url must not contain spaces or control characters",
+                                   field);
   }
   const size_t authority_start = url.find("://") + 3;
   const std::string authority =

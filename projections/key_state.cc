@@ -241,6 +241,11 @@ Status KeyState::ApplyLocked(const Event& e) {
             if (c.key_id != it->second.spec.key_id) {  // the service never moves an alarm
               return Status::Corruption("alarm " + c.alarm_id + " changes its key", e.sequence);
             }
+            // Queued notifications to a channel the rule no longer has (a
+            // changed URL, secret or address) are not sent.
+            std::erase_if(it->second.outbox, [&](const PendingNotification& n) {
+              return std::find(c.channels.begin(), c.channels.end(), n.channel) == c.channels.end();
+            });
             it->second.spec = c;
             it->second.updated_at_us = at;
             it->second.version = e.stream_version;
@@ -288,6 +293,9 @@ Status KeyState::ApplyAlarmTransition(const Event& e, const AlarmStateChanged& c
   alarm.value_micros = c.value_micros;
   alarm.version = e.stream_version;
   if (TransitionNotifies(c.from, c.to)) {
+    // The newest transition supersedes any undelivered older one: a channel
+    // must not get "triggered" (retried) after "resolved".
+    alarm.outbox.clear();
     auto key = keys_.find(alarm.spec.key_id);
     for (uint32_t i = 0; i < alarm.spec.channels.size(); i++) {
       PendingNotification& n = alarm.outbox.emplace_back();

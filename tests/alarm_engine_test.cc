@@ -361,6 +361,79 @@ TEST_F(AlarmEngineTest, RetriesSendTheMessageOfTheTransitionUnchanged) {
   EXPECT_EQ(notifier.emails[1].text_body, notifier.emails[0].text_body);
 }
 
+// A "triggered" still being retried when the alarm resolves is not sent
+// after the "resolved": the newer transition supersedes it.
+TEST_F(AlarmEngineTest, ANewerTransitionSupersedesAnUndeliveredOlderOne) {
+  std::string id = CreateAlarm({{"channels", {{{"type", "webhook"},
+                                               {"url", "https://hooks.example.com/kl"}}}}});
+  ASSERT_EQ(Evaluate(), 1u);  // -> OK
+  RecordCalls(1, 20);
+  RecordCalls(2, 20);
+  ASSERT_EQ(Evaluate(), 1u);  // -> ALARM
+  notifier.FailNext(1, 500);
+  EXPECT_EQ(Deliver(), 1u);  // "triggered" failed, waits for its retry
+  h.clock().AdvanceUs(3 * kMinuteUs);
+  ASSERT_EQ(Evaluate(), 1u);  // quiet minutes: -> OK
+  EXPECT_EQ(Alarm(id)["pending_notifications"], 1);
+  h.clock().AdvanceUs(kMinuteUs);  // the old retry would be due by now
+  EXPECT_EQ(Deliver(), 1u);
+  EXPECT_EQ(Deliver(), 0u);
+  ASSERT_EQ(notifier.webhooks.size(), 2u);
+  EXPECT_EQ(json::parse(notifier.webhooks[0].body_json)["type"], "alarm.triggered");
+  EXPECT_EQ(json::parse(notifier.webhooks[1].body_json)["type"], "alarm.resolved");
+}
+
+// Queued notifications go only to channels the rule still has.
+TEST_F(AlarmEngineTest, AChangedChannelDropsWhatWasQueuedForTheOldOne) {
+  std::string id = CreateAlarm();  // a webhook and an e-mail address
+  RecordCalls(1, 20);
+  RecordCalls(2, 20);
+  ASSERT_EQ(Evaluate(), 1u);
+  notifier.FailNext(2, 500);
+  EXPECT_EQ(Deliver(), 2u);  // both failed, both queued for a retry
+  auto patched = h.Call("PATCH", base_ + "/" + id,
+                        R"({"channels":[{"type":"email","to":"ops@example.com"},
+                                        {"type":"webhook","url":"https://new.example.com/kl"}]})");
+  ASSERT_EQ(patched.status, 200) << patched.raw;
+  EXPECT_EQ(Alarm(id)["pending_notifications"], 1);  // the e-mail stays; the old URL goes
+  h.clock().AdvanceUs(kMinuteUs);
+  EXPECT_EQ(Deliver(), 1u);
+  ASSERT_EQ(notifier.webhooks.size(), 1u);  // the failed attempt only
+  ASSERT_EQ(notifier.emails.size(), 2u);
+}
+
+// The evaluation folds the calls recorded so far itself: a projection that
+// lags (here: never caught up) does not make a rule look quiet.
+TEST_F(AlarmEngineTest, EvaluationSeesCallsTheProjectionHadNotFoldedYet) {
+  std::string id = CreateAlarm();
+  for (int minutes_ago : {1, 2}) {
+    json calls = json::array();
+    const int64_t at_us = h.clock().NowUs() / kMinuteUs * kMinuteUs - minutes_ago * kMinuteUs;
+    for (int i = 0; i < 20; i++) {
+      const std::string request_id =
+          "lag-" + std::to_string(minutes_ago) + "-" + std::to_string(i);
+      calls.push_back({{"request_id", request_id}, {"key_id", key_},
+                       {"occurred_at", FormatRfc3339(at_us + 1'000'000)}, {"status", 200}});
+    }
+    ASSERT_EQ(h.Call("POST", "/v1/calls", json{{"calls", calls}}.dump()).status, 200);
+  }
+  ASSERT_LT(h.calls().position(), h.ledger().head().sequence);
+  EXPECT_EQ(Evaluate(), 1u);
+  EXPECT_EQ(Alarm(id)["state"], "ALARM");
+}
+
+TEST_F(AlarmEngineTest, AWebhookUrlWithSpacesOrControlCharactersIsRefused) {
+  for (const char* url :
+       {"https://exa mple.com/", "https://example.com/\nx", "https://example.com/\tx"}) {
+    json rule = {{"name", "n"}, {"metric", "calls"}, {"comparator", ">"}, {"threshold", 1},
+                 {"period_seconds", 60}, {"evaluation_periods", 1},
+                 {"channels", {{{"type", "webhook"}, {"url", url}}}}};
+    auto r = h.Call("POST", base_, rule.dump());
+    EXPECT_EQ(r.status, 400) << url;
+    EXPECT_EQ(r.body["error"]["field"], "channels[0].url") << r.raw;
+  }
+}
+
 TEST_F(AlarmEngineTest, OutboxSurvivesRestart) {
   CreateAlarm({{"channels", {{{"type", "webhook"}, {"url", "https://hooks.example.com/kl"}}}}});
   RecordCalls(1, 20);

@@ -220,6 +220,12 @@ Status Service::Impl::ParseAlarmSpec(const Json& body, bool creating, AlarmSpec*
     spec->datapoints_to_alarm = static_cast<uint32_t>(datapoints.value_or(spec->evaluation_periods));
   }
   if (spec->datapoints_to_alarm > spec->evaluation_periods) {
+    // Name the field the request set (a PATCH may change only one of them).
+    if (!datapoints) {
+      return Status::InvalidArgument("must be at least datapoints_to_alarm (" +
+                                         std::to_string(spec->datapoints_to_alarm) + ")",
+                                     "evaluation_periods");
+    }
     return Status::InvalidArgument("must be at most evaluation_periods", "datapoints_to_alarm");
   }
   auto channels = body.find("channels");

@@ -45,6 +45,11 @@ TEST_F(AlarmsApiTest, CreateReadChangeDelete) {
   EXPECT_EQ(patched.body["metric"], "error_rate");
   EXPECT_EQ(patched.body["threshold"], 0.05);
   EXPECT_EQ(patched.body["channels"].size(), 2u);
+  // Fewer periods than the datapoints the rule needs: the field the PATCH set
+  // is named, not the one it left alone.
+  auto fewer = h.Call("PATCH", base_ + "/alarms/" + id, R"({"evaluation_periods":1})");
+  EXPECT_EQ(fewer.status, 400);
+  EXPECT_EQ(fewer.body["error"]["field"], "evaluation_periods") << fewer.raw;
   EXPECT_EQ(h.Call("GET", base_ + "/alarms").body["alarms"].size(), 1u);
   EXPECT_EQ(h.Call("DELETE", base_ + "/alarms/" + id).status, 204);
   EXPECT_EQ(h.Call("GET", base_ + "/alarms/" + id).status, 404);

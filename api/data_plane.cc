@@ -15,10 +15,6 @@ namespace keyledger {
 namespace {
 
 constexpr size_t kRequestIdBytesMax = 128;
-constexpr size_t kMethodBytesMax = 16;
-constexpr size_t kPathBytesMax = 2048;
-constexpr size_t kOriginBytesMax = 2048;
-constexpr size_t kClientIpBytesMax = 64;  // the longest IPv6 text is 45 bytes
 constexpr size_t kHeaderValueBytesMax = 8192;
 constexpr char kRedacted[] = "[REDACTED]";
 // The answer to a secret that names no live key, and to one rotated out:
@@ -135,12 +131,12 @@ Status ValidateCall(const ApiCallRecorded& c, size_t i, int64_t now_us,
   if (c.status < 100 || c.status > 599) {
     return Status::InvalidArgument("status must be an HTTP status 100..599", field("status"));
   }
-  if (c.method.size() > kMethodBytesMax) return Status::InvalidArgument("too long", field("method"));
-  if (c.path.size() > kPathBytesMax) return Status::InvalidArgument("too long", field("path"));
-  if (c.origin.size() > kOriginBytesMax) {
+  if (c.method.size() > kCallMethodBytesMax) return Status::InvalidArgument("too long", field("method"));
+  if (c.path.size() > kCallPathBytesMax) return Status::InvalidArgument("too long", field("path"));
+  if (c.origin.size() > kCallOriginBytesMax) {
     return Status::InvalidArgument("too long", field("origin"));
   }
-  if (c.client_ip.size() > kClientIpBytesMax) {
+  if (c.client_ip.size() > kCallClientIpBytesMax) {
     return Status::InvalidArgument("too long", field("client_ip"));
   }
   for (const auto& [excerpt, name] :
@@ -492,9 +488,9 @@ Result<RecordResult> DataPlane::RecordCalls(std::vector<CallReport> calls) {
     for (std::string* text : {&call.path, &call.origin, &call.method, &call.client_ip}) {
       RedactSecrets(text);
     }
-    CutAtCharBoundary(&call.path, kPathBytesMax);
-    CutAtCharBoundary(&call.method, kMethodBytesMax);
-    CutAtCharBoundary(&call.origin, kOriginBytesMax);
+    CutAtCharBoundary(&call.path, kCallPathBytesMax);
+    CutAtCharBoundary(&call.method, kCallMethodBytesMax);
+    CutAtCharBoundary(&call.origin, kCallOriginBytesMax);
     // Request and response data are kept only for a call made while logging
     // was on, and while it is on still.
     const bool made_while_on = calls[i].logging_when_made.value_or(

@@ -95,6 +95,13 @@ struct RecordResult {
   size_t duplicates = 0;
 };
 
+// Limits on a recorded call's text fields (RecordCalls refuses longer ones;
+// the gateway cuts what it records to them).
+constexpr size_t kCallMethodBytesMax = 16;
+constexpr size_t kCallPathBytesMax = 2048;
+constexpr size_t kCallOriginBytesMax = 2048;
+constexpr size_t kCallClientIpBytesMax = 64;  // the longest IPv6 text is 45 bytes
+
 // Limits on logged excerpts.
 constexpr size_t kBodyExcerptBytesMax = 4096;
 constexpr size_t kExcerptHeadersMax = 64;

@@ -23,9 +23,6 @@ constexpr char kCorsExposedHeaders[] =
     "ratelimit-limit, ratelimit-remaining, ratelimit-reset, retry-after, x-request-id";
 // The longest Access-Control-Request-Headers value answered.
 constexpr size_t kPreflightHeaderListBytesMax = 1024;
-// Limits of a recorded call (api/data_plane.cc validates the same).
-constexpr size_t kRecordedMethodBytesMax = 16;
-constexpr size_t kRecordedPathBytesMax = 2048;
 
 bool IsTokenChar(char c) {  // RFC 9110 tchar, plus ',' and ' ' for lists
   return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
@@ -60,10 +57,10 @@ CallReport StartCallReport(const HttpRequest& head, std::string client_ip,
   call.request_id = std::move(request_id);
   call.key_id = decision.key_id;
   call.occurred_at_us = occurred_at_us;
-  call.method = head.method.substr(0, kRecordedMethodBytesMax);
-  call.path = head.target.substr(0, kRecordedPathBytesMax);
+  call.method = head.method.substr(0, kCallMethodBytesMax);
+  call.path = head.target.substr(0, kCallPathBytesMax);
   call.client_ip = std::move(client_ip);
-  call.origin = std::string(head.Header("origin"));
+  call.origin = std::string(head.Header("origin").substr(0, kCallOriginBytesMax));
   call.logged = decision.logging;  // the data plane decides again from the key
   report.logging_when_made = decision.logging;
   if (decision.logging) call.request.headers = ExcerptHeaders(head.headers);

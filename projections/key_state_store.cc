@@ -14,7 +14,9 @@ constexpr char kFormatKey[] = "key_state_format";
 // Bump when the record layout changes: the store is then rebuilt from the log.
 // 5: a pending notification keeps its rule and key name as at the transition.
 // 6: a key keeps when its logging was last switched.
-constexpr char kFormatVersion[] = "key-state-6";
+// 7: a notifying transition, or a rule's changed channels, drop the outbox
+//    entries they supersede.
+constexpr char kFormatVersion[] = "key-state-7";
 
 // A rebuild reports its progress every this many events.
 constexpr uint64_t kRebuildProgressEvents = 65'536;

@@ -598,7 +598,8 @@ TEST(DataPlaneGatewayQueueTest, ARelayedCallIsLoggedOnlyIfMadeWhileLoggingWasOn)
   done.status = 200;
   ProxyAdmission made_while_off = w.Admit();
   ASSERT_TRUE(made_while_off.relay);
-  w.h.clock().AdvanceUs(1000);
+  // The switch in the same microsecond as the admission: only what the
+  // gateway saw at authorization can tell that the call was made while off.
   ASSERT_EQ(w.h.Call("PATCH", path, R"({"logging":true})").status, 200);
   made_while_off.on_done(done);  // the upstream answers after the switch
   w.h.clock().AdvanceUs(1000);
@@ -610,6 +611,23 @@ TEST(DataPlaneGatewayQueueTest, ARelayedCallIsLoggedOnlyIfMadeWhileLoggingWasOn)
   ASSERT_EQ(recorded.size(), 2u);
   EXPECT_FALSE(recorded[0].logged);
   EXPECT_TRUE(recorded[1].logged);
+}
+
+// What the gateway records fits the limits RecordCalls checks: a request
+// with an over-long Origin is recorded (cut), not dropped as unrecordable.
+TEST(DataPlaneGatewayQueueTest, ARelayedCallWithALongOriginIsRecorded) {
+  GatewayWorld w(/*queued_calls_max=*/100, /*tps_limit=*/10);
+  ProxyAdmission admitted =
+      w.hooks.admit(GatewayHead(w.secret, "https://" + std::string(3000, 'a') + ".example"));
+  ASSERT_TRUE(admitted.relay);  // the open group restricts no origin
+  ProxyExchange done;
+  done.status = 200;
+  admitted.on_done(done);
+  ASSERT_TRUE(w.h.service().data_plane().FlushCalls().ok());
+  EXPECT_EQ(w.h.service().data_plane().calls_dropped(), 0u);
+  const std::vector<ApiCallRecorded> recorded = w.Recorded();
+  ASSERT_EQ(recorded.size(), 1u);
+  EXPECT_EQ(recorded[0].origin.size(), kCallOriginBytesMax);
 }
 
 TEST(DataPlaneGatewayQueueTest, ARequestRefusedForLackOfRecordingRoomKeepsItsRateAllowance) {

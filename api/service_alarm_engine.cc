@@ -6,6 +6,8 @@
 // random), callable from tests without threads.
 #include <algorithm>
 #include <cassert>
+#include <string>
+#include <unordered_set>
 
 #include "api/notify.h"
 #include "api/invoice_compute.h"
@@ -198,6 +200,10 @@ Result<size_t> Service::Impl::DeliverNotifications() {
   if (d.notifier == nullptr) return size_t{0};
   const auto due = state().DueNotifications(d.clock->NowUs(), o.alarms.deliveries_per_round_max);
   size_t attempted = 0;
+  // Webhook URLs that gave no HTTP answer this round (down, or timed out):
+  // their other entries wait for the next round instead of each waiting out
+  // the timeout again while other receivers' notifications queue behind.
+  std::unordered_set<std::string> unanswered_urls;
   for (const OutboxEntry& e : due) {
     {
       // A round may hold many slow sends: shutdown does not wait for them all.
@@ -207,6 +213,8 @@ Result<size_t> Service::Impl::DeliverNotifications() {
     // A round may last minutes: an alarm deleted meanwhile (which drops its
     // outbox) notifies no one from then on.
     if (!StillPending(e)) continue;
+    const auto* hook = std::get_if<WebhookChannel>(&e.notification.channel);
+    if (hook != nullptr && unanswered_urls.contains(hook->url)) continue;
     attempted++;
     const int64_t now_us = d.clock->NowUs();
     DeliveryResult result = Send(e, now_us);
@@ -220,6 +228,7 @@ Result<size_t> Service::Impl::DeliverNotifications() {
       body = NotificationDelivered{attempt};
     } else {
       notification_failures.fetch_add(1, std::memory_order_relaxed);
+      if (hook != nullptr && result.http_status == 0) unanswered_urls.insert(hook->url);
       // Backoff counts from the end of the attempt, which may have timed out.
       attempt.next_attempt_at_us =
           NextAttemptUs(e.notification, attempt.attempt, d.clock->NowUs());

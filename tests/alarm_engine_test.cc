@@ -5,6 +5,7 @@
 #include <rapidcheck/gtest.h>
 
 #include <deque>
+#include <set>
 #include <functional>
 #include <mutex>
 
@@ -149,6 +150,7 @@ class ScriptedNotifier final : public Notifier {
     if (on_webhook) on_webhook();  // outside mu_: it may call the Service
     std::lock_guard<std::mutex> lock(mu_);
     webhooks.push_back(m);
+    if (dead_urls.contains(m.url)) return DeliveryResult{false, 0, "timed out"};
     return Next();
   }
   DeliveryResult SendEmail(const EmailMessage& m) override {
@@ -163,6 +165,7 @@ class ScriptedNotifier final : public Notifier {
   std::vector<WebhookMessage> webhooks;
   std::vector<EmailMessage> emails;
   std::function<void()> on_webhook;  // runs as each webhook is sent
+  std::set<std::string> dead_urls;   // webhooks to these get no answer
 
  private:
   DeliveryResult Next() {
@@ -432,6 +435,27 @@ TEST_F(AlarmEngineTest, AWebhookUrlWithSpacesOrControlCharactersIsRefused) {
     EXPECT_EQ(r.status, 400) << url;
     EXPECT_EQ(r.body["error"]["field"], "channels[0].url") << r.raw;
   }
+}
+
+// A receiver that does not answer costs one attempt per round, not one per
+// entry: its other entries wait for the next round, others' go now.
+TEST_F(AlarmEngineTest, AnUnansweringReceiverDoesNotHoldUpTheRound) {
+  const std::string dead = "https://dead.example.com/kl";
+  const std::string alive = "https://alive.example.com/kl";
+  notifier.dead_urls = {dead};
+  for (const std::string& url : {dead, dead, alive}) {
+    CreateAlarm({{"channels", {{{"type", "webhook"}, {"url", url}}}}});
+  }
+  RecordCalls(1, 20);
+  RecordCalls(2, 20);
+  ASSERT_EQ(Evaluate(), 3u);
+  EXPECT_EQ(Deliver(), 2u);  // one to the dead URL, one to the live one
+  ASSERT_EQ(notifier.webhooks.size(), 2u);
+  size_t to_dead = 0;
+  for (const auto& m : notifier.webhooks) to_dead += m.url == dead;
+  EXPECT_EQ(to_dead, 1u);
+  EXPECT_EQ(Deliver(), 1u);  // next round: the skipped one is due and tried
+  EXPECT_EQ(notifier.webhooks.back().url, dead);
 }
 
 TEST_F(AlarmEngineTest, OutboxSurvivesRestart) {

@@ -53,6 +53,25 @@ std::string NotificationId(uint64_t sequence, uint32_t channel_index) {
   return "msg_" + std::to_string(sequence) + "_" + std::to_string(channel_index);
 }
 
+namespace {
+
+// The alarm an event changes, or nullptr for any other event.
+const std::string* AlarmIdOf(const EventBody& body) {
+  return std::visit(
+      Overloaded{
+          [](const AlarmCreated& b) -> const std::string* { return &b.alarm_id; },
+          [](const AlarmChanged& b) -> const std::string* { return &b.alarm_id; },
+          [](const AlarmDeleted& b) -> const std::string* { return &b.alarm_id; },
+          [](const AlarmStateChanged& b) -> const std::string* { return &b.alarm_id; },
+          [](const NotificationDelivered& b) -> const std::string* { return &b.alarm_id; },
+          [](const NotificationFailed& b) -> const std::string* { return &b.alarm_id; },
+          [](const auto&) -> const std::string* { return nullptr; },
+      },
+      body);
+}
+
+}  // namespace
+
 Status KeyState::Apply(const Event& event) {
   std::unique_lock<std::shared_mutex> lock(mu_);
   if (event.sequence <= position_) {
@@ -62,8 +81,18 @@ Status KeyState::Apply(const Event& event) {
                               event.sequence);
   }
   KL_RETURN_IF_ERROR(ApplyLocked(event));
+  if (const std::string* alarm_id = AlarmIdOf(event.body)) IndexOutbox(*alarm_id);
   position_ = event.sequence;
   return Status::Ok();
+}
+
+void KeyState::IndexOutbox(const std::string& alarm_id) {
+  auto alarm = alarms_.find(alarm_id);
+  if (alarm != alarms_.end() && !alarm->second.outbox.empty()) {
+    alarms_with_outbox_.insert(alarm_id);
+  } else {
+    alarms_with_outbox_.erase(alarm_id);
+  }
 }
 
 void KeyState::MarkDirty(std::string record_key) { dirty_.push_back(std::move(record_key)); }
@@ -546,7 +575,9 @@ std::vector<AlarmView> KeyState::ListAllAlarms() const {
 std::vector<OutboxEntry> KeyState::DueNotifications(int64_t now_us, size_t max) const {
   std::shared_lock<std::shared_mutex> lock(mu_);
   std::vector<OutboxEntry> out;
-  for (const auto& [id, a] : alarms_) {
+  for (const std::string& id : alarms_with_outbox_) {
+    const AlarmView& a = alarms_.at(id);
+    assert(!a.outbox.empty());
     for (const auto& n : a.outbox) {
       if (out.size() == max) return out;
       if (n.next_attempt_at_us <= now_us) out.push_back(OutboxEntry{a.spec, n});
@@ -910,6 +941,7 @@ Status KeyState::Load(const KvStore& store, int cf) {
   }
   for (const auto& [id, a] : alarms_) {
     if (!a.deleted) live_alarms_by_key_[a.spec.key_id].insert(id);
+    if (!a.outbox.empty()) alarms_with_outbox_.insert(id);
   }
   return Status::Ok();
 }

@@ -330,6 +330,7 @@ class KeyState {
   void UnindexKey(const KeyView& key);
   void IndexGroup(const SecurityGroupView& group);
   void UnindexGroup(const SecurityGroupView& group);
+  void IndexOutbox(const std::string& alarm_id);
   void MarkDirty(std::string record_key);
 
   mutable std::shared_mutex mu_;
@@ -362,6 +363,9 @@ class KeyState {
   // live groups that restrict no origin: AnyGroupAllowsOrigin's index.
   std::unordered_map<std::string, size_t> origin_pattern_listings_;
   size_t origin_unrestricted_groups_ = 0;
+  // Alarms with pending notifications, in id order: the delivery loop's
+  // once-a-second look walks these, not every alarm ever created.
+  IdSet alarms_with_outbox_;
   std::vector<std::string> dirty_;
 };
 

@@ -196,6 +196,8 @@ DeliveryResult Service::Impl::Send(const OutboxEntry& e, int64_t now_us) {
   return d.notifier->SendEmail(NotificationEmail(e, now_us));
 }
 
+constexpr char kRetryWindowOver[] = "the retry window ended before this attempt";
+
 Result<size_t> Service::Impl::DeliverNotifications() {
   if (d.notifier == nullptr) return size_t{0};
   const auto due = state().DueNotifications(d.clock->NowUs(), o.alarms.deliveries_per_round_max);
@@ -217,7 +219,12 @@ Result<size_t> Service::Impl::DeliverNotifications() {
     if (hook != nullptr && unanswered_urls.contains(hook->url)) continue;
     attempted++;
     const int64_t now_us = d.clock->NowUs();
-    DeliveryResult result = Send(e, now_us);
+    // After downtime longer than the retry window, an entry still queued is
+    // given up without a send: a day-old alert is noise, and the docs promise
+    // no attempt after the window.
+    const bool window_over = now_us > e.notification.created_at_us + o.alarms.retry_window_us;
+    DeliveryResult result = window_over ? DeliveryResult{false, 0, kRetryWindowOver}
+                                        : Send(e, now_us);
     NotificationAttempt attempt{e.alarm.workspace_id, e.alarm.alarm_id, e.notification.id,
                                 e.notification.channel_index, e.notification.attempts + 1,
                                 result.http_status, result.error.substr(0, kAttemptErrorBytesMax),
@@ -231,7 +238,7 @@ Result<size_t> Service::Impl::DeliverNotifications() {
       if (hook != nullptr && result.http_status == 0) unanswered_urls.insert(hook->url);
       // Backoff counts from the end of the attempt, which may have timed out.
       attempt.next_attempt_at_us =
-          NextAttemptUs(e.notification, attempt.attempt, d.clock->NowUs());
+          window_over ? 0 : NextAttemptUs(e.notification, attempt.attempt, d.clock->NowUs());
       body = NotificationFailed{attempt};
     }
     // No expected version: rule changes may interleave; the fold tolerates an

@@ -458,6 +458,23 @@ TEST_F(AlarmEngineTest, AnUnansweringReceiverDoesNotHoldUpTheRound) {
   EXPECT_EQ(notifier.webhooks.back().url, dead);
 }
 
+// A server down for longer than the retry window sends nothing old when it
+// comes back: the entry is given up, recorded as a failure without a send.
+TEST_F(AlarmEngineTest, AnEntryOlderThanTheRetryWindowIsGivenUpUnsent) {
+  std::string id =
+      CreateAlarm({{"channels", {{{"type", "webhook"}, {"url", "https://hooks.example.com/kl"}}}}});
+  RecordCalls(1, 20);
+  RecordCalls(2, 20);
+  ASSERT_EQ(Evaluate(), 1u);
+  h.clock().AdvanceUs(3 * 3600'000'000LL);  // the window is one hour
+  EXPECT_EQ(Deliver(), 1u);
+  EXPECT_TRUE(notifier.webhooks.empty());
+  EXPECT_EQ(Alarm(id)["pending_notifications"], 0);
+  json last = History(id).back();
+  EXPECT_EQ(last["type"], "notification_failed");
+  EXPECT_TRUE(last["next_attempt_at"].is_null());
+}
+
 TEST_F(AlarmEngineTest, OutboxSurvivesRestart) {
   CreateAlarm({{"channels", {{{"type", "webhook"}, {"url", "https://hooks.example.com/kl"}}}}});
   RecordCalls(1, 20);

@@ -50,11 +50,6 @@ EventId CallEventId(std::string_view request_id) {
   return id;
 }
 
-bool IsHeaderNameChar(char c) {  // RFC 9110 tchar
-  return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-         std::string_view("!#$%&'*+-.^_`|~").find(c) != std::string_view::npos;
-}
-
 bool IsSecretChar(char c) {
   return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
 }
@@ -147,7 +142,7 @@ Status ValidateCall(const ApiCallRecorded& c, size_t i, int64_t now_us,
     }
     for (const HttpHeader& h : excerpt->headers) {
       // Redaction goes by name: "Authorization " must not pass as another header.
-      if (h.name.empty() || !std::all_of(h.name.begin(), h.name.end(), IsHeaderNameChar)) {
+      if (h.name.empty() || !std::all_of(h.name.begin(), h.name.end(), IsHttpTokenChar)) {
         return Status::InvalidArgument("header names are HTTP tokens (RFC 9110)",
                                        field(name));
       }

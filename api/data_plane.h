@@ -95,6 +95,13 @@ struct RecordResult {
   size_t duplicates = 0;
 };
 
+// Whether `c` may stand in an HTTP token, such as a header name (RFC 9110
+// "tchar").
+inline bool IsHttpTokenChar(char c) {
+  return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+         std::string_view("!#$%&'*+-.^_`|~").find(c) != std::string_view::npos;
+}
+
 // Limits on a recorded call's text fields (RecordCalls refuses longer ones;
 // the gateway cuts what it records to them).
 constexpr size_t kCallMethodBytesMax = 16;

@@ -24,9 +24,8 @@ constexpr char kCorsExposedHeaders[] =
 // The longest Access-Control-Request-Headers value answered.
 constexpr size_t kPreflightHeaderListBytesMax = 1024;
 
-bool IsTokenChar(char c) {  // RFC 9110 tchar, plus ',' and ' ' for lists
-  return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-         std::string_view("!#$%&'*+-.^_`|~, ").find(c) != std::string_view::npos;
+bool IsTokenListChar(char c) {  // a token, or the ", " between tokens of a list
+  return IsHttpTokenChar(c) || c == ',' || c == ' ';
 }
 
 void AddCorsHeaders(std::string_view origin,
@@ -125,8 +124,9 @@ HttpResponse Service::Impl::AnswerPreflight(const HttpRequest& head,
   const std::string_view requested_headers = head.Header("access-control-request-headers");
   const bool method_ok =
       std::find(std::begin(kCorsMethods), std::end(kCorsMethods), method) != std::end(kCorsMethods);
-  const bool headers_ok = requested_headers.size() <= kPreflightHeaderListBytesMax &&
-                          std::all_of(requested_headers.begin(), requested_headers.end(), IsTokenChar);
+  const bool headers_ok =
+      requested_headers.size() <= kPreflightHeaderListBytesMax &&
+      std::all_of(requested_headers.begin(), requested_headers.end(), IsTokenListChar);
   if (!method_ok || !headers_ok || !state().AnyGroupAllowsOrigin(origin)) {
     // No CORS headers: the browser refuses the request that would follow.
     return JsonError(403, "permission_denied",

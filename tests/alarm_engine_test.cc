@@ -210,6 +210,16 @@ class AlarmEngineTest : public ::testing::Test {
     EXPECT_EQ(r.status, 201) << r.raw;
     return r.body.value("id", "");
   }
+  // The same rule with one webhook channel alone.
+  std::string CreateWebhookAlarm() {
+    return CreateAlarm(
+        {{"channels", {{{"type", "webhook"}, {"url", "https://hooks.example.com/kl"}}}}});
+  }
+  // 20 calls in each of the last two minutes: the default rule breaches.
+  void Breach() {
+    RecordCalls(1, 20);
+    RecordCalls(2, 20);
+  }
   // Records `count` calls (status `status`) in the minute that starts
   // `minutes_ago` minutes before the current minute, and folds them.
   void RecordCalls(int minutes_ago, int count, int status = 200) {
@@ -257,8 +267,7 @@ TEST_F(AlarmEngineTest, BreachNotifiesOnceAndRecoveryOnceResolved) {
   EXPECT_EQ(Alarm(id)["state"], "OK");
   EXPECT_EQ(Deliver(), 0u);
 
-  RecordCalls(1, 20);
-  RecordCalls(2, 20);
+  Breach();
   EXPECT_EQ(Evaluate(), 1u);
   json a = Alarm(id);
   EXPECT_EQ(a["state"], "ALARM");
@@ -299,10 +308,8 @@ TEST_F(AlarmEngineTest, BreachNotifiesOnceAndRecoveryOnceResolved) {
 }
 
 TEST_F(AlarmEngineTest, FailedDeliveriesAreRetriedWithBackoffAndDeliveredOnce) {
-  std::string id = CreateAlarm({{"channels", {{{"type", "webhook"},
-                                               {"url", "https://hooks.example.com/kl"}}}}});
-  RecordCalls(1, 20);
-  RecordCalls(2, 20);
+  std::string id = CreateWebhookAlarm();
+  Breach();
   ASSERT_EQ(Evaluate(), 1u);  // straight to ALARM
   notifier.FailNext(2, 503);
   EXPECT_EQ(Deliver(), 1u);   // attempt 1 fails
@@ -340,8 +347,7 @@ TEST_F(AlarmEngineTest, FailedDeliveriesAreRetriedWithBackoffAndDeliveredOnce) {
 // webhook-id, so one id must carry one body).
 TEST_F(AlarmEngineTest, RetriesSendTheMessageOfTheTransitionUnchanged) {
   std::string id = CreateAlarm();  // a webhook, then an e-mail
-  RecordCalls(1, 20);
-  RecordCalls(2, 20);
+  Breach();
   ASSERT_EQ(Evaluate(), 1u);
   notifier.FailNext(2, 500);
   EXPECT_EQ(Deliver(), 2u);
@@ -367,11 +373,9 @@ TEST_F(AlarmEngineTest, RetriesSendTheMessageOfTheTransitionUnchanged) {
 // A "triggered" still being retried when the alarm resolves is not sent
 // after the "resolved": the newer transition supersedes it.
 TEST_F(AlarmEngineTest, ANewerTransitionSupersedesAnUndeliveredOlderOne) {
-  std::string id = CreateAlarm({{"channels", {{{"type", "webhook"},
-                                               {"url", "https://hooks.example.com/kl"}}}}});
+  std::string id = CreateWebhookAlarm();
   ASSERT_EQ(Evaluate(), 1u);  // -> OK
-  RecordCalls(1, 20);
-  RecordCalls(2, 20);
+  Breach();
   ASSERT_EQ(Evaluate(), 1u);  // -> ALARM
   notifier.FailNext(1, 500);
   EXPECT_EQ(Deliver(), 1u);  // "triggered" failed, waits for its retry
@@ -389,8 +393,7 @@ TEST_F(AlarmEngineTest, ANewerTransitionSupersedesAnUndeliveredOlderOne) {
 // Queued notifications go only to channels the rule still has.
 TEST_F(AlarmEngineTest, AChangedChannelDropsWhatWasQueuedForTheOldOne) {
   std::string id = CreateAlarm();  // a webhook and an e-mail address
-  RecordCalls(1, 20);
-  RecordCalls(2, 20);
+  Breach();
   ASSERT_EQ(Evaluate(), 1u);
   notifier.FailNext(2, 500);
   EXPECT_EQ(Deliver(), 2u);  // both failed, both queued for a retry
@@ -446,8 +449,7 @@ TEST_F(AlarmEngineTest, AnUnansweringReceiverDoesNotHoldUpTheRound) {
   for (const std::string& url : {dead, dead, alive}) {
     CreateAlarm({{"channels", {{{"type", "webhook"}, {"url", url}}}}});
   }
-  RecordCalls(1, 20);
-  RecordCalls(2, 20);
+  Breach();
   ASSERT_EQ(Evaluate(), 3u);
   EXPECT_EQ(Deliver(), 2u);  // one to the dead URL, one to the live one
   ASSERT_EQ(notifier.webhooks.size(), 2u);
@@ -461,10 +463,8 @@ TEST_F(AlarmEngineTest, AnUnansweringReceiverDoesNotHoldUpTheRound) {
 // A server down for longer than the retry window sends nothing old when it
 // comes back: the entry is given up, recorded as a failure without a send.
 TEST_F(AlarmEngineTest, AnEntryOlderThanTheRetryWindowIsGivenUpUnsent) {
-  std::string id =
-      CreateAlarm({{"channels", {{{"type", "webhook"}, {"url", "https://hooks.example.com/kl"}}}}});
-  RecordCalls(1, 20);
-  RecordCalls(2, 20);
+  std::string id = CreateWebhookAlarm();
+  Breach();
   ASSERT_EQ(Evaluate(), 1u);
   h.clock().AdvanceUs(3 * 3600'000'000LL);  // the window is one hour
   EXPECT_EQ(Deliver(), 1u);
@@ -476,9 +476,8 @@ TEST_F(AlarmEngineTest, AnEntryOlderThanTheRetryWindowIsGivenUpUnsent) {
 }
 
 TEST_F(AlarmEngineTest, OutboxSurvivesRestart) {
-  CreateAlarm({{"channels", {{{"type", "webhook"}, {"url", "https://hooks.example.com/kl"}}}}});
-  RecordCalls(1, 20);
-  RecordCalls(2, 20);
+  CreateWebhookAlarm();
+  Breach();
   ASSERT_EQ(Evaluate(), 1u);
   notifier.FailNext(1, 500);
   EXPECT_EQ(Deliver(), 1u);
@@ -491,10 +490,8 @@ TEST_F(AlarmEngineTest, OutboxSurvivesRestart) {
 }
 
 TEST_F(AlarmEngineTest, GivesUpAfterTheRetryWindow) {
-  std::string id =
-      CreateAlarm({{"channels", {{{"type", "webhook"}, {"url", "https://hooks.example.com/kl"}}}}});
-  RecordCalls(1, 20);
-  RecordCalls(2, 20);
+  std::string id = CreateWebhookAlarm();
+  Breach();
   ASSERT_EQ(Evaluate(), 1u);
   notifier.FailNext(1000, 500);
   size_t attempts = 0;
@@ -511,10 +508,8 @@ TEST_F(AlarmEngineTest, GivesUpAfterTheRetryWindow) {
 }
 
 TEST_F(AlarmEngineTest, DeletingTheAlarmDropsItsOutbox) {
-  std::string id =
-      CreateAlarm({{"channels", {{{"type", "webhook"}, {"url", "https://hooks.example.com/kl"}}}}});
-  RecordCalls(1, 20);
-  RecordCalls(2, 20);
+  std::string id = CreateWebhookAlarm();
+  Breach();
   ASSERT_EQ(Evaluate(), 1u);
   ASSERT_EQ(h.Call("DELETE", base_ + "/" + id).status, 204);
   EXPECT_EQ(Deliver(), 0u);
@@ -527,8 +522,7 @@ TEST_F(AlarmEngineTest, DeletingTheAlarmDropsItsOutbox) {
 // deleted during the round sends nothing more.
 TEST_F(AlarmEngineTest, AnAlarmDeletedDuringARoundSendsNothingMore) {
   std::string id = CreateAlarm();  // a webhook, then an e-mail
-  RecordCalls(1, 20);
-  RecordCalls(2, 20);
+  Breach();
   ASSERT_EQ(Evaluate(), 1u);
   notifier.on_webhook = [&] {
     notifier.on_webhook = nullptr;

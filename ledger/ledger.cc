@@ -132,13 +132,36 @@ struct Ledger::Rep {
   std::unique_ptr<KvStore> store;
 
   // mu guards everything below it, and the writer queue.
+  //
+  // A group commit has two stages. Stage 1 (one group at a time, in queue
+  // order) checks ids and versions, chains the hashes and writes the batch
+  // to RocksDB without fsync: the events are then in the memtable and the
+  // OS, not yet on disk. Stage 2 fsyncs the WAL and publishes the group:
+  // `head` moves and the writers are answered. Group N's stage 2 overlaps
+  // group N + 1's stage 1, so the fsync is off the serial path; groups are
+  // published strictly in order (tickets), so `head` only ever covers
+  // events that are durable (for kSync writers) and every read is bounded
+  // by it (ReadRange, ReadStream, ScanRaw): nothing unpublished is seen.
   mutable std::mutex mu;
   mutable std::condition_variable appended;  // signalled when head moves or on close
-  std::deque<Writer*> writers;
-  LedgerHead head;
+  std::condition_variable published;         // signalled when published_ticket moves
+  std::deque<Writer*> writers;               // waiting for a stage-1 leader
+  bool leading = false;                      // a leader is in stage 1
+  LedgerHead written_head;                   // head after every stage 1 so far
+  uint64_t tickets_issued = 0;               // stage-1 groups so far
+  uint64_t written_ticket = 0;               // the last group whose stage 1 ended
+  uint64_t durable_ticket = 0;               // every group <= this is fsynced
+  bool syncing = false;                      // an fsync is running (one at a time)
+  uint64_t published_ticket = 0;             // the last group published
+  LedgerHead head;               // published: what readers see
   uint64_t synced_sequence = 0;  // every event <= this is on disk (fsync'ed)
   int64_t last_recorded_at_us = 0;
   bool closed = false;
+  // The first failed write or fsync after which the store may hold events
+  // that are not durable: every later append fails with it (an fsync that
+  // failed once may have dropped the pages; a later one succeeding proves
+  // nothing), until the process restarts and RocksDB recovers the WAL.
+  Status broken;
   LedgerStats stats;
 
   // Touched only by the group-commit leader (one at a time; the leader
@@ -155,11 +178,26 @@ struct Ledger::Rep {
   Result<uint64_t> LookupStreamVersion(std::string_view stream_id) const;
   // The cache entry of `stream_id`, read from the store on a miss.
   Result<CachedVersion*> CachedStreamVersion(std::string_view stream_id);
+  // Stage 1 of a group commit (see mu): writes the group's new events after
+  // `start` without fsync. Sets *new_head, and *needs_sync when a kSync
+  // writer's events (new, or the originals of its retried ids) may not be
+  // on disk yet: those past `synced`, a snapshot of synced_sequence.
   Status CommitGroup(std::vector<Writer*>& group, const LedgerHead& start, int64_t now_us,
-                     LedgerHead* new_head);
+                     uint64_t synced, LedgerHead* new_head, bool* needs_sync);
   // After the group's batch is written: its pending versions become stored.
   // REQUIRES: mu held, by the leader that committed the group.
   void StorePendingVersions();
+  // Returns once group `ticket` is on disk: an fsync started after its
+  // write covers it, so one fsync serves every group written while the
+  // previous one ran. Returns `broken` if an fsync failed.
+  // REQUIRES: `lock` holds mu; group `ticket` has ended stage 1.
+  Status AwaitDurable(uint64_t ticket, std::unique_lock<std::mutex>& lock);
+  // Stage 2's end: unless `io` failed, moves head to new_head; answers the
+  // group's writers (each with `io` if it failed).
+  // REQUIRES: mu held; every earlier ticket published.
+  void Publish(const std::vector<Writer*>& group, const LedgerHead& start,
+               const LedgerHead& new_head, bool synced_now, uint64_t write_us,
+               const Status& io);
   Result<Event> DecodeStored(uint64_t sequence, std::string_view value) const;
 };
 
@@ -180,6 +218,29 @@ Result<CachedVersion*> Ledger::Rep::CachedStreamVersion(std::string_view stream_
   KL_ASSIGN_OR_RETURN(uint64_t version, LookupStreamVersion(stream_id));
   return &stream_versions.emplace(std::string(stream_id), CachedVersion{.stored = version})
               .first->second;
+}
+
+Status Ledger::Rep::AwaitDurable(uint64_t ticket, std::unique_lock<std::mutex>& lock) {
+  assert(written_ticket >= ticket);
+  while (durable_ticket < ticket && broken.ok()) {
+    if (syncing) {
+      published.wait(lock);
+      continue;
+    }
+    syncing = true;
+    const uint64_t target = written_ticket;
+    lock.unlock();
+    Status sync = store->SyncWal();
+    lock.lock();
+    syncing = false;
+    if (sync.ok()) {
+      durable_ticket = std::max(durable_ticket, target);
+    } else if (broken.ok()) {
+      broken = sync;
+    }
+    published.notify_all();
+  }
+  return broken;
 }
 
 void Ledger::Rep::StorePendingVersions() {
@@ -242,6 +303,7 @@ Result<std::unique_ptr<Ledger>> Ledger::Open(const std::string& path,
     KL_RETURN_IF_ERROR(rep->store->Write(batch, Durability::kSync));
   }
   rep->synced_sequence = rep->head.sequence;  // recovered from disk, so durable
+  rep->written_head = rep->head;
   return std::unique_ptr<Ledger>(new Ledger(std::move(rep)));
 }
 
@@ -272,7 +334,8 @@ Result<Event> Ledger::Rep::DecodeStored(uint64_t sequence, std::string_view valu
 // out of the batch to its save point.
 // REQUIRES: called by the current leader only, without holding mu.
 Status Ledger::Rep::CommitGroup(std::vector<Writer*>& group, const LedgerHead& start,
-                                int64_t now_us, LedgerHead* new_head) {
+                                int64_t now_us, uint64_t synced, LedgerHead* new_head,
+                                bool* needs_sync_out) {
   // 1. Which proposed events are already stored? One MultiGet for the group.
   size_t group_events = 0;
   for (Writer* w : group) group_events += w->events->size();
@@ -322,7 +385,7 @@ Status Ledger::Rep::CommitGroup(std::vector<Writer*>& group, const LedgerHead& s
         uint64_t seq = original ? DecodeBigEndian64(original->data()) : in_group->second;
         w->result.sequences[i] = seq;
         w->result.duplicates++;
-        needs_sync |= seq > synced_sequence && w->durability == Durability::kSync;
+        needs_sync |= seq > synced && w->durability == Durability::kSync;
         continue;
       }
       const std::string_view stream_id = e.stream_id;
@@ -399,11 +462,11 @@ Status Ledger::Rep::CommitGroup(std::vector<Writer*>& group, const LedgerHead& s
   }
 
   *new_head = head;
-  if (head.sequence == start.sequence) {
-    return needs_sync ? store->SyncWal() : Status::Ok();
-  }
+  *needs_sync_out = needs_sync;
+  if (head.sequence == start.sequence) return Status::Ok();
   batch->Put(kCfMeta, kHeadKey, EncodeHead(head));
-  return store->Write(*batch, needs_sync ? Durability::kSync : Durability::kAsync);
+  // Not synced here: stage 2 fsyncs, off the serial path (see mu).
+  return store->Write(*batch, Durability::kAsync);
 }
 
 Result<AppendResult> Ledger::Append(const std::vector<NewEvent>& events,
@@ -418,67 +481,90 @@ Result<AppendResult> Ledger::Append(const std::vector<NewEvent>& events,
 
   std::unique_lock<std::mutex> lock(rep_->mu);
   if (rep_->closed) return Status::Unavailable("the ledger is closing");
+  if (!rep_->broken.ok()) return rep_->broken;
   rep_->writers.push_back(&self);
-  while (!self.done && &self != rep_->writers.front()) self.cv.wait(lock);
+  while (!self.done && (rep_->leading || &self != rep_->writers.front())) self.cv.wait(lock);
   if (self.done) {
     if (!self.status.ok()) return self.status;
     return std::move(self.result);
   }
 
-  // This writer leads: take a group from the front of the queue.
+  // This writer leads stage 1: take a group from the front of the queue.
   std::vector<Writer*> group;
   size_t group_events = 0;
-  for (Writer* w : rep_->writers) {
+  while (!rep_->writers.empty()) {
+    Writer* w = rep_->writers.front();
     if (!group.empty() && group_events + w->events->size() > rep_->options.group_events_max) break;
     group.push_back(w);
     group_events += w->events->size();
+    rep_->writers.pop_front();
   }
-  const LedgerHead start = rep_->head;
+  rep_->leading = true;
+  const uint64_t ticket = ++rep_->tickets_issued;
+  const LedgerHead start = rep_->written_head;
+  const uint64_t synced = rep_->synced_sequence;
+  const Status broken = rep_->broken;
   // recorded_at never goes backwards, even if the wall clock does.
   const int64_t now_us = std::max(rep_->options.clock->NowUs(), rep_->last_recorded_at_us);
   lock.unlock();
 
-  LedgerHead new_head;
+  LedgerHead new_head = start;
+  bool needs_sync = false;
   const auto write_start = std::chrono::steady_clock::now();
-  Status io = rep_->CommitGroup(group, start, now_us, &new_head);
-  const auto write_us = std::chrono::duration_cast<std::chrono::microseconds>(
-                            std::chrono::steady_clock::now() - write_start).count();
+  Status io = broken.ok() ? rep_->CommitGroup(group, start, now_us, synced, &new_head, &needs_sync)
+                          : broken;
 
   lock.lock();
-  if (io.ok() && new_head.sequence > start.sequence) {
-    const uint64_t stored = new_head.sequence - start.sequence;
-    rep_->stats.group_commits++;
-    rep_->stats.events_appended += stored;
-    rep_->stats.group_events_max = std::max(rep_->stats.group_events_max, stored);
-    rep_->stats.write_us_total += static_cast<uint64_t>(write_us);
-  }
   if (io.ok()) {
     assert(new_head.sequence >= start.sequence);
     rep_->StorePendingVersions();
-    if (new_head.sequence > start.sequence) {
-      rep_->head = new_head;
-      rep_->last_recorded_at_us = now_us;
-      rep_->appended.notify_all();
-    }
-    bool any_sync = std::any_of(group.begin(), group.end(), [](Writer* w) {
-      return w->durability == Durability::kSync && w->status.ok();
-    });
-    if (any_sync) rep_->synced_sequence = new_head.sequence;
+    rep_->written_head = new_head;
+    if (new_head.sequence > start.sequence) rep_->last_recorded_at_us = now_us;
   } else {
-    // Nothing was written: forget the group's pending versions.
+    // Forget the group's pending versions. A failed RocksDB write may have
+    // left part of the batch behind: no later group may chain onto it.
     rep_->pending_streams.clear();
     rep_->stream_versions.clear();
+    if (new_head.sequence > start.sequence && rep_->broken.ok()) rep_->broken = io;
   }
-  for (Writer* w : group) {
-    assert(rep_->writers.front() == w);
-    rep_->writers.pop_front();
-    if (!io.ok()) w->status = io;
-    w->done = true;
-    if (w != &self) w->cv.notify_one();
-  }
+  rep_->leading = false;
+  rep_->written_ticket = ticket;
   if (!rep_->writers.empty()) rep_->writers.front()->cv.notify_one();
+
+  // Stage 2: fsync (overlapping the next group's stage 1), then publish in order.
+  if (io.ok() && needs_sync) io = rep_->AwaitDurable(ticket, lock);
+  const auto write_us = std::chrono::duration_cast<std::chrono::microseconds>(
+                            std::chrono::steady_clock::now() - write_start).count();
+  rep_->published.wait(lock, [&] { return rep_->published_ticket == ticket - 1; });
+  if (io.ok()) io = rep_->broken;  // an earlier group this one chains onto is not durable
+  rep_->Publish(group, start, new_head, needs_sync, static_cast<uint64_t>(write_us), io);
+  rep_->published_ticket = ticket;
+  rep_->published.notify_all();
   if (!self.status.ok()) return self.status;
   return std::move(self.result);
+}
+
+void Ledger::Rep::Publish(const std::vector<Writer*>& group, const LedgerHead& start,
+                          const LedgerHead& new_head, bool synced_now, uint64_t write_us,
+                          const Status& io) {
+  if (io.ok()) {
+    if (new_head.sequence > start.sequence) {
+      const uint64_t stored = new_head.sequence - start.sequence;
+      stats.group_commits++;
+      stats.events_appended += stored;
+      stats.group_events_max = std::max(stats.group_events_max, stored);
+      stats.write_us_total += write_us;
+      assert(head.sequence == start.sequence);
+      head = new_head;
+      appended.notify_all();
+    }
+    if (synced_now) synced_sequence = std::max(synced_sequence, new_head.sequence);
+  }
+  for (Writer* w : group) {
+    if (!io.ok()) w->status = io;
+    w->done = true;
+    w->cv.notify_one();
+  }
 }
 
 LedgerHead Ledger::head() const {
@@ -493,8 +579,11 @@ LedgerStats Ledger::stats() const {
 
 Result<std::vector<Event>> Ledger::ReadRange(uint64_t from, size_t max_events) const {
   std::vector<Event> out;
-  if (max_events == 0) return out;
   from = std::max<uint64_t>(from, 1);
+  // Only published events: a group being fsynced is in the store already.
+  const uint64_t last = head().sequence;
+  if (max_events == 0 || from > last) return out;
+  max_events = static_cast<size_t>(std::min<uint64_t>(max_events, last - from + 1));
   Status decode_status;
   std::optional<Hash> expected_prev;
   if (from > 1) {
@@ -552,6 +641,8 @@ Result<std::vector<Event>> Ledger::ReadStream(std::string_view stream_id, uint64
   max_events = std::min(max_events, kStreamReadEventsMax);
   std::vector<uint64_t> sequences;
   Status bad;
+  // Only published events (see ReadRange); a stream's sequences ascend.
+  const uint64_t last = head().sequence;
   std::string start = StreamKey(stream_id, std::max<uint64_t>(from_version, 1));
   std::string end = StreamKey(stream_id, UINT64_MAX);
   KL_RETURN_IF_ERROR(rep_->store->Scan(kCfStreams, start, end, [&](std::string_view,
@@ -560,7 +651,9 @@ Result<std::vector<Event>> Ledger::ReadStream(std::string_view stream_id, uint64
       bad = Status::Corruption("bad stream index entry");
       return false;
     }
-    sequences.push_back(DecodeBigEndian64(value.data()));
+    const uint64_t sequence = DecodeBigEndian64(value.data());
+    if (sequence > last) return false;
+    sequences.push_back(sequence);
     return sequences.size() < max_events;
   }));
   KL_RETURN_IF_ERROR(bad);

@@ -6,6 +6,9 @@
 // events. See docs/architecture.md for the key layout and the hash chain.
 //
 // Thread safety: a Ledger is thread-safe. Append may block on disk I/O.
+// Group commit runs in two stages: one group at a time writes its batch
+// (no fsync); its fsync and publication then overlap the next group's write.
+// head() moves, in order, only once a group is durable.
 #pragma once
 
 #include <cstdint>
@@ -108,7 +111,13 @@ class Ledger {
   //   InvalidArgument  empty or over kAppendEventsMax, a bad stream id or actor,
   //                    an event over kEventBytesMax, one event id twice in `events`
   //   Conflict         an expected_version did not match the stream's version
-  //   IOError          the write failed (nothing of this call was stored)
+  //   IOError          the write or its fsync failed. The call's events may
+  //                    still be on disk (a retry with the same event ids is
+  //                    answered with their sequences). After a failure that
+  //                    may have left events in the store that are not durable,
+  //                    every later Append fails with the same error until the
+  //                    ledger is reopened (an fsync that failed once proves
+  //                    nothing when a later one succeeds).
   //   Unavailable      the ledger is a read-only (secondary) view or is closing
   Result<AppendResult> Append(const std::vector<NewEvent>& events,
                               const AppendOptions& options = {});
@@ -119,7 +128,8 @@ class Ledger {
   // Counters since Open. Never blocks on I/O.
   LedgerStats stats() const;
 
-  // Returns up to `max_events` events with sequence >= from, in order, each
+  // Returns up to `max_events` events with sequence >= from, in order, up to
+  // the head (never an event of a group commit still in flight), each
   // checked against its stored hash and its predecessor's.
   // Returns Corruption (with the sequence) on a failed check, IOError on failure.
   Result<std::vector<Event>> ReadRange(uint64_t from, size_t max_events) const;
@@ -127,15 +137,20 @@ class Ledger {
   // Returns the event at `sequence`; NotFound if beyond the head.
   Result<Event> Read(uint64_t sequence) const;
 
-  // Returns the events of `stream_id` with version >= from_version, up to max_events.
+  // Returns the events of `stream_id` with version >= from_version, up to
+  // max_events, up to the head (as ReadRange).
   Result<std::vector<Event>> ReadStream(std::string_view stream_id, uint64_t from_version,
                                         size_t max_events) const;
 
-  // Returns the stream's current version, 0 if it has no events.
+  // Returns the stream's current version, 0 if it has no events. It may count
+  // an event of a group commit still being fsynced (not yet in head()).
   Result<uint64_t> StreamVersion(std::string_view stream_id) const;
 
-  // Calls fn(sequence, stored_value) in order for [from, to] (to == 0: to the
-  // head) until fn returns false; the view is valid only during the call.
+  // Calls fn(sequence, stored_value) in order for [from, to] until fn returns
+  // false; the view is valid only during the call. to == 0: to the last
+  // stored event, which may be past head() while a group commit is being
+  // fsynced (Verify wants every stored event); pass head().sequence for
+  // published events only.
   // No checks are made: this is the raw path for verification and fast folds,
   // read as a bulk scan (ScanKind::kBulk: the block cache is bypassed).
   Status ScanRaw(uint64_t from, uint64_t to,

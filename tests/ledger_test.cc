@@ -280,6 +280,62 @@ TEST_F(LedgerTest, WaitForSequenceWakesOnAppend) {
   EXPECT_EQ(ledger->WaitForSequence(1, 1'000), 1u);  // times out, returns the head
 }
 
+// A group's fsync overlaps the next group's write, so the store holds
+// events past the head while appends run: reads must never return them
+// (an event seen there could still be lost). All events share one stream,
+// so a stream version equals the sequence.
+TEST_F(LedgerTest, ReadsNeverReturnEventsPastTheHeadWhileAppendsRun) {
+  auto ledger = OpenLedger();
+  constexpr uint64_t kWriters = 4;
+  constexpr uint64_t kAppendsPerWriter = 150;
+  constexpr uint64_t kEventsPerAppend = 5;
+  std::atomic<bool> writing{true};
+  std::atomic<uint64_t> failed_appends{0};
+  std::vector<std::thread> writers;
+  for (uint64_t t = 0; t < kWriters; t++) {
+    writers.emplace_back([&, t] {
+      for (uint64_t a = 0; a < kAppendsPerWriter; a++) {
+        std::vector<NewEvent> events;
+        for (uint64_t i = 0; i < kEventsPerAppend; i++) {
+          events.push_back(MakeCallEvent((t * kAppendsPerWriter + a) * kEventsPerAppend + i + 1));
+        }
+        AppendOptions ao;
+        ao.durability = a % 2 == 0 ? Durability::kSync : Durability::kAsync;
+        if (!ledger->Append(events, ao).ok()) failed_appends++;
+      }
+    });
+  }
+  uint64_t reads = 0;
+  uint64_t past_head = 0;
+  uint64_t short_reads = 0;
+  std::string stream;
+  while (writing.load()) {
+    const uint64_t before = ledger->head().sequence;
+    auto events = ledger->ReadRange(1, 1'000'000);
+    ASSERT_TRUE(events.ok()) << events.ToStatus().ToString();
+    if (!events->empty() && stream.empty()) stream = events->front().stream_id;
+    std::vector<Event> tail;
+    if (!stream.empty()) {
+      auto read = ledger->ReadStream(stream, before > 20 ? before - 20 : 1, 100);
+      ASSERT_TRUE(read.ok()) << read.ToStatus().ToString();
+      tail = std::move(read).value();
+    }
+    const uint64_t after = ledger->head().sequence;
+    if (events->size() < before) short_reads++;
+    if (!events->empty() && events->back().sequence > after) past_head++;
+    if (!tail.empty() && tail.back().sequence > after) past_head++;
+    reads++;
+    if (after == kWriters * kAppendsPerWriter * kEventsPerAppend) writing = false;
+    if (failed_appends.load() > 0) writing = false;
+  }
+  for (auto& w : writers) w.join();
+  EXPECT_EQ(failed_appends.load(), 0u);
+  EXPECT_GT(reads, 0u);
+  EXPECT_EQ(past_head, 0u) << "of " << reads << " reads";
+  EXPECT_EQ(short_reads, 0u) << "of " << reads << " reads";
+  EXPECT_EQ(ledger->head().sequence, kWriters * kAppendsPerWriter * kEventsPerAppend);
+}
+
 TEST_F(LedgerTest, SecondaryViewReadsARunningLedger) {
   auto ledger = OpenLedger();
   ASSERT_TRUE(ledger->Append({MakeCallEvent(1), MakeCallEvent(2)}).ok());

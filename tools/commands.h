@@ -8,9 +8,17 @@
 
 namespace keyledger::tools {
 
-// The ledger's prefilled WAL size for `serve` (ledger/prefilled_wal.h): a
-// WAL lives until a 64 MiB memtable fills, which takes ~80 MiB of log.
-inline constexpr uint64_t kServeWalPrefillMib = 96;
+// The ledger's prefilled WAL size (ledger/prefilled_wal.h) for `bench
+// append`: a WAL lives until a 64 MiB memtable fills, which takes ~80 MiB of
+// log. One appender waits out every fsync, which prefilled files make 2-3x
+// shorter here.
+inline constexpr uint64_t kBenchAppendWalPrefillMib = 96;
+// The same for `serve`: off. Its writers are many; the ledger fsyncs one
+// group while the next is written (ledger.h), so the fsync's length is off
+// the serial path, and prefilling (every WAL byte written twice, a thread's
+// CPU) cost more than it saved: POST /v1/calls 189k-201k events/s without,
+// 174k-190k with (docs/performance.md, "Two-stage group commit").
+inline constexpr uint64_t kServeWalPrefillMib = 0;
 inline constexpr uint64_t kWalPrefillMibMax = 4096;
 // Threads `serve` runs the handlers of writes and long reads on: a handler
 // blocked on a synced append holds one, so this many such requests can join
@@ -28,7 +36,7 @@ struct BenchAppendOptions {
   size_t batch = 100;             // events per Append call
   int threads = 1;                // concurrent appenders (group commit merges them)
   uint64_t keys = 64;             // API keys the calls are spread over: one stream each
-  uint64_t wal_prefill_mib = kServeWalPrefillMib;  // as `serve`; 0: off
+  uint64_t wal_prefill_mib = kBenchAppendWalPrefillMib;  // 0: off
   bool sync = true;
   std::string data_dir;
 };

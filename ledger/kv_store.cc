@@ -5,6 +5,7 @@
 #include <rocksdb/cache.h>
 #include <rocksdb/convenience.h>
 #include <rocksdb/db.h>
+#include <rocksdb/version.h>
 #include <rocksdb/env.h>
 #include <rocksdb/file_system.h>
 #include <rocksdb/filter_policy.h>
@@ -16,6 +17,12 @@
 #include <cassert>
 #include <cstring>
 #include <filesystem>
+
+// The ledger calls DB::SyncWAL while other threads write (ledger.cc, the
+// two-stage group commit). Before 7.7.0 (RocksDB #10560) a SyncWAL racing a
+// WAL switch could leave the old WAL's tail unsynced for good.
+static_assert(ROCKSDB_MAJOR > 7 || (ROCKSDB_MAJOR == 7 && ROCKSDB_MINOR >= 7),
+              "keyledger needs RocksDB 7.7 or later (SyncWAL concurrent with writes)");
 
 namespace keyledger {
 namespace {
@@ -210,6 +217,14 @@ Result<std::unique_ptr<KvStore>> KvStore::Open(const std::string& path,
     } else if (options.mode == OpenMode::kSecondary) {
       // The primary may prefill its WAL files: read them only as far as written.
       fs = NewWalEndCappedFileSystem(rocksdb::FileSystem::Default());
+    }
+    if (options.mode == OpenMode::kReadWrite && options.wal_sync_gate) {
+      fs = NewSyncGatedWalFileSystem(
+          fs != nullptr ? fs : rocksdb::FileSystem::Default(),
+          [gate = options.wal_sync_gate]() -> rocksdb::IOStatus {
+            Status passed = gate();
+            return passed.ok() ? rocksdb::IOStatus::OK() : rocksdb::IOStatus::IOError(passed.message());
+          });
     }
     if (fs != nullptr) {
       rep->env = rocksdb::NewCompositeEnv(fs);

@@ -70,10 +70,14 @@ struct KvStoreOptions {
   // RocksDB already written to this size, so a synced append does not also
   // persist block allocation and a file size (ledger/prefilled_wal.h). Costs
   // a spare file of this size in the directory and writing every WAL byte
-  // twice (the fill ahead, in the background). Default 0: off; the server
-  // turns it on for its ledger. Secondary instances read such WAL files
-  // correctly whatever this says.
+  // twice (the fill ahead, in the background). Default 0: off (`serve
+  // --wal-prefill-mib` and `bench append` set it for the ledger). Secondary
+  // instances read such WAL files correctly whatever this says.
   uint64_t wal_prefill_bytes = 0;
+  // Tests only (kReadWrite): called before every sync of a write-ahead log
+  // file; an error fails that sync with IOError, nothing synced, and a gate
+  // that blocks holds it. Must be thread-safe. Default empty: none.
+  std::function<Status()> wal_sync_gate;
 };
 
 // How a scan reads, a hint that never changes what it returns.

@@ -140,8 +140,10 @@ struct Ledger::Rep {
   // `head` moves and the writers are answered. Group N's stage 2 overlaps
   // group N + 1's stage 1, so the fsync is off the serial path; groups are
   // published strictly in order (tickets), so `head` only ever covers
-  // events that are durable (for kSync writers) and every read is bounded
-  // by it (ReadRange, ReadStream, ScanRaw): nothing unpublished is seen.
+  // events that are durable (for kSync writers; a group of kAsync writers
+  // alone is published once written) and reads are bounded by it
+  // (ReadRange, ReadStream; the projections scan up to it): nothing
+  // unpublished is seen.
   mutable std::mutex mu;
   mutable std::condition_variable appended;  // signalled when head moves or on close
   std::condition_variable published;         // signalled when published_ticket moves
@@ -161,7 +163,9 @@ struct Ledger::Rep {
   // that are not durable: every later append fails with it (an fsync that
   // failed once may have dropped the pages; a later one succeeding proves
   // nothing), until the process restarts and RocksDB recovers the WAL.
+  // Groups from broken_from_ticket on fail with it; earlier ones are durable.
   Status broken;
+  uint64_t broken_from_ticket = UINT64_MAX;
   LedgerStats stats;
 
   // Touched only by the group-commit leader (one at a time; the leader
@@ -189,9 +193,13 @@ struct Ledger::Rep {
   void StorePendingVersions();
   // Returns once group `ticket` is on disk: an fsync started after its
   // write covers it, so one fsync serves every group written while the
-  // previous one ran. Returns `broken` if an fsync failed.
+  // previous one ran. Returns `broken` if the ledger broke before that.
   // REQUIRES: `lock` holds mu; group `ticket` has ended stage 1.
   Status AwaitDurable(uint64_t ticket, std::unique_lock<std::mutex>& lock);
+  // Records the first failure that may leave non-durable events in the
+  // store: group `from_ticket` and every later one fail with it.
+  // REQUIRES: mu held.
+  void Break(const Status& failure, uint64_t from_ticket);
   // Stage 2's end: unless `io` failed, moves head to new_head; answers the
   // group's writers (each with `io` if it failed).
   // REQUIRES: mu held; every earlier ticket published.
@@ -220,9 +228,15 @@ Result<CachedVersion*> Ledger::Rep::CachedStreamVersion(std::string_view stream_
               .first->second;
 }
 
+void Ledger::Rep::Break(const Status& failure, uint64_t from_ticket) {
+  assert(!failure.ok());
+  if (broken.ok()) broken = failure;
+  broken_from_ticket = std::min(broken_from_ticket, from_ticket);
+}
+
 Status Ledger::Rep::AwaitDurable(uint64_t ticket, std::unique_lock<std::mutex>& lock) {
   assert(written_ticket >= ticket);
-  while (durable_ticket < ticket && broken.ok()) {
+  while (durable_ticket < ticket && broken_from_ticket > ticket) {
     if (syncing) {
       published.wait(lock);
       continue;
@@ -235,12 +249,12 @@ Status Ledger::Rep::AwaitDurable(uint64_t ticket, std::unique_lock<std::mutex>& 
     syncing = false;
     if (sync.ok()) {
       durable_ticket = std::max(durable_ticket, target);
-    } else if (broken.ok()) {
-      broken = sync;
+    } else {
+      Break(sync, durable_ticket + 1);
     }
     published.notify_all();
   }
-  return broken;
+  return durable_ticket >= ticket ? Status::Ok() : broken;
 }
 
 void Ledger::Rep::StorePendingVersions() {
@@ -483,7 +497,11 @@ Result<AppendResult> Ledger::Append(const std::vector<NewEvent>& events,
   if (rep_->closed) return Status::Unavailable("the ledger is closing");
   if (!rep_->broken.ok()) return rep_->broken;
   rep_->writers.push_back(&self);
-  while (!self.done && (rep_->leading || &self != rep_->writers.front())) self.cv.wait(lock);
+  // A writer taken into a group has left the queue, which may then be empty.
+  while (!self.done &&
+         (rep_->leading || rep_->writers.empty() || &self != rep_->writers.front())) {
+    self.cv.wait(lock);
+  }
   if (self.done) {
     if (!self.status.ok()) return self.status;
     return std::move(self.result);
@@ -525,7 +543,7 @@ Result<AppendResult> Ledger::Append(const std::vector<NewEvent>& events,
     // left part of the batch behind: no later group may chain onto it.
     rep_->pending_streams.clear();
     rep_->stream_versions.clear();
-    if (new_head.sequence > start.sequence && rep_->broken.ok()) rep_->broken = io;
+    if (new_head.sequence > start.sequence) rep_->Break(io, ticket);
   }
   rep_->leading = false;
   rep_->written_ticket = ticket;
@@ -536,7 +554,8 @@ Result<AppendResult> Ledger::Append(const std::vector<NewEvent>& events,
   const auto write_us = std::chrono::duration_cast<std::chrono::microseconds>(
                             std::chrono::steady_clock::now() - write_start).count();
   rep_->published.wait(lock, [&] { return rep_->published_ticket == ticket - 1; });
-  if (io.ok()) io = rep_->broken;  // an earlier group this one chains onto is not durable
+  // An earlier group this one chains onto may be lost.
+  if (io.ok() && ticket >= rep_->broken_from_ticket) io = rep_->broken;
   rep_->Publish(group, start, new_head, needs_sync, static_cast<uint64_t>(write_us), io);
   rep_->published_ticket = ticket;
   rep_->published.notify_all();

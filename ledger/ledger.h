@@ -8,7 +8,9 @@
 // Thread safety: a Ledger is thread-safe. Append may block on disk I/O.
 // Group commit runs in two stages: one group at a time writes its batch
 // (no fsync); its fsync and publication then overlap the next group's write.
-// head() moves, in order, only once a group is durable.
+// head() moves in order, past a group once it is durable (a group of kAsync
+// appends alone: once written), so a kAsync append also waits for the
+// fsyncs of kSync groups written before it.
 #pragma once
 
 #include <cstdint>
@@ -86,7 +88,9 @@ struct LedgerStats {
   uint64_t group_commits = 0;    // WriteBatches written (one per group)
   uint64_t events_appended = 0;  // new events stored (not duplicates)
   uint64_t group_events_max = 0; // most new events in one group so far
-  uint64_t write_us_total = 0;   // time spent in the RocksDB write, fsync included
+  // Per group, from its write to its durability (its fsync, or waiting for
+  // the one covering it); groups overlap, so the sum can exceed wall time.
+  uint64_t write_us_total = 0;
 };
 
 // Limits on one Append call.

@@ -465,7 +465,52 @@ class WalEndCappedFileSystem final : public rocksdb::FileSystemWrapper {
   }
 };
 
+// A WAL file whose syncs pass `gate` first (NewSyncGatedWalFileSystem).
+class SyncGatedWalFile final : public rocksdb::FSWritableFileOwnerWrapper {
+ public:
+  SyncGatedWalFile(std::unique_ptr<rocksdb::FSWritableFile> file,
+                   std::function<rocksdb::IOStatus()> gate)
+      : rocksdb::FSWritableFileOwnerWrapper(std::move(file)), gate_(std::move(gate)) {}
+
+  rocksdb::IOStatus Sync(const rocksdb::IOOptions& options, rocksdb::IODebugContext* dbg) override {
+    rocksdb::IOStatus passed = gate_();
+    return passed.ok() ? target()->Sync(options, dbg) : passed;
+  }
+  rocksdb::IOStatus Fsync(const rocksdb::IOOptions& options, rocksdb::IODebugContext* dbg) override {
+    rocksdb::IOStatus passed = gate_();
+    return passed.ok() ? target()->Fsync(options, dbg) : passed;
+  }
+
+ private:
+  const std::function<rocksdb::IOStatus()> gate_;
+};
+
+class SyncGatedWalFileSystem final : public rocksdb::FileSystemWrapper {
+ public:
+  SyncGatedWalFileSystem(std::shared_ptr<rocksdb::FileSystem> base,
+                         std::function<rocksdb::IOStatus()> gate)
+      : rocksdb::FileSystemWrapper(std::move(base)), gate_(std::move(gate)) {}
+
+  const char* Name() const override { return "KeyledgerSyncGatedWalFileSystem"; }
+
+  rocksdb::IOStatus NewWritableFile(const std::string& path, const rocksdb::FileOptions& options,
+                                    std::unique_ptr<rocksdb::FSWritableFile>* result,
+                                    rocksdb::IODebugContext* dbg) override {
+    rocksdb::IOStatus s = target()->NewWritableFile(path, options, result, dbg);
+    if (s.ok() && IsWal(path)) *result = std::make_unique<SyncGatedWalFile>(std::move(*result), gate_);
+    return s;
+  }
+
+ private:
+  const std::function<rocksdb::IOStatus()> gate_;
+};
+
 }  // namespace
+
+std::shared_ptr<rocksdb::FileSystem> NewSyncGatedWalFileSystem(
+    std::shared_ptr<rocksdb::FileSystem> base, std::function<rocksdb::IOStatus()> gate) {
+  return std::make_shared<SyncGatedWalFileSystem>(std::move(base), std::move(gate));
+}
 
 std::shared_ptr<rocksdb::FileSystem> NewPrefilledWalFileSystem(
     std::shared_ptr<rocksdb::FileSystem> base, std::string db_path, uint64_t prefill_bytes) {

@@ -27,6 +27,7 @@
 #include <rocksdb/file_system.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -58,6 +59,14 @@ void KeepPrefilledWalSpare(rocksdb::FileSystem& file_system);
 // end). For RocksDB secondary instances. Thread-safe.
 std::shared_ptr<rocksdb::FileSystem> NewWalEndCappedFileSystem(
     std::shared_ptr<rocksdb::FileSystem> base);
+
+// Returns a FileSystem over `base` whose WAL files (numbered "*.log") call
+// `gate` before every Sync and Fsync: an error it returns fails that call
+// with IOError, nothing synced; a gate that blocks holds the sync. For
+// tests of the ledger's durability (KvStoreOptions::wal_sync_gate).
+// REQUIRES: `gate` is thread-safe (syncs may run beside appends).
+std::shared_ptr<rocksdb::FileSystem> NewSyncGatedWalFileSystem(
+    std::shared_ptr<rocksdb::FileSystem> base, std::function<rocksdb::IOStatus()> gate);
 
 inline constexpr char kPrefilledWalSpareName[] = "kl-wal-spare";
 // The spare while it is being filled; removed at start if a crash left it.

@@ -60,7 +60,7 @@ class ScanAhead {
   ScanAhead(const ScanAhead&) = delete;
   ScanAhead& operator=(const ScanAhead&) = delete;
 
-  // Reads [from, to] of `ledger` (to == 0: to the head) as Ledger::ScanRaw,
+  // Reads [from, to] of `ledger` (to == 0: to the last stored event) as Ledger::ScanRaw,
   // with the sequence as an 8-byte big-endian key.
   // REQUIRES: `ledger` outlives the returned object.
   static std::unique_ptr<ScanAhead> OfLedger(const Ledger& ledger, uint64_t from, uint64_t to);

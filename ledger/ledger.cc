@@ -186,8 +186,11 @@ struct Ledger::Rep {
   // `start` without fsync. Sets *new_head, and *needs_sync when a kSync
   // writer's events (new, or the originals of its retried ids) may not be
   // on disk yet: those past `synced`, a snapshot of synced_sequence.
-  Status CommitGroup(std::vector<Writer*>& group, const LedgerHead& start, int64_t now_us,
+  Status CommitGroup(const std::vector<Writer*>& group, const LedgerHead& start, int64_t now_us,
                      uint64_t synced, LedgerHead* new_head, bool* needs_sync);
+  // Takes the writers at the front of the queue, up to group_events_max
+  // events (at least one writer), out of it. REQUIRES: mu held, a writer queued.
+  std::vector<Writer*> TakeGroup();
   // After the group's batch is written: its pending versions become stored.
   // REQUIRES: mu held, by the leader that committed the group.
   void StorePendingVersions();
@@ -226,6 +229,20 @@ Result<CachedVersion*> Ledger::Rep::CachedStreamVersion(std::string_view stream_
   KL_ASSIGN_OR_RETURN(uint64_t version, LookupStreamVersion(stream_id));
   return &stream_versions.emplace(std::string(stream_id), CachedVersion{.stored = version})
               .first->second;
+}
+
+std::vector<Writer*> Ledger::Rep::TakeGroup() {
+  assert(!writers.empty());
+  std::vector<Writer*> group;
+  size_t group_events = 0;
+  while (!writers.empty()) {
+    Writer* w = writers.front();
+    if (!group.empty() && group_events + w->events->size() > options.group_events_max) break;
+    group.push_back(w);
+    group_events += w->events->size();
+    writers.pop_front();
+  }
+  return group;
 }
 
 void Ledger::Rep::Break(const Status& failure, uint64_t from_ticket) {
@@ -347,7 +364,7 @@ Result<Event> Ledger::Rep::DecodeStored(uint64_t sequence, std::string_view valu
 // and copied once, into the WriteBatch; a writer that fails is rolled back
 // out of the batch to its save point.
 // REQUIRES: called by the current leader only, without holding mu.
-Status Ledger::Rep::CommitGroup(std::vector<Writer*>& group, const LedgerHead& start,
+Status Ledger::Rep::CommitGroup(const std::vector<Writer*>& group, const LedgerHead& start,
                                 int64_t now_us, uint64_t synced, LedgerHead* new_head,
                                 bool* needs_sync_out) {
   // 1. Which proposed events are already stored? One MultiGet for the group.
@@ -507,16 +524,8 @@ Result<AppendResult> Ledger::Append(const std::vector<NewEvent>& events,
     return std::move(self.result);
   }
 
-  // This writer leads stage 1: take a group from the front of the queue.
-  std::vector<Writer*> group;
-  size_t group_events = 0;
-  while (!rep_->writers.empty()) {
-    Writer* w = rep_->writers.front();
-    if (!group.empty() && group_events + w->events->size() > rep_->options.group_events_max) break;
-    group.push_back(w);
-    group_events += w->events->size();
-    rep_->writers.pop_front();
-  }
+  // This writer leads stage 1.
+  const std::vector<Writer*> group = rep_->TakeGroup();
   rep_->leading = true;
   const uint64_t ticket = ++rep_->tickets_issued;
   const LedgerHead start = rep_->written_head;

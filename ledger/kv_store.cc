@@ -20,9 +20,13 @@
 
 // The ledger calls DB::SyncWAL while other threads write (ledger.cc, the
 // two-stage group commit). Before 7.7.0 (RocksDB #10560) a SyncWAL racing a
-// WAL switch could leave the old WAL's tail unsynced for good.
+// WAL switch could leave the old WAL's tail unsynced for good. (7.10.0
+// fixed #10892 too: a WAL sync at an unlucky moment beside a MANIFEST roll
+// could make the next open report a "Missing WAL" under
+// track_and_verify_wals_in_manifest; synced writes were exposed to it before
+// this change as well. docs/architecture.md, "Appending".)
 static_assert(ROCKSDB_MAJOR > 7 || (ROCKSDB_MAJOR == 7 && ROCKSDB_MINOR >= 7),
-              "keyledger needs RocksDB 7.7 or later (SyncWAL concurrent with writes)");
+              "keyledger needs RocksDB 7.7 or later (#10560: SyncWAL beside a WAL switch)");
 
 namespace keyledger {
 namespace {

@@ -76,7 +76,9 @@ struct KvStoreOptions {
   uint64_t wal_prefill_bytes = 0;
   // Tests only (kReadWrite): called before every sync of a write-ahead log
   // file; an error fails that sync with IOError, nothing synced, and a gate
-  // that blocks holds it. Must be thread-safe. Default empty: none.
+  // that blocks holds it (with wal_prefill_bytes, cutting a WAL to its
+  // records still syncs outside the gate). Must be thread-safe. Default
+  // empty: none.
   std::function<Status()> wal_sync_gate;
 };
 

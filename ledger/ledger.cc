@@ -163,7 +163,8 @@ struct Ledger::Rep {
   // that are not durable: every later append fails with it (an fsync that
   // failed once may have dropped the pages; a later one succeeding proves
   // nothing), until the process restarts and RocksDB recovers the WAL.
-  // Groups from broken_from_ticket on fail with it; earlier ones are durable.
+  // Groups from broken_from_ticket on fail with it (those already answered
+  // were kAsync alone); earlier ones are answered once their own fsync ends.
   Status broken;
   uint64_t broken_from_ticket = UINT64_MAX;
   LedgerStats stats;
@@ -271,7 +272,7 @@ Status Ledger::Rep::AwaitDurable(uint64_t ticket, std::unique_lock<std::mutex>& 
     }
     published.notify_all();
   }
-  return durable_ticket >= ticket ? Status::Ok() : broken;
+  return durable_ticket >= ticket && ticket < broken_from_ticket ? Status::Ok() : broken;
 }
 
 void Ledger::Rep::StorePendingVersions() {

@@ -366,10 +366,11 @@ class WalSyncGate {
     std::lock_guard<std::mutex> lock(mu_);
     return entered_;
   }
-  // Returns whether `count` syncs have entered the gate within a second.
+  // Returns whether `count` syncs have entered the gate within 30 s (at
+  // once when they do: the limit only ends a test that went wrong).
   bool AwaitEntered(uint64_t count) {
     std::unique_lock<std::mutex> lock(mu_);
-    return cv_.wait_for(lock, std::chrono::seconds(1), [&] { return entered_ >= count; });
+    return cv_.wait_for(lock, std::chrono::seconds(30), [&] { return entered_ >= count; });
   }
 
  private:
@@ -446,12 +447,24 @@ TEST_F(LedgerTest, AFailedFsyncBreaksTheLedgerUntilItIsReopened) {
       options.durability = Durability::kAsync;
       async_append = (*ledger)->Append({MakeCallEvent(3)}, options).ToStatus();
     });
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));  // event 3 is written
+    // Event 3's group is written (stage 1) while event 2's fsync is held:
+    // ScanRaw with to == 0 reads the store past the head.
+    bool written = false;
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (!written && std::chrono::steady_clock::now() < deadline) {
+      Status scan = (*ledger)->ScanRaw(3, 0, [&](uint64_t sequence, std::string_view) {
+        written = sequence == 3;
+        return false;
+      });
+      if (!scan.ok()) break;
+      if (!written) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
     gate->FailWith(Status::IOError("injected fsync failure"));
     gate->Open();
     synced.join();
     async.join();
     EXPECT_TRUE(held) << "the append never synced";
+    EXPECT_TRUE(written) << "event 3 was not written while event 2's fsync was held";
     EXPECT_EQ(synced_append.code(), Code::kIOError) << synced_append.ToString();
     EXPECT_EQ(async_append.code(), Code::kIOError) << async_append.ToString();
     gate->FailWith(Status::Ok());

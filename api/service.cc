@@ -652,7 +652,8 @@ HttpResponse Service::Impl::Metrics() const {
   RenderGauge(&out, "keyledger_ledger_group_commit_events_max", "Largest group commit so far.",
               stats.group_events_max);
   RenderGauge(&out, "keyledger_ledger_write_microseconds_total",
-              "Per group commit, time from its write to its fsync's end, summed (groups overlap).", stats.write_us_total, "counter");
+              "Per group commit, time from its write to its fsync's end, summed (groups overlap).",
+              stats.write_us_total, "counter");
   RenderGauge(&out, "keyledger_projection_position", "Last sequence folded by the key-state projection.",
               state().position(), "gauge", "projection=\"key_state\"");
   RenderGauge(&out, "keyledger_projection_lag_events",

@@ -227,7 +227,8 @@ Result<std::unique_ptr<KvStore>> KvStore::Open(const std::string& path,
           fs != nullptr ? fs : rocksdb::FileSystem::Default(),
           [gate = options.wal_sync_gate]() -> rocksdb::IOStatus {
             Status passed = gate();
-            return passed.ok() ? rocksdb::IOStatus::OK() : rocksdb::IOStatus::IOError(passed.message());
+            if (passed.ok()) return rocksdb::IOStatus::OK();
+            return rocksdb::IOStatus::IOError(passed.message());
           });
     }
     if (fs != nullptr) {

@@ -472,11 +472,13 @@ class SyncGatedWalFile final : public rocksdb::FSWritableFileOwnerWrapper {
                    std::function<rocksdb::IOStatus()> gate)
       : rocksdb::FSWritableFileOwnerWrapper(std::move(file)), gate_(std::move(gate)) {}
 
-  rocksdb::IOStatus Sync(const rocksdb::IOOptions& options, rocksdb::IODebugContext* dbg) override {
+  rocksdb::IOStatus Sync(const rocksdb::IOOptions& options,
+                         rocksdb::IODebugContext* dbg) override {
     rocksdb::IOStatus passed = gate_();
     return passed.ok() ? target()->Sync(options, dbg) : passed;
   }
-  rocksdb::IOStatus Fsync(const rocksdb::IOOptions& options, rocksdb::IODebugContext* dbg) override {
+  rocksdb::IOStatus Fsync(const rocksdb::IOOptions& options,
+                          rocksdb::IODebugContext* dbg) override {
     rocksdb::IOStatus passed = gate_();
     return passed.ok() ? target()->Fsync(options, dbg) : passed;
   }
@@ -497,7 +499,9 @@ class SyncGatedWalFileSystem final : public rocksdb::FileSystemWrapper {
                                     std::unique_ptr<rocksdb::FSWritableFile>* result,
                                     rocksdb::IODebugContext* dbg) override {
     rocksdb::IOStatus s = target()->NewWritableFile(path, options, result, dbg);
-    if (s.ok() && IsWal(path)) *result = std::make_unique<SyncGatedWalFile>(std::move(*result), gate_);
+    if (s.ok() && IsWal(path)) {
+      *result = std::make_unique<SyncGatedWalFile>(std::move(*result), gate_);
+    }
     return s;
   }
 

@@ -57,13 +57,19 @@ rocksdb::ColumnFamilyOptions MakeCfOptions(const ColumnFamilySpec& spec,
   // replay, rebuilds, catch-up): there ZSTD's decompression made the read
   // 2-3x slower than LZ4's and its compactions cost twice the CPU, for 18%
   // less disk (docs/performance.md, "Compression of the bottom level").
-  // Level 0 is not compressed: its files live only until compaction
-  // rewrites them into level 1 (compressing them there), and a flush that
-  // compresses competes for the CPU that appends need on a 2-core machine.
+  // Level 0 is not compressed where compaction rewrites its files into
+  // level 1 anyway (overlapping keys): compressing them twice would cost the
+  // CPU that appends need on a 2-core machine. Ascending keys (the log) are
+  // the exception: their level-0 files never overlap, so compaction moves
+  // them down without rewriting them, but only when the two levels'
+  // compression is the same (RocksDB's Compaction::IsTrivialMove). Without
+  // that, every event was written twice (flush, then compaction): 6% of the
+  // server's CPU under POST /v1/calls (docs/performance.md, "Level 0 of the
+  // log compressed").
   if (Supports(rocksdb::kLZ4Compression)) {
     cf.compression = rocksdb::kLZ4Compression;
     cf.compression_per_level.assign(static_cast<size_t>(cf.num_levels), rocksdb::kLZ4Compression);
-    cf.compression_per_level[0] = rocksdb::kNoCompression;
+    if (!spec.ascending_keys) cf.compression_per_level[0] = rocksdb::kNoCompression;
     cf.bottommost_compression = rocksdb::kLZ4Compression;
   }
   rocksdb::BlockBasedTableOptions table;

@@ -93,6 +93,36 @@ Hash ChainHash(const Hash& prev, std::string_view data) {
   return out;
 }
 
+RecordHasher::RecordHasher() {
+  static_assert(sizeof(crypto_generichash_state) == sizeof(state_));
+  static_assert(alignof(crypto_generichash_state) <= alignof(RecordHasher));
+  EnsureSodiumInit();
+  crypto_generichash_init(reinterpret_cast<crypto_generichash_state*>(state_), nullptr, 0,
+                          sizeof(Hash));
+}
+
+void RecordHasher::Add(std::string_view record) {
+  assert(!finished_);
+  auto* state = reinterpret_cast<crypto_generichash_state*>(state_);
+  uint8_t length[10];  // the varint of record.size(), as PutVarint (ledger/varint.h) writes it
+  size_t n = 0;
+  uint64_t v = record.size();
+  for (; v >= 0x80; v >>= 7) length[n++] = static_cast<uint8_t>(v | 0x80);
+  length[n++] = static_cast<uint8_t>(v);
+  crypto_generichash_update(state, length, n);
+  crypto_generichash_update(state, reinterpret_cast<const unsigned char*>(record.data()),
+                            record.size());
+}
+
+Hash RecordHasher::Finish() {
+  assert(!finished_);
+  finished_ = true;
+  Hash out;
+  crypto_generichash_final(reinterpret_cast<crypto_generichash_state*>(state_), out.data(),
+                           out.size());
+  return out;
+}
+
 std::string ToHex(const uint8_t* bytes, size_t size) {
   static constexpr char kDigits[] = "0123456789abcdef";
   std::string out(size * 2, '0');

@@ -683,14 +683,14 @@ Status ScanBatch(const Ledger& ledger, uint64_t from, uint64_t to, ScanAhead* ah
 }
 
 Hash DigestOf(const FoldState& state) {
-  Hash h{};
+  RecordHasher h;
   std::string record;
   state.metrics.ForEachCell([&](const MetricsFold::CellRef& cell, std::string_view encoded) {
     record.clear();
     record.push_back('m');
     AppendMetricsKey(cell, &record);  // self-delimiting
     record.append(encoded);
-    h = ChainHash(h, record);
+    h.Add(record);
   });
   for (const auto& [workspace, months] : state.usage) {
     for (const auto& [month, usage] : months) {
@@ -699,7 +699,7 @@ Hash DigestOf(const FoldState& state) {
         record.push_back('u');
         PutVarint(units.units, &record);  // self-delimiting, so the key may run to the end
         record += UsageKey(workspace, month, key);
-        h = ChainHash(h, record);
+        h.Add(record);
       }
     }
   }
@@ -708,13 +708,14 @@ Hash DigestOf(const FoldState& state) {
     record.push_back('z');
     PutBytes(workspace, &record);  // self-delimiting, so the zone may run to the end
     record += zone;
-    h = ChainHash(h, record);
+    h.Add(record);
   }
   record.clear();
   record.push_back('l');
   record += EncodeHash(state.log_chain);
   AppendBigEndian64(&record, state.usage_rejected);
-  return ChainHash(h, record);
+  h.Add(record);
+  return h.Finish();
 }
 
 // Folds (after, to] of `ledger` into `state` in batches, without storage;

@@ -21,6 +21,7 @@
 #include "ledger/hash.h"
 #include "ledger/scan_ahead.h"
 #include "ledger/thread_name.h"
+#include "ledger/varint.h"
 #include "tests/test_util.h"
 
 namespace keyledger {
@@ -1166,6 +1167,34 @@ TEST_F(LedgerTest, OfLedgerDecodingCallsDecodesAsDecodeCallEventDoes) {
   }).ok());
   EXPECT_EQ(next, 29u);
   EXPECT_EQ(calls, 21u);  // 26 events, less 7, 9 and the renames 5, 15, 25
+}
+
+// ---- RecordHasher -------------------------------------------------------------------------
+
+RC_GTEST_PROP(RecordHasherProperty, HashesTheLengthPrefixedConcatenation,
+              (const std::vector<std::string>& records)) {
+  RecordHasher hasher;
+  std::string framed;
+  for (const std::string& record : records) {
+    hasher.Add(record);
+    PutVarint(record.size(), &framed);
+    framed += record;
+  }
+  RC_ASSERT(hasher.Finish() == HashBytes(framed));
+}
+
+TEST(RecordHasherTest, RecordBoundariesChangeTheHash) {
+  auto hash_of = [](std::initializer_list<std::string_view> records) {
+    RecordHasher hasher;
+    for (std::string_view r : records) hasher.Add(r);
+    return hasher.Finish();
+  };
+  EXPECT_NE(hash_of({"ab", "c"}), hash_of({"a", "bc"}));
+  EXPECT_NE(hash_of({"abc"}), hash_of({"abc", ""}));
+  EXPECT_NE(hash_of({}), hash_of({""}));
+  EXPECT_EQ(hash_of({"ab", "c"}), hash_of({"ab", "c"}));
+  // A record of 200 bytes has a two-byte length.
+  EXPECT_EQ(hash_of({std::string(200, 'x')}), HashBytes("\xc8\x01" + std::string(200, 'x')));
 }
 
 }  // namespace

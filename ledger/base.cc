@@ -5,11 +5,13 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <new>
 
 #include "ledger/clock.h"
 #include "ledger/hash.h"
 #include "ledger/random.h"
 #include "ledger/thread_name.h"
+#include "ledger/varint.h"
 
 namespace keyledger {
 
@@ -97,19 +99,14 @@ RecordHasher::RecordHasher() {
   static_assert(sizeof(crypto_generichash_state) == sizeof(state_));
   static_assert(alignof(crypto_generichash_state) <= alignof(RecordHasher));
   EnsureSodiumInit();
-  crypto_generichash_init(reinterpret_cast<crypto_generichash_state*>(state_), nullptr, 0,
-                          sizeof(Hash));
+  crypto_generichash_init(new (state_) crypto_generichash_state, nullptr, 0, sizeof(Hash));
 }
 
 void RecordHasher::Add(std::string_view record) {
   assert(!finished_);
-  auto* state = reinterpret_cast<crypto_generichash_state*>(state_);
-  uint8_t length[10];  // the varint of record.size(), as PutVarint (ledger/varint.h) writes it
-  size_t n = 0;
-  uint64_t v = record.size();
-  for (; v >= 0x80; v >>= 7) length[n++] = static_cast<uint8_t>(v | 0x80);
-  length[n++] = static_cast<uint8_t>(v);
-  crypto_generichash_update(state, length, n);
+  auto* state = std::launder(reinterpret_cast<crypto_generichash_state*>(state_));
+  uint8_t length[kVarintBytesMax];
+  crypto_generichash_update(state, length, EncodeVarint(record.size(), length));
   crypto_generichash_update(state, reinterpret_cast<const unsigned char*>(record.data()),
                             record.size());
 }
@@ -118,8 +115,8 @@ Hash RecordHasher::Finish() {
   assert(!finished_);
   finished_ = true;
   Hash out;
-  crypto_generichash_final(reinterpret_cast<crypto_generichash_state*>(state_), out.data(),
-                           out.size());
+  crypto_generichash_final(std::launder(reinterpret_cast<crypto_generichash_state*>(state_)),
+                           out.data(), out.size());
   return out;
 }
 

@@ -19,16 +19,17 @@ Hash HashBytes(std::string_view data);
 Hash ChainHash(const Hash& prev, std::string_view data);
 
 // Hashes a sequence of records into one BLAKE2b-256, each record prefixed
-// with its length as a varint, so that no two sequences of records give the
-// same input. Much cheaper than a ChainHash per record for small records
-// (the digest of a projection's millions of cells): BLAKE2b compresses a
-// 128-byte block at a time instead of finishing a hash per record.
+// with its length as a varint (ledger/varint.h), so that no two sequences of
+// records give the same input. For digests of millions of small records (a
+// projection's metrics cells): BLAKE2b compresses a 128-byte block at a time
+// instead of finishing a hash per record (docs/performance.md, "The call
+// projections' digest").
 //
 // Thread safety: not thread-safe.
 class RecordHasher {
  public:
   RecordHasher();
-  // Adds one record.
+  // Adds one record. REQUIRES: Finish not called yet.
   void Add(std::string_view record);
   // Returns the hash of the records added so far, in order.
   // REQUIRES: called at most once; no Add after it.

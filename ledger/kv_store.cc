@@ -64,8 +64,8 @@ rocksdb::ColumnFamilyOptions MakeCfOptions(const ColumnFamilySpec& spec,
   // them down without rewriting them, but only when the two levels'
   // compression is the same (RocksDB's Compaction::IsTrivialMove). Without
   // that, every event was written twice (flush, then compaction): 6% of the
-  // server's CPU under POST /v1/calls (docs/performance.md, "Level 0 of the
-  // log compressed").
+  // server's CPU under POST /v1/calls (docs/performance.md, "CPU per
+  // recorded call").
   if (Supports(rocksdb::kLZ4Compression)) {
     cf.compression = rocksdb::kLZ4Compression;
     cf.compression_per_level.assign(static_cast<size_t>(cf.num_levels), rocksdb::kLZ4Compression);

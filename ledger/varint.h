@@ -13,13 +13,19 @@ namespace keyledger {
 
 constexpr size_t kVarintBytesMax = 10;  // a uint64_t needs at most 10 groups of 7 bits
 
+// Writes the canonical (shortest) encoding of `v` to out[0, n) and returns n.
+// REQUIRES: `out` has room for kVarintBytesMax bytes.
+inline size_t EncodeVarint(uint64_t v, uint8_t* out) {
+  size_t n = 0;
+  for (; v >= 0x80; v >>= 7) out[n++] = static_cast<uint8_t>(v | 0x80);
+  out[n++] = static_cast<uint8_t>(v);
+  return n;
+}
+
 // Appends the canonical (shortest) encoding of `v` to `out`.
 inline void PutVarint(uint64_t v, std::string* out) {
-  while (v >= 0x80) {
-    out->push_back(static_cast<char>(static_cast<uint8_t>(v) | 0x80));
-    v >>= 7;
-  }
-  out->push_back(static_cast<char>(v));
+  uint8_t bytes[kVarintBytesMax];
+  out->append(reinterpret_cast<const char*>(bytes), EncodeVarint(v, bytes));
 }
 
 // Reads a canonical varint from the front of *in and consumes it. Returns

@@ -65,7 +65,9 @@ rocksdb::ColumnFamilyOptions MakeCfOptions(const ColumnFamilySpec& spec,
   // compression is the same (RocksDB's Compaction::IsTrivialMove). Without
   // that, every event was written twice (flush, then compaction): 6% of the
   // server's CPU under POST /v1/calls (docs/performance.md, "CPU per
-  // recorded call").
+  // recorded call"). So bottommost_compression must stay that of the other
+  // levels, or the move into the bottom becomes a rewrite. (Files moved are
+  // never merged: a small one flushed at close stays small.)
   if (Supports(rocksdb::kLZ4Compression)) {
     cf.compression = rocksdb::kLZ4Compression;
     cf.compression_per_level.assign(static_cast<size_t>(cf.num_levels), rocksdb::kLZ4Compression);

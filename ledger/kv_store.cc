@@ -340,6 +340,23 @@ Status KvStore::CatchUp() { return FromRocks(rep_->db->TryCatchUpWithPrimary(), 
 
 Status KvStore::Flush() { return FromRocks(rep_->FlushAll(), "flush"); }
 
+Result<std::string> KvStore::Property(int cf, std::string_view name) const {
+  std::string value;
+  if (!rep_->db->GetProperty(rep_->cf(cf), ToSlice(name), &value)) {
+    return Status::InvalidArgument("unknown RocksDB property " + std::string(name), "name");
+  }
+  return value;
+}
+
+Result<std::map<std::string, std::string>> KvStore::MapProperty(int cf,
+                                                               std::string_view name) const {
+  std::map<std::string, std::string> value;
+  if (!rep_->db->GetMapProperty(rep_->cf(cf), ToSlice(name), &value)) {
+    return Status::InvalidArgument("unknown RocksDB map property " + std::string(name), "name");
+  }
+  return value;
+}
+
 void AppendBigEndian64(std::string* out, uint64_t value) {
   char buf[8];
   for (int i = 7; i >= 0; i--) {

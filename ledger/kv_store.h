@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -174,6 +175,16 @@ class KvStore {
 
   // Flushes memtables; for clean shutdown and tests.
   Status Flush();
+
+  // Returns RocksDB's property `name` of column family `cf` (DB::GetProperty,
+  // e.g. "rocksdb.num-files-at-level1"; DB-wide ones answer for any cf), for
+  // diagnostics and tests. Returns InvalidArgument if RocksDB does not know
+  // the property.
+  Result<std::string> Property(int cf, std::string_view name) const;
+  // The same for a map-valued property (DB::GetMapProperty, e.g.
+  // "rocksdb.cfstats", whose "compaction.Sum.CompCount" counts the
+  // compactions that rewrote files).
+  Result<std::map<std::string, std::string>> MapProperty(int cf, std::string_view name) const;
 
  private:
   friend class KvBatch;

@@ -987,6 +987,74 @@ TEST(KvStoreTest, GroupedFamilyFindsKeysWhileItGrows) {
   CheckFindsKeysWhileItGrows(Memtable::kGrouped, 1);
 }
 
+// An ascending-key family's level-0 files never overlap, and compressed like
+// the levels below they are moved down by compaction, not rewritten
+// (kv_store.cc, MakeCfOptions): RocksDB counts no compaction, only moves.
+TEST(KvStoreTest, AscendingFamilyFilesAreMovedDownNotRewritten) {
+  testing::ScratchDir dir;
+  KvStoreOptions options;
+  ColumnFamilySpec log;
+  log.name = "log";
+  log.ascending_keys = true;
+  options.column_families.push_back(log);
+  auto store = KvStore::Open(dir.path(), options);
+  ASSERT_TRUE(store.ok()) << store.ToStatus().ToString();
+  constexpr int kFlushes = 8;  // level 0 compacts from 4 files (RocksDB's default)
+  constexpr int kKeysPerFlush = 500;
+  uint64_t key = 0;
+  for (int f = 0; f < kFlushes; ++f) {
+    KvBatch batch(**store);
+    for (int i = 0; i < kKeysPerFlush; ++i) {
+      std::string k;
+      AppendBigEndian64(&k, key++);
+      batch.Put(0, k, std::string(200, static_cast<char>('a' + f)));
+    }
+    ASSERT_TRUE((*store)->Write(batch, Durability::kAsync).ok());
+    ASSERT_TRUE((*store)->Flush().ok());
+  }
+  auto int_property = [&](const std::string& name) {
+    auto value = (*store)->Property(0, name);
+    EXPECT_TRUE(value.ok()) << name;
+    return value.ok() ? std::stoull(*value) : 0;
+  };
+  // Compactions run in the background: wait until none is pending or running.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (int_property("rocksdb.compaction-pending") != 0 ||
+         int_property("rocksdb.num-running-compactions") != 0) {
+    ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "compactions never settled";
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_LT(int_property("rocksdb.num-files-at-level0"), uint64_t{kFlushes})
+      << "no compaction ran";
+  auto stats = (*store)->MapProperty(0, "rocksdb.cfstats");
+  ASSERT_TRUE(stats.ok());
+  // RocksDB counts a flush as a "compaction" into level 0 and a rewrite as one
+  // into its output level; a trivial move is not counted.
+  ASSERT_EQ(stats->count("compaction.Sum.CompCount"), 1u);
+  ASSERT_EQ(stats->count("compaction.L0.CompCount"), 1u);
+  EXPECT_EQ(std::stod(stats->at("compaction.L0.CompCount")), double{kFlushes});
+  EXPECT_EQ(std::stod(stats->at("compaction.Sum.CompCount")), double{kFlushes})
+      << "a compaction rewrote level-0 files instead of moving them";
+  for (uint64_t k = 0; k < key; k += 997) {
+    std::string bytes;
+    AppendBigEndian64(&bytes, k);
+    auto value = (*store)->Get(0, bytes);
+    ASSERT_TRUE(value.ok() && value->has_value()) << k;
+  }
+}
+
+TEST(KvStoreTest, PropertyNamesAnUnknownProperty) {
+  testing::ScratchDir dir;
+  KvStoreOptions options;
+  options.column_families.push_back(ColumnFamilySpec{"c"});
+  auto store = KvStore::Open(dir.path(), options);
+  ASSERT_TRUE(store.ok());
+  auto unknown = (*store)->Property(0, "rocksdb.no-such-property");
+  ASSERT_FALSE(unknown.ok());
+  EXPECT_EQ(unknown.status().code(), Code::kInvalidArgument);
+  EXPECT_EQ(unknown.status().field(), "name");
+}
+
 TEST(NameThisThreadTest, NamesTheCallingThreadOnlyAndCutsLongNames) {
   auto name_of = [](pthread_t thread) {
     char name[64] = {};

@@ -1005,9 +1005,7 @@ TEST(KvStoreTest, AscendingFamilyFilesAreMovedDownNotRewritten) {
   for (int f = 0; f < kFlushes; ++f) {
     KvBatch batch(**store);
     for (int i = 0; i < kKeysPerFlush; ++i) {
-      std::string k;
-      AppendBigEndian64(&k, key++);
-      batch.Put(0, k, std::string(200, static_cast<char>('a' + f)));
+      batch.Put(0, EventKey(key++), std::string(200, static_cast<char>('a' + f)));
     }
     ASSERT_TRUE((*store)->Write(batch, Durability::kAsync).ok());
     ASSERT_TRUE((*store)->Flush().ok());
@@ -1036,9 +1034,7 @@ TEST(KvStoreTest, AscendingFamilyFilesAreMovedDownNotRewritten) {
   EXPECT_EQ(std::stod(stats->at("compaction.Sum.CompCount")), double{kFlushes})
       << "a compaction rewrote level-0 files instead of moving them";
   for (uint64_t k = 0; k < key; k += 997) {
-    std::string bytes;
-    AppendBigEndian64(&bytes, k);
-    auto value = (*store)->Get(0, bytes);
+    auto value = (*store)->Get(0, EventKey(k));
     ASSERT_TRUE(value.ok() && value->has_value()) << k;
   }
 }

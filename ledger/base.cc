@@ -104,15 +104,27 @@ RecordHasher::RecordHasher() {
 
 void RecordHasher::Add(std::string_view record) {
   assert(!finished_);
-  auto* state = std::launder(reinterpret_cast<crypto_generichash_state*>(state_));
-  uint8_t length[kVarintBytesMax];
-  crypto_generichash_update(state, length, EncodeVarint(record.size(), length));
-  crypto_generichash_update(state, reinterpret_cast<const unsigned char*>(record.data()),
-                            record.size());
+  if (buffered_ + kVarintBytesMax + record.size() > sizeof(buffer_)) Flush();
+  buffered_ += EncodeVarint(record.size(), buffer_ + buffered_);
+  if (record.size() <= sizeof(buffer_) - buffered_) {
+    std::memcpy(buffer_ + buffered_, record.data(), record.size());
+    buffered_ += record.size();
+    return;
+  }
+  Flush();  // a record larger than the buffer is hashed where it is
+  crypto_generichash_update(std::launder(reinterpret_cast<crypto_generichash_state*>(state_)),
+                            reinterpret_cast<const unsigned char*>(record.data()), record.size());
+}
+
+void RecordHasher::Flush() {
+  crypto_generichash_update(std::launder(reinterpret_cast<crypto_generichash_state*>(state_)),
+                            buffer_, buffered_);
+  buffered_ = 0;
 }
 
 Hash RecordHasher::Finish() {
   assert(!finished_);
+  Flush();
   finished_ = true;
   Hash out;
   crypto_generichash_final(std::launder(reinterpret_cast<crypto_generichash_state*>(state_)),

@@ -35,6 +35,8 @@ class KvStore;
 inline constexpr size_t kScanAheadChunks = 8;
 inline constexpr size_t kScanAheadChunkBytes = 1u << 20;
 inline constexpr size_t kScanAheadChunkItemsMax = 4096;
+// ScanDecodedCallEvents fetches items this far ahead into the cache.
+inline constexpr size_t kScanAheadPrefetchItems = 4;
 
 // What the reading thread of ScanAhead::OfLedgerDecodingCalls made of one
 // stored event.

@@ -35,7 +35,9 @@ constexpr char kFormatKey[] = "format";
 // may have been swept without one, so it is rebuilt rather than trusted.
 // 3: usage months follow the billing zone as of each call's place in the log
 // (kZoneKeyPrefix records), no longer the key state's zone at fold time.
-constexpr char kFormatVersion[] = "call-projections-3";
+// 4: a metrics day cell lacks the latencies of its series' open hour, not
+// only of its open minute (MetricsFold merges hours into days as they close).
+constexpr char kFormatVersion[] = "call-projections-4";
 constexpr char kPositionKey[] = "position";             // sequence (8 BE) ‖ ledger hash (32)
 constexpr char kLogChainKey[] = "log_chain";            // 32 bytes
 constexpr char kUsageRejectedKey[] = "usage_rejected";  // 8 BE

@@ -200,19 +200,7 @@ bool LatencyHistogram::operator==(const LatencyHistogram& other) const {
 
 void CompactLatencyHistogram::Record(uint64_t value_us) {
   assert(count_ < std::numeric_limits<uint64_t>::max());
-  const auto index = static_cast<uint16_t>(LatencyHistogram::BucketIndex(value_us));
-  auto it = std::lower_bound(entries_.begin(), entries_.end(), index,
-                             [](const Entry& e, uint16_t i) { return e.index < i; });
-  // Only the last entry of a run of one index may be below the entry maximum.
-  while (it != entries_.end() && it->index == index &&
-         it->count == kEntryCountMax) {
-    ++it;
-  }
-  if (it != entries_.end() && it->index == index) {
-    ++it->count;
-  } else {
-    entries_.insert(it, Entry{index, 1});
-  }
+  AddInPlace(static_cast<uint16_t>(LatencyHistogram::BucketIndex(value_us)), 1);
   min_ = count_ == 0 ? value_us : std::min(min_, value_us);
   max_ = std::max(max_, value_us);
   ++count_;
@@ -325,7 +313,7 @@ void CompactLatencyHistogram::AddInPlace(uint16_t index, uint32_t count) {
 void CompactLatencyHistogram::Merge(const CompactLatencyHistogram& other) {
   if (other.count_ == 0) return;
   assert(count_ <= std::numeric_limits<uint64_t>::max() - other.count_);
-  if (&other == this) {  // the in-place paths read `other` while changing this
+  if (&other == this) {  // the in-place path reads `other` while changing this
     const CompactLatencyHistogram copy = other;
     Merge(copy);
     return;
@@ -333,7 +321,7 @@ void CompactLatencyHistogram::Merge(const CompactLatencyHistogram& other) {
   // Every path leaves the same (canonical) entries.
   if (other.entries_.size() <= kMergeEntryByEntryMax) {
     for (const Entry& e : other.entries_) AddInPlace(e.index, e.count);
-  } else if (!MergeLinearInPlace(other.entries_)) {
+  } else if (!MergeInPlace(other.entries_)) {
     MergeAllocating(other.entries_);
   }
   min_ = count_ == 0 ? other.min_ : std::min(min_, other.min_);
@@ -341,48 +329,80 @@ void CompactLatencyHistogram::Merge(const CompactLatencyHistogram& other) {
   count_ += other.count_;
 }
 
-bool CompactLatencyHistogram::MergeLinearInPlace(const Entries& other) {
+size_t CompactLatencyHistogram::Gallop(size_t from, uint16_t index) const {
+  const size_t n = entries_.size();
+  // Every entry in [from, lo) is below `index`; hi is n or an entry at or
+  // above it.
+  size_t lo = from;
+  size_t hi = n;
+  for (size_t step = 1;; step *= 2) {
+    const size_t probe = lo + step - 1;
+    if (probe >= n) break;
+    if (entries_[probe].index >= index) {
+      hi = probe;
+      break;
+    }
+    lo = probe + 1;
+  }
+  const Entry* first = entries_.begin();
+  return static_cast<size_t>(std::lower_bound(first + lo, first + hi, index,
+                                              [](const Entry& e, uint16_t i) {
+                                                return e.index < i;
+                                              }) -
+                             first);
+}
+
+bool CompactLatencyHistogram::MergeInPlace(const Entries& other) {
   constexpr uint32_t kHalf = kEntryCountMax / 2;
-  // Both sides hold at most one entry per index (canonical, all below the
-  // maximum), and each sum fits one entry: count the indexes `other` adds.
+  constexpr uint32_t kMatch = uint32_t{1} << 31;  // in `at`: adds to an existing entry
+  // No entry of `other` above half the maximum: `other` has no runs, so at
+  // most one entry per bucket.
+  if (other.size() > kLatencyBucketCount) return false;
+  std::array<uint32_t, kLatencyBucketCount> at;  // per entry of `other`: position | kMatch
+  static_assert(kLatencyBucketCount < kMatch);
+  const size_t n = entries_.size();
   size_t added = 0;
-  size_t i = 0;
-  for (const Entry& e : other) {
-    if (e.count > kHalf) return false;
-    while (i < entries_.size() && entries_[i].index < e.index) {
-      if (entries_[i].count > kHalf) return false;
-      ++i;
-    }
-    if (i < entries_.size() && entries_[i].index == e.index) {
-      if (entries_[i].count > kHalf) return false;
-    } else {
-      ++added;
-    }
+  size_t pos = 0;
+  for (size_t k = 0; k < other.size(); ++k) {
+    const Entry& o = other[k];
+    if (o.count > kHalf) return false;
+    // In a dense merge the next index is a few entries on: walk there, and
+    // gallop only past that.
+    const size_t walk_end = std::min(n, pos + kMergeWalkEntries);
+    while (pos < walk_end && entries_[pos].index < o.index) ++pos;
+    if (pos == walk_end && pos < n) pos = Gallop(pos, o.index);
+    const bool match = pos < n && entries_[pos].index == o.index;
+    // An entry added to holds at most half the maximum, so the sum fits (and
+    // it is not the full head of a run).
+    if (match && entries_[pos].count > kHalf) return false;
+    added += match ? 0 : 1;
+    at[k] = static_cast<uint32_t>(pos) | (match ? kMatch : 0);
   }
-  for (; i < entries_.size(); ++i) {
-    if (entries_[i].count > kHalf) return false;
+  entries_.resize_uninitialized(n + added);
+  // Backwards from the end, moving blocks of this up by the number of
+  // insertions still to come, until the last (lowest) insertion: below it
+  // nothing moves.
+  size_t mine = n;  // entries_[0, mine) are not yet placed
+  size_t write = n + added;
+  size_t k = other.size();
+  while (write != mine) {
+    assert(k > 0);
+    const Entry& o = other[--k];
+    const bool match = (at[k] & kMatch) != 0;
+    const size_t p = at[k] & ~kMatch;
+    const size_t tail = match ? p + 1 : p;  // entries_[tail, mine) follow o
+    assert(tail <= mine);
+    write -= mine - tail;
+    std::memmove(&entries_[write], &entries_[tail], (mine - tail) * sizeof(Entry));
+    entries_[--write] = match ? Entry{o.index, entries_[p].count + o.count} : o;
+    mine = p;
   }
-  const size_t old_size = entries_.size();
-  entries_.resize_uninitialized(old_size + added);
-  // Backwards, so nothing is overwritten before it is read.
-  size_t mine = old_size;    // entries_[0, mine) not yet placed
-  size_t theirs = other.size();
-  size_t write = old_size + added;
-  while (theirs > 0) {
-    const Entry& o = other[theirs - 1];
-    if (mine > 0 && entries_[mine - 1].index > o.index) {
-      entries_[--write] = entries_[--mine];
-    } else if (mine > 0 && entries_[mine - 1].index == o.index) {
-      const Entry sum{o.index, entries_[mine - 1].count + o.count};
-      --mine;
-      entries_[--write] = sum;
-      --theirs;
-    } else {
-      entries_[--write] = o;
-      --theirs;
-    }
+  // The rest of `other` adds to entries that have not moved.
+  while (k > 0) {
+    --k;
+    assert((at[k] & kMatch) != 0);
+    entries_[at[k] & ~kMatch].count += other[k].count;
   }
-  assert(write == mine);  // the rest of mine is already in place
   return true;
 }
 

@@ -141,10 +141,11 @@ class CompactLatencyHistogram {
   // REQUIRES: count() < UINT64_MAX.
   void Record(uint64_t value_us);
 
-  // Adds every recorded value of `other`. When `other` holds few entries (the
-  // common case of a metrics fold closing a minute with a few calls), they are
-  // added in place, allocating at most when the vector grows; otherwise the
-  // merged entries are allocated once.
+  // Adds every recorded value of `other`, in place (allocating at most when
+  // the vector grows) unless some count nears the entry maximum, when the
+  // merged entries are allocated once. Costs O(k log(n / k)) for k entries
+  // of `other` found among n, plus moving the entries above the lowest new
+  // bucket.
   // REQUIRES: count() + other.count() does not overflow uint64_t.
   void Merge(const CompactLatencyHistogram& other);
 
@@ -230,21 +231,29 @@ class CompactLatencyHistogram {
     uint32_t capacity_ = kInline;
   };
   static constexpr uint32_t kEntryCountMax = UINT32_MAX;
-  // Merge adds `other` entry by entry in place when it has at most this many
-  // (binary search + insert each), else merges linearly in place.
-  static constexpr size_t kMergeEntryByEntryMax = 4;
+  // Merge adds `other` entry by entry (AddInPlace) when it has at most this
+  // many (a minute of one or two calls closing), else by MergeInPlace.
+  static constexpr size_t kMergeEntryByEntryMax = 2;
+  // MergeInPlace looks this many entries ahead one by one before galloping.
+  static constexpr size_t kMergeWalkEntries = 8;
 
   // Adds `count` values of bucket `index` in place, keeping the entries
   // canonical (per index: full entries, then at most one partial one).
   void AddInPlace(uint16_t index, uint32_t count);
-
   // Appends `count` values of bucket `index` to sorted `*out`, filling its
   // last entry first. REQUIRES: out is empty or out->back().index <= index.
   static void Append(uint16_t index, uint64_t count, Entries* out);
-  // Merges `other`'s entries by one backward pass, in place. Returns false
-  // (and changes nothing) if some entry of either holds more than half the
-  // entry maximum, so that a sum might not fit one entry.
-  bool MergeLinearInPlace(const Entries& other);
+  // Returns the first position at or after `from` whose entry's index is at
+  // least `index` (or the size), searching in steps that double, so that
+  // finding k ascending indexes among n entries costs O(k log(n / k)).
+  size_t Gallop(size_t from, uint16_t index) const;
+  // Merges `other`'s entries in place: adds to the entries of indexes both
+  // hold, and inserts the others by one backward pass that moves only the
+  // entries above the lowest insertion, a block at a time. Returns false
+  // (and changes nothing) if an entry of `other`, or one of this that it
+  // adds to, holds more than half the entry maximum, so that a sum might not
+  // fit one entry.
+  bool MergeInPlace(const Entries& other);
   // Merges `other`'s entries into a new vector (any counts).
   void MergeAllocating(const Entries& other);
 

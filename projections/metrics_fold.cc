@@ -216,12 +216,12 @@ void MetricsFold::ApplyToSeries(MetricsScope scope, std::string_view id, int64_t
   // minute's), so the cells added below go after them.
   const bool opens = minutes.empty() || minute_us > minutes.back().start_us;
   if (opens && !minutes.empty()) {
-    if (track_changes_) {  // closing adds the open minute's latencies to its hour and day
-      for (size_t level = 1; level < kLevels; ++level) {
-        MarkChanged(scope, slot, level, series.levels[level].size() - 1);
-      }
+    const bool hour_closes = FloorTo(minute_us, kMetricsHourUs) > series.levels[1].back().start_us;
+    if (track_changes_) {  // closing adds latencies to the open hour, and to its day if it closes
+      MarkChanged(scope, slot, 1, series.levels[1].size() - 1);
+      if (hour_closes) MarkChanged(scope, slot, 2, series.levels[2].size() - 1);
     }
-    CloseOpenMinute(&series);
+    CloseOpenMinute(&series, hour_closes);
   }
   std::array<size_t, kLevels> cells;
   for (size_t level = 0; level < kLevels; ++level) {
@@ -232,14 +232,17 @@ void MetricsFold::ApplyToSeries(MetricsScope scope, std::string_view id, int64_t
     AddCounters(delta, &series.levels[level][cells[level]]);
     if (track_changes_) MarkChanged(scope, slot, level, cells[level]);
   }
-  const bool is_open = cells[0] == minutes.size() - 1;
-  assert(!opens || is_open);
+  const bool in_open_minute = cells[0] == minutes.size() - 1;
+  const bool in_open_hour = cells[1] == series.levels[1].size() - 1;
+  assert(!opens || in_open_minute);
+  assert(!in_open_minute || in_open_hour);
   if (delta.calls == 1) {
+    // A late call is recorded where its latencies are not pending: in its
+    // hour unless that is the open minute's, in its day unless that day's
+    // hour is the open one.
     minutes[cells[0]].latency.Record(delta.latency_us);
-    if (!is_open) {  // late: its hour and day are not pending
-      series.levels[1][cells[1]].latency.Record(delta.latency_us);
-      series.levels[2][cells[2]].latency.Record(delta.latency_us);
-    }
+    if (!in_open_minute) series.levels[1][cells[1]].latency.Record(delta.latency_us);
+    if (!in_open_hour) series.levels[2][cells[2]].latency.Record(delta.latency_us);
   }
   for (size_t level = 0; level < kLevels; ++level) {
     const Cell& c = series.levels[level][cells[level]];
@@ -258,19 +261,24 @@ void MetricsFold::AddCounters(const Delta& delta, Cell* cell) {
 
 // REQUIRES: the series has an open minute, and its hour and day are the
 // latest cells of their levels.
-void MetricsFold::CloseOpenMinute(Series* series) {
+void MetricsFold::CloseOpenMinute(Series* series, bool hour_closes) {
   assert(!series->levels[0].empty());
-  const Cell& open = series->levels[0].back();
-  for (size_t level = 1; level < kLevels; ++level) {
-    Cell& parent = series->levels[level].back();
-    assert(parent.start_us == FloorTo(open.start_us, kLevelUs[level]));
-    parent.latency.Merge(open.latency);
-  }
+  const Cell& open_minute = series->levels[0].back();
+  Cell& open_hour = series->levels[1].back();
+  assert(open_hour.start_us == FloorTo(open_minute.start_us, kMetricsHourUs));
+  open_hour.latency.Merge(open_minute.latency);
+  if (!hour_closes) return;
+  Cell& open_day = series->levels[2].back();
+  assert(open_day.start_us == FloorTo(open_hour.start_us, kMetricsDayUs));
+  assert(open_hour.latency.count() == open_hour.calls);
+  open_day.latency.Merge(open_hour.latency);
 }
 
+// The open minute's latencies are pending in its hour; the open hour's
+// (the open minute's included) in its day.
 uint64_t MetricsFold::PendingCalls(const Series& series, size_t level, const Cell& cell) {
   if (level == 0 || series.levels[0].empty()) return 0;
-  const Cell& open = series.levels[0].back();
+  const Cell& open = series.levels[level - 1].back();
   const bool holds_open = FloorTo(open.start_us, kLevelUs[level]) == cell.start_us;
   return holds_open ? open.calls : 0;
 }
@@ -305,10 +313,17 @@ void MetricsFold::MergeRange(const Series& series, int64_t from_us, int64_t to_u
   MergeCells(series.levels[2], day_lo, day_hi, out);
   MergeCells(series.levels[1], day_hi, hour_hi, out);
   MergeCells(series.levels[0], hour_hi, to_us, out);
-  // The open minute's latencies are in its minute cell only.
+  // The hour and day cells read above lack the open minute's latencies, and
+  // the day cells also the open hour's (see PendingCalls).
   if (!series.levels[0].empty()) {
-    const Cell& open = series.levels[0].back();
-    if (open.start_us >= hour_lo && open.start_us < hour_hi) open.latency.MergeInto(&out->latency);
+    const Cell& open_minute = series.levels[0].back();
+    const Cell& open_hour = series.levels[1].back();
+    if (open_minute.start_us >= hour_lo && open_minute.start_us < hour_hi) {
+      open_minute.latency.MergeInto(&out->latency);
+    }
+    if (open_hour.start_us >= day_lo && open_hour.start_us < day_hi) {
+      open_hour.latency.MergeInto(&out->latency);
+    }
   }
   assert(out->latency.count() == out->calls);
 }

@@ -31,7 +31,8 @@
 // Buckets. Minute cells are kept for every (series, UTC minute) with data;
 // hour and day cells are maintained incrementally by the same Apply and equal
 // the sum of their minutes (the latencies of each series' latest minute reach
-// its hour and day when a later minute opens; Query adds them until then).
+// its hour when a later minute opens, and those of its latest hour reach its
+// day when a later hour opens; Query adds them until then).
 // Query merges the coarsest cells that tile each step window: a 30-day query
 // at 1-hour step reads 720 hour cells, not 43,200 minutes. Memory per cell is
 // about 100 bytes (in sorted vectors, up to twice that while they grow) plus
@@ -150,9 +151,10 @@ class MetricsFold {
 
   // ---- Persistence: cells as records, for an owner that stores the fold ------
   //
-  // The fold's whole state is its cells, each exactly as held: hour and day
-  // cells lack the latencies of their series' latest minute (see Series in
-  // the private section), which LoadCell + FinishLoad re-establish. So
+  // The fold's whole state is its cells, each exactly as held: hour cells
+  // lack the latencies of their series' latest minute and day cells those of
+  // its latest hour (see Series in the private section), which LoadCell +
+  // FinishLoad re-establish. So
   // loading every cell a fold ever reported gives a fold equal to it: same
   // queries, same further behaviour, same ForEachCell output.
 
@@ -218,8 +220,9 @@ class MetricsFold {
     uint64_t rate_limited = 0;
     uint64_t auth_denied = 0;
     uint64_t units = 0;
-    // Minute cells: latency.count() == calls. Hour and day cells lack the
-    // latencies of their series' open minute (see Series).
+    // Minute cells: latency.count() == calls. Hour cells lack the latencies
+    // of their series' open minute, day cells those of its open hour (see
+    // Series).
     CompactLatencyHistogram latency;
     bool changed = false;  // listed in changed_ (when tracking changes)
   };
@@ -231,10 +234,14 @@ class MetricsFold {
   static constexpr std::array<int64_t, kLevels> kLevelUs = {kMetricsMinuteUs, kMetricsHourUs,
                                                             kMetricsDayUs};
   // The open minute is the latest minute cell, levels[0].back() (none when
-  // empty). Its latencies are recorded in it alone and merged into its hour
-  // and day cells, levels[1].back() and levels[2].back(), when a later minute
-  // opens, so an in-order call costs one histogram Record, not three. A call
-  // for an earlier minute (late) is recorded in all three cells.
+  // empty), and the open hour the latest hour cell, levels[1].back(), the
+  // open minute's hour. The open minute's latencies are recorded in it alone
+  // and merged into the open hour when a later minute opens; the open hour's
+  // are merged into its day, levels[2].back(), when a later hour opens. So
+  // an in-order call costs one histogram Record, and a day's histogram (the
+  // largest: hundreds of buckets) takes one merge per hour, not one per
+  // minute. A late call (for an earlier minute) is recorded in its minute,
+  // in its hour, and in its day unless its hour is the open one.
   struct Series {
     std::array<Cells, kLevels> levels;
     uint32_t take_group = UINT32_MAX;  // scratch of TakeChangedCells
@@ -264,7 +271,10 @@ class MetricsFold {
   };
 
   static void AddCounters(const Delta& delta, Cell* cell);
-  static void CloseOpenMinute(Series* series);
+  // Merges the open minute's latencies into the open hour, then, when
+  // `hour_closes` (the minute opening is in a later hour), the open hour's
+  // into its day.
+  static void CloseOpenMinute(Series* series, bool hour_closes);
   // Returns the calls of `cell` (at `level`) whose latencies it lacks.
   static uint64_t PendingCalls(const Series& series, size_t level, const Cell& cell);
   // Returns the index of the cell of `cells` starting at start_us, inserting

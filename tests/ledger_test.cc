@@ -1247,6 +1247,23 @@ RC_GTEST_PROP(RecordHasherProperty, HashesTheLengthPrefixedConcatenation,
   RC_ASSERT(hasher.Finish() == HashBytes(framed));
 }
 
+// Records around and beyond the hasher's buffer (4 KiB): the buffer fills,
+// flushes, and a record larger than it is hashed in place.
+RC_GTEST_PROP(RecordHasherProperty, LargeRecordsHashAsTheirConcatenation, ()) {
+  const auto sizes = *rc::gen::container<std::vector<size_t>>(
+      rc::gen::oneOf(rc::gen::inRange<size_t>(0, 64), rc::gen::inRange<size_t>(4000, 4200),
+                     rc::gen::inRange<size_t>(0, 20'000)));
+  RecordHasher hasher;
+  std::string framed;
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    const std::string record(sizes[i], static_cast<char>('a' + i % 26));
+    hasher.Add(record);
+    PutVarint(record.size(), &framed);
+    framed += record;
+  }
+  RC_ASSERT(hasher.Finish() == HashBytes(framed));
+}
+
 TEST(RecordHasherTest, RecordBoundariesChangeTheHash) {
   auto hash_of = [](std::initializer_list<std::string_view> records) {
     RecordHasher hasher;

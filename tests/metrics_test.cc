@@ -284,6 +284,37 @@ RC_GTEST_PROP(LatencyHistogramProp, CompactMergeEqualsConcatenation, ()) {
   RC_ASSERT(ca.entry_count() == distinct_buckets.size());
 }
 
+// Merges across the entry maximum (2^32 - 1 per entry): counts near half of
+// it make the in-place merge give way to the allocating one, and counts above
+// it are held as runs of entries. Every path must give the canonical entries.
+RC_GTEST_PROP(LatencyHistogramProp, CompactMergeOfLargeCountsEqualsDense, ()) {
+  const auto count_gen = rc::gen::oneOf(rc::gen::inRange<uint64_t>(1, 4),
+                                        rc::gen::inRange<uint64_t>((uint64_t{1} << 31) - 2,
+                                                                   (uint64_t{1} << 31) + 2),
+                                        rc::gen::inRange<uint64_t>(1, uint64_t{1} << 34));
+  const auto recorded_gen = rc::gen::container<std::vector<std::pair<uint64_t, uint64_t>>>(
+      rc::gen::pair(LatencyGen(), count_gen));
+  const auto a = *recorded_gen;
+  const auto b = *recorded_gen;
+  LatencyHistogram dense_a;
+  for (const auto& [v, n] : a) dense_a.Record(v, n);
+  LatencyHistogram dense_b;
+  for (const auto& [v, n] : b) dense_b.Record(v, n);
+  auto ca = CompactLatencyHistogram::Deserialize(dense_a.Serialize());
+  auto cb = CompactLatencyHistogram::Deserialize(dense_b.Serialize());
+  RC_ASSERT(ca.ok() && cb.ok());
+  ca->Merge(*cb);
+  LatencyHistogram expected = dense_a;
+  expected.Merge(dense_b);
+  LatencyHistogram got;
+  ca->MergeInto(&got);
+  RC_ASSERT(got == expected);
+  RC_ASSERT(ca->Serialize() == expected.Serialize());
+  // Canonical: decoding the merged encoding gives the same entries back.
+  auto again = CompactLatencyHistogram::Deserialize(ca->Serialize());
+  RC_ASSERT(again.ok() && again->entry_count() == ca->entry_count());
+}
+
 RC_GTEST_PROP(LatencyHistogramProp, SerializeRoundTripsCanonically, ()) {
   const auto values = *rc::gen::container<std::vector<uint64_t>>(LatencyGen());
   const LatencyHistogram h = HistogramOf(values);

@@ -102,18 +102,22 @@ RecordHasher::RecordHasher() {
   crypto_generichash_init(new (state_) crypto_generichash_state, nullptr, 0, sizeof(Hash));
 }
 
-void RecordHasher::Add(std::string_view record) {
+void RecordHasher::Add(std::initializer_list<std::string_view> parts) {
   assert(!finished_);
-  if (buffered_ + kVarintBytesMax + record.size() > sizeof(buffer_)) Flush();
-  buffered_ += EncodeVarint(record.size(), buffer_ + buffered_);
-  if (record.size() <= sizeof(buffer_) - buffered_) {
-    std::memcpy(buffer_ + buffered_, record.data(), record.size());
-    buffered_ += record.size();
-    return;
+  size_t size = 0;
+  for (std::string_view part : parts) size += part.size();
+  if (buffered_ + kVarintBytesMax + size > sizeof(buffer_)) Flush();
+  buffered_ += EncodeVarint(size, buffer_ + buffered_);
+  for (std::string_view part : parts) {
+    if (part.size() <= sizeof(buffer_) - buffered_) {
+      std::memcpy(buffer_ + buffered_, part.data(), part.size());
+      buffered_ += part.size();
+    } else {  // a part larger than the buffer's room is hashed where it is
+      Flush();
+      crypto_generichash_update(std::launder(reinterpret_cast<crypto_generichash_state*>(state_)),
+                                reinterpret_cast<const unsigned char*>(part.data()), part.size());
+    }
   }
-  Flush();  // a record larger than the buffer is hashed where it is
-  crypto_generichash_update(std::launder(reinterpret_cast<crypto_generichash_state*>(state_)),
-                            reinterpret_cast<const unsigned char*>(record.data()), record.size());
 }
 
 void RecordHasher::Flush() {

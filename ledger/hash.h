@@ -5,6 +5,7 @@
 
 #include <array>
 #include <cstdint>
+#include <initializer_list>
 #include <string>
 #include <string_view>
 
@@ -32,7 +33,10 @@ class RecordHasher {
  public:
   RecordHasher();
   // Adds one record. REQUIRES: Finish not called yet.
-  void Add(std::string_view record);
+  void Add(std::string_view record) { Add({record}); }
+  // Adds one record made of `parts` end to end (no copy to join them).
+  // REQUIRES: Finish not called yet.
+  void Add(std::initializer_list<std::string_view> parts);
   // Returns the hash of the records added so far, in order.
   // REQUIRES: called at most once; no Add after it.
   Hash Finish();

@@ -1,7 +1,8 @@
 // Little-endian base-128 varints for compact derived records (projection
 // stores, serialized histograms). Not used by the ledger's event format.
 //
-// Thread safety: stateless functions.
+// Thread safety: stateless functions; a VarintAppender needs external
+// synchronization.
 #pragma once
 
 #include <cstddef>
@@ -27,6 +28,39 @@ inline void PutVarint(uint64_t v, std::string* out) {
   uint8_t bytes[kVarintBytesMax];
   out->append(reinterpret_cast<const char*>(bytes), EncodeVarint(v, bytes));
 }
+
+// Appends bytes and varints to a std::string through a small buffer: one
+// append per buffer, where PutVarint makes one per value (the digests of
+// millions of small records encode a few bytes at a time).
+class VarintAppender {
+ public:
+  // REQUIRES: `out` outlives this object and is not changed by others while
+  // it lives; what was put reaches it at Flush or at destruction.
+  explicit VarintAppender(std::string* out) : out_(out) {}
+  ~VarintAppender() { Flush(); }
+  VarintAppender(const VarintAppender&) = delete;
+  VarintAppender& operator=(const VarintAppender&) = delete;
+
+  void PutByte(uint8_t byte) {
+    if (size_ == sizeof(buffer_)) Flush();
+    buffer_[size_++] = byte;
+  }
+  // The canonical encoding, as PutVarint.
+  void PutVarint(uint64_t v) {
+    if (size_ > sizeof(buffer_) - kVarintBytesMax) Flush();
+    size_ += EncodeVarint(v, buffer_ + size_);
+  }
+  void Flush() {
+    out_->append(reinterpret_cast<const char*>(buffer_), size_);
+    size_ = 0;
+  }
+
+ private:
+  static constexpr size_t kBufferBytes = 256;
+  std::string* const out_;
+  uint8_t buffer_[kBufferBytes];
+  size_t size_ = 0;
+};
 
 // Reads a canonical varint from the front of *in and consumes it. Returns
 // false (leaving *in unchanged) when truncated, longer than 64 bits, or not

@@ -443,29 +443,32 @@ std::string CompactLatencyHistogram::Serialize() const {
 }
 
 void CompactLatencyHistogram::SerializeTo(std::string* out_string) const {
-  std::string& out = *out_string;
-  [[maybe_unused]] const size_t start = out.size();
-  out.push_back(static_cast<char>(kFormatVersion));
-  size_t used = 0;
-  for (size_t i = 0; i < entries_.size(); ++i) {
-    if (i == 0 || entries_[i].index != entries_[i - 1].index) ++used;
+  [[maybe_unused]] const size_t start = out_string->size();
+  {
+    VarintAppender out(out_string);
+    out.PutByte(kFormatVersion);
+    size_t used = 0;
+    for (size_t i = 0; i < entries_.size(); ++i) {
+      if (i == 0 || entries_[i].index != entries_[i - 1].index) ++used;
+    }
+    out.PutVarint(used);
+    if (used > 0) {
+      out.PutVarint(min_);
+      out.PutVarint(max_);
+    }
+    size_t next = 0;  // the index a gap of 0 would name
+    size_t i = 0;
+    while (i < entries_.size()) {
+      const uint16_t index = entries_[i].index;
+      uint64_t count = 0;
+      for (; i < entries_.size() && entries_[i].index == index; ++i) count += entries_[i].count;
+      assert(count > 0 && index >= next);
+      out.PutVarint(index - next);
+      out.PutVarint(count);
+      next = size_t{index} + 1;
+    }
   }
-  PutVarint(used, &out);
-  if (used == 0) return;
-  PutVarint(min_, &out);
-  PutVarint(max_, &out);
-  size_t next = 0;  // the index a gap of 0 would name
-  size_t i = 0;
-  while (i < entries_.size()) {
-    const uint16_t index = entries_[i].index;
-    uint64_t count = 0;
-    for (; i < entries_.size() && entries_[i].index == index; ++i) count += entries_[i].count;
-    assert(count > 0 && index >= next);
-    PutVarint(index - next, &out);
-    PutVarint(count, &out);
-    next = size_t{index} + 1;
-  }
-  assert(out.size() - start <= kLatencySerializedBytesMax);
+  assert(out_string->size() - start <= kLatencySerializedBytesMax);
 }
 
 Result<CompactLatencyHistogram> CompactLatencyHistogram::Deserialize(std::string_view bytes) {

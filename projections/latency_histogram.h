@@ -157,6 +157,9 @@ class CompactLatencyHistogram {
   uint64_t count() const { return count_; }
   // Returns the number of sparse entries held (memory is 8 bytes each).
   size_t entry_count() const { return entries_.size(); }
+  // Asks the CPU to fetch the first entries into the cache, for a walk over
+  // many histograms that will read this one soon. Changes nothing.
+  void Prefetch() const { __builtin_prefetch(entries_.begin()); }
 
   // Returns the encoding LatencyHistogram::Serialize gives for the same
   // values (same bytes), without building a dense histogram. For owners that

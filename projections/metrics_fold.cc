@@ -61,6 +61,9 @@ Status CheckRange(int64_t from_us, int64_t to_us, int64_t align_us) {
 }
 
 
+// ForEachCell prefetches the histogram entries of the cell this far ahead.
+constexpr size_t kPrefetchCellsAhead = 4;
+
 // Version byte of a cell encoding (EncodeCell).
 constexpr uint8_t kCellFormatVersion = 1;
 
@@ -433,19 +436,32 @@ void MetricsFold::TakeChangedCells(const CellVisitor& fn) {
 
 void MetricsFold::ForEachCell(const CellVisitor& fn) const {
   for (MetricsScope scope : {MetricsScope::kKey, MetricsScope::kWorkspace}) {
-    const SeriesMap& map = scope == MetricsScope::kKey ? keys_ : workspaces_;
-    std::vector<const SeriesMap::value_type*> sorted;
-    sorted.reserve(map.size());
-    for (const auto& entry : map) sorted.push_back(&entry);
-    std::sort(sorted.begin(), sorted.end(),
-              [](const auto* a, const auto* b) { return a->first < b->first; });
-    std::string encoded;
-    for (const auto* entry : sorted) {
-      for (size_t level = 0; level < kLevels; ++level) {
-        for (const Cell& cell : entry->second.levels[level]) {
-          EncodeCell(cell, &encoded);
-          fn(CellRef{scope, entry->first, kLevelUs[level], cell.start_us}, encoded);
-        }
+    ForEachCell(scope, 0, 1, fn);
+  }
+}
+
+void MetricsFold::ForEachCell(MetricsScope scope, size_t part, size_t parts,
+                              const CellVisitor& fn) const {
+  assert(part < parts);
+  const SeriesMap& map = scope == MetricsScope::kKey ? keys_ : workspaces_;
+  std::vector<const SeriesMap::value_type*> sorted;
+  sorted.reserve(map.size());
+  for (const auto& entry : map) sorted.push_back(&entry);
+  std::sort(sorted.begin(), sorted.end(),
+            [](const auto* a, const auto* b) { return a->first < b->first; });
+  std::string encoded;
+  const auto begin = sorted.begin() + static_cast<std::ptrdiff_t>(sorted.size() * part / parts);
+  const auto end = sorted.begin() + static_cast<std::ptrdiff_t>(sorted.size() * (part + 1) / parts);
+  for (auto it = begin; it != end; ++it) {
+    const auto* entry = *it;
+    for (size_t level = 0; level < kLevels; ++level) {
+      const Cells& cells = entry->second.levels[level];
+      for (size_t i = 0; i < cells.size(); ++i) {
+        // Entries beyond two live on the heap: fetch those of a later cell
+        // while this one is encoded.
+        if (i + kPrefetchCellsAhead < cells.size()) cells[i + kPrefetchCellsAhead].latency.Prefetch();
+        EncodeCell(cells[i], &encoded);
+        fn(CellRef{scope, entry->first, kLevelUs[level], cells[i].start_us}, encoded);
       }
     }
   }
@@ -453,10 +469,13 @@ void MetricsFold::ForEachCell(const CellVisitor& fn) const {
 
 void MetricsFold::EncodeCell(const Cell& cell, std::string* out) {
   out->clear();
-  out->push_back(static_cast<char>(kCellFormatVersion));
-  for (uint64_t v : {cell.calls, cell.errors_4xx, cell.errors_5xx, cell.rate_limited,
-                     cell.auth_denied, cell.units}) {
-    PutVarint(v, out);
+  {
+    VarintAppender appender(out);
+    appender.PutByte(kCellFormatVersion);
+    for (uint64_t v : {cell.calls, cell.errors_4xx, cell.errors_5xx, cell.rate_limited,
+                       cell.auth_denied, cell.units}) {
+      appender.PutVarint(v);
+    }
   }
   cell.latency.SerializeTo(out);
 }

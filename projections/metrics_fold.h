@@ -185,6 +185,10 @@ class MetricsFold {
   // series, ids in byte order, minutes before hours before days, then by
   // start. Equal folds give equal calls (for digests).
   void ForEachCell(const CellVisitor& fn) const;
+  // The same for the series of one scope only, and of those (in id order)
+  // the part-th of `parts` slices of about equal numbers of series: its part
+  // of that order. REQUIRES: part < parts.
+  void ForEachCell(MetricsScope scope, size_t part, size_t parts, const CellVisitor& fn) const;
 
   // Restores one cell from its encoding. Call for every stored cell, in any
   // order, then FinishLoad once before any Apply* or query.

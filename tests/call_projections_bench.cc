@@ -21,6 +21,7 @@
 //   BM_ScanAndDecodeCallView  + DecodeCallEvent (the fold's decoder) instead
 //   BM_MetricsFoldDecoded   (a) MetricsFold over already-decoded events, no ledger
 //   BM_RebuildDigest        (c) RebuildCallProjectionsDigest: the whole in-memory fold
+//   BM_Digest               the digest alone, of a state folded once beforehand
 //   BM_OpenAndCatchUp       (b) CallProjections::Open on an empty store: fold + persist
 //   BM_OpenAndCatchUpServe  (b) the same with serve's fold_batch_events_max (4,096)
 //   BM_OpenAndCatchUpOneThread (b) the same without the read-ahead thread
@@ -424,6 +425,29 @@ void BM_RebuildDigest(benchmark::State& state) {
   state.SetLabel(DigestLabel(last));
 }
 BENCHMARK(BM_RebuildDigest)->Unit(benchmark::kMillisecond)->Iterations(3);
+
+// The digest of a folded state alone (the end of every rebuild and of every
+// read of a stored projection in `audit replay`): events/s of the ledger the
+// state was folded from.
+void BM_Digest(benchmark::State& state) {
+  Fixture& f = Shared();
+  const std::string path = f.scratch.sub("calls-digest");
+  auto p = CallProjections::Open(path, f.ledger.get(), &f.clock, {});
+  Fixture::Check(p.ToStatus());
+  Hash last{};
+  WallTimer wall;
+  for (auto _ : state) {
+    wall.Start();
+    last = p.value()->Digest();
+    benchmark::DoNotOptimize(last);
+    wall.Stop();
+  }
+  SetRate(state, f.ledger->head().sequence, wall);
+  state.SetLabel(DigestLabel(last));
+  p.value().reset();
+  std::filesystem::remove_all(path);
+}
+BENCHMARK(BM_Digest)->Unit(benchmark::kMillisecond)->Iterations(5);
 
 // (b) The full fold from the ledger into a fresh store, persistence included.
 void OpenAndCatchUp(benchmark::State& state, CallProjectionsOptions options) {

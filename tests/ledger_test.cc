@@ -1247,8 +1247,9 @@ RC_GTEST_PROP(RecordHasherProperty, HashesTheLengthPrefixedConcatenation,
   RC_ASSERT(hasher.Finish() == HashBytes(framed));
 }
 
-// Records around and beyond the hasher's buffer (4 KiB): the buffer fills,
-// flushes, and a record larger than it is hashed in place.
+// Records around and beyond the hasher's buffer (4 KiB), whole or in parts:
+// the buffer fills, flushes, and a part larger than its room is hashed in
+// place.
 RC_GTEST_PROP(RecordHasherProperty, LargeRecordsHashAsTheirConcatenation, ()) {
   const auto sizes = *rc::gen::container<std::vector<size_t>>(
       rc::gen::oneOf(rc::gen::inRange<size_t>(0, 64), rc::gen::inRange<size_t>(4000, 4200),
@@ -1257,7 +1258,13 @@ RC_GTEST_PROP(RecordHasherProperty, LargeRecordsHashAsTheirConcatenation, ()) {
   std::string framed;
   for (size_t i = 0; i < sizes.size(); ++i) {
     const std::string record(sizes[i], static_cast<char>('a' + i % 26));
-    hasher.Add(record);
+    if (i % 2 == 0) {
+      hasher.Add(record);
+    } else {  // the same record in three parts
+      const std::string_view whole = record;
+      const size_t cut = whole.size() / 3;
+      hasher.Add({whole.substr(0, cut), whole.substr(cut, cut), whole.substr(2 * cut)});
+    }
     PutVarint(record.size(), &framed);
     framed += record;
   }

@@ -1,5 +1,6 @@
 #include "ledger/scan_ahead.h"
 
+#include <atomic>
 #include <cassert>
 #include <condition_variable>
 #include <cstring>
@@ -32,9 +33,11 @@ struct Chunk {
   std::vector<uint64_t> words;
   size_t used_words = 0;
   std::vector<Item> items;
-  // With decode_calls: decoded[i] is what the reading thread made of item i.
-  // Its views point into `words`, which do not move while items are held.
+  // With decode_calls: decoded[i] is what was made of item i, by the reading
+  // thread when read_decoded[i], else by the consumer when it reaches it. Its
+  // views point into `words`, which do not move while items are held.
   std::vector<DecodedCallEvent> decoded;
+  std::vector<uint8_t> read_decoded;
 
   bool Fits(size_t words_needed) const { return used_words + words_needed <= words.size(); }
   size_t Copy(std::string_view bytes) {
@@ -57,10 +60,15 @@ struct Chunk {
 struct ScanAhead::Rep {
   ScanFn scan;
   bool decode_calls = false;  // OfLedgerDecodingCalls: fill Chunk::decoded
+  size_t decode_backlog_chunks = 0;  // OfLedgerDecodingCalls' argument
 
   std::mutex mu;  // guards what follows, up to `current`
   std::condition_variable cv;
   std::deque<std::unique_ptr<Chunk>> full;   // read, in order, not yet consumed
+  // full.size(), read by the reading thread without the lock: it decodes
+  // only while the consumer has at least decode_backlog_chunks chunks
+  // waiting, and otherwise leaves the decoding to the consumer.
+  std::atomic<size_t> full_chunks{0};
   std::vector<std::unique_ptr<Chunk>> free;  // consumed, for reuse
   size_t chunks = 0;                         // allocated so far, <= kScanAheadChunks
   bool cancel = false;
@@ -86,7 +94,10 @@ struct ScanAhead::Rep {
     auto chunk = std::make_unique<Chunk>();
     chunk->words.resize(kChunkWords);
     chunk->items.reserve(kScanAheadChunkItemsMax);
-    if (decode_calls) chunk->decoded.resize(kScanAheadChunkItemsMax);
+    if (decode_calls) {
+      chunk->decoded.resize(kScanAheadChunkItemsMax);
+      chunk->read_decoded.resize(kScanAheadChunkItemsMax);
+    }
     return chunk;
   }
 
@@ -94,6 +105,7 @@ struct ScanAhead::Rep {
     {
       std::lock_guard<std::mutex> lock(mu);
       full.push_back(std::move(chunk));
+      full_chunks.store(full.size(), std::memory_order_relaxed);
     }
     cv.notify_all();
   }
@@ -115,6 +127,7 @@ struct ScanAhead::Rep {
         if (full.empty()) return status;
         current = std::move(full.front());
         full.pop_front();
+        full_chunks.store(full.size(), std::memory_order_relaxed);
         next_item = 0;
       }
       if (!fn(*current, next_item++)) return Status::Ok();
@@ -148,8 +161,14 @@ struct ScanAhead::Rep {
         item.value_size = value.size();
         item.value_offset = chunk->Copy(value);
         if (decode_calls) {
-          Decode(chunk->View(item.value_offset, item.value_size),
-                 &chunk->decoded[chunk->items.size()]);
+          // Whichever thread is ahead decodes: this one while the consumer
+          // has chunks waiting, the consumer when it has caught up.
+          const size_t i = chunk->items.size();
+          chunk->read_decoded[i] =
+              full_chunks.load(std::memory_order_relaxed) >= decode_backlog_chunks;
+          if (chunk->read_decoded[i]) {
+            Decode(chunk->View(item.value_offset, item.value_size), &chunk->decoded[i]);
+          }
         }
         chunk->items.push_back(item);
         return true;
@@ -165,11 +184,13 @@ struct ScanAhead::Rep {
   }
 };
 
-ScanAhead::ScanAhead(ScanFn scan) : ScanAhead(std::move(scan), /*decode_calls=*/false) {}
+ScanAhead::ScanAhead(ScanFn scan) : ScanAhead(std::move(scan), /*decode_calls=*/false, 0) {}
 
-ScanAhead::ScanAhead(ScanFn scan, bool decode_calls) : rep_(std::make_unique<Rep>()) {
+ScanAhead::ScanAhead(ScanFn scan, bool decode_calls, size_t decode_backlog_chunks)
+    : rep_(std::make_unique<Rep>()) {
   rep_->scan = std::move(scan);
   rep_->decode_calls = decode_calls;
+  rep_->decode_backlog_chunks = decode_backlog_chunks;
   rep_->thread = std::thread([rep = rep_.get()] {
     NameThisThread("kl-scan-ahead");
     rep->Run();
@@ -204,9 +225,11 @@ std::unique_ptr<ScanAhead> ScanAhead::OfLedger(const Ledger& ledger, uint64_t fr
 }
 
 std::unique_ptr<ScanAhead> ScanAhead::OfLedgerDecodingCalls(const Ledger& ledger, uint64_t from,
-                                                            uint64_t to) {
+                                                            uint64_t to,
+                                                            size_t decode_backlog_chunks) {
   // The constructor is private: no make_unique.
-  return std::unique_ptr<ScanAhead>(new ScanAhead(LedgerScan(ledger, from, to), true));
+  return std::unique_ptr<ScanAhead>(
+      new ScanAhead(LedgerScan(ledger, from, to), true, decode_backlog_chunks));
 }
 
 std::unique_ptr<ScanAhead> ScanAhead::OfStore(const KvStore& store, int cf, std::string_view start,
@@ -234,29 +257,32 @@ Status ScanAhead::ScanEvents(const std::function<bool(uint64_t, std::string_view
 
 Status ScanAhead::ScanDecodedCallEvents(const DecodedEventFn& fn) {
   assert(rep_->decode_calls);
-  return rep_->ScanItems([&](const Chunk& chunk, size_t i) {
+  return rep_->ScanItems([&](Chunk& chunk, size_t i) {
     // The reading thread wrote each item on the other core: without fetching
     // ahead, the consumer's first touch of an item's decoded view, of the ids
     // it points to and of the stored value's hash each misses the cache. The
     // views of the nearer item were fetched kScanAheadPrefetchItems ago.
     const size_t near = i + kScanAheadPrefetchItems;
     const size_t far = near + kScanAheadPrefetchItems;
-    if (far < chunk.items.size()) {
+    if (far < chunk.items.size() && chunk.read_decoded[far]) {
       const auto* view = reinterpret_cast<const char*>(&chunk.decoded[far]);
       for (size_t line = 0; line < sizeof(DecodedCallEvent); line += 64) {
         __builtin_prefetch(view + line);
       }
     }
     if (near < chunk.items.size()) {
-      const ApiCallView& call = chunk.decoded[near].view.call;  // a denial's ids are near it
-      __builtin_prefetch(call.workspace_id.data());
-      __builtin_prefetch(call.key_id.data());
+      if (chunk.read_decoded[near]) {
+        const ApiCallView& call = chunk.decoded[near].view.call;  // a denial's ids are near it
+        __builtin_prefetch(call.workspace_id.data());
+        __builtin_prefetch(call.key_id.data());
+      }
       __builtin_prefetch(chunk.View(chunk.items[near].value_offset, 0).data());
     }
     const Chunk::Item& item = chunk.items[i];
     assert(item.key_size == 8);  // OfLedger's keys
-    return fn(DecodeBigEndian64(chunk.View(item.key_offset, 8).data()),
-              chunk.View(item.value_offset, item.value_size), chunk.decoded[i]);
+    const std::string_view value = chunk.View(item.value_offset, item.value_size);
+    if (!chunk.read_decoded[i]) Rep::Decode(value, &chunk.decoded[i]);
+    return fn(DecodeBigEndian64(chunk.View(item.key_offset, 8).data()), value, chunk.decoded[i]);
   });
 }
 

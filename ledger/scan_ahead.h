@@ -8,9 +8,10 @@
 // Every key and value starts at an 8-byte-aligned address, so a Cap'n Proto
 // body found 32 bytes into a stored event is word-aligned (no decode copy).
 //
-// OfLedgerDecodingCalls also decodes each event on the reading thread
-// (DecodeCallEvent), so that a projection fold spends its own thread on
-// applying events only.
+// OfLedgerDecodingCalls also decodes each event (DecodeCallEvent), on the
+// reading thread while the consumer has kScanAheadDecodeBacklogChunks chunks
+// or more waiting, else on the consumer's thread: whichever thread is ahead
+// takes the decoding, so that neither core waits while the other has work.
 //
 // Thread safety: construct, Scan and destroy on one thread. The scan function
 // runs on the reading thread, from the constructor until it ends or the
@@ -35,6 +36,9 @@ class KvStore;
 inline constexpr size_t kScanAheadChunks = 8;
 inline constexpr size_t kScanAheadChunkBytes = 1u << 20;
 inline constexpr size_t kScanAheadChunkItemsMax = 4096;
+// OfLedgerDecodingCalls' reading thread decodes while the consumer has at
+// least this many read chunks waiting.
+inline constexpr size_t kScanAheadDecodeBacklogChunks = 2;
 // ScanDecodedCallEvents fetches items this far ahead into the cache.
 inline constexpr size_t kScanAheadPrefetchItems = 4;
 
@@ -67,10 +71,13 @@ class ScanAhead {
   // REQUIRES: `ledger` outlives the returned object.
   static std::unique_ptr<ScanAhead> OfLedger(const Ledger& ledger, uint64_t from, uint64_t to);
   // The same, and each event is also split (SplitStoredValue) and decoded
-  // (DecodeCallEvent) on the reading thread: read them with
+  // (DecodeCallEvent), by the reading thread while the consumer has at least
+  // `decode_backlog_chunks` chunks waiting, else by the consumer (0: always
+  // the reading thread; SIZE_MAX: always the consumer): read them with
   // ScanDecodedCallEvents. REQUIRES: `ledger` outlives the returned object.
-  static std::unique_ptr<ScanAhead> OfLedgerDecodingCalls(const Ledger& ledger, uint64_t from,
-                                                          uint64_t to);
+  static std::unique_ptr<ScanAhead> OfLedgerDecodingCalls(
+      const Ledger& ledger, uint64_t from, uint64_t to,
+      size_t decode_backlog_chunks = kScanAheadDecodeBacklogChunks);
   // Reads [start, end) of column family `cf` of `store` as a bulk
   // KvStore::Scan. The views are copied: `start` and `end` need not outlive
   // the call. REQUIRES: `store` outlives the returned object.
@@ -94,7 +101,7 @@ class ScanAhead {
 
  private:
   struct Rep;
-  ScanAhead(ScanFn scan, bool decode_calls);
+  ScanAhead(ScanFn scan, bool decode_calls, size_t decode_backlog_chunks);
   std::unique_ptr<Rep> rep_;
 };
 

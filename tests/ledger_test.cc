@@ -1177,7 +1177,8 @@ TEST(ScanAheadTest, OfStoreAndOfLedgerReadWhatTheirScansRead) {
 
 // The reading thread's decode (OfLedgerDecodingCalls) gives, event by event,
 // what DecodeCallEvent gives on the stored bytes: the same kind and fields,
-// and a damaged event's Corruption in that event's place, the scan going on.
+// and a damaged event's Corruption in that event's place, the scan going on,
+// whichever thread decodes.
 TEST_F(LedgerTest, OfLedgerDecodingCallsDecodesAsDecodeCallEventDoes) {
   {
     auto ledger = OpenLedger();
@@ -1200,37 +1201,42 @@ TEST_F(LedgerTest, OfLedgerDecodingCallsDecodesAsDecodeCallEventDoes) {
     stored.emplace(seq, v);
     return true;
   }).ok());
-  auto ahead = ScanAhead::OfLedgerDecodingCalls(*ledger, 3, 28);
-  uint64_t next = 3;
-  uint64_t calls = 0;
-  ASSERT_TRUE(ahead->ScanDecodedCallEvents([&](uint64_t seq, std::string_view v,
-                                               const DecodedCallEvent& event) {
-    EXPECT_EQ(seq, next++);
-    EXPECT_EQ(v, stored[seq]);
-    std::vector<uint64_t> words((v.size() + 7) / 8);
-    std::memcpy(words.data(), v.data(), v.size());
-    const std::string_view aligned(reinterpret_cast<const char*>(words.data()), v.size());
-    Hash hash;
-    std::string_view body;
-    CallEventView expected;
-    Status status = SplitStoredValue(aligned, &hash, &body);
-    if (status.ok()) status = DecodeCallEvent(body, &expected);
-    EXPECT_EQ(event.status.code(), status.code()) << seq;
-    EXPECT_EQ(event.status.message(), status.message()) << seq;
-    EXPECT_EQ(event.status.ok(), seq != 7 && seq != 9) << seq;
-    if (!status.ok()) return true;
-    EXPECT_EQ(event.view.body_kind, expected.body_kind) << seq;
-    if (expected.body_kind != ApiCallRecordedBodyKind()) return true;
-    ++calls;
-    EXPECT_EQ(event.view.call.request_id, "req-" + std::to_string(seq));
-    EXPECT_EQ(event.view.call.key_id, expected.call.key_id);
-    EXPECT_EQ(event.view.call.occurred_at_us, expected.call.occurred_at_us);
-    EXPECT_EQ(event.view.call.latency_us, expected.call.latency_us);
-    EXPECT_EQ(event.view.call.path, "/v1/render");
-    return true;
-  }).ok());
-  EXPECT_EQ(next, 29u);
-  EXPECT_EQ(calls, 21u);  // 26 events, less 7, 9 and the renames 5, 15, 25
+  // Decoded by the reading thread, by the consumer, and by whichever is
+  // ahead (the default): the same.
+  for (size_t backlog : {size_t{0}, SIZE_MAX, kScanAheadDecodeBacklogChunks}) {
+    SCOPED_TRACE(backlog);
+    auto ahead = ScanAhead::OfLedgerDecodingCalls(*ledger, 3, 28, backlog);
+    uint64_t next = 3;
+    uint64_t calls = 0;
+    ASSERT_TRUE(ahead->ScanDecodedCallEvents([&](uint64_t seq, std::string_view v,
+                                                 const DecodedCallEvent& event) {
+      EXPECT_EQ(seq, next++);
+      EXPECT_EQ(v, stored[seq]);
+      std::vector<uint64_t> words((v.size() + 7) / 8);
+      std::memcpy(words.data(), v.data(), v.size());
+      const std::string_view aligned(reinterpret_cast<const char*>(words.data()), v.size());
+      Hash hash;
+      std::string_view body;
+      CallEventView expected;
+      Status status = SplitStoredValue(aligned, &hash, &body);
+      if (status.ok()) status = DecodeCallEvent(body, &expected);
+      EXPECT_EQ(event.status.code(), status.code()) << seq;
+      EXPECT_EQ(event.status.message(), status.message()) << seq;
+      EXPECT_EQ(event.status.ok(), seq != 7 && seq != 9) << seq;
+      if (!status.ok()) return true;
+      EXPECT_EQ(event.view.body_kind, expected.body_kind) << seq;
+      if (expected.body_kind != ApiCallRecordedBodyKind()) return true;
+      ++calls;
+      EXPECT_EQ(event.view.call.request_id, "req-" + std::to_string(seq));
+      EXPECT_EQ(event.view.call.key_id, expected.call.key_id);
+      EXPECT_EQ(event.view.call.occurred_at_us, expected.call.occurred_at_us);
+      EXPECT_EQ(event.view.call.latency_us, expected.call.latency_us);
+      EXPECT_EQ(event.view.call.path, "/v1/render");
+      return true;
+    }).ok());
+    EXPECT_EQ(next, 29u);
+    EXPECT_EQ(calls, 21u);  // 26 events, less 7, 9 and the renames 5, 15, 25
+  }
 }
 
 // ---- RecordHasher -------------------------------------------------------------------------

@@ -129,8 +129,8 @@ void BM_ApplyCallManyKeysWarm(benchmark::State& state) { ApplyCallManyKeys(state
 BENCHMARK(BM_ApplyCallManyKeysWarm)->Arg(1'000)->Arg(10'000)->Arg(100'000);
 
 // Sparse keys: each key's calls a minute apart, so every call opens a new
-// minute cell of its key (and closes the previous one into its hour and
-// day): the most work per call an in-order fold does.
+// minute cell of its key (and closes the previous one into its hour, and
+// each hour into its day): the most work per call an in-order fold does.
 void BM_ApplyCallSparseKeysWarm(benchmark::State& state) {
   ApplyCallManyKeys(state, kMetricsMinuteUs / state.range(0), true);
 }

@@ -110,7 +110,7 @@ void RecordHasher::Add(std::initializer_list<std::string_view> parts) {
   buffered_ += EncodeVarint(size, buffer_ + buffered_);
   for (std::string_view part : parts) {
     if (part.size() <= sizeof(buffer_) - buffered_) {
-      std::memcpy(buffer_ + buffered_, part.data(), part.size());
+      if (!part.empty()) std::memcpy(buffer_ + buffered_, part.data(), part.size());
       buffered_ += part.size();
     } else {  // a part larger than the buffer's room is hashed where it is
       Flush();

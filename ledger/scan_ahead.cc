@@ -255,8 +255,27 @@ Status ScanAhead::ScanEvents(const std::function<bool(uint64_t, std::string_view
   });
 }
 
+namespace {
+
+// Fetches the ids a decoded call or denial points to (the other kinds'
+// views are left over from an earlier event, so they are not followed).
+void PrefetchIds(const DecodedCallEvent& event, uint16_t call_kind, uint16_t denial_kind) {
+  if (!event.status.ok()) return;
+  if (event.view.body_kind == call_kind) {
+    __builtin_prefetch(event.view.call.workspace_id.data());
+    __builtin_prefetch(event.view.call.key_id.data());
+  } else if (event.view.body_kind == denial_kind) {
+    __builtin_prefetch(event.view.denial.workspace_id.data());
+    __builtin_prefetch(event.view.denial.key_id.data());
+  }
+}
+
+}  // namespace
+
 Status ScanAhead::ScanDecodedCallEvents(const DecodedEventFn& fn) {
   assert(rep_->decode_calls);
+  const uint16_t call_kind = ApiCallRecordedBodyKind();
+  const uint16_t denial_kind = AuthorizationDeniedBodyKind();
   return rep_->ScanItems([&](Chunk& chunk, size_t i) {
     // The reading thread wrote each item on the other core: without fetching
     // ahead, the consumer's first touch of an item's decoded view, of the ids
@@ -271,11 +290,7 @@ Status ScanAhead::ScanDecodedCallEvents(const DecodedEventFn& fn) {
       }
     }
     if (near < chunk.items.size()) {
-      if (chunk.read_decoded[near]) {
-        const ApiCallView& call = chunk.decoded[near].view.call;  // a denial's ids are near it
-        __builtin_prefetch(call.workspace_id.data());
-        __builtin_prefetch(call.key_id.data());
-      }
+      if (chunk.read_decoded[near]) PrefetchIds(chunk.decoded[near], call_kind, denial_kind);
       __builtin_prefetch(chunk.View(chunk.items[near].value_offset, 0).data());
     }
     const Chunk::Item& item = chunk.items[i];

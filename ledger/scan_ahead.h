@@ -42,8 +42,8 @@ inline constexpr size_t kScanAheadDecodeBacklogChunks = 2;
 // ScanDecodedCallEvents fetches items this far ahead into the cache.
 inline constexpr size_t kScanAheadPrefetchItems = 4;
 
-// What the reading thread of ScanAhead::OfLedgerDecodingCalls made of one
-// stored event.
+// What ScanAhead::OfLedgerDecodingCalls made of one stored event (on the
+// reading thread or on the consumer's).
 struct DecodedCallEvent {
   // OK, or the Corruption that SplitStoredValue or DecodeCallEvent returned.
   Status status;
@@ -92,9 +92,9 @@ class ScanAhead {
   [[nodiscard]] Status Scan(const Emit& fn);
   // The same for OfLedger: fn(sequence, stored value).
   [[nodiscard]] Status ScanEvents(const std::function<bool(uint64_t sequence, std::string_view value)>& fn);
-  // The same for OfLedgerDecodingCalls: fn(sequence, stored value, what the
-  // reading thread decoded of it). The event's views, like the value, are
-  // valid only during the call.
+  // The same for OfLedgerDecodingCalls: fn(sequence, stored value, what was
+  // decoded of it). The event's views, like the value, are valid only during
+  // the call.
   using DecodedEventFn = std::function<bool(uint64_t sequence, std::string_view value,
                                             const DecodedCallEvent& event)>;
   [[nodiscard]] Status ScanDecodedCallEvents(const DecodedEventFn& fn);

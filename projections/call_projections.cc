@@ -715,7 +715,7 @@ Hash DigestOf(const FoldState& state) {
         MetricsCellsDigest(state.metrics, MetricsScope::kWorkspace, half, kHalves);
   };
   if (state.metrics.cell_count() >= kDigestCellsOnTwoThreadsMin) {
-    std::thread second([&] { hash_half(1); });
+    std::jthread second([&] { hash_half(1); });  // joins on every way out
     hash_half(0);
     second.join();
   } else {

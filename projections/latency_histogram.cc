@@ -359,8 +359,8 @@ bool CompactLatencyHistogram::MergeInPlace(const Entries& other) {
   // most one entry per bucket.
   if (other.size() > kLatencyBucketCount) return false;
   std::array<uint32_t, kLatencyBucketCount> at;  // per entry of `other`: position | kMatch
-  static_assert(kLatencyBucketCount < kMatch);
   const size_t n = entries_.size();
+  if (n >= kMatch) return false;  // a position must fit below the flag bit
   size_t added = 0;
   size_t pos = 0;
   for (size_t k = 0; k < other.size(); ++k) {
@@ -393,7 +393,7 @@ bool CompactLatencyHistogram::MergeInPlace(const Entries& other) {
     const size_t tail = match ? p + 1 : p;  // entries_[tail, mine) follow o
     assert(tail <= mine);
     write -= mine - tail;
-    std::memmove(&entries_[write], &entries_[tail], (mine - tail) * sizeof(Entry));
+    std::memmove(entries_.begin() + write, entries_.begin() + tail, (mine - tail) * sizeof(Entry));
     entries_[--write] = match ? Entry{o.index, entries_[p].count + o.count} : o;
     mine = p;
   }

@@ -241,8 +241,8 @@ void MetricsFold::ApplyToSeries(MetricsScope scope, std::string_view id, int64_t
   assert(!in_open_minute || in_open_hour);
   if (delta.calls == 1) {
     // A late call is recorded where its latencies are not pending: in its
-    // hour unless that is the open minute's, in its day unless that day's
-    // hour is the open one.
+    // hour unless the call is in the open minute, in its day unless its hour
+    // is the open hour.
     minutes[cells[0]].latency.Record(delta.latency_us);
     if (!in_open_minute) series.levels[1][cells[1]].latency.Record(delta.latency_us);
     if (!in_open_hour) series.levels[2][cells[2]].latency.Record(delta.latency_us);
@@ -447,11 +447,16 @@ void MetricsFold::ForEachCell(MetricsScope scope, size_t part, size_t parts,
   std::vector<const SeriesMap::value_type*> sorted;
   sorted.reserve(map.size());
   for (const auto& entry : map) sorted.push_back(&entry);
-  std::sort(sorted.begin(), sorted.end(),
-            [](const auto* a, const auto* b) { return a->first < b->first; });
-  std::string encoded;
+  // Only the slice is sorted: the series before and after it are put on
+  // their sides of it first (each call of a digest's slices would otherwise
+  // sort the whole scope).
+  const auto by_id = [](const auto* a, const auto* b) { return a->first < b->first; };
   const auto begin = sorted.begin() + static_cast<std::ptrdiff_t>(sorted.size() * part / parts);
   const auto end = sorted.begin() + static_cast<std::ptrdiff_t>(sorted.size() * (part + 1) / parts);
+  if (begin != sorted.begin()) std::nth_element(sorted.begin(), begin, sorted.end(), by_id);
+  if (end != sorted.end()) std::nth_element(begin, end, sorted.end(), by_id);
+  std::sort(begin, end, by_id);
+  std::string encoded;
   for (auto it = begin; it != end; ++it) {
     const auto* entry = *it;
     for (size_t level = 0; level < kLevels; ++level) {

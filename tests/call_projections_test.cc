@@ -826,6 +826,61 @@ RC_GTEST_PROP(MetricsFoldPersistenceProp, RestoredFoldEqualsTheOriginal, ()) {
   }
 }
 
+// A late call into an earlier minute of the open hour goes to its minute and
+// hour but not yet its day; the hour reaches the day when a later hour opens.
+// Here that hour is the next day's: only the closing marks the old day
+// changed. Cells stored before and after restore the same fold, and queries
+// add what is still open.
+TEST(MetricsFoldPersistenceTest, LateCallInTheOpenHourThenTheHourCloses) {
+  // kT0 (ApplyOp) is 20:26:40 UTC: offsets 0..33 share its hour, 214 is the
+  // next day's first minute.
+  const std::vector<Op> ops = {
+      {false, 0, 0, 1'000, 200, false},   // opens minute 0
+      {false, 0, 2, 2'000, 200, false},   // closes minute 0 into the hour
+      {false, 0, 1, 3'000, 500, true},    // late: minute 1 of the open hour; persist
+      {false, 0, 214, 4'000, 200, true},  // next day: minute 2, then the hour, close; persist
+  };
+  MetricsFold live;
+  live.TrackChanges();
+  std::map<std::string, std::pair<MetricsFold::CellRef, std::string>> store;
+  std::map<std::string, std::string> ids;
+  for (const Op& op : ops) {
+    ApplyOp(op, &live);
+    if (!op.cut) continue;
+    live.TakeChangedCells([&](const MetricsFold::CellRef& c, std::string_view encoded) {
+      const std::string k = std::to_string(static_cast<int>(c.scope)) + "/" + std::string(c.id) +
+                            "/" + std::to_string(c.width_us) + "/" + std::to_string(c.start_us);
+      ids[k] = std::string(c.id);
+      store[k] = {c, std::string(encoded)};
+    });
+  }
+  MetricsFold restored;
+  for (auto& [k, v] : store) {
+    MetricsFold::CellRef ref = v.first;
+    ref.id = ids[k];
+    ASSERT_TRUE(restored.LoadCell(ref, v.second).ok()) << k;
+  }
+  ASSERT_TRUE(restored.FinishLoad().ok());
+  EXPECT_EQ(CellsOf(restored), CellsOf(live));
+  constexpr int64_t kT0 = 1'780'000'000'000'000;
+  const int64_t day = kT0 - kT0 % kMetricsDayUs;
+  for (const MetricsFold* fold : {&live, &restored}) {
+    for (int64_t step : {kMetricsHourUs, kMetricsDayUs}) {  // minutes: over the points limit
+      auto buckets = fold->Query(MetricsScope::kKey, "k0", day, day + 2 * kMetricsDayUs, step);
+      ASSERT_TRUE(buckets.ok());
+      MetricsBucket total;
+      for (const MetricsBucket& b : *buckets) total.Merge(b);
+      EXPECT_EQ(total.calls, 4u) << step;
+      EXPECT_EQ(total.latency.count(), 4u) << step;
+      EXPECT_EQ(total.latency.max(), 4'000u) << step;
+      EXPECT_EQ(total.errors_5xx, 1u) << step;
+    }
+    auto first_day = fold->Totals(MetricsScope::kKey, "k0", day, day + kMetricsDayUs);
+    ASSERT_TRUE(first_day.ok());
+    EXPECT_EQ(first_day->latency.count(), 3u);
+  }
+}
+
 TEST(MetricsFoldPersistenceTest, LoadRefusesMalformedCells) {
   MetricsFold fold;
   MetricsFold::CellRef ref;

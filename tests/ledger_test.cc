@@ -1239,6 +1239,52 @@ TEST_F(LedgerTest, OfLedgerDecodingCallsDecodesAsDecodeCallEventDoes) {
   }
 }
 
+// Over many chunks, with the consumer starting late, the first chunks are
+// read while nothing waits (the consumer decodes them) and later ones while
+// chunks wait (the reading thread decodes them): every event arrives decoded
+// as DecodeCallEvent decodes it, in order.
+TEST_F(LedgerTest, OfLedgerDecodingCallsMixesWhoDecodes) {
+  constexpr uint64_t kEvents = 3 * kScanAheadChunkItemsMax + 100;
+  constexpr size_t kBatch = 1'000;
+  auto ledger = OpenLedger();
+  std::vector<NewEvent> batch;
+  for (uint64_t i = 1; i <= kEvents; i++) {
+    batch.push_back(MakeCallEvent(i, "key_" + std::to_string(i % 7)));
+    if (batch.size() == kBatch || i == kEvents) {
+      ASSERT_TRUE(ledger->Append(batch).ok());
+      batch.clear();
+    }
+  }
+  for (size_t backlog : {size_t{0}, SIZE_MAX, size_t{1}, kScanAheadDecodeBacklogChunks}) {
+    SCOPED_TRACE(backlog);
+    auto ahead = ScanAhead::OfLedgerDecodingCalls(*ledger, 1, kEvents, backlog);
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));  // let chunks wait
+    uint64_t next = 1;
+    std::vector<uint64_t> words;
+    ASSERT_TRUE(ahead->ScanDecodedCallEvents([&](uint64_t seq, std::string_view v,
+                                                 const DecodedCallEvent& event) {
+      EXPECT_EQ(seq, next++);
+      words.assign((v.size() + 7) / 8, 0);
+      std::memcpy(words.data(), v.data(), v.size());
+      Hash hash;
+      std::string_view body;
+      CallEventView expected;
+      EXPECT_TRUE(SplitStoredValue(std::string_view(reinterpret_cast<const char*>(words.data()),
+                                                    v.size()),
+                                   &hash, &body)
+                      .ok());
+      EXPECT_TRUE(DecodeCallEvent(body, &expected).ok());
+      EXPECT_TRUE(event.status.ok()) << seq;
+      EXPECT_EQ(event.view.body_kind, ApiCallRecordedBodyKind()) << seq;
+      EXPECT_EQ(event.view.call.request_id, "req-" + std::to_string(seq));
+      EXPECT_EQ(event.view.call.key_id, expected.call.key_id) << seq;
+      EXPECT_EQ(event.view.call.occurred_at_us, expected.call.occurred_at_us) << seq;
+      return !::testing::Test::HasFailure();
+    }).ok());
+    EXPECT_EQ(next, kEvents + 1);
+  }
+}
+
 // ---- RecordHasher -------------------------------------------------------------------------
 
 RC_GTEST_PROP(RecordHasherProperty, HashesTheLengthPrefixedConcatenation,

@@ -220,9 +220,16 @@ void MetricsFold::ApplyToSeries(MetricsScope scope, std::string_view id, int64_t
   const bool opens = minutes.empty() || minute_us > minutes.back().start_us;
   if (opens && !minutes.empty()) {
     const bool hour_closes = FloorTo(minute_us, kMetricsHourUs) > series.levels[1].back().start_us;
-    if (track_changes_) {  // closing adds latencies to the open hour, and to its day if it closes
-      MarkChanged(scope, slot, 1, series.levels[1].size() - 1);
-      if (hour_closes) MarkChanged(scope, slot, 2, series.levels[2].size() - 1);
+    if (track_changes_) {
+      // Closing adds the open minute's latencies to the open hour, and the
+      // hour's (the minute's included) to its day if the hour closes: a cell
+      // changes only if some are added (a minute of denials adds none).
+      const uint64_t minute_latencies = minutes.back().latency.count();
+      const uint64_t hour_latencies = series.levels[1].back().latency.count() + minute_latencies;
+      if (minute_latencies > 0) MarkChanged(scope, slot, 1, series.levels[1].size() - 1);
+      if (hour_closes && hour_latencies > 0) {
+        MarkChanged(scope, slot, 2, series.levels[2].size() - 1);
+      }
     }
     CloseOpenMinute(&series, hour_closes);
   }

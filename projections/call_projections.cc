@@ -369,7 +369,14 @@ struct FoldState {
   Hash log_chain{};
   uint64_t usage_rejected = 0;
   uint64_t position = 0;  // the last sequence applied to this state
+  // A rebuild's (CallProjectionsRebuildOptions::keep_log_entries): the entry
+  // of every logged call folded. Neither persisted nor digested.
+  bool keep_log_entries = false;
+  std::vector<LogEntryHash> log_entries;
 };
+
+// CallProjectionsRebuildOptions::other_events.
+using OtherEventsFn = std::function<Status(uint64_t sequence, std::string_view stored)>;
 
 // What a fold applies: every projection, or the usage alone (FoldUsage).
 enum class FoldParts : uint8_t { kAll, kUsageOnly };
@@ -385,10 +392,14 @@ enum class FoldParts : uint8_t { kAll, kUsageOnly };
 class BatchFolder {
  public:
   // REQUIRES: parts == kAll when `out` is set (a store holds every part).
-  BatchFolder(FoldState* state, KvBatch* out, FoldParts parts = FoldParts::kAll)
+  // `other_events` (may be null; must outlive the folder) is called with
+  // every event that is not a call, after it was folded.
+  BatchFolder(FoldState* state, KvBatch* out, FoldParts parts = FoldParts::kAll,
+              const OtherEventsFn* other_events = nullptr)
       : state_(state),
         out_(out),
         parts_(parts),
+        other_events_(other_events),
         call_kind_(ApiCallRecordedBodyKind()),
         denial_kind_(AuthorizationDeniedBodyKind()),
         workspace_created_kind_(WorkspaceCreatedBodyKind()),
@@ -439,6 +450,7 @@ class BatchFolder {
   FoldState* const state_;
   KvBatch* const out_;
   const FoldParts parts_;
+  const OtherEventsFn* const other_events_;
   const uint16_t call_kind_;
   const uint16_t denial_kind_;
   const uint16_t workspace_created_kind_;
@@ -498,15 +510,17 @@ Status BatchFolder::FoldDecoded(uint64_t sequence, std::string_view stored,
   if (view.body_kind == call_kind_) {
     ++events_folded_;
     FoldCall(sequence, view.call);
-  } else if (view.body_kind == denial_kind_ && parts_ == FoldParts::kAll) {
+    return Status::Ok();
+  }
+  if (view.body_kind == denial_kind_ && parts_ == FoldParts::kAll) {
     ++events_folded_;
     const AuthorizationDeniedView& d = view.denial;
     state_->metrics.ApplyDenial(d.workspace_id, d.key_id, d.occurred_at_us, d.reason, d.count);
   } else if (view.body_kind == workspace_created_kind_ ||
              view.body_kind == workspace_changed_kind_) {
-    return FoldWorkspace(sequence, body);
+    KL_RETURN_IF_ERROR(FoldWorkspace(sequence, body));
   }
-  return Status::Ok();
+  return other_events_ != nullptr ? (*other_events_)(sequence, stored) : Status::Ok();
 }
 
 void BatchFolder::FoldCall(uint64_t sequence, const ApiCallView& call) {
@@ -601,6 +615,10 @@ void BatchFolder::ApplyUsage(const ApiCallView& call) {
 void BatchFolder::AppendLog(uint64_t sequence, const ApiCallView& call) {
   if (!MakeLogEntry(call, sequence, &log_key_, &log_value_, &log_record_)) return;
   state_->log_chain = ChainHash(state_->log_chain, log_record_);
+  if (state_->keep_log_entries) {
+    state_->log_entries.push_back(
+        LogEntryHash{sequence, call.occurred_at_us, HashBytes(log_record_)});
+  }
   if (out_ == nullptr) return;
   // Written at Finish, in key order (see there).
   pending_logs_.push_back(PendingLog{log_records_.size(), log_key_.size(), log_value_.size(),
@@ -759,13 +777,14 @@ Hash DigestOf(const FoldState& state) {
 // with kUsageOnly, only state->usage, usage_rejected and position change.
 Status FoldInMemory(const Ledger& ledger, uint64_t to, FoldState* state,
                     const std::function<void(uint64_t)>& progress,
-                    FoldParts parts = FoldParts::kAll) {
+                    FoldParts parts = FoldParts::kAll,
+                    const OtherEventsFn* other_events = nullptr) {
   std::unique_ptr<ScanAhead> ahead;
   if (state->position < to && to - state->position >= kRebuildReadAheadEventsMin) {
     ahead = ScanAhead::OfLedgerDecodingCalls(ledger, state->position + 1, to);
   }
   while (state->position < to) {
-    BatchFolder folder(state, nullptr, parts);
+    BatchFolder folder(state, nullptr, parts, other_events);
     Status fold;
     KL_RETURN_IF_ERROR(ScanBatch(ledger, state->position + 1, to, ahead.get(), &folder, &fold,
                                  [&] { return folder.events_scanned() < kRebuildBatchEventsMax; }));
@@ -1350,12 +1369,28 @@ Status CheckUntil(const Ledger& ledger, uint64_t until) {
 
 Result<Hash> RebuildCallProjectionsDigest(const Ledger& ledger, uint64_t until,
                                           const std::function<void(uint64_t)>& progress) {
+  CallProjectionsRebuildOptions options;
+  options.progress = progress;
+  KL_ASSIGN_OR_RETURN(RebuiltCallProjections rebuilt,
+                      RebuildCallProjections(ledger, until, options));
+  return rebuilt.digest;
+}
+
+Result<RebuiltCallProjections> RebuildCallProjections(
+    const Ledger& ledger, uint64_t until, const CallProjectionsRebuildOptions& options) {
   KL_RETURN_IF_ERROR(CheckUntil(ledger, until));
   const uint64_t head = ledger.head().sequence;
   call_projections_internal::FoldState state;
+  state.keep_log_entries = options.keep_log_entries;
+  const call_projections_internal::OtherEventsFn* other =
+      options.other_events ? &options.other_events : nullptr;
   KL_RETURN_IF_ERROR(call_projections_internal::FoldInMemory(
-      ledger, until == 0 ? head : until, &state, progress));
-  return call_projections_internal::DigestOf(state);
+      ledger, until == 0 ? head : until, &state, options.progress,
+      call_projections_internal::FoldParts::kAll, other));
+  RebuiltCallProjections rebuilt;
+  rebuilt.digest = call_projections_internal::DigestOf(state);
+  rebuilt.log_entries = std::move(state.log_entries);
+  return rebuilt;
 }
 
 Result<std::unique_ptr<UsageReader>> FoldUsage(const Ledger& ledger, uint64_t to) {
@@ -1402,17 +1437,10 @@ Result<uint64_t> ReadCallProjectionsPosition(const std::string& path,
 
 namespace {
 
-// One stored log entry, by the sequence in its key, with the hash of its
-// key ‖ value (what the fold chains for it).
-struct StoredLogEntry {
-  uint64_t sequence = 0;
-  Hash record_hash{};
-};
-
 // Returns the stored log entries in sequence order; Corruption for a key
 // that is not a log key or a sequence beyond `position`.
-Result<std::vector<StoredLogEntry>> ReadStoredLogEntries(const KvStore& store, uint64_t position) {
-  std::vector<StoredLogEntry> entries;
+Result<std::vector<LogEntryHash>> ReadStoredLogEntries(const KvStore& store, uint64_t position) {
+  std::vector<LogEntryHash> entries;
   std::string record;
   Status bad;
   KL_RETURN_IF_ERROR(store.Scan(
@@ -1430,87 +1458,60 @@ Result<std::vector<StoredLogEntry>> ReadStoredLogEntries(const KvStore& store, u
         }
         record.assign(key);
         record.append(value);
-        entries.push_back(StoredLogEntry{sequence, HashBytes(record)});
+        entries.push_back(LogEntryHash{sequence, 0, HashBytes(record)});
         return true;
       },
       ScanKind::kBulk));
   KL_RETURN_IF_ERROR(bad);
   std::sort(entries.begin(), entries.end(),
-            [](const StoredLogEntry& a, const StoredLogEntry& b) { return a.sequence < b.sequence; });
+            [](const LogEntryHash& a, const LogEntryHash& b) { return a.sequence < b.sequence; });
   return entries;
-}
-
-// Checks the stored log entries against the ledger's events 1..position in
-// one scan: each entry must be the entry of the logged call its key names,
-// byte for byte (a changed or an added one fails), and each logged call that
-// occurred at or after `swept_before_us` must have one (a deleted one fails;
-// older entries may have expired). Returns Corruption naming the sequence.
-Status CheckLogEntries(const KvStore& store, const Ledger& ledger, uint64_t position,
-                       int64_t swept_before_us) {
-  KL_ASSIGN_OR_RETURN(std::vector<StoredLogEntry> entries, ReadStoredLogEntries(store, position));
-  if (position == 0) return Status::Ok();
-  const uint16_t call_kind = ApiCallRecordedBodyKind();
-  CallEventView view;
-  std::vector<uint64_t> aligned;
-  std::string key;
-  std::string value;
-  std::string record;
-  size_t next = 0;
-  Status bad;
-  // The scan is dense, so an entry passed over names an event already matched.
-  auto check = [&](uint64_t sequence, std::string_view stored) -> Status {
-    if (next < entries.size() && entries[next].sequence < sequence) {
-      return Status::Corruption("more than one log entry names this event",
-                                entries[next].sequence);
-    }
-    const bool has_entry = next < entries.size() && entries[next].sequence == sequence;
-    Hash hash;
-    std::string_view body;
-    KL_RETURN_IF_ERROR(SplitStoredValue(stored, &hash, &body));
-    KL_RETURN_IF_ERROR(DecodeCallEvent(WordAligned(body, &aligned), &view));
-    const bool is_call = view.body_kind == call_kind;
-    if (!has_entry) {
-      // A call older than the cutoff may have had an entry that expired:
-      // whether it got one does not matter, so it is not made.
-      if (is_call && view.call.occurred_at_us >= swept_before_us &&
-          MakeLogEntry(view.call, sequence, &key, &value, &record)) {
-        return Status::Corruption("the log entry of a logged call is missing", sequence);
-      }
-      return Status::Ok();
-    }
-    if (!is_call || !MakeLogEntry(view.call, sequence, &key, &value, &record)) {
-      return Status::Corruption("a log entry of an event that is not a logged call");
-    }
-    if (HashBytes(record) != entries[next].record_hash) {
-      return Status::Corruption("a log entry differs from the call it was made from");
-    }
-    ++next;
-    return Status::Ok();
-  };
-  KL_RETURN_IF_ERROR(ledger.ScanRaw(1, position, [&](uint64_t sequence, std::string_view stored) {
-    bad = check(sequence, stored);
-    if (!bad.ok() && bad.sequence() == 0) bad = Status::Corruption(bad.message(), sequence);
-    return bad.ok();
-  }));
-  KL_RETURN_IF_ERROR(bad);
-  if (next != entries.size()) {
-    return Status::Corruption("more than one log entry names this event", entries[next].sequence);
-  }
-  return Status::Ok();
 }
 
 }  // namespace
 
 Result<CallProjectionsSnapshot> LoadCallProjectionsSnapshot(const std::string& path,
-                                                            const std::string& secondary_path,
-                                                            Ledger& ledger) {
+                                                            const std::string& secondary_path) {
   KL_ASSIGN_OR_RETURN(auto store, OpenSnapshotStore(path, secondary_path));
   call_projections_internal::FoldState state;
   KL_RETURN_IF_ERROR(LoadState(*store, &state));
-  KL_ASSIGN_OR_RETURN(const int64_t swept_before_us, ReadLogSweptBefore(*store));
-  KL_RETURN_IF_ERROR(ledger.CatchUpTo(state.position));
-  KL_RETURN_IF_ERROR(CheckLogEntries(*store, ledger, state.position, swept_before_us));
-  return CallProjectionsSnapshot{call_projections_internal::DigestOf(state), state.position};
+  CallProjectionsSnapshot snapshot;
+  KL_ASSIGN_OR_RETURN(snapshot.log_swept_before_us, ReadLogSweptBefore(*store));
+  KL_ASSIGN_OR_RETURN(snapshot.log_entries, ReadStoredLogEntries(*store, state.position));
+  snapshot.digest = call_projections_internal::DigestOf(state);
+  snapshot.position = state.position;
+  return snapshot;
+}
+
+// One merge walk in sequence order; the first disagreement is reported.
+Status CheckLogEntries(const std::vector<LogEntryHash>& stored,
+                       const std::vector<LogEntryHash>& made, int64_t swept_before_us) {
+  size_t s = 0;
+  size_t m = 0;
+  while (s < stored.size() || m < made.size()) {
+    if (s > 0 && s < stored.size() && stored[s].sequence == stored[s - 1].sequence) {
+      return Status::Corruption("more than one log entry names this event", stored[s].sequence);
+    }
+    const bool stored_first =
+        m == made.size() || (s < stored.size() && stored[s].sequence < made[m].sequence);
+    if (stored_first) {
+      return Status::Corruption("a log entry of an event that is not a logged call",
+                                stored[s].sequence);
+    }
+    const bool both = s < stored.size() && stored[s].sequence == made[m].sequence;
+    if (both) {
+      if (stored[s].record_hash != made[m].record_hash) {
+        return Status::Corruption("a log entry differs from the call it was made from",
+                                  stored[s].sequence);
+      }
+      ++s;
+    } else if (made[m].occurred_at_us >= swept_before_us) {
+      // A call older than the cutoff may have had an entry that expired.
+      return Status::Corruption("the log entry of a logged call is missing", made[m].sequence);
+    }
+    ++m;
+  }
+  return Status::Ok();
 }
 
 }  // namespace keyledger

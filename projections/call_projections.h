@@ -48,7 +48,7 @@
 // the highest cutoff any sweep deleted below, in the same write as the
 // deletions: every logged call that occurred at or after it keeps its entry,
 // which is how an audit tells a deleted entry from an expired one
-// (LoadCallProjectionsSnapshot).
+// (CheckLogEntries).
 //
 // Persistence. Each folded batch (at most fold_batch_events_max events or
 // fold_batch_bytes_max stored bytes) becomes ONE RocksDB WriteBatch holding
@@ -361,6 +361,40 @@ class CallProjections final : public UsageReader {
 Result<Hash> RebuildCallProjectionsDigest(const Ledger& ledger, uint64_t until,
                                           const std::function<void(uint64_t)>& progress = {});
 
+// A log entry by its hash: the sequence of the call it was made from, when
+// the call occurred, and BLAKE2b-256 of the entry's key ‖ value.
+struct LogEntryHash {
+  uint64_t sequence = 0;
+  int64_t occurred_at_us = 0;  // 0 in entries read from a store (not needed there)
+  Hash record_hash{};
+};
+
+// What RebuildCallProjections does besides the fold, all off by default.
+struct CallProjectionsRebuildOptions {
+  // Called after each batch with the last sequence folded.
+  std::function<void(uint64_t)> progress;
+  // Return the entry of every logged call folded (48 bytes each), expired or
+  // not, for CheckLogEntries.
+  bool keep_log_entries = false;
+  // Called with every event that is not an ApiCallRecorded, in sequence
+  // order, after the fold took it: its sequence and stored value (hash ‖
+  // body, as Ledger::ScanRaw gives it; valid during the call). A non-OK
+  // return stops the rebuild, which returns it. So a caller folds other
+  // projections in the same scan of the log.
+  std::function<Status(uint64_t sequence, std::string_view stored)> other_events;
+};
+
+// What RebuildCallProjections returns.
+struct RebuiltCallProjections {
+  Hash digest{};                         // as RebuildCallProjectionsDigest's
+  std::vector<LogEntryHash> log_entries;  // with keep_log_entries, in sequence order
+};
+
+// RebuildCallProjectionsDigest with `options`. Same errors, and those of
+// options.other_events.
+Result<RebuiltCallProjections> RebuildCallProjections(const Ledger& ledger, uint64_t until,
+                                                      const CallProjectionsRebuildOptions& options);
+
 // Folds the usage alone (no metrics, no logs, no store) of every API-call
 // event of `ledger` in 1..to into memory: the usage CallProjections holds at
 // `to`. For recomputing invoices from the log.
@@ -376,25 +410,33 @@ Hash EmptyCallProjectionsDigest();
 struct CallProjectionsSnapshot {
   Hash digest{};          // equals CallProjections::Digest() at that position
   uint64_t position = 0;  // the last sequence folded
+  // The stored log entries, in sequence order (the digest covers them only
+  // through the running hash: check them with CheckLogEntries).
+  std::vector<LogEntryHash> log_entries;
+  // The store's sweep record: every logged call that occurred at or after it
+  // keeps its entry (see Retention in the file comment).
+  int64_t log_swept_before_us = 0;
 };
 
 // Reads the store at `path` (DATA/calls) as a RocksDB secondary instance
 // (scratch files under `secondary_path`, REQUIRES: an empty directory), so a
-// running server's store is read without stopping or disturbing it. The
-// digest covers log entries only through their running hash, so the stored
-// log entries are also checked against the events of `ledger` up to the
-// store's position (one scan): each must be the entry of the logged call its
-// key names, byte for byte, and each logged call that occurred at or after
-// the store's sweep record must have its entry (older ones may be gone:
-// retention). The ledger is caught up to the store's position first
-// (Ledger::CatchUpTo). Returns FailedPrecondition for a store of another
-// format version; Corruption, with the sequence, for an unreadable record, a
-// log entry that does not match its event, or a missing one; IOError if the
-// store cannot be opened or the ledger read; and the errors of
-// Ledger::CatchUpTo.
+// running server's store is read without stopping or disturbing it.
+// Returns FailedPrecondition for a store of another format version;
+// Corruption, with the sequence when there is one, for an unreadable record
+// or a log entry with a key of an unknown shape or a sequence beyond the
+// position; IOError if the store cannot be opened or read.
 Result<CallProjectionsSnapshot> LoadCallProjectionsSnapshot(const std::string& path,
-                                                            const std::string& secondary_path,
-                                                            Ledger& ledger);
+                                                            const std::string& secondary_path);
+
+// Checks a snapshot's stored log entries against the entries a rebuild to the
+// same position made (RebuildCallProjections with keep_log_entries): each
+// stored entry must be the entry of the logged call its key names, byte for
+// byte (a changed or an added one fails), and each logged call that occurred
+// at or after `swept_before_us` must have one (a deleted one fails; older
+// entries may have expired). Both in sequence order.
+// Returns Corruption naming the first sequence where they disagree.
+Status CheckLogEntries(const std::vector<LogEntryHash>& stored,
+                       const std::vector<LogEntryHash>& made, int64_t swept_before_us);
 
 // Reads only the position of the store at `path`, as LoadCallProjectionsSnapshot
 // reads the whole (same errors; 0 when nothing was folded). Much faster: a

@@ -8,6 +8,7 @@
 #include <type_traits>
 
 #include "ledger/hash.h"
+#include "ledger/varint.h"
 #include "projections/key_history.h"
 
 namespace keyledger {
@@ -33,6 +34,30 @@ Hash HashFromHex(const std::string& hex) {
   (void)ok;
   return h;
 }
+
+json OperatorJson(const Hash& token_hash) { return {{"token_hash", HashHex(token_hash)}}; }
+
+// Hashes stored records (key, value), as KvStore::Scan returns them: in
+// strictly increasing key order, the position record left out.
+//
+// Thread safety: not thread-safe.
+class StoredRecordHasher {
+ public:
+  void Add(std::string_view key, std::string_view value) {
+    assert(key != kPositionRecord && (records_ == 0 || key > last_key_));
+    last_key_.assign(key);
+    ++records_;
+    std::string key_size;
+    PutVarint(key.size(), &key_size);  // where the key ends and the value starts
+    hasher_.Add({key_size, key, value});
+  }
+  Hash Finish() { return hasher_.Finish(); }
+
+ private:
+  RecordHasher hasher_;
+  std::string last_key_;
+  uint64_t records_ = 0;
+};
 
 }  // namespace
 
@@ -854,7 +879,7 @@ void KeyState::Persist(KvBatch& batch, int cf) {
     std::string_view id(record);
     json value;
     if (record == kOperatorRecord) {
-      value = {{"token_hash", HashHex(*operator_token_hash_)}};
+      value = OperatorJson(*operator_token_hash_);
     } else if (record.starts_with("ws/")) {
       value = ToJson(workspaces_.at(std::string(id.substr(3))));
     } else if (record.starts_with("sg/")) {
@@ -948,18 +973,41 @@ Status KeyState::Load(const KvStore& store, int cf) {
 
 Hash KeyState::Digest() const {
   std::shared_lock<std::shared_mutex> lock(mu_);
-  // The maps are ordered, so the dump is canonical.
-  // The position is left out: a live projection skips call events that a
-  // rebuild walks past, so equal states may sit at different positions.
-  json all = {{"operator", operator_token_hash_ ? HashHex(*operator_token_hash_) : ""}};
-  for (const auto& [id, w] : workspaces_) all["ws"].push_back(ToJson(w));
-  for (const auto& [id, g] : groups_) all["sg"].push_back(ToJson(g));
-  for (const auto& [id, k] : keys_) all["key"].push_back(ToJson(k));
-  for (const auto& [id, t] : tokens_) all["tok"].push_back(ToJson(t));
-  for (const auto& [id, p] : plans_) all["plan"][id] = ToJson(p);
-  for (const auto& [id, i] : invoices_) all["inv"][id] = ToJson(i);
-  for (const auto& [id, a] : alarms_) all["alarm"][id] = ToJson(a);
-  return HashBytes(all.dump());
+  // The records Persist writes for this state, in the store's key order:
+  // "alarm/" < "inv/" < "key/" < "operator" < "plan/" < "sg/" < "tok/" <
+  // "ws/", each map in id order (StoredRecordHasher asserts the order).
+  StoredRecordHasher h;
+  for (const auto& [id, a] : alarms_) h.Add(AlarmRecord(id), ToJson(a).dump());
+  for (const auto& [key, i] : invoices_) h.Add(InvoiceRecord(key), ToJson(i).dump());
+  for (const auto& [id, k] : keys_) h.Add(KeyRecord(id), ToJson(k).dump());
+  if (operator_token_hash_) h.Add(kOperatorRecord, OperatorJson(*operator_token_hash_).dump());
+  for (const auto& [id, p] : plans_) h.Add(PlanRecord(id), ToJson(p).dump());
+  for (const auto& [id, g] : groups_) h.Add(GroupRecord(id), ToJson(g).dump());
+  for (const auto& [id, t] : tokens_) h.Add(TokenRecord(id), ToJson(t).dump());
+  for (const auto& [id, w] : workspaces_) h.Add(WorkspaceRecord(id), ToJson(w).dump());
+  return h.Finish();
+}
+
+Result<KeyState::StoredDigest> KeyState::DigestOfStore(const KvStore& store, int cf) {
+  StoredDigest out;
+  StoredRecordHasher h;
+  Status bad;
+  Status scan = store.Scan(cf, "", "", [&](std::string_view key, std::string_view value) {
+    if (key != kPositionRecord) {
+      h.Add(key, value);
+      return true;
+    }
+    if (value.size() != 8) {
+      bad = Status::Corruption("bad key-state position record");
+      return false;
+    }
+    out.position = DecodeBigEndian64(value.data());
+    return true;
+  }, ScanKind::kBulk);
+  KL_RETURN_IF_ERROR(scan);
+  KL_RETURN_IF_ERROR(bad);
+  out.digest = h.Finish();
+  return out;
 }
 
 }  // namespace keyledger

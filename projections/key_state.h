@@ -317,8 +317,23 @@ class KeyState {
   // Returns Corruption on an unreadable record.
   Status Load(const KvStore& store, int cf);
 
-  // A digest of the whole state, for comparing a live projection with a rebuild.
+  // A digest of the whole state, for comparing a live projection with a
+  // rebuild: of the records Persist would write for it (all of them, as if
+  // every one were changed), in key order, the position left out. So it
+  // equals DigestOfStore of a store that Persist brought to an equal state,
+  // which reads no record back into a KeyState.
   Hash Digest() const;
+
+  // What DigestOfStore read.
+  struct StoredDigest {
+    Hash digest{};          // as Digest() of the state the store holds
+    uint64_t position = 0;  // the stored position (0 if none)
+  };
+  // Returns the digest of the records Persist wrote into column family `cf`
+  // of `store` (every record but the position, as stored: a changed byte
+  // changes it) and the stored position. Returns IOError if the scan fails,
+  // Corruption if the position record is not 8 bytes.
+  static Result<StoredDigest> DigestOfStore(const KvStore& store, int cf);
 
  private:
   Status ApplyLocked(const Event& event);

@@ -26,32 +26,12 @@ constexpr uint64_t kRebuildProgressEvents = 65'536;
 // walked), so that a later catch-up does not walk the skipped events again.
 Status FoldRange(const Ledger& ledger, uint64_t after, uint64_t to, KeyState* state,
                  const std::function<void(uint64_t)>& progress = {}) {
-  const uint16_t call_kind = ApiCallRecordedBodyKind();
   Status fold;
   uint64_t walked = after;  // the last sequence walked
   KL_RETURN_IF_ERROR(ledger.ScanRaw(after + 1, to, [&](uint64_t seq, std::string_view value) {
     walked = seq;
     if (progress && seq % kRebuildProgressEvents == 0) progress(seq);
-    Hash hash;
-    std::string_view body;
-    fold = SplitStoredValue(value, &hash, &body);
-    if (!fold.ok()) {
-      fold = Status::Corruption(fold.message(), seq);
-      return false;
-    }
-    auto header = DecodeEnvelopeHeader(body);
-    if (!header.ok()) {
-      fold = Status::Corruption(header.status().message(), seq);
-      return false;
-    }
-    if (header->body_kind == call_kind) return true;
-    auto event = DecodeEventBody(body);
-    if (!event.ok()) {
-      fold = Status::Corruption(event.status().message(), seq);
-      return false;
-    }
-    event->hash = hash;
-    fold = state->Apply(*event);
+    fold = FoldStoredEvent(seq, value, state);
     return fold.ok();
   }));
   KL_RETURN_IF_ERROR(fold);
@@ -60,6 +40,23 @@ Status FoldRange(const Ledger& ledger, uint64_t after, uint64_t to, KeyState* st
 }
 
 }  // namespace
+
+Status FoldStoredEvent(uint64_t sequence, std::string_view stored, KeyState* state,
+                       Event* decoded) {
+  Hash hash;
+  std::string_view body;
+  Status split = SplitStoredValue(stored, &hash, &body);
+  if (!split.ok()) return Status::Corruption(split.message(), sequence);
+  auto header = DecodeEnvelopeHeader(body);
+  if (!header.ok()) return Status::Corruption(header.status().message(), sequence);
+  if (header->body_kind == ApiCallRecordedBodyKind()) return Status::Ok();
+  auto event = DecodeEventBody(body);
+  if (!event.ok()) return Status::Corruption(event.status().message(), sequence);
+  event->hash = hash;
+  KL_RETURN_IF_ERROR(state->Apply(*event));
+  if (decoded != nullptr) *decoded = std::move(*event);
+  return Status::Ok();
+}
 
 Result<std::unique_ptr<KeyStateStore>> KeyStateStore::Open(const std::string& path,
                                                            const Ledger* ledger) {
@@ -128,8 +125,8 @@ Result<std::unique_ptr<KeyState>> RebuildKeyState(const Ledger& ledger, uint64_t
   return state;
 }
 
-Result<std::unique_ptr<KeyState>> LoadKeyStateSnapshot(const std::string& path,
-                                                       const std::string& secondary_path) {
+Result<KeyState::StoredDigest> ReadKeyStateSnapshotDigest(const std::string& path,
+                                                          const std::string& secondary_path) {
   KvStoreOptions options;
   options.mode = OpenMode::kSecondary;
   options.secondary_path = secondary_path;
@@ -142,9 +139,7 @@ Result<std::unique_ptr<KeyState>> LoadKeyStateSnapshot(const std::string& path,
         "the key-state store at " + path + " has format '" + format.value_or("") +
         "', not '" + kFormatVersion + "' (the server rebuilds it at its next start)");
   }
-  auto state = std::make_unique<KeyState>();
-  KL_RETURN_IF_ERROR(state->Load(*store, kCfKeyStateRecords));
-  return state;
+  return KeyState::DigestOfStore(*store, kCfKeyStateRecords);
 }
 
 }  // namespace keyledger

@@ -19,6 +19,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "ledger/kv_store.h"
@@ -65,20 +66,30 @@ class KeyStateStore {
 Result<std::unique_ptr<KeyState>> RebuildKeyState(
     const Ledger& ledger, uint64_t until, const std::function<void(uint64_t)>& progress = {});
 
-// Loads the key-state projection persisted under `path` (a store that
-// KeyStateStore::Open wrote) without writing to it: the store is opened as a
+// Folds one stored event (hash ‖ body, as Ledger::ScanRaw gives it) into
+// `state` as RebuildKeyState does: an ApiCallRecorded is skipped by its
+// header alone; any other event is decoded and applied. With `decoded`, an
+// event applied is also moved there (untouched otherwise). The position is
+// not advanced (KeyState::AdvancePosition). Returns Corruption (with the
+// sequence) if the event does not decode, or what KeyState::Apply returns.
+Status FoldStoredEvent(uint64_t sequence, std::string_view stored, KeyState* state,
+                       Event* decoded = nullptr);
+
+// Reads the key-state projection persisted under `path` (a store that
+// KeyStateStore::Open wrote) without writing to it, and returns its
+// KeyState::DigestOfStore: the digest and position of the state the server
+// last wrote (not caught up with the ledger). The store is opened as a
 // RocksDB secondary instance, so the directory of a running server can be
-// read without stopping it. The result is the state the server last wrote
-// (its position() says which sequence it covers); it is not caught up with
-// the ledger. For audits: compare its Digest() with RebuildKeyState(ledger,
-// result->position()).
+// read without stopping it. For audits: compare the digest with the Digest()
+// of RebuildKeyState(ledger, position); no record is parsed, so a changed
+// byte of a stored record changes the digest.
 // REQUIRES: `secondary_path` is an existing scratch directory, not shared with
-// another open store; the caller removes it after the result is dropped.
+// another open store; the caller removes it after the call.
 // Returns FailedPrecondition if the store was never initialized or holds
 // another format version (the server rebuilds it at its next start),
-// IOError if it cannot be opened (e.g. `path` does not exist), Corruption on
-// an unreadable record.
-Result<std::unique_ptr<KeyState>> LoadKeyStateSnapshot(const std::string& path,
-                                                       const std::string& secondary_path);
+// IOError if it cannot be opened (e.g. `path` does not exist) or read,
+// Corruption on a malformed position record.
+Result<KeyState::StoredDigest> ReadKeyStateSnapshotDigest(const std::string& path,
+                                                          const std::string& secondary_path);
 
 }  // namespace keyledger

@@ -429,9 +429,65 @@ TEST(CallProjectionsTest, TheSweepRecordOnlyRises) {
   p.reset();
 
   ScratchDir secondary;
-  auto snapshot = LoadCallProjectionsSnapshot(w.dir.sub("calls"), secondary.path(), w.h.ledger());
+  auto snapshot = LoadCallProjectionsSnapshot(w.dir.sub("calls"), secondary.path());
   ASSERT_TRUE(snapshot.ok()) << snapshot.ToStatus().ToString();
   EXPECT_EQ(snapshot->digest, digest);
+  CallProjectionsRebuildOptions options;
+  options.keep_log_entries = true;
+  auto rebuilt = RebuildCallProjections(w.h.ledger(), snapshot->position, options);
+  ASSERT_TRUE(rebuilt.ok()) << rebuilt.ToStatus().ToString();
+  EXPECT_EQ(rebuilt->digest, digest);
+  EXPECT_EQ(rebuilt->log_entries.size(), 4u);  // every logged call, swept or not
+  EXPECT_EQ(snapshot->log_entries.size(), 1u);  // the late call's
+  Status checked = CheckLogEntries(snapshot->log_entries, rebuilt->log_entries,
+                                   snapshot->log_swept_before_us);
+  EXPECT_TRUE(checked.ok()) << checked.ToString();
+}
+
+// CheckLogEntries on hand-made lists: each way a stored entry can disagree
+// with the entries a rebuild made is named with its sequence.
+TEST(CallProjectionsTest, CheckLogEntriesNamesTheFirstDisagreement) {
+  auto entry = [](uint64_t sequence, int64_t occurred_at_us, uint8_t hash_byte) {
+    LogEntryHash e;
+    e.sequence = sequence;
+    e.occurred_at_us = occurred_at_us;
+    e.record_hash.fill(hash_byte);
+    return e;
+  };
+  const std::vector<LogEntryHash> made = {entry(3, 100, 1), entry(5, 200, 2), entry(9, 300, 3)};
+  auto stored_of = [&](std::initializer_list<size_t> indexes) {
+    std::vector<LogEntryHash> stored;
+    for (size_t i : indexes) stored.push_back(LogEntryHash{made[i].sequence, 0, made[i].record_hash});
+    return stored;
+  };
+  auto expect_corruption = [&](const std::vector<LogEntryHash>& stored, int64_t swept_before_us,
+                               uint64_t sequence, const std::string& message) {
+    Status s = CheckLogEntries(stored, made, swept_before_us);
+    EXPECT_EQ(s.code(), Code::kCorruption) << s.ToString();
+    EXPECT_EQ(s.sequence(), sequence) << s.ToString();
+    EXPECT_EQ(s.message(), message) << s.ToString();
+  };
+  const int64_t never_swept = std::numeric_limits<int64_t>::min();
+  EXPECT_TRUE(CheckLogEntries(stored_of({0, 1, 2}), made, never_swept).ok());
+  EXPECT_TRUE(CheckLogEntries({}, {}, never_swept).ok());
+  // Entries of calls before the cutoff may be gone, or still there.
+  EXPECT_TRUE(CheckLogEntries(stored_of({2}), made, 201).ok());
+  EXPECT_TRUE(CheckLogEntries(stored_of({0, 2}), made, 201).ok());
+
+  expect_corruption(stored_of({0, 2}), never_swept, 5, "the log entry of a logged call is missing");
+  expect_corruption(stored_of({2}), 200, 5, "the log entry of a logged call is missing");
+  std::vector<LogEntryHash> changed = stored_of({0, 1, 2});
+  changed[1].record_hash[7] ^= 0x01;
+  expect_corruption(changed, never_swept, 5, "a log entry differs from the call it was made from");
+  std::vector<LogEntryHash> added = stored_of({0, 1, 2});
+  added.insert(added.begin() + 1, entry(4, 0, 2));
+  expect_corruption(added, never_swept, 4, "a log entry of an event that is not a logged call");
+  std::vector<LogEntryHash> after_last = stored_of({0, 1, 2});
+  after_last.push_back(entry(10, 0, 3));
+  expect_corruption(after_last, never_swept, 10,
+                    "a log entry of an event that is not a logged call");
+  std::vector<LogEntryHash> twice = stored_of({0, 1, 1, 2});
+  expect_corruption(twice, never_swept, 5, "more than one log entry names this event");
 }
 
 TEST(CallProjectionsTest, RestartResumesFromThePersistedPosition) {

@@ -12,6 +12,7 @@
 #include "billing/calendar.h"
 #include "billing/invoicing.h"
 #include "projections/key_history.h"
+#include "projections/key_state_store.h"
 #include "tests/service_fixture.h"
 
 namespace keyledger {
@@ -29,7 +30,10 @@ int64_t At(const std::string& rfc3339) { return ParseRfc3339(rfc3339, "t").value
 class Workload {
  public:
   explicit Workload(ServiceHarness& h) : h_(h) {
-    h_.clock().SetUs(At("2026-05-03T00:00:00Z"));
+    // After the harness's start (2026-05-28): the ledger never stamps an
+    // event earlier than one before it, so an earlier clock would stamp every
+    // logging switch after the calls that follow it, and none would be logged.
+    h_.clock().SetUs(At("2026-06-03T00:00:00Z"));
     auto plan = h_.Call("POST", "/v1/price-plans",
                         R"({"id":"std","currency":"USD","mode":"graduated",
                             "tiers":[{"up_to":50,"unit_price_micros":2500000},
@@ -174,10 +178,27 @@ RC_GTEST_PROP(ReplayProperty, RebuildFromTheLogEqualsEveryLiveProjection, ()) {
   auto key_state = RebuildKeyState(h.ledger(), lifecycle);
   RC_ASSERT(key_state.ok());
   RC_ASSERT((*key_state)->Digest() == h.key_state().state().Digest());
+  // What `audit replay` reads of the live store: its records as stored.
+  testing::ScratchDir secondary;
+  auto stored = ReadKeyStateSnapshotDigest(h.key_state_path(), secondary.path());
+  RC_ASSERT(stored.ok());
+  RC_ASSERT(stored->position == lifecycle);
+  RC_ASSERT(stored->digest == (*key_state)->Digest());
 
-  auto calls = RebuildCallProjectionsDigest(h.ledger(), head);
+  CallProjectionsRebuildOptions keep_entries;
+  keep_entries.keep_log_entries = true;
+  auto calls = RebuildCallProjections(h.ledger(), head, keep_entries);
   RC_ASSERT(calls.ok());
-  RC_ASSERT(*calls == h.calls().Digest());
+  RC_ASSERT(calls->digest == h.calls().Digest());
+  RC_ASSERT(*RebuildCallProjectionsDigest(h.ledger(), head) == calls->digest);
+  testing::ScratchDir calls_secondary;
+  auto snapshot = LoadCallProjectionsSnapshot(h.calls_path(), calls_secondary.path());
+  RC_ASSERT(snapshot.ok());
+  RC_ASSERT(snapshot->digest == calls->digest);
+  RC_ASSERT(CheckLogEntries(snapshot->log_entries, calls->log_entries,
+                            snapshot->log_swept_before_us)
+                .ok());
+  RC_CLASSIFY(!calls->log_entries.empty(), "with log entries");
 
   size_t invoices = 0;
   for (const auto& ws : h.key_state().state().ListWorkspaces()) {

@@ -105,6 +105,9 @@ class ServiceHarness {
   CallProjections& calls() { return *calls_; }
   KeyStateStore& key_state() { return *key_state_; }
   ManualClock& clock() { return clock_; }
+  // Where the stores live (for reading them as an audit does).
+  std::string key_state_path() const { return dir_.sub("projections"); }
+  std::string calls_path() const { return dir_.sub("calls"); }
 
  private:
   ScratchDir dir_;

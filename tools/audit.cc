@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cassert>
 #include <cerrno>
 #include <csignal>
 #include <chrono>
@@ -21,6 +22,7 @@
 #include <string>
 #include <system_error>
 #include <thread>
+#include <variant>
 #include <vector>
 
 #include "api/invoice_compute.h"
@@ -233,13 +235,12 @@ class Progress {
         start_us_(SteadyNowUs()) {}
 
   // A callback for one walk of `events` more events; it takes the count
-  // walked so far (the last sequence walked).
+  // walked so far (the last sequence walked). The walk counts towards the
+  // total from its first report on: a replay asks for parts of walks that
+  // another walk may do for them (SharedRebuild), and those never report.
   ProgressFn Part(uint64_t events) {
-    std::lock_guard<std::mutex> lock(mu_);
-    total_ += events;
-    parts_.push_back(0);
-    const size_t index = parts_.size() - 1;
-    return [this, index](uint64_t done) { Update(index, done); };
+    auto index = std::make_shared<std::optional<size_t>>();  // set at the first report
+    return [this, events, index](uint64_t done) { Update(events, index.get(), done); };
   }
 
   // Clears the in-place line so that what follows starts on a clean line.
@@ -250,8 +251,14 @@ class Progress {
   }
 
  private:
-  void Update(size_t part, uint64_t done) {
+  void Update(uint64_t events, std::optional<size_t>* index, uint64_t done) {
     std::lock_guard<std::mutex> lock(mu_);
+    if (!index->has_value()) {
+      total_ += events;
+      parts_.push_back(0);
+      *index = parts_.size() - 1;
+    }
+    const size_t part = **index;
     done_ += done - std::min(done, parts_[part]);
     parts_[part] = std::max(done, parts_[part]);
     const int64_t now = SteadyNowUs();
@@ -353,9 +360,15 @@ int ReportCorruption(const Status& s) {
 // ---- audit replay ----------------------------------------------------------------
 
 // A live projection as the server last persisted it.
+class ReplayInputs;
+
 struct LiveProjection {
   Hash digest{};
   uint64_t position = 0;  // the last sequence it has folded
+  // What must also hold between the live projection and the rebuild at
+  // `position`, checked once both are done; empty: nothing. Returns the
+  // Corruption it finds, or an error of the rebuild.
+  std::function<Status(ReplayInputs& inputs, const ProgressFn& progress)> check;
 };
 
 // Values computed once per ledger position and then shared.
@@ -368,13 +381,7 @@ class OncePerPosition {
   // a request for the same `to` meanwhile waits for it. A failure is not
   // kept: the next request computes again. Valid until this object's end.
   Result<const T*> Get(uint64_t to, const std::function<Result<std::unique_ptr<T>>()>& compute) {
-    Slot* slot = nullptr;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      auto& entry = slots_[to];
-      if (!entry) entry = std::make_unique<Slot>();
-      slot = entry.get();
-    }
+    Slot* slot = SlotOf(to);
     std::lock_guard<std::mutex> lock(slot->mu);
     if (!slot->value) {
       KL_ASSIGN_OR_RETURN(slot->value, compute());
@@ -382,11 +389,30 @@ class OncePerPosition {
     return static_cast<const T*>(slot->value.get());
   }
 
+  // Makes Asked(to) true before any Get(to).
+  void Reserve(uint64_t to) { SlotOf(to); }
+
+  // Whether Get(to) or Reserve(to) was called (Get may still be computing,
+  // or have failed).
+  bool Asked(uint64_t to) {
+    std::lock_guard<std::mutex> lock(mu_);
+    return slots_.count(to) > 0;
+  }
+
  private:
   struct Slot {
     std::mutex mu;
     std::unique_ptr<T> value;  // guarded by mu
   };
+
+  // Returns the slot of `to`, made on the first request.
+  Slot* SlotOf(uint64_t to) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto& entry = slots_[to];
+    if (!entry) entry = std::make_unique<Slot>();
+    return entry.get();
+  }
+
   std::mutex mu_;
   std::map<uint64_t, std::unique_ptr<Slot>> slots_;  // guarded by mu_
 };
@@ -395,10 +421,44 @@ using IssuedInvoiceList = std::vector<std::pair<uint64_t, InvoiceIssued>>;
 Result<IssuedInvoiceList> IssuedInvoices(const Ledger& ledger, uint64_t to,
                                          const ProgressFn& progress);
 
+// What one scan of the log 1..to rebuilds: the call projections, with the
+// log entries they made (for CheckLogEntries), and from the events that are
+// not calls (other_events), the key state and the issued invoices.
+struct SharedRebuild {
+  RebuiltCallProjections calls;
+  std::unique_ptr<KeyState> key_state;
+  IssuedInvoiceList invoices;
+};
+
+// Returns the SharedRebuild of 1..to. REQUIRES: to > 0.
+Result<std::unique_ptr<SharedRebuild>> RebuildShared(Ledger& ledger, uint64_t to,
+                                                     const ProgressFn& progress) {
+  assert(to > 0);
+  KL_RETURN_IF_ERROR(ledger.CatchUpTo(to));
+  auto shared = std::make_unique<SharedRebuild>();
+  shared->key_state = std::make_unique<KeyState>();
+  CallProjectionsRebuildOptions options;
+  options.progress = progress;
+  options.keep_log_entries = true;
+  options.other_events = [&shared](uint64_t sequence, std::string_view stored) -> Status {
+    Event event;
+    KL_RETURN_IF_ERROR(FoldStoredEvent(sequence, stored, shared->key_state.get(), &event));
+    if (auto* invoice = std::get_if<InvoiceIssued>(&event.body)) {
+      shared->invoices.emplace_back(sequence, std::move(*invoice));
+    }
+    return Status::Ok();
+  };
+  KL_ASSIGN_OR_RETURN(shared->calls, RebuildCallProjections(ledger, to, options));
+  shared->key_state->AdvancePosition(to);  // as RebuildKeyState: the last event walked
+  return shared;
+}
+
 // What the work of one replay shares: the data directory, the ledger view,
-// its scratch directory, the key state rebuilt once per position
-// (key_state and call_projections both need it) and the issued invoices
-// found once per position (the live and the rebuilt invoices).
+// its scratch directory, and what is rebuilt once per position: the
+// SharedRebuild (the call projections' rebuild, their live read's log-entry
+// check, and the key state and invoices at the same position), and the key
+// state and the issued invoices at other positions (a running server's
+// projections may stand at different positions).
 //
 // Thread safety: thread-safe.
 class ReplayInputs {
@@ -410,13 +470,32 @@ class ReplayInputs {
   Ledger& ledger() const { return ledger_; }  // a secondary view: thread-safe, never appended to
   const ScratchDir& scratch() const { return scratch_; }
 
-  // The key state rebuilt to `to` (see OncePerPosition::Get).
+  // The SharedRebuild of 1..to (see OncePerPosition::Get). REQUIRES: to > 0.
+  Result<const SharedRebuild*> SharedRebuildAt(uint64_t to, const ProgressFn& progress) {
+    return shared_.Get(to, [&] { return RebuildShared(ledger_, to, progress); });
+  }
+
+  // Makes KeyStateAt and IssuedInvoicesAt at `to` take the SharedRebuild's,
+  // which the first of them to ask computes. (Without this they do so only
+  // if the call projections' rebuild asked for it first.)
+  void ShareRebuildAt(uint64_t to) { shared_.Reserve(to); }
+
+  // The key state rebuilt to `to`: the SharedRebuild's if one was asked for
+  // at `to`, else by a scan of its own (see OncePerPosition::Get).
   Result<const KeyState*> KeyStateAt(uint64_t to, const ProgressFn& progress) {
+    if (to > 0 && shared_.Asked(to)) {
+      KL_ASSIGN_OR_RETURN(const SharedRebuild* shared, SharedRebuildAt(to, progress));
+      return shared->key_state.get();
+    }
     return key_states_.Get(to, [&] { return RebuildKeyState(ledger_, to, progress); });
   }
 
-  // Every InvoiceIssued event in 1..to (see OncePerPosition::Get).
+  // Every InvoiceIssued event in 1..to, as KeyStateAt.
   Result<const IssuedInvoiceList*> IssuedInvoicesAt(uint64_t to, const ProgressFn& progress) {
+    if (to > 0 && shared_.Asked(to)) {
+      KL_ASSIGN_OR_RETURN(const SharedRebuild* shared, SharedRebuildAt(to, progress));
+      return &shared->invoices;
+    }
     return issued_invoices_.Get(to, [&]() -> Result<std::unique_ptr<IssuedInvoiceList>> {
       KL_ASSIGN_OR_RETURN(IssuedInvoiceList list, IssuedInvoices(ledger_, to, progress));
       return std::make_unique<IssuedInvoiceList>(std::move(list));
@@ -427,6 +506,7 @@ class ReplayInputs {
   const std::string data_dir_;
   Ledger& ledger_;
   const ScratchDir& scratch_;
+  OncePerPosition<SharedRebuild> shared_;
   OncePerPosition<KeyState> key_states_;
   OncePerPosition<IssuedInvoiceList> issued_invoices_;
 };
@@ -452,8 +532,8 @@ Result<LiveProjection> LiveKeyState(ReplayInputs& inputs, const std::string& scr
   if (!fs::exists(path + "/CURRENT", ec)) {
     return Status::NotFound("no projection store at " + path);
   }
-  KL_ASSIGN_OR_RETURN(auto state, LoadKeyStateSnapshot(path, scratch));
-  return LiveProjection{state->Digest(), state->position()};
+  KL_ASSIGN_OR_RETURN(KeyState::StoredDigest stored, ReadKeyStateSnapshotDigest(path, scratch));
+  return LiveProjection{stored.digest, stored.position, {}};
 }
 
 Result<Hash> RebuiltKeyState(ReplayInputs& inputs, uint64_t to, const ProgressFn& progress) {
@@ -473,8 +553,21 @@ Result<std::string> CallProjectionsPath(const ReplayInputs& inputs) {
 
 Result<LiveProjection> LiveCallProjections(ReplayInputs& inputs, const std::string& scratch) {
   KL_ASSIGN_OR_RETURN(std::string path, CallProjectionsPath(inputs));
-  KL_ASSIGN_OR_RETURN(CallProjectionsSnapshot live, LoadCallProjectionsSnapshot(path, scratch, inputs.ledger()));
-  return LiveProjection{live.digest, live.position};
+  KL_ASSIGN_OR_RETURN(CallProjectionsSnapshot snapshot, LoadCallProjectionsSnapshot(path, scratch));
+  auto stored = std::make_shared<const CallProjectionsSnapshot>(std::move(snapshot));
+  LiveProjection live{stored->digest, stored->position, {}};
+  // The digest covers log entries only through their running hash: each
+  // stored entry is compared with the one the rebuild made.
+  live.check = [stored](ReplayInputs& in, const ProgressFn& progress) -> Status {
+    if (stored->position == 0) {
+      return CheckLogEntries(stored->log_entries, {}, stored->log_swept_before_us);
+    }
+    KL_ASSIGN_OR_RETURN(const SharedRebuild* rebuilt,
+                        in.SharedRebuildAt(stored->position, progress));
+    return CheckLogEntries(stored->log_entries, rebuilt->calls.log_entries,
+                           stored->log_swept_before_us);
+  };
+  return live;
 }
 
 Result<uint64_t> LiveCallProjectionsPosition(ReplayInputs& inputs, const std::string& scratch) {
@@ -484,7 +577,8 @@ Result<uint64_t> LiveCallProjectionsPosition(ReplayInputs& inputs, const std::st
 
 Result<Hash> RebuiltCallProjections(ReplayInputs& inputs, uint64_t to, const ProgressFn& progress) {
   if (to == 0) return EmptyCallProjectionsDigest();
-  return RebuildCallProjectionsDigest(inputs.ledger(), to, progress);
+  KL_ASSIGN_OR_RETURN(const SharedRebuild* shared, inputs.SharedRebuildAt(to, progress));
+  return shared->calls.digest;
 }
 
 // Every InvoiceIssued event in 1..to with its sequence. Only the envelope
@@ -564,7 +658,7 @@ Result<Hash> InvoiceDigests(ReplayInputs& inputs, uint64_t to, bool reproduce,
 Result<LiveProjection> LiveInvoices(ReplayInputs& inputs, const std::string&) {
   const uint64_t head = inputs.ledger().head().sequence;
   KL_ASSIGN_OR_RETURN(Hash digest, InvoiceDigests(inputs, head, /*reproduce=*/false, {}));
-  return LiveProjection{digest, head};
+  return LiveProjection{digest, head, {}};
 }
 
 Result<Hash> RebuiltInvoices(ReplayInputs& inputs, uint64_t to, const ProgressFn& progress) {
@@ -698,6 +792,10 @@ void FinishRow(ReplayWork* work, ReplayInputs& inputs, Progress* progress) {
     work->rebuilt = TimedRebuild(work, inputs, live.position, progress);
   }
   if (!work->rebuilt->ok()) return fail(work->rebuilt->status());
+  if (live.check) {
+    Status checked = live.check(inputs, progress->Part(live.position));
+    if (!checked.ok()) return fail(checked);
+  }
   row.rebuilt = ToHex(**work->rebuilt);
   row.ok = **work->rebuilt == live.digest;
   row.status = row.ok ? "ok" : "DIFFERENT";
@@ -725,7 +823,10 @@ void RunTasks(const std::vector<std::function<void()>>& tasks, size_t threads) {
 
 // Compares every projection with its rebuild, `threads` tasks at a time.
 // The rebuilds that need not wait for their live read start first: they are
-// the long ones (call projections).
+// the long ones (call projections). So the call projections' rebuild asks
+// for the SharedRebuild at its position before the key state's and the
+// invoices' rebuilds ask: at that same position (a stopped server's), they
+// take theirs from it rather than scan the log again.
 std::vector<ReplayRow> CompareAllWithLive(ReplayInputs& inputs, size_t threads) {
   Progress progress("audit replay", "rebuilding");
   std::vector<ReplayWork> works(std::size(kChecks));
@@ -758,6 +859,7 @@ std::vector<ReplayRow> RebuildAll(ReplayInputs& inputs, uint64_t until, size_t t
   Progress progress("audit replay", "rebuilding");
   std::vector<ReplayWork> works(std::size(kChecks));
   std::vector<std::function<void()>> tasks;
+  if (until > 0) inputs.ShareRebuildAt(until);  // one scan of the log for all three
   for (size_t i = 0; i < works.size(); ++i) {
     ReplayWork* work = &works[i];
     work->check = &kChecks[i];

@@ -120,6 +120,12 @@ void RecordHasher::Add(std::initializer_list<std::string_view> parts) {
   }
 }
 
+void RecordHasher::AddKeyValue(std::string_view key, std::string_view value) {
+  uint8_t size[kVarintBytesMax];
+  const size_t n = EncodeVarint(key.size(), size);
+  Add({std::string_view(reinterpret_cast<const char*>(size), n), key, value});
+}
+
 void RecordHasher::Flush() {
   crypto_generichash_update(std::launder(reinterpret_cast<crypto_generichash_state*>(state_)),
                             buffer_, buffered_);

@@ -37,6 +37,10 @@ class RecordHasher {
   // Adds one record made of `parts` end to end (no copy to join them).
   // REQUIRES: Finish not called yet.
   void Add(std::initializer_list<std::string_view> parts);
+  // Adds the record varint(key size) ‖ key ‖ value: a stored key-value pair,
+  // whose key and value no other pair's bytes can run together into.
+  // REQUIRES: Finish not called yet.
+  void AddKeyValue(std::string_view key, std::string_view value);
   // Returns the hash of the records added so far, in order.
   // REQUIRES: called at most once; no Add after it.
   Hash Finish();

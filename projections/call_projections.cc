@@ -5,6 +5,7 @@
 #include <cassert>
 #include <chrono>
 #include <cstring>
+#include <deque>
 #include <limits>
 #include <map>
 #include <thread>
@@ -18,6 +19,7 @@
 #include "ledger/scan_ahead.h"
 #include "ledger/thread_name.h"
 #include "ledger/varint.h"
+#include "projections/flat_index.h"
 
 namespace keyledger {
 namespace {
@@ -355,6 +357,47 @@ struct Zones {
   std::unordered_map<std::string, Zone, IdHash, std::equal_to<>> by_workspace;
   const std::string* last_id = nullptr;  // key of `last` in by_workspace
   Zone* last = nullptr;
+  // Counts changes of any workspace's zone: a UsageCursor set before one is
+  // stale.
+  uint64_t generation = 0;
+};
+
+// Ids longer than this together are not given a UsageCursor.
+constexpr size_t kUsageCursorIdsBytesMax = 64;
+
+// Where the units of one (workspace, key) last went: the usage record of the
+// key in a month, and that month's bounds in the workspace's zone. A call of
+// the same month then costs one FlatIndex lookup, where it cost a lookup of
+// the zone by workspace and a search of the month's keys (29% of a fold of
+// 50,000 keys, docs/performance.md). A cache like Zones: pointers into the
+// FoldState's usage stay valid; neither persisted nor digested.
+struct UsageCursor {
+  // The workspace id then the key id, inline: matching reads nothing else.
+  std::array<char, kUsageCursorIdsBytesMax> ids{};
+  uint8_t workspace_size = 0;
+  uint8_t key_size = 0;
+  uint64_t zones_generation = 0;  // Zones::generation when the bounds were set
+  int64_t start_us = 0;
+  int64_t end_us = 0;  // start == end: no month yet
+  BillingMonth month;
+  const std::string* workspace = nullptr;  // key in FoldState::usage
+  MonthUsage* usage = nullptr;
+  // The key's record in `usage`, once it has units (only units > 0 are kept).
+  const std::string* key = nullptr;  // key in MonthUsage::by_key
+  KeyUnits* units = nullptr;
+
+  bool Is(std::string_view workspace_id, std::string_view key_id) const {
+    return workspace_id.size() == workspace_size && key_id.size() == key_size &&
+           std::memcmp(ids.data(), workspace_id.data(), workspace_size) == 0 &&
+           std::memcmp(ids.data() + workspace_size, key_id.data(), key_size) == 0;
+  }
+  bool Covers(int64_t at_us, uint64_t generation) const {
+    return zones_generation == generation && start_us <= at_us && at_us < end_us;
+  }
+};
+struct UsageCursors {
+  std::deque<UsageCursor> cursors;  // never move
+  FlatIndex<UsageCursor> index;
 };
 
 // The state of every call projection held in memory (logs live only in the
@@ -366,6 +409,7 @@ struct FoldState {
   // WorkspaceChanged named one, as of `position` (see "Usage" in the header).
   std::map<std::string, std::string, std::less<>> zone_names;
   Zones zones;
+  UsageCursors usage_cursors;
   Hash log_chain{};
   uint64_t usage_rejected = 0;
   uint64_t position = 0;  // the last sequence applied to this state
@@ -443,6 +487,12 @@ class BatchFolder {
   Zone& ZoneOf(std::string_view workspace_id);
   // Returns the month usage of the call in `zone`, or nullptr.
   MonthUsage* ResolveUsage(Zone& zone, const ApiCallView& call);
+  // Returns the cursor of (workspace_id, key_id), made on first use, or
+  // nullptr when the ids are too long for one (kUsageCursorIdsBytesMax).
+  UsageCursor* CursorOf(std::string_view workspace_id, std::string_view key_id);
+  // Points `cursor` at the usage of the call's key in the call's month.
+  // Returns false if that month cannot be resolved (the usage is rejected).
+  bool Resolve(const ApiCallView& call, UsageCursor* cursor);
   void ApplyUsage(const ApiCallView& call);
   // Chains (and with `out`, keeps) the call's log entry, if it gets one (MakeLogEntry).
   void AppendLog(uint64_t sequence, const ApiCallView& call);
@@ -560,6 +610,7 @@ Status BatchFolder::FoldWorkspace(uint64_t sequence, std::string_view body) {
   auto [it, added] = state_->zone_names.try_emplace(ws->workspace_id, name);
   if (!added && it->second == name) return Status::Ok();
   it->second = name;
+  ++zones_.generation;
   auto cached = zones_.by_workspace.find(ws->workspace_id);
   if (cached != zones_.by_workspace.end()) {
     cached->second.name = name;
@@ -594,21 +645,64 @@ MonthUsage* BatchFolder::ResolveUsage(Zone& zone, const ApiCallView& call) {
   return zone.usage;
 }
 
-void BatchFolder::ApplyUsage(const ApiCallView& call) {
-  if (call.units == 0) return;
+UsageCursor* BatchFolder::CursorOf(std::string_view workspace_id, std::string_view key_id) {
+  if (workspace_id.size() + key_id.size() > kUsageCursorIdsBytesMax) return nullptr;
+  const size_t ws_hash = std::hash<std::string_view>{}(workspace_id);
+  const size_t hash = ws_hash ^ (std::hash<std::string_view>{}(key_id) + 0x9e3779b97f4a7c15 +
+                                 (ws_hash << 6) + (ws_hash >> 2));
+  UsageCursors& cursors = state_->usage_cursors;
+  auto same = [&](const UsageCursor& c) { return c.Is(workspace_id, key_id); };
+  if (UsageCursor* cursor = cursors.index.Find(hash, same)) return cursor;
+  UsageCursor& cursor = cursors.cursors.emplace_back();
+  cursor.workspace_size = static_cast<uint8_t>(workspace_id.size());
+  cursor.key_size = static_cast<uint8_t>(key_id.size());
+  std::memcpy(cursor.ids.data(), workspace_id.data(), workspace_id.size());
+  std::memcpy(cursor.ids.data() + workspace_id.size(), key_id.data(), key_id.size());
+  cursors.index.Insert(hash, &cursor);
+  return &cursor;
+}
+
+bool BatchFolder::Resolve(const ApiCallView& call, UsageCursor* cursor) {
   Zone& zone = ZoneOf(call.workspace_id);
   MonthUsage* usage = ResolveUsage(zone, call);
-  if (usage == nullptr || usage->total > std::numeric_limits<uint64_t>::max() - call.units) {
+  if (usage == nullptr) return false;
+  cursor->zones_generation = zones_.generation;
+  cursor->start_us = zone.start_us;
+  cursor->end_us = zone.end_us;
+  cursor->month = zone.month;
+  cursor->workspace = zone.workspace;
+  cursor->usage = usage;
+  auto key = usage->by_key.find(call.key_id);
+  cursor->key = key == usage->by_key.end() ? nullptr : &key->first;
+  cursor->units = key == usage->by_key.end() ? nullptr : &key->second;
+  return true;
+}
+
+void BatchFolder::ApplyUsage(const ApiCallView& call) {
+  if (call.units == 0) return;
+  UsageCursor scratch;  // for ids too long to keep a cursor for
+  UsageCursor* cursor = CursorOf(call.workspace_id, call.key_id);
+  if (cursor == nullptr) cursor = &scratch;
+  if (!cursor->Covers(call.occurred_at_us, zones_.generation) && !Resolve(call, cursor)) {
     ++state_->usage_rejected;
     return;
   }
-  usage->total += call.units;
-  auto key = usage->by_key.find(call.key_id);
-  if (key == usage->by_key.end()) key = usage->by_key.try_emplace(std::string(call.key_id)).first;
-  key->second.units += call.units;  // <= total: no overflow
-  if (out_ != nullptr && !key->second.changed) {
-    key->second.changed = true;
-    changed_usage_.push_back(ChangedUsage{zone.workspace, zone.month, &key->first, &key->second});
+  MonthUsage& usage = *cursor->usage;
+  if (usage.total > std::numeric_limits<uint64_t>::max() - call.units) {
+    ++state_->usage_rejected;
+    return;
+  }
+  usage.total += call.units;
+  if (cursor->units == nullptr) {
+    auto key = usage.by_key.try_emplace(std::string(call.key_id)).first;
+    cursor->key = &key->first;
+    cursor->units = &key->second;
+  }
+  KeyUnits& units = *cursor->units;
+  units.units += call.units;  // <= total: no overflow
+  if (out_ != nullptr && !units.changed) {
+    units.changed = true;
+    changed_usage_.push_back(ChangedUsage{cursor->workspace, cursor->month, cursor->key, &units});
   }
 }
 
@@ -706,71 +800,106 @@ Status ScanBatch(const Ledger& ledger, uint64_t from, uint64_t to, ScanAhead* ah
   });
 }
 
-// Returns the hash of one slice of the metrics cells (MetricsFold::ForEachCell
-// with scope, part and parts), a record per cell.
-Hash MetricsCellsDigest(const MetricsFold& metrics, MetricsScope scope, size_t part, size_t parts) {
+// The digest is over the records a store holds for a state, exactly as
+// stored, so that a snapshot is digested from its stored bytes without being
+// loaded (StoredDigest). Each group of records is hashed in the store's key
+// order, a record per key-value pair (RecordHasher::AddKeyValue): the
+// metrics cells in kMetricsSlices slices, each scope's series cut in two by
+// MetricsSliceOf; the usage records; the zone records; then the log chain
+// and the rejected-usage count.
+constexpr size_t kMetricsSlices = 4;
+
+// Returns the slice of the metrics cells of a series: two per scope, by the
+// low bit of the id's last byte (generated ids end in a random character).
+size_t MetricsSliceOf(MetricsScope scope, std::string_view id) {
+  const size_t half = id.empty() ? 0 : static_cast<uint8_t>(id.back()) & 1;
+  return 2 * static_cast<size_t>(scope) + half;
+}
+
+// The hashes the digest is made of (see above).
+struct DigestParts {
+  std::array<Hash, kMetricsSlices> metrics{};
+  Hash usage{};
+  Hash zones{};
+  Hash log_chain{};
+  uint64_t usage_rejected = 0;
+};
+
+Hash CombineDigest(const DigestParts& parts) {
+  RecordHasher h;
+  std::string record;
+  for (const Hash& slice : parts.metrics) h.Add({"M", EncodeHash(slice)});
+  h.Add({"U", EncodeHash(parts.usage)});
+  h.Add({"Z", EncodeHash(parts.zones)});
+  record.assign(1, 'l');
+  record += EncodeHash(parts.log_chain);
+  AppendBigEndian64(&record, parts.usage_rejected);
+  h.Add(record);
+  return h.Finish();
+}
+
+// Returns the hash of one slice of the metrics cells, as the store holds them.
+Hash MetricsCellsDigest(const MetricsFold& metrics, size_t slice) {
+  const auto scope = static_cast<MetricsScope>(slice / 2);
   RecordHasher h;
   std::string key;
-  metrics.ForEachCell(scope, part, parts,
-                      [&](const MetricsFold::CellRef& cell, std::string_view encoded) {
-                        key.assign(1, 'm');
-                        AppendMetricsKey(cell, &key);  // self-delimiting
-                        h.Add({key, encoded});
-                      });
+  metrics.ForEachCell(
+      scope, [&](std::string_view id) { return MetricsSliceOf(scope, id) == slice; },
+      [&](const MetricsFold::CellRef& cell, std::string_view encoded) {
+        key.clear();
+        AppendMetricsKey(cell, &key);
+        h.AddKeyValue(key, encoded);
+      });
   return h.Finish();
 }
 
 Hash DigestOf(const FoldState& state) {
-  // The cells are most of the work. Each scope's series are cut in two
-  // halves, and the four slices hashed apart: on two threads (a half of each
-  // scope each) when there are many cells. The digest is over the four
-  // hashes either way.
-  constexpr size_t kHalves = 2;
-  std::array<Hash, 2 * kHalves> slices;  // key halves, then workspace halves
-  auto hash_half = [&](size_t half) {
-    slices[half] = MetricsCellsDigest(state.metrics, MetricsScope::kKey, half, kHalves);
-    slices[kHalves + half] =
-        MetricsCellsDigest(state.metrics, MetricsScope::kWorkspace, half, kHalves);
+  // The cells are most of the work: with many, half the slices are hashed
+  // on a second thread.
+  DigestParts parts;
+  auto hash_slices = [&](size_t first) {
+    for (size_t slice = first; slice < kMetricsSlices; slice += 2) {
+      parts.metrics[slice] = MetricsCellsDigest(state.metrics, slice);
+    }
   };
   if (state.metrics.cell_count() >= kDigestCellsOnTwoThreadsMin) {
-    std::jthread second([&] { hash_half(1); });  // joins on every way out
-    hash_half(0);
+    std::jthread second([&] { hash_slices(1); });  // joins on every way out
+    hash_slices(0);
     second.join();
   } else {
-    hash_half(0);
-    hash_half(1);
+    hash_slices(0);
+    hash_slices(1);
   }
-  RecordHasher h;
-  std::string record;
-  for (const Hash& slice : slices) {
-    record.assign(1, 'M');
-    record += EncodeHash(slice);
-    h.Add(record);
-  }
+  // The usage records, in key order (UsageKey starts with the workspace's
+  // size, so the table's order is not the store's).
+  std::vector<std::pair<std::string, uint64_t>> usage;
   for (const auto& [workspace, months] : state.usage) {
-    for (const auto& [month, usage] : months) {
-      for (const auto& [key, units] : usage.by_key) {
-        record.clear();
-        record.push_back('u');
-        PutVarint(units.units, &record);  // self-delimiting, so the key may run to the end
-        record += UsageKey(workspace, month, key);
-        h.Add(record);
+    for (const auto& [month, month_usage] : months) {
+      for (const auto& [key, units] : month_usage.by_key) {
+        usage.emplace_back(UsageKey(workspace, month, key), units.units);
       }
     }
   }
-  for (const auto& [workspace, zone] : state.zone_names) {
-    record.clear();
-    record.push_back('z');
-    PutBytes(workspace, &record);  // self-delimiting, so the zone may run to the end
-    record += zone;
-    h.Add(record);
+  std::sort(usage.begin(), usage.end());
+  RecordHasher usage_hasher;
+  std::string value;
+  for (const auto& [key, units] : usage) {
+    value.clear();
+    PutVarint(units, &value);
+    usage_hasher.AddKeyValue(key, value);
   }
-  record.clear();
-  record.push_back('l');
-  record += EncodeHash(state.log_chain);
-  AppendBigEndian64(&record, state.usage_rejected);
-  h.Add(record);
-  return h.Finish();
+  parts.usage = usage_hasher.Finish();
+  RecordHasher zones;
+  std::string key;
+  for (const auto& [workspace, zone] : state.zone_names) {
+    key.assign(kZoneKeyPrefix);
+    key += workspace;
+    zones.AddKeyValue(key, zone);
+  }
+  parts.zones = zones.Finish();
+  parts.log_chain = state.log_chain;
+  parts.usage_rejected = state.usage_rejected;
+  return CombineDigest(parts);
 }
 
 // Folds (after, to] of `ledger` into `state` in batches, without storage;
@@ -1470,16 +1599,61 @@ Result<std::vector<LogEntryHash>> ReadStoredLogEntries(const KvStore& store, uin
 
 }  // namespace
 
+namespace {
+
+// Returns the digest of the records `store` holds (see DigestOf), reading
+// the meta records into `meta`.
+Result<Hash> StoredDigest(const KvStore& store, call_projections_internal::FoldState* meta) {
+  using call_projections_internal::DigestParts;
+  using call_projections_internal::kMetricsSlices;
+  using call_projections_internal::MetricsSliceOf;
+  KL_RETURN_IF_ERROR(LoadMeta(store, meta));
+  DigestParts parts;
+  parts.log_chain = meta->log_chain;
+  parts.usage_rejected = meta->usage_rejected;
+  std::array<RecordHasher, kMetricsSlices> slices;
+  Status bad;
+  auto cell = [&](std::string_view key, std::string_view value) {
+    MetricsFold::CellRef ref;
+    if (!ParseMetricsKey(key, &ref)) {
+      bad = Status::Corruption("call projections: bad metrics key");
+      return false;
+    }
+    slices[MetricsSliceOf(ref.scope, ref.id)].AddKeyValue(key, value);
+    return true;
+  };
+  // Hashing costs about as much as reading: read on another core.
+  KL_RETURN_IF_ERROR(ScanAhead::OfStore(store, kCallCfMetrics, "", "")->Scan(cell));
+  KL_RETURN_IF_ERROR(bad);
+  for (size_t slice = 0; slice < kMetricsSlices; ++slice) parts.metrics[slice] = slices[slice].Finish();
+  RecordHasher usage;
+  KL_RETURN_IF_ERROR(store.Scan(kCallCfUsage, "", "", [&](std::string_view key, std::string_view value) {
+    usage.AddKeyValue(key, value);
+    return true;
+  }, ScanKind::kBulk));
+  parts.usage = usage.Finish();
+  RecordHasher zones;
+  KL_RETURN_IF_ERROR(store.Scan(kCallCfMeta, kZoneKeyPrefix, kZoneKeyEnd,
+                                [&](std::string_view key, std::string_view value) {
+                                  zones.AddKeyValue(key, value);
+                                  return true;
+                                },
+                                ScanKind::kBulk));
+  parts.zones = zones.Finish();
+  return call_projections_internal::CombineDigest(parts);
+}
+
+}  // namespace
+
 Result<CallProjectionsSnapshot> LoadCallProjectionsSnapshot(const std::string& path,
                                                             const std::string& secondary_path) {
   KL_ASSIGN_OR_RETURN(auto store, OpenSnapshotStore(path, secondary_path));
-  call_projections_internal::FoldState state;
-  KL_RETURN_IF_ERROR(LoadState(*store, &state));
+  call_projections_internal::FoldState meta;
   CallProjectionsSnapshot snapshot;
+  KL_ASSIGN_OR_RETURN(snapshot.digest, StoredDigest(*store, &meta));
+  snapshot.position = meta.position;
   KL_ASSIGN_OR_RETURN(snapshot.log_swept_before_us, ReadLogSweptBefore(*store));
-  KL_ASSIGN_OR_RETURN(snapshot.log_entries, ReadStoredLogEntries(*store, state.position));
-  snapshot.digest = call_projections_internal::DigestOf(state);
-  snapshot.position = state.position;
+  KL_ASSIGN_OR_RETURN(snapshot.log_entries, ReadStoredLogEntries(*store, meta.position));
   return snapshot;
 }
 

@@ -8,7 +8,6 @@
 #include <type_traits>
 
 #include "ledger/hash.h"
-#include "ledger/varint.h"
 #include "projections/key_history.h"
 
 namespace keyledger {
@@ -47,9 +46,7 @@ class StoredRecordHasher {
     assert(key != kPositionRecord && (records_ == 0 || key > last_key_));
     last_key_.assign(key);
     ++records_;
-    std::string key_size;
-    PutVarint(key.size(), &key_size);  // where the key ends and the value starts
-    hasher_.Add({key_size, key, value});
+    hasher_.AddKeyValue(key, value);
   }
   Hash Finish() { return hasher_.Finish(); }
 

@@ -61,6 +61,21 @@ Status CheckRange(int64_t from_us, int64_t to_us, int64_t align_us) {
 }
 
 
+// Whether `a` comes before `b` in the byte order of varint(size) ‖ id: the
+// order of series in a store's keys (TakeChangedCells).
+bool IdsInKeyOrder(std::string_view a, std::string_view b) {
+  constexpr size_t kOneByteVarintMax = 127;
+  if (a.size() <= kOneByteVarintMax && b.size() <= kOneByteVarintMax) {
+    return a.size() != b.size() ? a.size() < b.size() : a < b;
+  }
+  uint8_t a_size[kVarintBytesMax];
+  uint8_t b_size[kVarintBytesMax];
+  const std::string_view a_prefix(reinterpret_cast<const char*>(a_size), EncodeVarint(a.size(), a_size));
+  const std::string_view b_prefix(reinterpret_cast<const char*>(b_size), EncodeVarint(b.size(), b_size));
+  // No varint is a prefix of another: equal prefixes are equal sizes.
+  return a_prefix != b_prefix ? a_prefix < b_prefix : a < b;
+}
+
 // ForEachCell prefetches the histogram entries of the cell this far ahead.
 constexpr size_t kPrefetchCellsAhead = 4;
 
@@ -136,51 +151,23 @@ void MetricsFold::Apply(std::string_view workspace_id, std::string_view key_id,
 
 // ---- The series index ------------------------------------------------------------------
 
-const MetricsFold::SeriesIndex::Slot* MetricsFold::SeriesIndex::Find(std::string_view id,
-                                                                     size_t hash) const {
-  if (slots_.empty()) return nullptr;
-  const size_t mask = slots_.size() - 1;
-  for (size_t i = hash & mask;; i = (i + 1) & mask) {
-    const Slot& slot = slots_[i];
-    if (slot.id == nullptr) return nullptr;
-    if (slot.hash == hash && *slot.id == id) return &slot;
-  }
-}
-
-void MetricsFold::SeriesIndex::Insert(const std::string* id, size_t hash, Series* series) {
-  if (2 * (used_ + 1) > slots_.size()) {
-    std::vector<Slot> old = std::move(slots_);
-    slots_.assign(std::max<size_t>(16, old.size() * 2), Slot{});
-    used_ = 0;
-    for (const Slot& slot : old) {
-      if (slot.id != nullptr) Insert(slot.id, slot.hash, slot.series);
-    }
-  }
-  const size_t mask = slots_.size() - 1;
-  size_t i = hash & mask;
-  while (slots_[i].id != nullptr) i = (i + 1) & mask;
-  slots_[i] = Slot{hash, id, series};
-  ++used_;
-}
-
-const MetricsFold::SeriesIndex::Slot& MetricsFold::FindOrAddSeries(MetricsScope scope,
-                                                                   std::string_view id) {
+MetricsFold::SeriesNode& MetricsFold::FindOrAddSeries(MetricsScope scope, std::string_view id) {
   SeriesIndex& index = scope == MetricsScope::kKey ? key_index_ : workspace_index_;
   const size_t hash = IdHash{}(id);
-  if (const SeriesIndex::Slot* slot = index.Find(id, hash)) return *slot;
+  auto same_id = [id](const SeriesNode& node) { return node.first == id; };
+  if (SeriesNode* node = index.Find(hash, same_id)) return *node;
   SeriesMap& map = scope == MetricsScope::kKey ? keys_ : workspaces_;
   auto [it, added] = map.try_emplace(std::string(id));
   assert(added);
-  index.Insert(&it->first, hash, &it->second);
-  const SeriesIndex::Slot* slot = index.Find(id, hash);
-  assert(slot != nullptr);
-  return *slot;
+  index.Insert(hash, &*it);
+  return *it;
 }
 
 const MetricsFold::Series* MetricsFold::Find(MetricsScope scope, std::string_view id) const {
   const SeriesIndex& index = scope == MetricsScope::kKey ? key_index_ : workspace_index_;
-  const SeriesIndex::Slot* slot = index.Find(id, IdHash{}(id));
-  return slot == nullptr ? nullptr : slot->series;
+  const SeriesNode* node =
+      index.Find(IdHash{}(id), [id](const SeriesNode& n) { return n.first == id; });
+  return node == nullptr ? nullptr : &node->second;
 }
 
 // ---- Cells -------------------------------------------------------------------------------
@@ -210,8 +197,8 @@ size_t MetricsFold::FindOrInsertCell(Cells* cells, int64_t start_us, bool* inser
 
 void MetricsFold::ApplyToSeries(MetricsScope scope, std::string_view id, int64_t at_us,
                                 const Delta& delta) {
-  const SeriesIndex::Slot& slot = FindOrAddSeries(scope, id);
-  Series& series = *slot.series;
+  SeriesNode& node = FindOrAddSeries(scope, id);
+  Series& series = node.second;
   Cells& minutes = series.levels[0];
   const int64_t minute_us = FloorTo(at_us, kMetricsMinuteUs);
   // A later minute than the open one opens: the open minute closes first. Its
@@ -226,9 +213,9 @@ void MetricsFold::ApplyToSeries(MetricsScope scope, std::string_view id, int64_t
       // changes only if some are added (a minute of denials adds none).
       const uint64_t minute_latencies = minutes.back().latency.count();
       const uint64_t hour_latencies = series.levels[1].back().latency.count() + minute_latencies;
-      if (minute_latencies > 0) MarkChanged(scope, slot, 1, series.levels[1].size() - 1);
+      if (minute_latencies > 0) MarkChanged(scope, node, 1, series.levels[1].size() - 1);
       if (hour_closes && hour_latencies > 0) {
-        MarkChanged(scope, slot, 2, series.levels[2].size() - 1);
+        MarkChanged(scope, node, 2, series.levels[2].size() - 1);
       }
     }
     CloseOpenMinute(&series, hour_closes);
@@ -240,7 +227,7 @@ void MetricsFold::ApplyToSeries(MetricsScope scope, std::string_view id, int64_t
                                     &inserted);
     cell_count_ += inserted;
     AddCounters(delta, &series.levels[level][cells[level]]);
-    if (track_changes_) MarkChanged(scope, slot, level, cells[level]);
+    if (track_changes_) MarkChanged(scope, node, level, cells[level]);
   }
   const bool in_open_minute = cells[0] == minutes.size() - 1;
   const bool in_open_hour = cells[1] == series.levels[1].size() - 1;
@@ -373,12 +360,11 @@ Result<MetricsBucket> MetricsFold::Totals(MetricsScope scope, std::string_view i
 
 // ---- Persistence ---------------------------------------------------------------------
 
-void MetricsFold::MarkChanged(MetricsScope scope, const SeriesIndex::Slot& slot, size_t level,
-                              size_t index) {
-  Cell& cell = slot.series->levels[level][index];
+void MetricsFold::MarkChanged(MetricsScope scope, SeriesNode& node, size_t level, size_t index) {
+  Cell& cell = node.second.levels[level][index];
   if (cell.changed) return;
   cell.changed = true;
-  changed_.push_back(ChangedCell{scope, static_cast<uint8_t>(level), slot.id, slot.series,
+  changed_.push_back(ChangedCell{scope, static_cast<uint8_t>(level), &node.first, &node.second,
                                  cell.start_us, index});
 }
 
@@ -411,9 +397,7 @@ void MetricsFold::TakeChangedCells(const CellVisitor& fn) {
   }
   std::sort(groups.begin(), groups.end(), [](const Group& a, const Group& b) {
     if (a.first->scope != b.first->scope) return a.first->scope < b.first->scope;
-    const std::string& x = *a.first->id;
-    const std::string& y = *b.first->id;
-    return x.size() != y.size() ? x.size() < y.size() : x < y;
+    return IdsInKeyOrder(*a.first->id, *b.first->id);
   });
   std::string encoded;
   for (const Group& g : groups) {
@@ -443,37 +427,31 @@ void MetricsFold::TakeChangedCells(const CellVisitor& fn) {
 
 void MetricsFold::ForEachCell(const CellVisitor& fn) const {
   for (MetricsScope scope : {MetricsScope::kKey, MetricsScope::kWorkspace}) {
-    ForEachCell(scope, 0, 1, fn);
+    ForEachCell(scope, [](std::string_view) { return true; }, fn);
   }
 }
 
-void MetricsFold::ForEachCell(MetricsScope scope, size_t part, size_t parts,
+void MetricsFold::ForEachCell(MetricsScope scope,
+                              const std::function<bool(std::string_view id)>& take,
                               const CellVisitor& fn) const {
-  assert(part < parts);
   const SeriesMap& map = scope == MetricsScope::kKey ? keys_ : workspaces_;
-  std::vector<const SeriesMap::value_type*> sorted;
+  std::vector<const SeriesNode*> sorted;
   sorted.reserve(map.size());
-  for (const auto& entry : map) sorted.push_back(&entry);
-  // Only the slice is sorted: the series before and after it are put on
-  // their sides of it first (each call of a digest's slices would otherwise
-  // sort the whole scope).
-  const auto by_id = [](const auto* a, const auto* b) { return a->first < b->first; };
-  const auto begin = sorted.begin() + static_cast<std::ptrdiff_t>(sorted.size() * part / parts);
-  const auto end = sorted.begin() + static_cast<std::ptrdiff_t>(sorted.size() * (part + 1) / parts);
-  if (begin != sorted.begin()) std::nth_element(sorted.begin(), begin, sorted.end(), by_id);
-  if (end != sorted.end()) std::nth_element(begin, end, sorted.end(), by_id);
-  std::sort(begin, end, by_id);
+  for (const SeriesNode& node : map) {
+    if (take(node.first)) sorted.push_back(&node);
+  }
+  std::sort(sorted.begin(), sorted.end(),
+            [](const SeriesNode* a, const SeriesNode* b) { return IdsInKeyOrder(a->first, b->first); });
   std::string encoded;
-  for (auto it = begin; it != end; ++it) {
-    const auto* entry = *it;
-    for (size_t level = 0; level < kLevels; ++level) {
-      const Cells& cells = entry->second.levels[level];
+  for (const SeriesNode* node : sorted) {
+    for (size_t level = kLevels; level-- > 0;) {  // days, hours, minutes
+      const Cells& cells = node->second.levels[level];
       for (size_t i = 0; i < cells.size(); ++i) {
         // Entries beyond two live on the heap: fetch those of a later cell
         // while this one is encoded.
         if (i + kPrefetchCellsAhead < cells.size()) cells[i + kPrefetchCellsAhead].latency.Prefetch();
         EncodeCell(cells[i], &encoded);
-        fn(CellRef{scope, entry->first, kLevelUs[level], cells[i].start_us}, encoded);
+        fn(CellRef{scope, node->first, kLevelUs[level], cells[i].start_us}, encoded);
       }
     }
   }
@@ -521,8 +499,8 @@ Status MetricsFold::LoadCell(const CellRef& ref, std::string_view encoded) {
   Cell cell;
   KL_RETURN_IF_ERROR(DecodeCell(encoded, &cell));
   cell.start_us = ref.start_us;
-  const SeriesIndex::Slot& slot = FindOrAddSeries(ref.scope, ref.id);
-  Cells& cells = slot.series->levels[static_cast<size_t>(level_it - kLevelUs.begin())];
+  SeriesNode& node = FindOrAddSeries(ref.scope, ref.id);
+  Cells& cells = node.second.levels[static_cast<size_t>(level_it - kLevelUs.begin())];
   // A store scan delivers each level in order: mostly an append.
   if (cells.empty() || cells.back().start_us < ref.start_us) {
     cells.push_back(std::move(cell));

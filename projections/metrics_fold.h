@@ -56,6 +56,7 @@
 
 #include "ledger/event.h"
 #include "ledger/status.h"
+#include "projections/flat_index.h"
 #include "projections/latency_histogram.h"
 
 namespace keyledger {
@@ -174,21 +175,21 @@ class MetricsFold {
   void TrackChanges() { track_changes_ = true; }
 
   // Calls fn for every cell changed since the last call (or since
-  // TrackChanges), and forgets them. Order: key series before workspace
-  // series; shorter ids before longer ones, ids of one length in byte order;
-  // days before hours before minutes; then by start. (That is the byte order
-  // of keys laid out as scope, id length, id, width, big-endian start, so a
-  // store's writes of them arrive sorted.)
+  // TrackChanges), and forgets them, in key order: key series before
+  // workspace series; series in the byte order of varint(id size) ‖ id (for
+  // ids under 128 bytes: shorter ids first, ids of one length in byte
+  // order); days before hours before minutes; then by start. (That is the
+  // byte order of keys laid out as scope, varint(id size), id, width as 'd' <
+  // 'h' < 'm', big-endian start, so a store's writes of them arrive sorted,
+  // and the order a store of such keys is read in.)
   void TakeChangedCells(const CellVisitor& fn);
 
-  // Calls fn for every cell in canonical order: key series before workspace
-  // series, ids in byte order, minutes before hours before days, then by
-  // start. Equal folds give equal calls (for digests).
+  // Calls fn for every cell in key order (see TakeChangedCells). Equal folds
+  // give equal calls (for digests).
   void ForEachCell(const CellVisitor& fn) const;
-  // The same for the series of one scope only, and of those (in id order)
-  // the part-th of `parts` slices of about equal numbers of series: its part
-  // of that order. REQUIRES: part < parts.
-  void ForEachCell(MetricsScope scope, size_t part, size_t parts, const CellVisitor& fn) const;
+  // The same for the series of one scope whose id `take` accepts.
+  void ForEachCell(MetricsScope scope, const std::function<bool(std::string_view id)>& take,
+                   const CellVisitor& fn) const;
 
   // Restores one cell from its encoding. Call for every stored cell, in any
   // order, then FinishLoad once before any Apply* or query.
@@ -257,22 +258,11 @@ class MetricsFold {
   };
   // Owns the series; nodes never move, so the index below points into them.
   using SeriesMap = std::unordered_map<std::string, Series, IdHash, std::equal_to<>>;
-  // An open-addressing index over a SeriesMap's nodes: the lookup of every
-  // event, kept small and flat so that it mostly hits the cache.
-  class SeriesIndex {
-   public:
-    struct Slot {
-      size_t hash = 0;
-      const std::string* id = nullptr;  // nullptr: empty slot
-      Series* series = nullptr;
-    };
-    const Slot* Find(std::string_view id, size_t hash) const;
-    void Insert(const std::string* id, size_t hash, Series* series);
-
-   private:
-    std::vector<Slot> slots_;  // a power of two in size, at most half full
-    size_t used_ = 0;
-  };
+  // A series and its id: a node of a SeriesMap.
+  using SeriesNode = SeriesMap::value_type;
+  // The lookup of every event, kept small and flat so that it mostly hits the
+  // cache.
+  using SeriesIndex = FlatIndex<SeriesNode>;
 
   static void AddCounters(const Delta& delta, Cell* cell);
   // Merges the open minute's latencies into the open hour, then, when
@@ -294,8 +284,8 @@ class MetricsFold {
   void Apply(std::string_view workspace_id, std::string_view key_id, int64_t occurred_at_us,
              const Delta& delta);
   void ApplyToSeries(MetricsScope scope, std::string_view id, int64_t at_us, const Delta& delta);
-  // Returns the series' index slot, adding an empty series if there is none.
-  const SeriesIndex::Slot& FindOrAddSeries(MetricsScope scope, std::string_view id);
+  // Returns the series of `id`, adding an empty one if there is none.
+  SeriesNode& FindOrAddSeries(MetricsScope scope, std::string_view id);
   const Series* Find(MetricsScope scope, std::string_view id) const;
 
   // A cell changed since the last TakeChangedCells. Series are never erased
@@ -309,8 +299,7 @@ class MetricsFold {
     int64_t start_us;
     size_t index_hint;
   };
-  void MarkChanged(MetricsScope scope, const SeriesIndex::Slot& slot, size_t level,
-                   size_t index);
+  void MarkChanged(MetricsScope scope, SeriesNode& node, size_t level, size_t index);
   // Replaces *out with the encoding of `cell`.
   static void EncodeCell(const Cell& cell, std::string* out);
   static Status DecodeCell(std::string_view bytes, Cell* cell);

@@ -12,6 +12,7 @@
 
 #include "ledger/kv_store.h"
 #include "ledger/ledger.h"
+#include "ledger/prefetch.h"
 #include "ledger/thread_name.h"
 
 namespace keyledger {
@@ -33,11 +34,13 @@ struct Chunk {
   std::vector<uint64_t> words;
   size_t used_words = 0;
   std::vector<Item> items;
-  // With decode_calls: decoded[i] is what was made of item i, by the reading
-  // thread when read_decoded[i], else by the consumer when it reaches it. Its
-  // views point into `words`, which do not move while items are held.
+  // With decode_calls: decoded[i] is what was made of item i, once
+  // decoded_ready[i]: by the reading thread, or by the consumer ahead of
+  // time (ScanDecodedCallEvents' lookahead); else the consumer decodes it when
+  // it reaches it. Its views point into `words`, which do not move while
+  // items are held.
   std::vector<DecodedCallEvent> decoded;
-  std::vector<uint8_t> read_decoded;
+  std::vector<uint8_t> decoded_ready;
 
   bool Fits(size_t words_needed) const { return used_words + words_needed <= words.size(); }
   size_t Copy(std::string_view bytes) {
@@ -96,7 +99,7 @@ struct ScanAhead::Rep {
     chunk->items.reserve(kScanAheadChunkItemsMax);
     if (decode_calls) {
       chunk->decoded.resize(kScanAheadChunkItemsMax);
-      chunk->read_decoded.resize(kScanAheadChunkItemsMax);
+      chunk->decoded_ready.resize(kScanAheadChunkItemsMax);
     }
     return chunk;
   }
@@ -164,9 +167,9 @@ struct ScanAhead::Rep {
           // Whichever thread is ahead decodes: this one while the consumer
           // has chunks waiting, the consumer when it has caught up.
           const size_t i = chunk->items.size();
-          chunk->read_decoded[i] =
+          chunk->decoded_ready[i] =
               full_chunks.load(std::memory_order_relaxed) >= decode_backlog_chunks;
-          if (chunk->read_decoded[i]) {
+          if (chunk->decoded_ready[i]) {
             Decode(chunk->View(item.value_offset, item.value_size), &chunk->decoded[i]);
           }
         }
@@ -262,17 +265,17 @@ namespace {
 void PrefetchIds(const DecodedCallEvent& event, uint16_t call_kind, uint16_t denial_kind) {
   if (!event.status.ok()) return;
   if (event.view.body_kind == call_kind) {
-    __builtin_prefetch(event.view.call.workspace_id.data());
-    __builtin_prefetch(event.view.call.key_id.data());
+    PrefetchRead(event.view.call.workspace_id.data());
+    PrefetchRead(event.view.call.key_id.data());
   } else if (event.view.body_kind == denial_kind) {
-    __builtin_prefetch(event.view.denial.workspace_id.data());
-    __builtin_prefetch(event.view.denial.key_id.data());
+    PrefetchRead(event.view.denial.workspace_id.data());
+    PrefetchRead(event.view.denial.key_id.data());
   }
 }
 
 }  // namespace
 
-Status ScanAhead::ScanDecodedCallEvents(const DecodedEventFn& fn) {
+Status ScanAhead::ScanDecodedCallEvents(const DecodedEventFn& fn, const LookaheadFn& ahead) {
   assert(rep_->decode_calls);
   const uint16_t call_kind = ApiCallRecordedBodyKind();
   const uint16_t denial_kind = AuthorizationDeniedBodyKind();
@@ -283,20 +286,29 @@ Status ScanAhead::ScanDecodedCallEvents(const DecodedEventFn& fn) {
     // views of the nearer item were fetched kScanAheadPrefetchItems ago.
     const size_t near = i + kScanAheadPrefetchItems;
     const size_t far = near + kScanAheadPrefetchItems;
-    if (far < chunk.items.size() && chunk.read_decoded[far]) {
+    if (far < chunk.items.size() && chunk.decoded_ready[far]) {
       const auto* view = reinterpret_cast<const char*>(&chunk.decoded[far]);
       for (size_t line = 0; line < sizeof(DecodedCallEvent); line += 64) {
-        __builtin_prefetch(view + line);
+        PrefetchRead(view + line);
       }
     }
     if (near < chunk.items.size()) {
-      if (chunk.read_decoded[near]) PrefetchIds(chunk.decoded[near], call_kind, denial_kind);
-      __builtin_prefetch(chunk.View(chunk.items[near].value_offset, 0).data());
+      if (chunk.decoded_ready[near]) PrefetchIds(chunk.decoded[near], call_kind, denial_kind);
+      PrefetchRead(chunk.View(chunk.items[near].value_offset, 0).data());
+    }
+    const size_t later = i + kScanAheadLookaheadItems;
+    if (ahead && later < chunk.items.size()) {
+      if (!chunk.decoded_ready[later]) {  // decoded once, now
+        const Chunk::Item& next = chunk.items[later];
+        Rep::Decode(chunk.View(next.value_offset, next.value_size), &chunk.decoded[later]);
+        chunk.decoded_ready[later] = 1;
+      }
+      ahead(chunk.decoded[later]);
     }
     const Chunk::Item& item = chunk.items[i];
     assert(item.key_size == 8);  // OfLedger's keys
     const std::string_view value = chunk.View(item.value_offset, item.value_size);
-    if (!chunk.read_decoded[i]) Rep::Decode(value, &chunk.decoded[i]);
+    if (!chunk.decoded_ready[i]) Rep::Decode(value, &chunk.decoded[i]);
     return fn(DecodeBigEndian64(chunk.View(item.key_offset, 8).data()), value, chunk.decoded[i]);
   });
 }

@@ -41,6 +41,10 @@ inline constexpr size_t kScanAheadChunkItemsMax = 4096;
 inline constexpr size_t kScanAheadDecodeBacklogChunks = 2;
 // ScanDecodedCallEvents fetches items this far ahead into the cache.
 inline constexpr size_t kScanAheadPrefetchItems = 4;
+// ScanDecodedCallEvents' `ahead` sees the item this far after the one its
+// `fn` gets next.
+inline constexpr size_t kScanAheadLookaheadItems = 3;
+static_assert(kScanAheadLookaheadItems < kScanAheadPrefetchItems);  // its ids are fetched
 
 // What ScanAhead::OfLedgerDecodingCalls made of one stored event (on the
 // reading thread or on the consumer's).
@@ -97,7 +101,13 @@ class ScanAhead {
   // the call.
   using DecodedEventFn = std::function<bool(uint64_t sequence, std::string_view value,
                                             const DecodedCallEvent& event)>;
-  [[nodiscard]] Status ScanDecodedCallEvents(const DecodedEventFn& fn);
+  // For prefetching: receives what was decoded of the item
+  // kScanAheadLookaheadItems after the one `fn` gets next (decoding it now if
+  // the reading thread did not), before `fn` gets that one; nothing near the
+  // end of a read chunk. The views are valid only during the call.
+  using LookaheadFn = std::function<void(const DecodedCallEvent& event)>;
+  [[nodiscard]] Status ScanDecodedCallEvents(const DecodedEventFn& fn,
+                                             const LookaheadFn& ahead = {});
 
  private:
   struct Rep;

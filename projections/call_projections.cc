@@ -16,6 +16,7 @@
 
 #include "ledger/codec.h"
 #include "ledger/hash.h"
+#include "ledger/prefetch.h"
 #include "ledger/scan_ahead.h"
 #include "ledger/thread_name.h"
 #include "ledger/varint.h"
@@ -400,6 +401,12 @@ struct UsageCursors {
   FlatIndex<UsageCursor> index;
 };
 
+// The index hash of the cursor of (workspace, key), from the hashes of the
+// ids (the metrics fold's, so a lookahead hashes each id once).
+size_t CursorHash(const MetricsFold::IdHashes& ids) {
+  return ids.workspace ^ (ids.key + 0x9e3779b97f4a7c15 + (ids.workspace << 6) + (ids.workspace >> 2));
+}
+
 // The state of every call projection held in memory (logs live only in the
 // store; the fold keeps the running hash over them).
 struct FoldState {
@@ -464,6 +471,13 @@ class BatchFolder {
   // the state's position. Call once, after the last Fold.
   void Finish();
 
+  // For prefetching: takes each event kScanAheadLookaheadItems before it is
+  // folded (ScanAhead::ScanDecodedCallEvents' `ahead`). Over tables larger
+  // than the cache, the misses of an event's lookups (MetricsFold and usage
+  // cursors) are then mostly taken while earlier events are folded: each of
+  // the events ahead is one stage further (MetricsFold::PrefetchSeries).
+  void LookAhead(const DecodedCallEvent& event);
+
   uint64_t events_scanned() const { return events_scanned_; }
   uint64_t events_folded() const { return events_folded_; }
   uint64_t bytes() const { return bytes_; }
@@ -496,6 +510,8 @@ class BatchFolder {
   void ApplyUsage(const ApiCallView& call);
   // Chains (and with `out`, keeps) the call's log entry, if it gets one (MakeLogEntry).
   void AppendLog(uint64_t sequence, const ApiCallView& call);
+  // Stage `stage` of prefetching a usage cursor (as MetricsFold::PrefetchSeries).
+  void PrefetchCursor(size_t hash, int stage) const;
 
   FoldState* const state_;
   KvBatch* const out_;
@@ -507,6 +523,16 @@ class BatchFolder {
   const uint16_t workspace_changed_kind_;
   Zones& zones_;
   std::vector<ChangedUsage> changed_usage_;
+  // The events LookAhead was given, by their hashes; the last
+  // kLookaheadStages, the newest at (lookahead_count_ - 1) % kLookaheadStages.
+  struct Lookahead {
+    bool metrics = false;  // counts in metrics series
+    bool usage = false;    // counts in usage
+    MetricsFold::IdHashes ids;
+  };
+  static constexpr size_t kLookaheadStages = MetricsFold::kPrefetchStages;
+  std::array<Lookahead, kLookaheadStages> lookahead_{};
+  size_t lookahead_count_ = 0;
   std::vector<std::string> changed_zones_;  // workspace ids, with `out`
   DecodedCallEvent decoded_;       // Fold's, reused
   std::vector<uint64_t> aligned_;  // reused buffers
@@ -645,11 +671,47 @@ MonthUsage* BatchFolder::ResolveUsage(Zone& zone, const ApiCallView& call) {
   return zone.usage;
 }
 
+void BatchFolder::LookAhead(const DecodedCallEvent& event) {
+  static_assert(kScanAheadLookaheadItems == kLookaheadStages);  // one stage per event
+  Lookahead& next = lookahead_[lookahead_count_ % kLookaheadStages];
+  next = Lookahead{};
+  if (event.status.ok() && event.view.body_kind == call_kind_) {
+    const ApiCallView& call = event.view.call;
+    next.ids = MetricsFold::HashIds(call.workspace_id, call.key_id);
+    next.metrics = parts_ == FoldParts::kAll;
+    next.usage = call.units > 0 &&
+                 call.workspace_id.size() + call.key_id.size() <= kUsageCursorIdsBytesMax;
+  } else if (event.status.ok() && event.view.body_kind == denial_kind_) {
+    next.ids = MetricsFold::HashIds(event.view.denial.workspace_id, event.view.denial.key_id);
+    next.metrics = parts_ == FoldParts::kAll;
+  }
+  ++lookahead_count_;
+  const size_t stages = std::min(lookahead_count_, kLookaheadStages);
+  for (size_t stage = 0; stage < stages; ++stage) {
+    const Lookahead& l = lookahead_[(lookahead_count_ - 1 - stage) % kLookaheadStages];
+    if (l.metrics) state_->metrics.PrefetchSeries(l.ids, static_cast<int>(stage));
+    if (l.usage) PrefetchCursor(CursorHash(l.ids), static_cast<int>(stage));
+  }
+}
+
+void BatchFolder::PrefetchCursor(size_t hash, int stage) const {
+  const FlatIndex<UsageCursor>& index = state_->usage_cursors.index;
+  if (stage == 0) return index.PrefetchSlot(hash);
+  const UsageCursor* cursor = index.Guess(hash);
+  if (cursor == nullptr) return;
+  if (stage == 1) {
+    for (size_t line = 0; line < sizeof(UsageCursor); line += 64) {
+      PrefetchRead(reinterpret_cast<const char*>(cursor) + line);
+    }
+    return;
+  }
+  if (cursor->usage != nullptr) PrefetchRead(cursor->usage);
+  if (cursor->units != nullptr) PrefetchRead(cursor->units);
+}
+
 UsageCursor* BatchFolder::CursorOf(std::string_view workspace_id, std::string_view key_id) {
   if (workspace_id.size() + key_id.size() > kUsageCursorIdsBytesMax) return nullptr;
-  const size_t ws_hash = std::hash<std::string_view>{}(workspace_id);
-  const size_t hash = ws_hash ^ (std::hash<std::string_view>{}(key_id) + 0x9e3779b97f4a7c15 +
-                                 (ws_hash << 6) + (ws_hash >> 2));
+  const size_t hash = CursorHash(MetricsFold::HashIds(workspace_id, key_id));
   UsageCursors& cursors = state_->usage_cursors;
   auto same = [&](const UsageCursor& c) { return c.Is(workspace_id, key_id); };
   if (UsageCursor* cursor = cursors.index.Find(hash, same)) return cursor;
@@ -792,7 +854,8 @@ Status ScanBatch(const Ledger& ledger, uint64_t from, uint64_t to, ScanAhead* ah
         [&](uint64_t sequence, std::string_view value, const DecodedCallEvent& event) {
           *fold = folder->FoldDecoded(sequence, value, event);
           return fold->ok() && more();
-        });
+        },
+        [folder](const DecodedCallEvent& event) { folder->LookAhead(event); });
   }
   return ledger.ScanRaw(from, to, [&](uint64_t sequence, std::string_view value) {
     *fold = folder->Fold(sequence, value);

@@ -17,6 +17,8 @@
 #include <utility>
 #include <vector>
 
+#include "ledger/prefetch.h"
+
 namespace keyledger {
 
 template <typename T>
@@ -43,6 +45,24 @@ class FlatIndex {
   }
 
   size_t size() const { return used_; }
+
+  // For prefetching (hints: nothing changes). Fetches the slot of `hash`
+  // into the cache.
+  void PrefetchSlot(size_t hash) const {
+    const size_t slots = slots_.size();
+    const char* base = reinterpret_cast<const char*>(slots_.data());
+    if (slots > 0) PrefetchRead(base + (hash & (slots - 1)) * sizeof(Slot));
+  }
+  // Returns the first value indexed under `hash`, not compared with anything
+  // (a guess, for prefetching), or nullptr.
+  T* Guess(size_t hash) const {
+    if (slots_.empty()) return nullptr;
+    const size_t mask = slots_.size() - 1;
+    for (size_t i = hash & mask;; i = (i + 1) & mask) {
+      const Slot& slot = slots_[i];
+      if (slot.value == nullptr || slot.hash == hash) return slot.value;
+    }
+  }
 
  private:
   struct Slot {

@@ -53,6 +53,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "ledger/prefetch.h"
 #include "ledger/status.h"
 
 namespace keyledger {
@@ -159,7 +160,7 @@ class CompactLatencyHistogram {
   size_t entry_count() const { return entries_.size(); }
   // Asks the CPU to fetch the first entries into the cache, for a walk over
   // many histograms that will read this one soon. Changes nothing.
-  void Prefetch() const { __builtin_prefetch(entries_.begin()); }
+  void Prefetch() const { PrefetchRead(entries_.begin()); }
 
   // Returns the encoding LatencyHistogram::Serialize gives for the same
   // values (same bytes), without building a dense histogram. For owners that

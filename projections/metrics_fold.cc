@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "ledger/varint.h"
+#include "ledger/prefetch.h"
 
 namespace keyledger {
 namespace {
@@ -161,6 +162,30 @@ MetricsFold::SeriesNode& MetricsFold::FindOrAddSeries(MetricsScope scope, std::s
   assert(added);
   index.Insert(hash, &*it);
   return *it;
+}
+
+MetricsFold::IdHashes MetricsFold::HashIds(std::string_view workspace_id, std::string_view key_id) {
+  return IdHashes{IdHash{}(workspace_id), key_id.empty() ? 0 : IdHash{}(key_id), !key_id.empty()};
+}
+
+void MetricsFold::PrefetchSeries(const IdHashes& ids, int stage) const {
+  assert(stage >= 0 && stage < kPrefetchStages);
+  auto prefetch = [&](const SeriesIndex& index, size_t hash) {
+    if (stage == 0) return index.PrefetchSlot(hash);
+    const SeriesNode* node = index.Guess(hash);
+    if (node == nullptr) return;
+    if (stage == 1) {
+      PrefetchRead(node);
+      PrefetchRead(reinterpret_cast<const char*>(node) + 64);
+      return;
+    }
+    PrefetchRead(node->first.data());  // compared with the event's id
+    for (const Cells& cells : node->second.levels) {
+      if (!cells.empty()) PrefetchRead(&cells.back());
+    }
+  };
+  prefetch(workspace_index_, ids.workspace);
+  if (ids.has_key) prefetch(key_index_, ids.key);
 }
 
 const MetricsFold::Series* MetricsFold::Find(MetricsScope scope, std::string_view id) const {

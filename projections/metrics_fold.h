@@ -147,6 +147,26 @@ class MetricsFold {
   Result<MetricsBucket> Totals(MetricsScope scope, std::string_view id, int64_t from_us,
                                int64_t to_us) const;
 
+  // ---- Prefetching, for a fold that sees its next events --------------------
+  //
+  // Hints only: nothing changes, and any ids may be given. Over tables larger
+  // than the cache, each event's lookups miss it several times in a row
+  // (index slot, series, latest cells). Given the event a few events ahead,
+  // PrefetchSeries(hashes, 0) fetches the index slots of its series; an event
+  // later, stage 1 fetches the series the slots point to; an event later
+  // still, stage 2 fetches their latest cells. Each stage reads only what the
+  // previous one fetched.
+  struct IdHashes {
+    size_t workspace = 0;
+    size_t key = 0;
+    bool has_key = false;  // whether the event counts in a key series
+  };
+  // Returns the hashes of the series an event of these ids counts in.
+  static IdHashes HashIds(std::string_view workspace_id, std::string_view key_id);
+  static constexpr int kPrefetchStages = 3;
+  // REQUIRES: 0 <= stage < kPrefetchStages.
+  void PrefetchSeries(const IdHashes& ids, int stage) const;
+
   // Returns the number of cells held (minutes + hours + days, all series).
   size_t cell_count() const { return cell_count_; }
 

@@ -1285,6 +1285,55 @@ TEST_F(LedgerTest, OfLedgerDecodingCallsMixesWhoDecodes) {
   }
 }
 
+// The lookahead sees the event kScanAheadLookaheadItems after the one the
+// consumer gets next (none near a chunk's end), decoded as the consumer will
+// get it; decoding it early (when the reading thread did not) changes
+// nothing the consumer gets.
+TEST_F(LedgerTest, ScanDecodedCallEventsLooksAhead) {
+  constexpr uint64_t kEvents = 2 * kScanAheadChunkItemsMax + 100;
+  constexpr size_t kBatch = 1'000;
+  auto ledger = OpenLedger();
+  std::vector<NewEvent> batch;
+  for (uint64_t i = 1; i <= kEvents; i++) {
+    batch.push_back(MakeCallEvent(i, "key_" + std::to_string(i % 7)));
+    if (batch.size() == kBatch || i == kEvents) {
+      ASSERT_TRUE(ledger->Append(batch).ok());
+      batch.clear();
+    }
+  }
+  for (size_t backlog : {size_t{0}, SIZE_MAX, kScanAheadDecodeBacklogChunks}) {
+    SCOPED_TRACE(backlog);
+    auto ahead = ScanAhead::OfLedgerDecodingCalls(*ledger, 1, kEvents, backlog);
+    uint64_t next = 1;
+    uint64_t looked = 0;
+    std::optional<std::string> seen;  // the request id of the last lookahead
+    ASSERT_TRUE(ahead->ScanDecodedCallEvents(
+                        [&](uint64_t seq, std::string_view, const DecodedCallEvent& event) {
+                          EXPECT_EQ(seq, next++);
+                          EXPECT_TRUE(event.status.ok()) << seq;
+                          EXPECT_EQ(event.view.call.request_id, "req-" + std::to_string(seq));
+                          if (seen) {
+                            EXPECT_EQ(*seen,
+                                      "req-" + std::to_string(seq + kScanAheadLookaheadItems));
+                            ++looked;
+                          }
+                          seen.reset();
+                          return !::testing::Test::HasFailure();
+                        },
+                        [&](const DecodedCallEvent& event) {
+                          EXPECT_FALSE(seen.has_value());  // one per event the consumer gets
+                          EXPECT_TRUE(event.status.ok());
+                          seen.emplace(event.view.call.request_id);
+                        })
+                    .ok());
+    EXPECT_EQ(next, kEvents + 1);
+    // All but the last few events of each chunk (chunks of these events
+    // hold thousands).
+    EXPECT_GE(looked, kEvents - kEvents / 100);
+    EXPECT_LT(looked, kEvents);  // none beyond the last
+  }
+}
+
 // ---- RecordHasher -------------------------------------------------------------------------
 
 RC_GTEST_PROP(RecordHasherProperty, HashesTheLengthPrefixedConcatenation,

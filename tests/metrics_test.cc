@@ -6,6 +6,7 @@
 #include <rapidcheck/gtest.h>
 
 #include <algorithm>
+#include <deque>
 #include <cstdint>
 #include <limits>
 #include <map>
@@ -14,6 +15,8 @@
 #include <tuple>
 #include <vector>
 
+#include "ledger/varint.h"
+#include "projections/flat_index.h"
 #include "projections/latency_histogram.h"
 #include "projections/metrics_fold.h"
 
@@ -673,6 +676,111 @@ RC_GTEST_PROP(MetricsFoldProp, OrderDoesNotMatter, ()) {
       RC_ASSERT(TotalsOrDie(a, scope, id, minute, minute + kMinuteUs) ==
                 TotalsOrDie(b, scope, id, minute, minute + kMinuteUs));
     }
+  }
+}
+
+// Prefetching is a hint: a fold given any prefetches, for its own events'
+// ids and for ids it never saw, at every stage, equals one given none.
+RC_GTEST_PROP(MetricsFoldProp, PrefetchingChangesNothing, ()) {
+  const auto events = *rc::gen::container<std::vector<Ev>>(EventGen());
+  MetricsFold plain;
+  MetricsFold prefetched;
+  ApplyAll(events, &plain);
+  for (const Ev& e : events) {
+    const std::string& ws = e.is_call ? e.call.workspace_id : e.denial.workspace_id;
+    const std::string& key = e.is_call ? e.call.key_id : e.denial.key_id;
+    for (int stage = 0; stage < MetricsFold::kPrefetchStages; ++stage) {
+      prefetched.PrefetchSeries(MetricsFold::HashIds(ws, key), stage);
+      prefetched.PrefetchSeries(MetricsFold::HashIds("ws_never", "key_never"), stage);
+    }
+    ApplyAll({e}, &prefetched);
+  }
+  std::vector<std::string> a;
+  std::vector<std::string> b;
+  auto into = [](std::vector<std::string>* out) {
+    return [out](const MetricsFold::CellRef& c, std::string_view encoded) {
+      out->push_back(std::to_string(static_cast<int>(c.scope)) + "/" + std::string(c.id) + "/" +
+                     std::to_string(c.width_us) + "/" + std::to_string(c.start_us) + "/" +
+                     std::string(encoded));
+    };
+  };
+  plain.ForEachCell(into(&a));
+  prefetched.ForEachCell(into(&b));
+  RC_ASSERT(a == b);
+}
+
+// ForEachCell visits cells in the byte order of store keys laid out as
+// scope, varint(id size), id, width ('d' < 'h' < 'm'), big-endian start, ids
+// of 128 bytes and more included; TakeChangedCells the changed ones in the
+// same order.
+RC_GTEST_PROP(MetricsFoldProp, CellsComeInKeyOrder, ()) {
+  const auto ids = *rc::gen::container<std::vector<std::string>>(rc::gen::oneOf(
+      rc::gen::container<std::string>(rc::gen::inRange<char>('a', 'd')),
+      // Around 128 and 256 bytes, where varint(size) order and size order part.
+      rc::gen::map(rc::gen::oneOf(rc::gen::inRange<size_t>(120, 140),
+                                  rc::gen::inRange<size_t>(250, 262)),
+                   [](size_t n) { return std::string(n, 'k'); })));
+  RC_PRE(!ids.empty());
+  const auto times = *rc::gen::container<std::vector<int64_t>>(
+      ids.size(), rc::gen::inRange<int64_t>(kT0Us, kT0Us + 3 * kDayUs));
+  MetricsFold fold;
+  fold.TrackChanges();
+  for (size_t i = 0; i < ids.size(); ++i) {
+    fold.ApplyCall(Call("ws_" + std::to_string(i % 3), ids[i], times[i], 200, 1000, 1));
+  }
+  auto key_of = [](const MetricsFold::CellRef& c) {
+    std::string key(1, static_cast<char>(c.scope));
+    PutVarint(c.id.size(), &key);
+    key += c.id;
+    key.push_back(c.width_us == kMinuteUs ? 'm' : c.width_us == kHourUs ? 'h' : 'd');
+    for (int shift = 56; shift >= 0; shift -= 8) {  // big-endian
+      key.push_back(static_cast<char>(static_cast<uint64_t>(c.start_us) >> shift));
+    }
+    return key;
+  };
+  std::vector<std::string> visited;
+  fold.ForEachCell([&](const MetricsFold::CellRef& c, std::string_view) { visited.push_back(key_of(c)); });
+  RC_ASSERT(visited.size() == fold.cell_count());
+  RC_ASSERT(std::is_sorted(visited.begin(), visited.end()));
+  RC_ASSERT(std::adjacent_find(visited.begin(), visited.end()) == visited.end());
+  std::vector<std::string> taken;
+  fold.TakeChangedCells([&](const MetricsFold::CellRef& c, std::string_view) { taken.push_back(key_of(c)); });
+  RC_ASSERT(taken == visited);  // every cell changed once
+}
+
+// FlatIndex equals a map from (hash, value) to value, with hashes that
+// collide often; Guess returns a value indexed under the hash, or nullptr
+// when none is.
+RC_GTEST_PROP(FlatIndexProp, FindsWhatAMapFinds, ()) {
+  const auto names = *rc::gen::container<std::vector<std::string>>(
+      rc::gen::container<std::string>(rc::gen::inRange<char>('a', 'e')));
+  std::deque<std::string> values;  // never move
+  FlatIndex<std::string> index;
+  std::map<std::string, const std::string*> model;
+  auto weak_hash = [](const std::string& s) { return s.size() % 5 * 1'000'003; };
+  for (const std::string& name : names) {
+    auto same = [&](const std::string& v) { return v == name; };
+    std::string* found = index.Find(weak_hash(name), same);
+    auto it = model.find(name);
+    RC_ASSERT((found == nullptr) == (it == model.end()));
+    if (found != nullptr) {
+      RC_ASSERT(found == it->second);
+      continue;
+    }
+    std::string* added = &values.emplace_back(name);
+    index.Insert(weak_hash(name), added);
+    model.emplace(name, added);
+    index.PrefetchSlot(weak_hash(name));
+  }
+  RC_ASSERT(index.size() == model.size());
+  for (size_t length = 0; length < 12; ++length) {
+    const std::string probe(length, 'z');
+    const std::string* guess = index.Guess(weak_hash(probe));
+    const bool any = std::any_of(model.begin(), model.end(), [&](const auto& entry) {
+      return weak_hash(entry.first) == weak_hash(probe);
+    });
+    RC_ASSERT((guess != nullptr) == any);
+    if (guess != nullptr) RC_ASSERT(weak_hash(*guess) == weak_hash(probe));
   }
 }
 

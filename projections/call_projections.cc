@@ -61,9 +61,9 @@ constexpr size_t kLogHeaderBytes = 1 + 8 + 2;  // version, ordered occurred_at, 
 constexpr size_t kSequenceBytes = 8;
 // Keys deleted per WriteBatch by the wipe and the sweep.
 constexpr size_t kDeleteBatchKeysMax = 10'000;
-// Events per batch of RebuildCallProjectionsDigest.
+// Events per batch of RebuildCallProjections.
 constexpr size_t kRebuildBatchEventsMax = 65'536;
-// RebuildCallProjectionsDigest reads ahead (ScanAhead) from this many events.
+// RebuildCallProjections reads ahead (ScanAhead) from this many events.
 constexpr uint64_t kRebuildReadAheadEventsMin = 16'384;
 // DigestOf hashes the metrics cells on two threads from this many cells.
 constexpr size_t kDigestCellsOnTwoThreadsMin = 65'536;
@@ -209,6 +209,24 @@ std::string UsageKey(std::string_view workspace_id, const BillingMonth& month,
   key.push_back(static_cast<char>(month.month));
   key.append(key_id);
   return key;
+}
+
+// Calls fn(key, value) for each usage record (UsageKey, units) in key order,
+// the value as stored (varint units). Sorts `records`.
+void ForEachUsageRecord(std::vector<std::pair<std::string, uint64_t>>* records,
+                        const std::function<void(std::string_view, std::string_view)>& fn) {
+  std::sort(records->begin(), records->end());
+  std::string value;
+  for (const auto& [key, units] : *records) {
+    value.clear();
+    PutVarint(units, &value);
+    fn(key, value);
+  }
+}
+
+// The meta key of a workspace's zone record.
+std::string ZoneKey(std::string_view workspace_id) {
+  return kZoneKeyPrefix + std::string(workspace_id);
 }
 
 bool ParseUsageKey(std::string_view key, std::string_view* workspace_id, BillingMonth* month,
@@ -790,7 +808,7 @@ void BatchFolder::Finish() {
   if (events_scanned_ > 0) state_->position = last_sequence_;
   if (out_ == nullptr) return;
   std::string key;
-  // TakeChangedCells' order is the order of MetricsKey for ids under 128 bytes.
+  // TakeChangedCells' order is the order of MetricsKey.
   state_->metrics.TakeChangedCells([&](const MetricsFold::CellRef& cell, std::string_view encoded) {
     key.clear();
     AppendMetricsKey(cell, &key);
@@ -804,13 +822,9 @@ void BatchFolder::Finish() {
     usage.emplace_back(UsageKey(*c.workspace, c.month, *c.key), c.units->units);
   }
   changed_usage_.clear();
-  std::sort(usage.begin(), usage.end());
-  std::string value;
-  for (const auto& [usage_key, units] : usage) {
-    value.clear();
-    PutVarint(units, &value);
-    out_->Put(kCallCfUsage, usage_key, value);
-  }
+  ForEachUsageRecord(&usage, [&](std::string_view key, std::string_view value) {
+    out_->Put(kCallCfUsage, key, value);
+  });
   auto log_key = [&](const PendingLog& p) {
     return std::string_view(log_records_).substr(p.offset, p.key_size);
   };
@@ -837,7 +851,7 @@ void BatchFolder::Finish() {
   changed_zones_.erase(std::unique(changed_zones_.begin(), changed_zones_.end()),
                        changed_zones_.end());
   for (const std::string& workspace : changed_zones_) {
-    out_->Put(kCallCfMeta, kZoneKeyPrefix + workspace, state_->zone_names.at(workspace));
+    out_->Put(kCallCfMeta, ZoneKey(workspace), state_->zone_names.at(workspace));
   }
   changed_zones_.clear();
 }
@@ -943,22 +957,13 @@ Hash DigestOf(const FoldState& state) {
       }
     }
   }
-  std::sort(usage.begin(), usage.end());
   RecordHasher usage_hasher;
-  std::string value;
-  for (const auto& [key, units] : usage) {
-    value.clear();
-    PutVarint(units, &value);
+  ForEachUsageRecord(&usage, [&](std::string_view key, std::string_view value) {
     usage_hasher.AddKeyValue(key, value);
-  }
+  });
   parts.usage = usage_hasher.Finish();
   RecordHasher zones;
-  std::string key;
-  for (const auto& [workspace, zone] : state.zone_names) {
-    key.assign(kZoneKeyPrefix);
-    key += workspace;
-    zones.AddKeyValue(key, zone);
-  }
+  for (const auto& [workspace, zone] : state.zone_names) zones.AddKeyValue(ZoneKey(workspace), zone);
   parts.zones = zones.Finish();
   parts.log_chain = state.log_chain;
   parts.usage_rejected = state.usage_rejected;

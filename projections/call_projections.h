@@ -421,9 +421,11 @@ struct CallProjectionsSnapshot {
 // Reads the store at `path` (DATA/calls) as a RocksDB secondary instance
 // (scratch files under `secondary_path`, REQUIRES: an empty directory), so a
 // running server's store is read without stopping or disturbing it.
+// The digest is of the stored records as they are (no value is parsed): a
+// changed byte of a cell, usage or zone record changes it.
 // Returns FailedPrecondition for a store of another format version;
-// Corruption, with the sequence when there is one, for an unreadable record
-// or a log entry with a key of an unknown shape or a sequence beyond the
+// Corruption, with the sequence when there is one, for a metrics or log key
+// of an unknown shape, a malformed meta record, or a log entry beyond the
 // position; IOError if the store cannot be opened or read.
 Result<CallProjectionsSnapshot> LoadCallProjectionsSnapshot(const std::string& path,
                                                             const std::string& secondary_path);

@@ -34,7 +34,12 @@ Hash HashFromHex(const std::string& hex) {
   return h;
 }
 
-json OperatorJson(const Hash& token_hash) { return {{"token_hash", HashHex(token_hash)}}; }
+// Reads a stored position record. Returns Corruption unless it is 8 bytes.
+Status ParsePositionRecord(std::string_view value, uint64_t* position) {
+  if (value.size() != 8) return Status::Corruption("bad key-state position record");
+  *position = DecodeBigEndian64(value.data());
+  return Status::Ok();
+}
 
 // Hashes stored records (key, value), as KvStore::Scan returns them: in
 // strictly increasing key order, the position record left out.
@@ -872,29 +877,7 @@ TokenView TokenFromJson(const json& j) {
 
 void KeyState::Persist(KvBatch& batch, int cf) {
   std::unique_lock<std::shared_mutex> lock(mu_);
-  for (const std::string& record : dirty_) {
-    std::string_view id(record);
-    json value;
-    if (record == kOperatorRecord) {
-      value = OperatorJson(*operator_token_hash_);
-    } else if (record.starts_with("ws/")) {
-      value = ToJson(workspaces_.at(std::string(id.substr(3))));
-    } else if (record.starts_with("sg/")) {
-      value = ToJson(groups_.at(std::string(id.substr(3))));
-    } else if (record.starts_with("key/")) {
-      value = ToJson(keys_.at(std::string(id.substr(4))));
-    } else if (record.starts_with("plan/")) {
-      value = ToJson(plans_.at(std::string(id.substr(5))));
-    } else if (record.starts_with("inv/")) {
-      value = ToJson(invoices_.at(std::string(id.substr(4))));
-    } else if (record.starts_with("alarm/")) {
-      value = ToJson(alarms_.at(std::string(id.substr(6))));
-    } else {
-      assert(record.starts_with("tok/"));
-      value = ToJson(tokens_.at(std::string(id.substr(4))));
-    }
-    batch.Put(cf, record, value.dump());
-  }
+  for (const std::string& record : dirty_) batch.Put(cf, record, RecordValue(record));
   dirty_.clear();
   std::string position;
   AppendBigEndian64(&position, position_);
@@ -907,12 +890,8 @@ Status KeyState::Load(const KvStore& store, int cf) {
   Status bad;
   Status scan = store.Scan(cf, "", "", [&](std::string_view key, std::string_view value) {
     if (key == kPositionRecord) {
-      if (value.size() != 8) {
-        bad = Status::Corruption("bad key-state position record");
-        return false;
-      }
-      position_ = DecodeBigEndian64(value.data());
-      return true;
+      bad = ParsePositionRecord(value, &position_);
+      return bad.ok();
     }
     json j = json::parse(value, nullptr, /*allow_exceptions=*/false);
     if (j.is_discarded() || !(j.is_object() || j.is_array())) {
@@ -968,20 +947,45 @@ Status KeyState::Load(const KvStore& store, int cf) {
   return Status::Ok();
 }
 
+std::string KeyState::RecordValue(const std::string& record) const {
+  std::string_view id(record);
+  json value;
+  if (record == kOperatorRecord) {
+    value = {{"token_hash", HashHex(*operator_token_hash_)}};
+  } else if (record.starts_with("ws/")) {
+    value = ToJson(workspaces_.at(std::string(id.substr(3))));
+  } else if (record.starts_with("sg/")) {
+    value = ToJson(groups_.at(std::string(id.substr(3))));
+  } else if (record.starts_with("key/")) {
+    value = ToJson(keys_.at(std::string(id.substr(4))));
+  } else if (record.starts_with("plan/")) {
+    value = ToJson(plans_.at(std::string(id.substr(5))));
+  } else if (record.starts_with("inv/")) {
+    value = ToJson(invoices_.at(std::string(id.substr(4))));
+  } else if (record.starts_with("alarm/")) {
+    value = ToJson(alarms_.at(std::string(id.substr(6))));
+  } else {
+    assert(record.starts_with("tok/"));
+    value = ToJson(tokens_.at(std::string(id.substr(4))));
+  }
+  return value.dump();
+}
+
 Hash KeyState::Digest() const {
   std::shared_lock<std::shared_mutex> lock(mu_);
-  // The records Persist writes for this state, in the store's key order:
-  // "alarm/" < "inv/" < "key/" < "operator" < "plan/" < "sg/" < "tok/" <
-  // "ws/", each map in id order (StoredRecordHasher asserts the order).
+  // Every record Persist would write for this state, in the store's key
+  // order: "alarm/" < "inv/" < "key/" < "operator" < "plan/" < "sg/" <
+  // "tok/" < "ws/", each map in id order (StoredRecordHasher asserts it).
   StoredRecordHasher h;
-  for (const auto& [id, a] : alarms_) h.Add(AlarmRecord(id), ToJson(a).dump());
-  for (const auto& [key, i] : invoices_) h.Add(InvoiceRecord(key), ToJson(i).dump());
-  for (const auto& [id, k] : keys_) h.Add(KeyRecord(id), ToJson(k).dump());
-  if (operator_token_hash_) h.Add(kOperatorRecord, OperatorJson(*operator_token_hash_).dump());
-  for (const auto& [id, p] : plans_) h.Add(PlanRecord(id), ToJson(p).dump());
-  for (const auto& [id, g] : groups_) h.Add(GroupRecord(id), ToJson(g).dump());
-  for (const auto& [id, t] : tokens_) h.Add(TokenRecord(id), ToJson(t).dump());
-  for (const auto& [id, w] : workspaces_) h.Add(WorkspaceRecord(id), ToJson(w).dump());
+  auto add = [&](std::string record) { h.Add(record, RecordValue(record)); };
+  for (const auto& entry : alarms_) add(AlarmRecord(entry.first));
+  for (const auto& entry : invoices_) add(InvoiceRecord(entry.first));
+  for (const auto& entry : keys_) add(KeyRecord(entry.first));
+  if (operator_token_hash_) add(kOperatorRecord);
+  for (const auto& entry : plans_) add(PlanRecord(entry.first));
+  for (const auto& entry : groups_) add(GroupRecord(entry.first));
+  for (const auto& entry : tokens_) add(TokenRecord(entry.first));
+  for (const auto& entry : workspaces_) add(WorkspaceRecord(entry.first));
   return h.Finish();
 }
 
@@ -994,12 +998,8 @@ Result<KeyState::StoredDigest> KeyState::DigestOfStore(const KvStore& store, int
       h.Add(key, value);
       return true;
     }
-    if (value.size() != 8) {
-      bad = Status::Corruption("bad key-state position record");
-      return false;
-    }
-    out.position = DecodeBigEndian64(value.data());
-    return true;
+    bad = ParsePositionRecord(value, &out.position);
+    return bad.ok();
   }, ScanKind::kBulk);
   KL_RETURN_IF_ERROR(scan);
   KL_RETURN_IF_ERROR(bad);

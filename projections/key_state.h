@@ -347,6 +347,9 @@ class KeyState {
   void UnindexGroup(const SecurityGroupView& group);
   void IndexOutbox(const std::string& alarm_id);
   void MarkDirty(std::string record_key);
+  // Returns the stored value of `record` (a record name MarkDirty takes).
+  // REQUIRES: mu_ held; the record's entity exists.
+  std::string RecordValue(const std::string& record) const;
 
   mutable std::shared_mutex mu_;
   uint64_t position_ = 0;

@@ -368,7 +368,7 @@ struct LiveProjection {
   // What must also hold between the live projection and the rebuild at
   // `position`, checked once both are done; empty: nothing. Returns the
   // Corruption it finds, or an error of the rebuild.
-  std::function<Status(ReplayInputs& inputs, const ProgressFn& progress)> check;
+  std::function<Status(ReplayInputs& inputs)> check;
 };
 
 // Values computed once per ledger position and then shared.
@@ -378,14 +378,21 @@ template <typename T>
 class OncePerPosition {
  public:
   // Returns the value for `to`, computing it on the first request for `to`;
-  // a request for the same `to` meanwhile waits for it. A failure is not
-  // kept: the next request computes again. Valid until this object's end.
+  // a request for the same `to` meanwhile waits for it. A failure is kept:
+  // later requests get it at once (a failing scan runs once). Valid until
+  // this object's end.
   Result<const T*> Get(uint64_t to, const std::function<Result<std::unique_ptr<T>>()>& compute) {
     Slot* slot = SlotOf(to);
     std::lock_guard<std::mutex> lock(slot->mu);
-    if (!slot->value) {
-      KL_ASSIGN_OR_RETURN(slot->value, compute());
+    if (!slot->value && slot->failure.ok()) {
+      auto computed = compute();
+      if (computed.ok()) {
+        slot->value = std::move(computed).value();
+      } else {
+        slot->failure = computed.status();
+      }
     }
+    if (!slot->failure.ok()) return slot->failure;
     return static_cast<const T*>(slot->value.get());
   }
 
@@ -403,6 +410,7 @@ class OncePerPosition {
   struct Slot {
     std::mutex mu;
     std::unique_ptr<T> value;  // guarded by mu
+    Status failure;            // guarded by mu
   };
 
   // Returns the slot of `to`, made on the first request.
@@ -430,8 +438,10 @@ struct SharedRebuild {
   IssuedInvoiceList invoices;
 };
 
-// Returns the SharedRebuild of 1..to. REQUIRES: to > 0.
+// Returns the SharedRebuild of 1..to, with the log entries made only if
+// `keep_log_entries` (48 bytes per logged call). REQUIRES: to > 0.
 Result<std::unique_ptr<SharedRebuild>> RebuildShared(Ledger& ledger, uint64_t to,
+                                                     bool keep_log_entries,
                                                      const ProgressFn& progress) {
   assert(to > 0);
   KL_RETURN_IF_ERROR(ledger.CatchUpTo(to));
@@ -439,7 +449,7 @@ Result<std::unique_ptr<SharedRebuild>> RebuildShared(Ledger& ledger, uint64_t to
   shared->key_state = std::make_unique<KeyState>();
   CallProjectionsRebuildOptions options;
   options.progress = progress;
-  options.keep_log_entries = true;
+  options.keep_log_entries = keep_log_entries;
   options.other_events = [&shared](uint64_t sequence, std::string_view stored) -> Status {
     Event event;
     KL_RETURN_IF_ERROR(FoldStoredEvent(sequence, stored, shared->key_state.get(), &event));
@@ -463,16 +473,28 @@ Result<std::unique_ptr<SharedRebuild>> RebuildShared(Ledger& ledger, uint64_t to
 // Thread safety: thread-safe.
 class ReplayInputs {
  public:
-  ReplayInputs(std::string data_dir, Ledger& ledger, const ScratchDir& scratch)
-      : data_dir_(std::move(data_dir)), ledger_(ledger), scratch_(scratch) {}
+  // `progress` (outliving this object) gets a part for each shared rebuild;
+  // with `compare_with_live`, those keep the log entries the live
+  // projection's check needs.
+  ReplayInputs(std::string data_dir, Ledger& ledger, const ScratchDir& scratch,
+               Progress* progress, bool compare_with_live)
+      : data_dir_(std::move(data_dir)),
+        ledger_(ledger),
+        scratch_(scratch),
+        progress_(progress),
+        compare_with_live_(compare_with_live) {}
 
   const std::string& data_dir() const { return data_dir_; }
   Ledger& ledger() const { return ledger_; }  // a secondary view: thread-safe, never appended to
   const ScratchDir& scratch() const { return scratch_; }
+  Progress& progress() const { return *progress_; }
 
-  // The SharedRebuild of 1..to (see OncePerPosition::Get). REQUIRES: to > 0.
-  Result<const SharedRebuild*> SharedRebuildAt(uint64_t to, const ProgressFn& progress) {
-    return shared_.Get(to, [&] { return RebuildShared(ledger_, to, progress); });
+  // The SharedRebuild of 1..to (see OncePerPosition::Get), whoever asks
+  // first; it reports to its own part of the progress. REQUIRES: to > 0.
+  Result<const SharedRebuild*> SharedRebuildAt(uint64_t to) {
+    return shared_.Get(to, [&] {
+      return RebuildShared(ledger_, to, compare_with_live_, progress_->Part(to));
+    });
   }
 
   // Makes KeyStateAt and IssuedInvoicesAt at `to` take the SharedRebuild's,
@@ -481,11 +503,13 @@ class ReplayInputs {
   void ShareRebuildAt(uint64_t to) { shared_.Reserve(to); }
 
   // The key state rebuilt to `to`: the SharedRebuild's if one was asked for
-  // at `to`, else by a scan of its own (see OncePerPosition::Get).
+  // at `to` and succeeded, else by a scan of its own (see
+  // OncePerPosition::Get), so that a call event the call projections refuse
+  // fails their row alone.
   Result<const KeyState*> KeyStateAt(uint64_t to, const ProgressFn& progress) {
     if (to > 0 && shared_.Asked(to)) {
-      KL_ASSIGN_OR_RETURN(const SharedRebuild* shared, SharedRebuildAt(to, progress));
-      return shared->key_state.get();
+      auto shared = SharedRebuildAt(to);
+      if (shared.ok()) return (*shared)->key_state.get();
     }
     return key_states_.Get(to, [&] { return RebuildKeyState(ledger_, to, progress); });
   }
@@ -493,8 +517,8 @@ class ReplayInputs {
   // Every InvoiceIssued event in 1..to, as KeyStateAt.
   Result<const IssuedInvoiceList*> IssuedInvoicesAt(uint64_t to, const ProgressFn& progress) {
     if (to > 0 && shared_.Asked(to)) {
-      KL_ASSIGN_OR_RETURN(const SharedRebuild* shared, SharedRebuildAt(to, progress));
-      return &shared->invoices;
+      auto shared = SharedRebuildAt(to);
+      if (shared.ok()) return &(*shared)->invoices;
     }
     return issued_invoices_.Get(to, [&]() -> Result<std::unique_ptr<IssuedInvoiceList>> {
       KL_ASSIGN_OR_RETURN(IssuedInvoiceList list, IssuedInvoices(ledger_, to, progress));
@@ -506,6 +530,8 @@ class ReplayInputs {
   const std::string data_dir_;
   Ledger& ledger_;
   const ScratchDir& scratch_;
+  Progress* const progress_;
+  const bool compare_with_live_;
   OncePerPosition<SharedRebuild> shared_;
   OncePerPosition<KeyState> key_states_;
   OncePerPosition<IssuedInvoiceList> issued_invoices_;
@@ -558,12 +584,11 @@ Result<LiveProjection> LiveCallProjections(ReplayInputs& inputs, const std::stri
   LiveProjection live{stored->digest, stored->position, {}};
   // The digest covers log entries only through their running hash: each
   // stored entry is compared with the one the rebuild made.
-  live.check = [stored](ReplayInputs& in, const ProgressFn& progress) -> Status {
+  live.check = [stored](ReplayInputs& in) -> Status {
     if (stored->position == 0) {
       return CheckLogEntries(stored->log_entries, {}, stored->log_swept_before_us);
     }
-    KL_ASSIGN_OR_RETURN(const SharedRebuild* rebuilt,
-                        in.SharedRebuildAt(stored->position, progress));
+    KL_ASSIGN_OR_RETURN(const SharedRebuild* rebuilt, in.SharedRebuildAt(stored->position));
     return CheckLogEntries(stored->log_entries, rebuilt->calls.log_entries,
                            stored->log_swept_before_us);
   };
@@ -577,7 +602,7 @@ Result<uint64_t> LiveCallProjectionsPosition(ReplayInputs& inputs, const std::st
 
 Result<Hash> RebuiltCallProjections(ReplayInputs& inputs, uint64_t to, const ProgressFn& progress) {
   if (to == 0) return EmptyCallProjectionsDigest();
-  KL_ASSIGN_OR_RETURN(const SharedRebuild* shared, inputs.SharedRebuildAt(to, progress));
+  KL_ASSIGN_OR_RETURN(const SharedRebuild* shared, inputs.SharedRebuildAt(to));
   return shared->calls.digest;
 }
 
@@ -759,10 +784,15 @@ void ReplayLive(ReplayWork* work, ReplayInputs& inputs) {
 
 // Rebuilds to the live position, read on its own when the check can (the
 // live read may still be running), else after the live read.
+// Reads the live position alone. REQUIRES: work->check->live_position.
+void ReadLivePosition(ReplayWork* work, ReplayInputs& inputs) {
+  auto dir = ScratchFor(inputs, *work, "-position");
+  work->to = dir.ok() ? work->check->live_position(inputs, *dir) : Result<uint64_t>(dir.status());
+}
+
 void ReplayRebuild(ReplayWork* work, ReplayInputs& inputs, Progress* progress) {
   if (work->check->live_position != nullptr) {
-    auto dir = ScratchFor(inputs, *work, "-position");
-    work->to = dir.ok() ? work->check->live_position(inputs, *dir) : Result<uint64_t>(dir.status());
+    if (!work->to) ReadLivePosition(work, inputs);
   } else {
     ReplayLive(work, inputs);
     work->to = work->live->ok() ? Result<uint64_t>((*work->live)->position)
@@ -793,7 +823,7 @@ void FinishRow(ReplayWork* work, ReplayInputs& inputs, Progress* progress) {
   }
   if (!work->rebuilt->ok()) return fail(work->rebuilt->status());
   if (live.check) {
-    Status checked = live.check(inputs, progress->Part(live.position));
+    Status checked = live.check(inputs);
     if (!checked.ok()) return fail(checked);
   }
   row.rebuilt = ToHex(**work->rebuilt);
@@ -823,19 +853,23 @@ void RunTasks(const std::vector<std::function<void()>>& tasks, size_t threads) {
 
 // Compares every projection with its rebuild, `threads` tasks at a time.
 // The rebuilds that need not wait for their live read start first: they are
-// the long ones (call projections). So the call projections' rebuild asks
-// for the SharedRebuild at its position before the key state's and the
-// invoices' rebuilds ask: at that same position (a stopped server's), they
-// take theirs from it rather than scan the log again.
+// the long ones (call projections). The call projections' position is read
+// before any task starts, and their SharedRebuild reserved at it: the key
+// state's and the invoices' rebuilds at that same position (a stopped
+// server's) then take theirs from it rather than scan the log again.
 std::vector<ReplayRow> CompareAllWithLive(ReplayInputs& inputs, size_t threads) {
-  Progress progress("audit replay", "rebuilding");
+  Progress* progress = &inputs.progress();
   std::vector<ReplayWork> works(std::size(kChecks));
   std::vector<std::function<void()>> first, then;
   for (size_t i = 0; i < works.size(); ++i) {
     ReplayWork* work = &works[i];
     work->check = &kChecks[i];
     work->row = ReplayRow{kChecks[i].name, "-", "-", "-", "", false};
-    auto rebuild = [work, &inputs, &progress] { ReplayRebuild(work, inputs, &progress); };
+    if (work->check->live_position != nullptr) {
+      ReadLivePosition(work, inputs);
+      if (work->to->ok() && **work->to > 0) inputs.ShareRebuildAt(**work->to);
+    }
+    auto rebuild = [work, &inputs, progress] { ReplayRebuild(work, inputs, progress); };
     if (work->check->live_position != nullptr) {
       first.push_back(rebuild);
       first.push_back([work, &inputs] { ReplayLive(work, inputs); });
@@ -847,28 +881,28 @@ std::vector<ReplayRow> CompareAllWithLive(ReplayInputs& inputs, size_t threads) 
   RunTasks(first, threads);
   std::vector<ReplayRow> rows;
   for (ReplayWork& work : works) {
-    FinishRow(&work, inputs, &progress);
+    FinishRow(&work, inputs, progress);
     rows.push_back(std::move(work.row));
   }
-  progress.Finish();
+  progress->Finish();
   return rows;
 }
 
 // Rebuilds every projection up to `until` without comparing.
 std::vector<ReplayRow> RebuildAll(ReplayInputs& inputs, uint64_t until, size_t threads) {
-  Progress progress("audit replay", "rebuilding");
+  Progress* progress = &inputs.progress();
   std::vector<ReplayWork> works(std::size(kChecks));
   std::vector<std::function<void()>> tasks;
   if (until > 0) inputs.ShareRebuildAt(until);  // one scan of the log for all three
   for (size_t i = 0; i < works.size(); ++i) {
     ReplayWork* work = &works[i];
     work->check = &kChecks[i];
-    tasks.push_back([work, &inputs, until, &progress] {
-      work->rebuilt = TimedRebuild(work, inputs, until, &progress);
+    tasks.push_back([work, &inputs, until, progress] {
+      work->rebuilt = TimedRebuild(work, inputs, until, progress);
     });
   }
   RunTasks(tasks, threads);
-  progress.Finish();
+  progress->Finish();
   std::vector<ReplayRow> rows;
   for (ReplayWork& work : works) {
     ReplayRow row{work.check->name, std::to_string(until), "-", "-", "", false};
@@ -963,7 +997,9 @@ int RunAuditReplay(const AuditReplayOptions& options) {
   auto view = OpenLedgerView(options.data_dir);
   if (!view.ok()) return Fail(cmd, Describe(view.status()));
   Ledger& ledger = *view->ledger;
-  ReplayInputs inputs(options.data_dir, ledger, *view->scratch);
+  Progress progress("audit replay", "rebuilding");
+  ReplayInputs inputs(options.data_dir, ledger, *view->scratch, &progress,
+                      /*compare_with_live=*/options.until.empty());
   std::vector<ReplayRow> rows;
   if (!options.until.empty()) {
     auto until = ParseUntil(ledger, options.until);

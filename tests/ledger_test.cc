@@ -1239,22 +1239,27 @@ TEST_F(LedgerTest, OfLedgerDecodingCallsDecodesAsDecodeCallEventDoes) {
   }
 }
 
+// Appends call events 1..events (of 7 keys) to `ledger`, 1,000 per append.
+void AppendCallEvents(Ledger* ledger, uint64_t events) {
+  constexpr size_t kBatch = 1'000;
+  std::vector<NewEvent> batch;
+  for (uint64_t i = 1; i <= events; i++) {
+    batch.push_back(MakeCallEvent(i, "key_" + std::to_string(i % 7)));
+    if (batch.size() == kBatch || i == events) {
+      ASSERT_TRUE(ledger->Append(batch).ok());
+      batch.clear();
+    }
+  }
+}
+
 // Over many chunks, with the consumer starting late, the first chunks are
 // read while nothing waits (the consumer decodes them) and later ones while
 // chunks wait (the reading thread decodes them): every event arrives decoded
 // as DecodeCallEvent decodes it, in order.
 TEST_F(LedgerTest, OfLedgerDecodingCallsMixesWhoDecodes) {
   constexpr uint64_t kEvents = 3 * kScanAheadChunkItemsMax + 100;
-  constexpr size_t kBatch = 1'000;
   auto ledger = OpenLedger();
-  std::vector<NewEvent> batch;
-  for (uint64_t i = 1; i <= kEvents; i++) {
-    batch.push_back(MakeCallEvent(i, "key_" + std::to_string(i % 7)));
-    if (batch.size() == kBatch || i == kEvents) {
-      ASSERT_TRUE(ledger->Append(batch).ok());
-      batch.clear();
-    }
-  }
+  ASSERT_NO_FATAL_FAILURE(AppendCallEvents(ledger.get(), kEvents));
   for (size_t backlog : {size_t{0}, SIZE_MAX, size_t{1}, kScanAheadDecodeBacklogChunks}) {
     SCOPED_TRACE(backlog);
     auto ahead = ScanAhead::OfLedgerDecodingCalls(*ledger, 1, kEvents, backlog);
@@ -1291,16 +1296,8 @@ TEST_F(LedgerTest, OfLedgerDecodingCallsMixesWhoDecodes) {
 // nothing the consumer gets.
 TEST_F(LedgerTest, ScanDecodedCallEventsLooksAhead) {
   constexpr uint64_t kEvents = 2 * kScanAheadChunkItemsMax + 100;
-  constexpr size_t kBatch = 1'000;
   auto ledger = OpenLedger();
-  std::vector<NewEvent> batch;
-  for (uint64_t i = 1; i <= kEvents; i++) {
-    batch.push_back(MakeCallEvent(i, "key_" + std::to_string(i % 7)));
-    if (batch.size() == kBatch || i == kEvents) {
-      ASSERT_TRUE(ledger->Append(batch).ok());
-      batch.clear();
-    }
-  }
+  ASSERT_NO_FATAL_FAILURE(AppendCallEvents(ledger.get(), kEvents));
   for (size_t backlog : {size_t{0}, SIZE_MAX, kScanAheadDecodeBacklogChunks}) {
     SCOPED_TRACE(backlog);
     auto ahead = ScanAhead::OfLedgerDecodingCalls(*ledger, 1, kEvents, backlog);

@@ -782,14 +782,15 @@ void ReplayLive(ReplayWork* work, ReplayInputs& inputs) {
   work->row.live_seconds = static_cast<double>(SteadyNowUs() - start_us) / 1e6;
 }
 
-// Rebuilds to the live position, read on its own when the check can (the
-// live read may still be running), else after the live read.
 // Reads the live position alone. REQUIRES: work->check->live_position.
 void ReadLivePosition(ReplayWork* work, ReplayInputs& inputs) {
   auto dir = ScratchFor(inputs, *work, "-position");
   work->to = dir.ok() ? work->check->live_position(inputs, *dir) : Result<uint64_t>(dir.status());
 }
 
+// Rebuilds to the live position, read on its own when the check can (the
+// live read may still be running; CompareAllWithLive reads it first), else
+// after the live read.
 void ReplayRebuild(ReplayWork* work, ReplayInputs& inputs, Progress* progress) {
   if (work->check->live_position != nullptr) {
     if (!work->to) ReadLivePosition(work, inputs);

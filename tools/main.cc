@@ -184,7 +184,7 @@ int main(int argc, char** argv) {
       ->add_option("--threads", replay.threads,
                    "Threads that read the live projections and rebuild them at once (at most " +
                        std::to_string(kReplayThreadsMax) +
-                       "); each projection's rebuild runs on one thread")
+                       "); projections at one position share one scan of the log")
       ->check(CLI::Range(size_t{1}, kReplayThreadsMax))
       ->capture_default_str();
   replay_cmd->callback([&] { exit_code = RunAuditReplay(replay); });

@@ -384,6 +384,11 @@ struct Zones {
 // Ids longer than this together are not given a UsageCursor.
 constexpr size_t kUsageCursorIdsBytesMax = 64;
 
+// Whether a call of these ids gets a UsageCursor.
+bool FitsUsageCursor(std::string_view workspace_id, std::string_view key_id) {
+  return workspace_id.size() + key_id.size() <= kUsageCursorIdsBytesMax;
+}
+
 // Where the units of one (workspace, key) last went: the usage record of the
 // key in a month, and that month's bounds in the workspace's zone. A call of
 // the same month then costs one FlatIndex lookup, where it cost a lookup of
@@ -526,6 +531,9 @@ class BatchFolder {
   // Returns false if that month cannot be resolved (the usage is rejected).
   bool Resolve(const ApiCallView& call, UsageCursor* cursor);
   void ApplyUsage(const ApiCallView& call);
+  // Counts the call's units through `cursor`, resolving it first if the
+  // call's month is not the one it points at.
+  void CountUsage(const ApiCallView& call, UsageCursor* cursor);
   // Chains (and with `out`, keeps) the call's log entry, if it gets one (MakeLogEntry).
   void AppendLog(uint64_t sequence, const ApiCallView& call);
   // Stage `stage` of prefetching a usage cursor (as MetricsFold::PrefetchSeries).
@@ -697,8 +705,7 @@ void BatchFolder::LookAhead(const DecodedCallEvent& event) {
     const ApiCallView& call = event.view.call;
     next.ids = MetricsFold::HashIds(call.workspace_id, call.key_id);
     next.metrics = parts_ == FoldParts::kAll;
-    next.usage = call.units > 0 &&
-                 call.workspace_id.size() + call.key_id.size() <= kUsageCursorIdsBytesMax;
+    next.usage = call.units > 0 && FitsUsageCursor(call.workspace_id, call.key_id);
   } else if (event.status.ok() && event.view.body_kind == denial_kind_) {
     next.ids = MetricsFold::HashIds(event.view.denial.workspace_id, event.view.denial.key_id);
     next.metrics = parts_ == FoldParts::kAll;
@@ -728,7 +735,7 @@ void BatchFolder::PrefetchCursor(size_t hash, int stage) const {
 }
 
 UsageCursor* BatchFolder::CursorOf(std::string_view workspace_id, std::string_view key_id) {
-  if (workspace_id.size() + key_id.size() > kUsageCursorIdsBytesMax) return nullptr;
+  if (!FitsUsageCursor(workspace_id, key_id)) return nullptr;
   const size_t hash = CursorHash(MetricsFold::HashIds(workspace_id, key_id));
   UsageCursors& cursors = state_->usage_cursors;
   auto same = [&](const UsageCursor& c) { return c.Is(workspace_id, key_id); };
@@ -760,9 +767,12 @@ bool BatchFolder::Resolve(const ApiCallView& call, UsageCursor* cursor) {
 
 void BatchFolder::ApplyUsage(const ApiCallView& call) {
   if (call.units == 0) return;
-  UsageCursor scratch;  // for ids too long to keep a cursor for
-  UsageCursor* cursor = CursorOf(call.workspace_id, call.key_id);
-  if (cursor == nullptr) cursor = &scratch;
+  if (UsageCursor* cursor = CursorOf(call.workspace_id, call.key_id)) return CountUsage(call, cursor);
+  UsageCursor once;  // ids too long to keep a cursor for: resolved for this call alone
+  CountUsage(call, &once);
+}
+
+void BatchFolder::CountUsage(const ApiCallView& call, UsageCursor* cursor) {
   if (!cursor->Covers(call.occurred_at_us, zones_.generation) && !Resolve(call, cursor)) {
     ++state_->usage_rejected;
     return;

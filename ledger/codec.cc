@@ -11,6 +11,7 @@
 #include "ledger/codec.h"
 
 #include <capnp/message.h>
+#include <capnp/schema.h>
 #include <capnp/serialize.h>
 #include <kj/array.h>
 #include <kj/exception.h>
@@ -26,6 +27,7 @@
 #include <variant>
 
 #include "events.capnp.h"
+#include "ledger/wire_reader.h"
 
 namespace keyledger {
 namespace {
@@ -920,6 +922,13 @@ Result<Event> DecodeEventBody(std::string_view body, const DecodeLimits& limits)
 }
 
 Result<EnvelopeHeader> DecodeEnvelopeHeader(std::string_view body, const DecodeLimits& limits) {
+  EnvelopeHeader header;
+  if (ReadEnvelopeHeaderWire(CallEventWireLayoutOfSchema(), body, limits, &header)) return header;
+  return codec_internal::DecodeEnvelopeHeaderWithCapnp(body, limits);
+}
+
+Result<EnvelopeHeader> codec_internal::DecodeEnvelopeHeaderWithCapnp(std::string_view body,
+                                                                     const DecodeLimits& limits) {
   return WithEnvelope<EnvelopeHeader>(
       body, limits, [](schema::Envelope::Reader r) -> Result<EnvelopeHeader> {
         EnvelopeHeader header;
@@ -1034,7 +1043,123 @@ Status ReadCallEvent(schema::Envelope::Reader r, CallEventView* out) {
 
 }  // namespace
 
+// ---- The wire reader's layout -----------------------------------------------------
+//
+// ledger/wire_reader.cc reads fields where the compiled-in schema puts them:
+// each position is asked of Cap'n Proto's schema here, once, and checked to
+// be of a kind that reader handles (a slot of zero default, a pointer).
+
+namespace {
+
+WireDataField DataFieldOf(capnp::StructSchema parent, const char* name) {
+  const capnp::schema::Field::Reader field = parent.getFieldByName(name).getProto();
+  assert(field.isSlot());
+  const capnp::schema::Field::Slot::Reader slot = field.getSlot();
+  assert(!slot.getHadExplicitDefault());  // wire_reader.h: every default is zero
+  uint32_t bits = 0;
+  switch (slot.getType().which()) {
+    case capnp::schema::Type::BOOL: bits = 1; break;
+    case capnp::schema::Type::UINT16:
+    case capnp::schema::Type::ENUM: bits = 16; break;
+    case capnp::schema::Type::UINT64:
+    case capnp::schema::Type::INT64: bits = 64; break;
+    default: assert(false && "a data field type the wire reader does not read");
+  }
+  return WireDataField{slot.getOffset() * bits, bits};
+}
+
+uint16_t PointerFieldOf(capnp::StructSchema parent, const char* name) {
+  const capnp::schema::Field::Reader field = parent.getFieldByName(name).getProto();
+  assert(field.isSlot());
+  const capnp::schema::Type::Which type = field.getSlot().getType().which();
+  assert(type == capnp::schema::Type::TEXT || type == capnp::schema::Type::DATA ||
+         type == capnp::schema::Type::STRUCT || type == capnp::schema::Type::LIST);
+  (void)type;
+  assert(!field.getSlot().getHadExplicitDefault());
+  return static_cast<uint16_t>(field.getSlot().getOffset());
+}
+
+CallEventWireLayout MakeCallEventWireLayout() {
+  CallEventWireLayout l;
+  const auto envelope = capnp::Schema::from<schema::Envelope>();
+  const capnp::StructSchema body = envelope.getFieldByName("body").getType().asStruct();
+  CallEventWireLayout::Envelope& e = l.envelope;
+  e.sequence = DataFieldOf(envelope, "sequence");
+  e.recorded_at_us = DataFieldOf(envelope, "recordedAtUs");
+  e.stream_version = DataFieldOf(envelope, "streamVersion");
+  e.body_kind = WireDataField{body.getProto().getStruct().getDiscriminantOffset() * 16, 16};
+  e.stream_id = PointerFieldOf(envelope, "streamId");
+  e.event_id = PointerFieldOf(envelope, "eventId");
+  e.actor = PointerFieldOf(envelope, "actor");
+  e.prev_hash = PointerFieldOf(envelope, "prevHash");
+  e.call_kind = body.getFieldByName("apiCallRecorded").getProto().getDiscriminantValue();
+  e.denial_kind = body.getFieldByName("authorizationDenied").getProto().getDiscriminantValue();
+  assert(e.call_kind == ApiCallRecordedBodyKind());
+  assert(e.denial_kind == AuthorizationDeniedBodyKind());
+  e.call = PointerFieldOf(body, "apiCallRecorded");
+  e.denial = PointerFieldOf(body, "authorizationDenied");
+
+  const auto call = capnp::Schema::from<schema::ApiCallRecorded>();
+  CallEventWireLayout::Call& c = l.call;
+  c.occurred_at_us = DataFieldOf(call, "occurredAtUs");
+  c.status = DataFieldOf(call, "status");
+  c.latency_us = DataFieldOf(call, "latencyUs");
+  c.units = DataFieldOf(call, "units");
+  c.request_bytes = DataFieldOf(call, "requestBytes");
+  c.response_bytes = DataFieldOf(call, "responseBytes");
+  c.logged = DataFieldOf(call, "logged");
+  c.request_id = PointerFieldOf(call, "requestId");
+  c.workspace_id = PointerFieldOf(call, "workspaceId");
+  c.key_id = PointerFieldOf(call, "keyId");
+  c.method = PointerFieldOf(call, "method");
+  c.path = PointerFieldOf(call, "path");
+  c.client_ip = PointerFieldOf(call, "clientIp");
+  c.origin = PointerFieldOf(call, "origin");
+  c.request = PointerFieldOf(call, "request");
+  c.response = PointerFieldOf(call, "response");
+
+  const auto excerpt = capnp::Schema::from<schema::HttpExcerpt>();
+  l.excerpt.headers = PointerFieldOf(excerpt, "headers");
+  l.excerpt.body_excerpt = PointerFieldOf(excerpt, "bodyExcerpt");
+  const auto header = capnp::Schema::from<schema::Header>();
+  l.header.name = PointerFieldOf(header, "name");
+  l.header.value = PointerFieldOf(header, "value");
+
+  const auto denial = capnp::Schema::from<schema::AuthorizationDenied>();
+  CallEventWireLayout::Denial& d = l.denial;
+  d.occurred_at_us = DataFieldOf(denial, "occurredAtUs");
+  d.reason = DataFieldOf(denial, "reason");
+  d.count = DataFieldOf(denial, "count");
+  d.request_id = PointerFieldOf(denial, "requestId");
+  d.workspace_id = PointerFieldOf(denial, "workspaceId");
+  d.key_id = PointerFieldOf(denial, "keyId");
+  d.client_ip = PointerFieldOf(denial, "clientIp");
+  d.origin = PointerFieldOf(denial, "origin");
+  d.reason_last = static_cast<uint16_t>(kDenialReasonLast);
+  return l;
+}
+
+}  // namespace
+
+const CallEventWireLayout& CallEventWireLayoutOfSchema() {
+  // A constant of the compiled-in schema, computed once. The names above are
+  // the schema's own, so Cap'n Proto cannot throw here unless they drift
+  // from it (a programming error, caught by every test).
+  static const CallEventWireLayout layout = MakeCallEventWireLayout();
+  return layout;
+}
+
 Status DecodeCallEvent(std::string_view body, CallEventView* out, const DecodeLimits& limits) {
+  assert(out != nullptr);
+  if (!body.empty() && reinterpret_cast<uintptr_t>(body.data()) % alignof(capnp::word) != 0) {
+    return Status::InvalidArgument("event body is not word-aligned", "body");
+  }
+  if (ReadCallEventWire(CallEventWireLayoutOfSchema(), body, limits, out)) return Status::Ok();
+  return codec_internal::DecodeCallEventWithCapnp(body, out, limits);
+}
+
+Status codec_internal::DecodeCallEventWithCapnp(std::string_view body, CallEventView* out,
+                                                const DecodeLimits& limits) {
   assert(out != nullptr);
   if (!body.empty() && reinterpret_cast<uintptr_t>(body.data()) % alignof(capnp::word) != 0) {
     return Status::InvalidArgument("event body is not word-aligned", "body");

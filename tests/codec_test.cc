@@ -1,6 +1,9 @@
 // Tests for ledger/codec.h: round trips of every event type, header decoding,
 // determinism, and hostile input (garbage, truncation, odd lengths, unaligned
-// buffers, wrong-size fixed fields, unknown union members and enum values).
+// buffers, wrong-size fixed fields, unknown union members and enum values),
+// and the wire reader (ledger/wire_reader.h) against Cap'n Proto: it reads
+// every event the encoder writes, and never accepts, nor reads differently,
+// what Cap'n Proto would refuse or read otherwise.
 //
 // Some tests patch encoded bytes directly. They rely only on the Cap'n Proto
 // wire format (little-endian words, documented pointer encoding) and on the
@@ -20,6 +23,7 @@
 
 #include "ledger/codec.h"
 #include "ledger/event.h"
+#include "ledger/wire_reader.h"
 
 using namespace keyledger;  // NOLINT: test file
 
@@ -726,4 +730,268 @@ TEST(CodecTest, TypeNames) {
   EXPECT_STREQ(EventTypeName(NotificationFailed{}), "notification_failed");
   EXPECT_STREQ(EventTypeName(ApiCallRecorded{}), "api_call_recorded");
   EXPECT_STREQ(EventTypeName(OperatorTokenSet{}), "operator_token_set");
+}
+
+// ---- The wire reader against Cap'n Proto ----------------------------------------
+
+namespace {
+
+// A word-aligned copy of `bytes` (DecodeCallEvent's views need alignment).
+struct Aligned {
+  explicit Aligned(std::string_view bytes) : words((bytes.size() + kWord - 1) / kWord) {
+    std::memcpy(words.data(), bytes.data(), bytes.size());
+    size = bytes.size();
+  }
+  std::string_view view() const { return {reinterpret_cast<const char*>(words.data()), size}; }
+  std::vector<uint64_t> words;
+  size_t size = 0;
+};
+
+bool SameExcerpt(const HttpExcerptView& a, const HttpExcerptView& b) {
+  if (a.body_excerpt != b.body_excerpt || a.headers.size() != b.headers.size()) return false;
+  for (size_t i = 0; i < a.headers.size(); ++i) {
+    if (a.headers[i].name != b.headers[i].name || a.headers[i].value != b.headers[i].value) {
+      return false;
+    }
+  }
+  return true;
+}
+
+// Whether two decodes of one body read the same: the kind, and the fields of
+// the view that kind fills.
+bool SameView(const CallEventView& a, const CallEventView& b) {
+  if (a.body_kind != b.body_kind) return false;
+  if (a.body_kind == ApiCallRecordedBodyKind()) {
+    const ApiCallView& x = a.call;
+    const ApiCallView& y = b.call;
+    return x.request_id == y.request_id && x.workspace_id == y.workspace_id &&
+           x.key_id == y.key_id && x.occurred_at_us == y.occurred_at_us && x.method == y.method &&
+           x.path == y.path && x.status == y.status && x.latency_us == y.latency_us &&
+           x.units == y.units && x.request_bytes == y.request_bytes &&
+           x.response_bytes == y.response_bytes && x.client_ip == y.client_ip &&
+           x.origin == y.origin && x.logged == y.logged && SameExcerpt(x.request, y.request) &&
+           SameExcerpt(x.response, y.response);
+  }
+  if (a.body_kind == AuthorizationDeniedBodyKind()) {
+    const AuthorizationDeniedView& x = a.denial;
+    const AuthorizationDeniedView& y = b.denial;
+    return x.request_id == y.request_id && x.workspace_id == y.workspace_id &&
+           x.key_id == y.key_id && x.occurred_at_us == y.occurred_at_us && x.reason == y.reason &&
+           x.client_ip == y.client_ip && x.origin == y.origin && x.count == y.count;
+  }
+  return true;
+}
+
+bool SameHeader(const EnvelopeHeader& a, const EnvelopeHeader& b) {
+  return a.sequence == b.sequence && a.recorded_at_us == b.recorded_at_us &&
+         a.stream_id == b.stream_id && a.stream_version == b.stream_version &&
+         a.event_id == b.event_id && a.prev_hash == b.prev_hash && a.body_kind == b.body_kind;
+}
+
+// Checks one body (any bytes, any limits) both ways, inside a property:
+// whatever the wire reader accepts, Cap'n Proto accepts and reads the same;
+// and the public decoders return exactly what Cap'n Proto alone returns.
+// Returns whether the wire reader read the call event.
+bool CheckAgainstCapnp(std::string_view bytes, const DecodeLimits& limits) {
+  const Aligned aligned(bytes);
+  const CallEventWireLayout& layout = CallEventWireLayoutOfSchema();
+  CallEventView capnp_view;
+  const Status capnp =
+      codec_internal::DecodeCallEventWithCapnp(aligned.view(), &capnp_view, limits);
+  CallEventView wire_view;
+  const bool wire = ReadCallEventWire(layout, aligned.view(), limits, &wire_view);
+  if (wire) {
+    RC_ASSERT(capnp.ok());
+    RC_ASSERT(SameView(wire_view, capnp_view));
+  }
+  CallEventView view;
+  const Status decoded = DecodeCallEvent(aligned.view(), &view, limits);
+  RC_ASSERT(decoded.code() == capnp.code());
+  RC_ASSERT(decoded.message() == capnp.message());
+  if (decoded.ok()) RC_ASSERT(SameView(view, capnp_view));
+
+  const Result<EnvelopeHeader> capnp_header =
+      codec_internal::DecodeEnvelopeHeaderWithCapnp(bytes, limits);
+  EnvelopeHeader wire_header;
+  if (ReadEnvelopeHeaderWire(layout, bytes, limits, &wire_header)) {
+    RC_ASSERT(capnp_header.ok());
+    RC_ASSERT(SameHeader(wire_header, *capnp_header));
+  }
+  RC_TAG(wire ? "read by the wire reader" : capnp.ok() ? "declined, read by Cap'n Proto"
+                                                       : "refused by both");
+  const Result<EnvelopeHeader> header = DecodeEnvelopeHeader(bytes, limits);
+  RC_ASSERT(header.ToStatus().code() == capnp_header.ToStatus().code());
+  RC_ASSERT(header.ToStatus().message() == capnp_header.ToStatus().message());
+  if (header.ok()) RC_ASSERT(SameHeader(*header, *capnp_header));
+  return wire;
+}
+
+// Call and denial events (the bodies the wire reader reads) more often than
+// the others.
+rc::Gen<Event> CallEvents() {
+  return rc::gen::oneOf(
+      rc::EventWith(rc::gen::cast<EventBody>(rc::gen::arbitrary<ApiCallRecorded>())),
+      rc::EventWith(rc::gen::cast<EventBody>(rc::gen::arbitrary<AuthorizationDenied>())),
+      rc::gen::arbitrary<Event>());
+}
+
+// A pointer-shaped word: any kind, an offset near its position, small sizes,
+// so that mutations reach the pointer checks rather than only garbage.
+rc::Gen<uint64_t> PointerWord(size_t words) {
+  const int range = static_cast<int>(words) + 2;
+  return rc::gen::apply(
+      [](int kind, int offset, int upper_low, int upper_high) {
+        const uint64_t lower =
+            (static_cast<uint64_t>(static_cast<uint32_t>(offset)) << 2 & 0xFFFFFFFFull) |
+            static_cast<uint64_t>(kind);
+        const uint64_t upper =
+            static_cast<uint64_t>(upper_low) | (static_cast<uint64_t>(upper_high) << 16);
+        return lower | upper << 32;
+      },
+      rc::gen::inRange(0, 4), rc::gen::inRange(-range, range), rc::gen::inRange(0, 1 << 16),
+      rc::gen::inRange(0, 8));
+}
+
+}  // namespace
+
+RC_GTEST_PROP(WireReaderProperty, ReadsEveryEncodedEventAsCapnpDoes, ()) {
+  const Event event = *CallEvents();
+  const std::string bytes = EncodeEventBody(event);
+  // The fold's fast path is taken for everything the encoder writes.
+  RC_ASSERT(CheckAgainstCapnp(bytes, DecodeLimits{}));
+  EnvelopeHeader header;
+  RC_ASSERT(ReadEnvelopeHeaderWire(CallEventWireLayoutOfSchema(), bytes, DecodeLimits{}, &header));
+}
+
+RC_GTEST_PROP(WireReaderProperty, NeverAcceptsWhatCapnpRefuses, ()) {
+  std::string bytes = EncodeEventBody(*CallEvents());
+  const size_t words = bytes.size() / kWord;
+  const int mutations = *rc::gen::inRange(1, 4);
+  for (int i = 0; i < mutations; ++i) {
+    const size_t at = *rc::gen::inRange<size_t>(0, words);
+    switch (*rc::gen::inRange(0, 4)) {
+      case 0: bytes[at * kWord + *rc::gen::inRange<size_t>(0, kWord)] ^=
+                  static_cast<char>(*rc::gen::inRange(1, 256));
+              break;
+      case 1: SetWordAt(&bytes, at, *PointerWord(words)); break;
+      case 2: SetWordAt(&bytes, at, 0); break;
+      default: bytes.resize(at * kWord); break;  // truncated, or empty
+    }
+    if (bytes.empty()) break;
+  }
+  DecodeLimits limits;
+  if (*rc::gen::arbitrary<bool>()) {
+    limits.traversal_words_max = *rc::gen::inRange<uint64_t>(1, 2 * words + 8);
+    limits.nesting_depth_max = *rc::gen::inRange(1, 12);
+  }
+  CheckAgainstCapnp(bytes, limits);
+}
+
+// Cap'n Proto counts the words it reads against traversal_words_max. The
+// wire reader must decline below the least limit Cap'n Proto accepts, and
+// read once the limit leaves room for its own (coarser) count.
+TEST(WireReaderTest, DeclinesBelowTheTraversalLimitCapnpNeeds) {
+  ApiCallRecorded call;
+  call.workspace_id = "ws_1";
+  call.key_id = "key_1";
+  call.logged = true;
+  call.request.headers = {{"content-type", "application/json"}, {"user-agent", "t/1"}};
+  call.request.body_excerpt = "{\"a\":1}";
+  call.response.headers = {{"content-type", "image/png"}};
+  const Aligned bytes(EncodeEventBody(SampleEvent(call)));
+  const CallEventWireLayout& layout = CallEventWireLayoutOfSchema();
+  uint64_t capnp_least = 1;  // DecodeLimits: a limit is positive
+  CallEventView view;
+  while (!codec_internal::DecodeCallEventWithCapnp(bytes.view(), &view,
+                                                   DecodeLimits{.traversal_words_max = capnp_least})
+              .ok()) {
+    ++capnp_least;
+    ASSERT_LT(capnp_least, bytes.size) << "no limit suffices";
+  }
+  ASSERT_GT(capnp_least, 8u);  // the limit binds on this message
+  for (uint64_t limit = 1; limit < capnp_least; ++limit) {
+    EXPECT_FALSE(ReadCallEventWire(layout, bytes.view(), DecodeLimits{.traversal_words_max = limit},
+                                   &view))
+        << limit;
+    const Status decoded =
+        DecodeCallEvent(bytes.view(), &view, DecodeLimits{.traversal_words_max = limit});
+    EXPECT_EQ(decoded.code(), Code::kCorruption) << limit;
+  }
+  // The wire reader counts one word more per object it follows (27 here:
+  // structs, lists, texts and data that are not null), so it reads from at
+  // most that many words above Cap'n Proto's least limit.
+  uint64_t wire_least = capnp_least;
+  while (!ReadCallEventWire(layout, bytes.view(), DecodeLimits{.traversal_words_max = wire_least},
+                            &view)) {
+    ++wire_least;
+    ASSERT_LE(wire_least, capnp_least + 27) << "the wire reader's count is too coarse";
+  }
+  EXPECT_TRUE(SameView(view, [&] {
+    CallEventView capnp_view;
+    EXPECT_TRUE(codec_internal::DecodeCallEventWithCapnp(bytes.view(), &capnp_view).ok());
+    return capnp_view;
+  }()));
+}
+
+TEST(WireReaderTest, DeclinesFarPointersSegmentsAndUnterminatedText) {
+  ApiCallRecorded call;
+  call.workspace_id = "ws_1";
+  call.key_id = "key_1";
+  const std::string good = EncodeEventBody(SampleEvent(call));
+  const CallEventWireLayout& layout = CallEventWireLayoutOfSchema();
+  CallEventView view;
+  ASSERT_TRUE(ReadCallEventWire(layout, Aligned(good).view(), DecodeLimits{}, &view));
+  EXPECT_EQ(view.call.key_id, "key_1");
+
+  std::string far = good;  // the root pointer made a far pointer
+  SetWordAt(&far, kRootPointer, (WordAt(far, kRootPointer) & ~uint64_t{3}) | 2);
+  EXPECT_FALSE(ReadCallEventWire(layout, Aligned(far).view(), DecodeLimits{}, &view));
+
+  std::string two_segments = good;  // a second, empty segment in the table
+  SetWordAt(&two_segments, 0, WordAt(good, 0) | 1);
+  EXPECT_FALSE(ReadCallEventWire(layout, Aligned(two_segments).view(), DecodeLimits{}, &view));
+
+  // key_id "key_1" without its NUL: Cap'n Proto refuses, the reader declines,
+  // DecodeCallEvent says what Cap'n Proto says.
+  std::string unterminated = good;
+  const size_t call_pointer = PointerSlot(good, kRootPointer, kEnvelopeBodyPointer);
+  const size_t key_pointer = PointerSlot(good, call_pointer, layout.call.key_id);
+  ShortenByteList(&unterminated, key_pointer, 6);
+  const Aligned bad(unterminated);
+  EXPECT_FALSE(ReadCallEventWire(layout, bad.view(), DecodeLimits{}, &view));
+  const Status decoded = DecodeCallEvent(bad.view(), &view);
+  EXPECT_EQ(decoded.code(), Code::kCorruption);
+  EXPECT_EQ(decoded.message(),
+            codec_internal::DecodeCallEventWithCapnp(bad.view(), &view).message());
+
+  // A denial reason this build does not know: declined, then Corruption.
+  AuthorizationDenied denied;
+  denied.reason = DenialReason::kRateLimited;
+  std::string unknown_reason = EncodeEventBody(SampleEvent(denied));
+  const size_t denial = StructTarget(unknown_reason,
+                                     PointerSlot(unknown_reason, kRootPointer, kEnvelopeBodyPointer));
+  const size_t reason_byte = denial * kWord + layout.denial.reason.bit / 8;
+  ASSERT_EQ(GetUint16(unknown_reason, reason_byte), static_cast<uint16_t>(DenialReason::kRateLimited));
+  SetUint16(&unknown_reason, reason_byte, 77);
+  const Aligned unknown(unknown_reason);
+  EXPECT_FALSE(ReadCallEventWire(layout, unknown.view(), DecodeLimits{}, &view));
+  EXPECT_EQ(DecodeCallEvent(unknown.view(), &view).code(), Code::kCorruption);
+}
+
+TEST(WireReaderTest, DeclinesNestingLimitsItCannotProve) {
+  ApiCallRecorded call;
+  call.logged = true;
+  call.request.headers = {{"a", "b"}};
+  const Aligned bytes(EncodeEventBody(SampleEvent(call)));
+  CallEventView view;
+  for (int depth = 1; depth <= 16; ++depth) {
+    const DecodeLimits limits{.nesting_depth_max = depth};
+    const bool wire = ReadCallEventWire(CallEventWireLayoutOfSchema(), bytes.view(), limits, &view);
+    const Status capnp = codec_internal::DecodeCallEventWithCapnp(bytes.view(), &view, limits);
+    if (wire) {
+      EXPECT_TRUE(capnp.ok()) << depth;
+    }
+    EXPECT_EQ(DecodeCallEvent(bytes.view(), &view, limits).code(), capnp.code()) << depth;
+  }
+  EXPECT_TRUE(ReadCallEventWire(CallEventWireLayoutOfSchema(), bytes.view(), DecodeLimits{}, &view));
 }

@@ -165,14 +165,4 @@ struct CallEventView {
 Status DecodeCallEvent(std::string_view body, CallEventView* out,
                        const DecodeLimits& limits = {});
 
-// DecodeEnvelopeHeader and DecodeCallEvent try ledger/wire_reader.h's reader
-// first, which declines whatever it cannot prove Cap'n Proto would read the
-// same. These are the two through Cap'n Proto alone, for tests that compare.
-namespace codec_internal {
-Result<EnvelopeHeader> DecodeEnvelopeHeaderWithCapnp(std::string_view body,
-                                                     const DecodeLimits& limits = {});
-Status DecodeCallEventWithCapnp(std::string_view body, CallEventView* out,
-                                const DecodeLimits& limits = {});
-}  // namespace codec_internal
-
 }  // namespace keyledger

@@ -24,10 +24,25 @@ namespace {
 // header list, header: 5), with room; below it Cap'n Proto decides.
 constexpr int kWireNestingDepthMin = 8;
 
+constexpr uint64_t kWordBytes = 8;
+// Pointer kinds (the low 2 bits) and list element sizes (3 bits at bit 32).
 constexpr uint64_t kKindStruct = 0;
 constexpr uint64_t kKindList = 1;
 constexpr uint64_t kElementBytes = 2;
 constexpr uint64_t kElementInlineComposite = 7;
+// A list pointer's element count (or inline composite word count) starts here.
+constexpr int kListCountShift = 35;
+// Cap'n Proto refuses segments of this many words or more.
+constexpr uint64_t kSegmentWordsLimit = uint64_t{1} << 29;
+// Cap'n Proto charges the root pointer's location twice (getRoot) before the
+// root struct itself.
+constexpr uint64_t kRootChargeWords = 2;
+// The smallest message: the segment table and a root pointer.
+constexpr size_t kMessageBytesMin = 2 * kWordBytes;
+
+uint64_t StructDataWords(uint64_t pointer) { return (pointer >> 32) & 0xffff; }
+uint64_t StructPointerCount(uint64_t pointer) { return pointer >> 48; }
+uint64_t ListElementSize(uint64_t pointer) { return (pointer >> 32) & 7; }
 
 // One segment, checked as Cap'n Proto's reader checks it. Every Read*
 // returns false (and leaves its output unspecified) where that reader would
@@ -60,12 +75,14 @@ class Segment {
     uint64_t position = 0;
   };
 
-  Segment(const char* bytes, uint64_t words) : bytes_(bytes), words_(words) {}
+  // `traversal_words_max`: DecodeLimits::traversal_words_max.
+  Segment(const char* bytes, uint64_t words, uint64_t traversal_words_max)
+      : bytes_(bytes), words_(words), traversal_words_max_(traversal_words_max) {}
 
   uint64_t Word(uint64_t index) const {
     assert(index < words_);
     uint64_t word;
-    std::memcpy(&word, bytes_ + index * 8, sizeof(word));
+    std::memcpy(&word, bytes_ + index * kWordBytes, sizeof(word));
     return word;
   }
   Pointer PointerAt(const Struct& s, uint16_t index) const {
@@ -77,8 +94,10 @@ class Segment {
   // Returns the field's value; zero beyond the data section (an older
   // writer's smaller struct), as Cap'n Proto's getDataField does.
   uint64_t Data(const Struct& s, WireDataField field) const {
+    assert(s.data + s.data_words <= words_);  // ReadStruct checked it
+    assert(field.bits == 1 || field.bits == 16 || field.bits == 64);
     if (field.bit + field.bits > s.data_words * 64) return 0;
-    const char* at = bytes_ + s.data * 8 + field.bit / 8;
+    const char* at = bytes_ + s.data * kWordBytes + field.bit / 8;
     if (field.bits == 64) return Load<uint64_t>(at);
     if (field.bits == 16) return Load<uint16_t>(at);
     assert(field.bits == 1);
@@ -92,8 +111,8 @@ class Segment {
     }
     if ((p.word & 3) != kKindStruct) return false;
     uint64_t target;
-    const uint64_t data_words = (p.word >> 32) & 0xffff;
-    const uint64_t pointer_count = p.word >> 48;
+    const uint64_t data_words = StructDataWords(p.word);
+    const uint64_t pointer_count = StructPointerCount(p.word);
     if (!Target(p, data_words + pointer_count, &target)) return false;
     *out = Struct{target, data_words, target + data_words, pointer_count};
     return true;
@@ -102,7 +121,7 @@ class Segment {
   bool ReadText(Pointer p, std::string_view* out) {
     std::string_view bytes;
     if (p.word == 0) {
-      *out = {};
+      *out = std::string_view("", 0);  // as Cap'n Proto: a default text, not null
       return true;
     }
     if (!ReadBytes(p, &bytes) || bytes.empty() || bytes.back() != '\0') return false;
@@ -123,16 +142,18 @@ class Segment {
       *out = StructList{};
       return true;
     }
-    if ((p.word & 3) != kKindList || ((p.word >> 32) & 7) != kElementInlineComposite) return false;
-    const uint64_t words = p.word >> 35;
+    if ((p.word & 3) != kKindList || ListElementSize(p.word) != kElementInlineComposite) {
+      return false;
+    }
+    const uint64_t words = p.word >> kListCountShift;
     uint64_t tag_at;
     if (!Target(p, words + 1, &tag_at)) return false;
     const uint64_t tag = Word(tag_at);
     // Cap'n Proto ignores the offset's top bit in a tag; decline rather than follow.
     if ((tag & 3) != kKindStruct || (tag >> 31) & 1) return false;
     const uint64_t count = static_cast<uint32_t>(tag) >> 2;
-    const uint64_t data_words = (tag >> 32) & 0xffff;
-    const uint64_t pointer_count = tag >> 48;
+    const uint64_t data_words = StructDataWords(tag);
+    const uint64_t pointer_count = StructPointerCount(tag);
     // Zero-sized elements are charged per element by Cap'n Proto: decline.
     if (data_words + pointer_count == 0 && count > 0) return false;
     if (count * (data_words + pointer_count) > words) return false;
@@ -140,8 +161,6 @@ class Segment {
     return true;
   }
 
-  // Returns whether the words charged so far stay within `limit`.
-  bool WithinTraversal(uint64_t limit) const { return charged_words_ <= limit; }
 
  private:
   template <typename T>
@@ -162,43 +181,44 @@ class Segment {
     // One word more per object than it holds: never less than Cap'n Proto
     // charges for it, so a total within the limit is one it keeps too.
     charged_words_ += words + 1;
+    if (charged_words_ > traversal_words_max_) return false;
     *target = static_cast<uint64_t>(at);
     return true;
   }
 
   bool ReadBytes(Pointer p, std::string_view* out) {
-    if ((p.word & 3) != kKindList || ((p.word >> 32) & 7) != kElementBytes) return false;
-    const uint64_t size = p.word >> 35;
+    if ((p.word & 3) != kKindList || ListElementSize(p.word) != kElementBytes) return false;
+    const uint64_t size = p.word >> kListCountShift;
     uint64_t target;
-    if (!Target(p, (size + 7) / 8, &target)) return false;
-    *out = std::string_view(bytes_ + target * 8, size);
+    if (!Target(p, (size + kWordBytes - 1) / kWordBytes, &target)) return false;
+    *out = std::string_view(bytes_ + target * kWordBytes, size);
     return true;
   }
 
   const char* bytes_;
   uint64_t words_;
-  // Cap'n Proto charges the root pointer's location twice (getRoot) before
-  // the root struct itself.
-  uint64_t charged_words_ = 2;
+  uint64_t traversal_words_max_;
+  uint64_t charged_words_ = kRootChargeWords;
 };
 
 // Returns the message's one segment, or false (several segments, a size
 // that disagrees with the bytes, an empty segment, a limit too low to prove).
 bool OpenSegment(std::string_view body, const DecodeLimits& limits, Segment* out) {
+  assert(limits.traversal_words_max > 0 && limits.nesting_depth_max > 0);
   if constexpr (std::endian::native != std::endian::little) return false;
   if (limits.nesting_depth_max < kWireNestingDepthMin) return false;
-  if (body.size() < 16 || body.size() % 8 != 0) return false;
+  if (limits.traversal_words_max < kRootChargeWords) return false;
+  if (body.size() < kMessageBytesMin || body.size() % kWordBytes != 0) return false;
   uint64_t table;
   std::memcpy(&table, body.data(), sizeof(table));
   const uint64_t segments_minus_one = static_cast<uint32_t>(table);
   const uint64_t words = table >> 32;
-  // Cap'n Proto refuses segments of 2^29 words or more; the codec refuses
-  // words after the segment.
-  if (segments_minus_one != 0 || words == 0 || words >= (uint64_t{1} << 29) ||
-      words != body.size() / 8 - 1) {
+  // The codec refuses words after the segment.
+  if (segments_minus_one != 0 || words == 0 || words >= kSegmentWordsLimit ||
+      words != body.size() / kWordBytes - 1) {
     return false;
   }
-  *out = Segment(body.data() + 8, words);
+  *out = Segment(body.data() + kWordBytes, words, limits.traversal_words_max);
   return true;
 }
 
@@ -284,7 +304,7 @@ bool ReadDenial(const CallEventWireLayout::Denial& d, Segment& segment, const Se
 bool ReadCallEventWire(const CallEventWireLayout& layout, std::string_view body,
                        const DecodeLimits& limits, CallEventView* out) {
   assert(reinterpret_cast<uintptr_t>(body.data()) % 8 == 0);
-  Segment segment(nullptr, 0);
+  Segment segment(nullptr, 0, 0);
   Segment::Struct envelope;
   EnvelopeHeader header;
   std::string_view stream_id;
@@ -294,9 +314,7 @@ bool ReadCallEventWire(const CallEventWireLayout& layout, std::string_view body,
   }
   out->body_kind = header.body_kind;
   const bool call = header.body_kind == layout.envelope.call_kind;
-  if (!call && header.body_kind != layout.envelope.denial_kind) {
-    return segment.WithinTraversal(limits.traversal_words_max);  // the body is not read
-  }
+  if (!call && header.body_kind != layout.envelope.denial_kind) return true;  // body not read
   Segment::Struct body_struct;
   std::string_view actor;
   const Segment::Pointer p =
@@ -304,18 +322,16 @@ bool ReadCallEventWire(const CallEventWireLayout& layout, std::string_view body,
   if (!segment.ReadStruct(p, &body_struct)) return false;
   const bool read = call ? ReadCall(layout, segment, body_struct, &out->call)
                          : ReadDenial(layout.denial, segment, body_struct, &out->denial);
-  return read && segment.ReadText(segment.PointerAt(envelope, layout.envelope.actor), &actor) &&
-         segment.WithinTraversal(limits.traversal_words_max);
+  return read && segment.ReadText(segment.PointerAt(envelope, layout.envelope.actor), &actor);
 }
 
 bool ReadEnvelopeHeaderWire(const CallEventWireLayout& layout, std::string_view body,
                             const DecodeLimits& limits, EnvelopeHeader* out) {
-  Segment segment(nullptr, 0);
+  Segment segment(nullptr, 0, 0);
   Segment::Struct envelope;
   std::string_view stream_id;
   if (!OpenSegment(body, limits, &segment) || !segment.ReadStruct(segment.Root(), &envelope) ||
-      !ReadHeaderFields(layout.envelope, segment, envelope, out, &stream_id) ||
-      !segment.WithinTraversal(limits.traversal_words_max)) {
+      !ReadHeaderFields(layout.envelope, segment, envelope, out, &stream_id)) {
     return false;
   }
   out->stream_id.assign(stream_id);

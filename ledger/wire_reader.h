@@ -18,8 +18,8 @@
 // lists, text without its NUL terminator, fixed-size data of another size, a
 // denial reason this build does not know, limits it cannot prove are kept.
 // Declining is never wrong, only slower; accepting what Cap'n Proto refuses
-// would be, and tests/wire_reader_test.cc checks both directions on mutated
-// messages.
+// would be, and tests/codec_test.cc ("The wire reader against Cap'n Proto")
+// checks both directions on mutated messages.
 //
 // Field positions come from the compiled-in schema (codec.cc,
 // CallEventWireLayoutOfSchema), never from numbers written here.
@@ -73,14 +73,26 @@ struct CallEventWireLayout {
 const CallEventWireLayout& CallEventWireLayoutOfSchema();
 
 // Reads what DecodeCallEvent(body, out, limits) reads. Returns true with
-// *out filled exactly as DecodeCallEvent would fill it (views into `body`),
-// or false when the caller must decode with Cap'n Proto (*out is then
-// partly written). REQUIRES: body is word-aligned.
+// *out filled exactly as DecodeCallEvent would fill it (views into `body`,
+// valid while it is), or false when the caller must decode with Cap'n Proto
+// (*out is then partly written; Cap'n Proto's decode overwrites what it
+// reads). REQUIRES: body is word-aligned; the limits are positive.
 bool ReadCallEventWire(const CallEventWireLayout& layout, std::string_view body,
                        const DecodeLimits& limits, CallEventView* out);
 
-// The same for DecodeEnvelopeHeader(body, limits). Any alignment.
+// The same for DecodeEnvelopeHeader(body, limits), *out as for
+// ReadCallEventWire. Any alignment.
 bool ReadEnvelopeHeaderWire(const CallEventWireLayout& layout, std::string_view body,
                             const DecodeLimits& limits, EnvelopeHeader* out);
+
+// DecodeEnvelopeHeader and DecodeCallEvent through Cap'n Proto alone,
+// without the reader above: what they fall back to, and what tests compare
+// it with. Same contracts as theirs.
+namespace codec_internal {
+Result<EnvelopeHeader> DecodeEnvelopeHeaderWithCapnp(std::string_view body,
+                                                     const DecodeLimits& limits = {});
+Status DecodeCallEventWithCapnp(std::string_view body, CallEventView* out,
+                                const DecodeLimits& limits = {});
+}  // namespace codec_internal
 
 }  // namespace keyledger

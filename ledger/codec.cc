@@ -1149,11 +1149,21 @@ const CallEventWireLayout& CallEventWireLayoutOfSchema() {
   return layout;
 }
 
-Status DecodeCallEvent(std::string_view body, CallEventView* out, const DecodeLimits& limits) {
-  assert(out != nullptr);
+namespace {
+
+// DecodeCallEvent's views point into `body`, never into a copy.
+Status CheckWordAligned(std::string_view body) {
   if (!body.empty() && reinterpret_cast<uintptr_t>(body.data()) % alignof(capnp::word) != 0) {
     return Status::InvalidArgument("event body is not word-aligned", "body");
   }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status DecodeCallEvent(std::string_view body, CallEventView* out, const DecodeLimits& limits) {
+  assert(out != nullptr);
+  KL_RETURN_IF_ERROR(CheckWordAligned(body));
   if (ReadCallEventWire(CallEventWireLayoutOfSchema(), body, limits, out)) return Status::Ok();
   return codec_internal::DecodeCallEventWithCapnp(body, out, limits);
 }
@@ -1161,9 +1171,7 @@ Status DecodeCallEvent(std::string_view body, CallEventView* out, const DecodeLi
 Status codec_internal::DecodeCallEventWithCapnp(std::string_view body, CallEventView* out,
                                                 const DecodeLimits& limits) {
   assert(out != nullptr);
-  if (!body.empty() && reinterpret_cast<uintptr_t>(body.data()) % alignof(capnp::word) != 0) {
-    return Status::InvalidArgument("event body is not word-aligned", "body");
-  }
+  KL_RETURN_IF_ERROR(CheckWordAligned(body));
   return WithEnvelope<bool>(body, limits,
                             [out](schema::Envelope::Reader r) -> Result<bool> {
                               KL_RETURN_IF_ERROR(ReadCallEvent(r, out));

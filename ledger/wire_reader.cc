@@ -161,7 +161,6 @@ class Segment {
     return true;
   }
 
-
  private:
   template <typename T>
   T Load(const char* at) const {

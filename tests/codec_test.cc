@@ -16,6 +16,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <deque>
 #include <set>
 #include <string>
 #include <utility>
@@ -739,7 +740,7 @@ namespace {
 // A word-aligned copy of `bytes` (DecodeCallEvent's views need alignment).
 struct Aligned {
   explicit Aligned(std::string_view bytes) : words((bytes.size() + kWord - 1) / kWord) {
-    std::memcpy(words.data(), bytes.data(), bytes.size());
+    if (!bytes.empty()) std::memcpy(words.data(), bytes.data(), bytes.size());
     size = bytes.size();
   }
   std::string_view view() const { return {reinterpret_cast<const char*>(words.data()), size}; }
@@ -945,7 +946,8 @@ TEST(WireReaderTest, DeclinesFarPointersSegmentsAndUnterminatedText) {
   const std::string good = EncodeEventBody(SampleEvent(call));
   const CallEventWireLayout& layout = CallEventWireLayoutOfSchema();
   CallEventView view;
-  ASSERT_TRUE(ReadCallEventWire(layout, Aligned(good).view(), DecodeLimits{}, &view));
+  const Aligned good_words(good);  // the view's bytes, kept while it is read
+  ASSERT_TRUE(ReadCallEventWire(layout, good_words.view(), DecodeLimits{}, &view));
   EXPECT_EQ(view.call.key_id, "key_1");
 
   std::string far = good;  // the root pointer made a far pointer
@@ -1016,9 +1018,10 @@ TEST(WireReaderTest, ReadsIntoAReusedViewAsIntoAFreshOne) {
   denied.count = 5;
   const CallEventWireLayout& layout = CallEventWireLayoutOfSchema();
   CallEventView reused;
+  std::deque<Aligned> kept;  // every body the views point into, as the fold's chunks
   for (const EventBody& body : {EventBody(logged), EventBody(denied), EventBody(plain),
                                 EventBody(KeyDeleted{"ws_1", "key_1"}), EventBody(logged)}) {
-    const Aligned bytes(EncodeEventBody(SampleEvent(body)));
+    const Aligned& bytes = kept.emplace_back(EncodeEventBody(SampleEvent(body)));
     CallEventView fresh;
     ASSERT_TRUE(codec_internal::DecodeCallEventWithCapnp(bytes.view(), &fresh).ok());
     ASSERT_TRUE(ReadCallEventWire(layout, bytes.view(), DecodeLimits{}, &reused));

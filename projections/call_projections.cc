@@ -1594,6 +1594,7 @@ Result<RebuiltCallProjections> RebuildCallProjections(
   KL_RETURN_IF_ERROR(call_projections_internal::FoldInMemory(
       ledger, until == 0 ? head : until, &state, options.progress,
       call_projections_internal::FoldParts::kAll, other));
+  if (options.folded) options.folded();
   RebuiltCallProjections rebuilt;
   rebuilt.digest = call_projections_internal::DigestOf(state);
   rebuilt.log_entries = std::move(state.log_entries);

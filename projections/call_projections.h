@@ -382,6 +382,10 @@ struct CallProjectionsRebuildOptions {
   // return stops the rebuild, which returns it. So a caller folds other
   // projections in the same scan of the log.
   std::function<Status(uint64_t sequence, std::string_view stored)> other_events;
+  // Called once the last event is folded (and given to other_events), before
+  // the digest is computed; not called if the fold fails. So a caller can
+  // start on what it folded from other_events while the digest is computed.
+  std::function<void()> folded;
 };
 
 // What RebuildCallProjections returns.

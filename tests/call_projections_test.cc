@@ -774,6 +774,34 @@ TEST(CallProjectionsTest, AStoreAheadOfOrForeignToTheLedgerIsRebuilt) {
   }
 }
 
+// `folded` comes once, after every event went to other_events, and never
+// when the fold fails.
+TEST(CallProjectionsTest, RebuildTellsWhenTheFoldIsDone) {
+  World w;
+  w.Record(w.key, 5);
+  const uint64_t head = w.h.ledger().head().sequence;
+  size_t others = 0;
+  std::vector<size_t> others_when_folded;
+  CallProjectionsRebuildOptions options;
+  options.other_events = [&](uint64_t, std::string_view) {
+    ++others;
+    return Status::Ok();
+  };
+  options.folded = [&] { others_when_folded.push_back(others); };
+  auto rebuilt = RebuildCallProjections(w.h.ledger(), head, options);
+  ASSERT_TRUE(rebuilt.ok()) << rebuilt.ToStatus().ToString();
+  EXPECT_EQ(others, head - 5);  // all but the 5 calls
+  EXPECT_EQ(others_when_folded, std::vector<size_t>{head - 5});
+
+  others_when_folded.clear();
+  options.other_events = [](uint64_t sequence, std::string_view) {
+    return Status::Corruption("refused", sequence);
+  };
+  auto failed = RebuildCallProjections(w.h.ledger(), head, options);
+  EXPECT_EQ(failed.ToStatus().code(), Code::kCorruption);
+  EXPECT_TRUE(others_when_folded.empty());
+}
+
 TEST(CallProjectionsTest, RebuildRefusesAPositionBeyondTheHead) {
   World w;
   auto r = RebuildCallProjectionsDigest(w.h.ledger(), w.h.ledger().head().sequence + 1);

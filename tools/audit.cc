@@ -431,12 +431,23 @@ Result<IssuedInvoiceList> IssuedInvoices(const Ledger& ledger, uint64_t to,
 
 // What one scan of the log 1..to rebuilds: the call projections, with the
 // log entries they made (for CheckLogEntries), and from the events that are
-// not calls (other_events), the key state and the issued invoices.
+// not calls (other_events), the key state's digest and the issued invoices.
 struct SharedRebuild {
   RebuiltCallProjections calls;
-  std::unique_ptr<KeyState> key_state;
+  Hash key_state_digest{};
   IssuedInvoiceList invoices;
 };
+
+// Runs `task` on a new thread, which the caller joins; if no thread can be
+// started, runs it now and returns a thread that is not joinable.
+std::thread StartOrRun(const std::function<void()>& task) {
+  try {
+    return std::thread(task);
+  } catch (const std::system_error&) {
+    task();
+    return std::thread();
+  }
+}
 
 // Returns the SharedRebuild of 1..to, with the log entries made only if
 // `keep_log_entries` (48 bytes per logged call). REQUIRES: to > 0.
@@ -446,20 +457,33 @@ Result<std::unique_ptr<SharedRebuild>> RebuildShared(Ledger& ledger, uint64_t to
   assert(to > 0);
   KL_RETURN_IF_ERROR(ledger.CatchUpTo(to));
   auto shared = std::make_unique<SharedRebuild>();
-  shared->key_state = std::make_unique<KeyState>();
+  auto key_state = std::make_unique<KeyState>();
   CallProjectionsRebuildOptions options;
   options.progress = progress;
   options.keep_log_entries = keep_log_entries;
-  options.other_events = [&shared](uint64_t sequence, std::string_view stored) -> Status {
+  options.other_events = [&shared, &key_state](uint64_t sequence,
+                                               std::string_view stored) -> Status {
     Event event;
-    KL_RETURN_IF_ERROR(FoldStoredEvent(sequence, stored, shared->key_state.get(), &event));
+    KL_RETURN_IF_ERROR(FoldStoredEvent(sequence, stored, key_state.get(), &event));
     if (auto* invoice = std::get_if<InvoiceIssued>(&event.body)) {
       shared->invoices.emplace_back(sequence, std::move(*invoice));
     }
     return Status::Ok();
   };
-  KL_ASSIGN_OR_RETURN(shared->calls, RebuildCallProjections(ledger, to, options));
-  shared->key_state->AdvancePosition(to);  // as RebuildKeyState: the last event walked
+  // The key state is whole once the fold is: its digest is computed, and
+  // the state freed, while the call projections' digest is computed.
+  std::thread key_state_digest;
+  options.folded = [&shared, &key_state, &key_state_digest, to] {
+    key_state->AdvancePosition(to);  // as RebuildKeyState: the last event walked
+    key_state_digest = StartOrRun([&shared, &key_state] {
+      shared->key_state_digest = key_state->Digest();
+      key_state.reset();
+    });
+  };
+  auto calls = RebuildCallProjections(ledger, to, options);
+  if (key_state_digest.joinable()) key_state_digest.join();
+  KL_RETURN_IF_ERROR(calls.ToStatus());
+  shared->calls = std::move(calls).value();
   return shared;
 }
 
@@ -497,24 +521,27 @@ class ReplayInputs {
     });
   }
 
-  // Makes KeyStateAt and IssuedInvoicesAt at `to` take the SharedRebuild's,
+  // Makes KeyStateDigestAt and IssuedInvoicesAt at `to` take the SharedRebuild's,
   // which the first of them to ask computes. (Without this they do so only
   // if the call projections' rebuild asked for it first.)
   void ShareRebuildAt(uint64_t to) { shared_.Reserve(to); }
 
-  // The key state rebuilt to `to`: the SharedRebuild's if one was asked for
-  // at `to` and succeeded, else by a scan of its own (see
+  // The digest of the key state rebuilt to `to`: the SharedRebuild's if one
+  // was asked for at `to` and succeeded, else by a scan of its own (see
   // OncePerPosition::Get), so that a call event the call projections refuse
   // fails their row alone.
-  Result<const KeyState*> KeyStateAt(uint64_t to, const ProgressFn& progress) {
+  Result<Hash> KeyStateDigestAt(uint64_t to, const ProgressFn& progress) {
     if (to > 0 && shared_.Asked(to)) {
       auto shared = SharedRebuildAt(to);
-      if (shared.ok()) return (*shared)->key_state.get();
+      if (shared.ok()) return (*shared)->key_state_digest;
     }
-    return key_states_.Get(to, [&] { return RebuildKeyState(ledger_, to, progress); });
+    KL_ASSIGN_OR_RETURN(const KeyState* state, key_states_.Get(to, [&] {
+      return RebuildKeyState(ledger_, to, progress);
+    }));
+    return state->Digest();
   }
 
-  // Every InvoiceIssued event in 1..to, as KeyStateAt.
+  // Every InvoiceIssued event in 1..to, as KeyStateDigestAt.
   Result<const IssuedInvoiceList*> IssuedInvoicesAt(uint64_t to, const ProgressFn& progress) {
     if (to > 0 && shared_.Asked(to)) {
       auto shared = SharedRebuildAt(to);
@@ -564,8 +591,7 @@ Result<LiveProjection> LiveKeyState(ReplayInputs& inputs, const std::string& scr
 
 Result<Hash> RebuiltKeyState(ReplayInputs& inputs, uint64_t to, const ProgressFn& progress) {
   if (to == 0) return KeyState().Digest();  // RebuildKeyState reads 0 as "the head"
-  KL_ASSIGN_OR_RETURN(const KeyState* state, inputs.KeyStateAt(to, progress));
-  return state->Digest();
+  return inputs.KeyStateDigestAt(to, progress);
 }
 
 // Call projections (logs, metrics, usage): the store the server persisted,

@@ -873,6 +873,8 @@ TokenView TokenFromJson(const json& j) {
                    j.at("created_at_us"), j.at("revoked")};
 }
 
+json OperatorTokenJson(const Hash& token_hash) { return {{"token_hash", HashHex(token_hash)}}; }
+
 }  // namespace
 
 void KeyState::Persist(KvBatch& batch, int cf) {
@@ -951,7 +953,7 @@ std::string KeyState::RecordValue(const std::string& record) const {
   std::string_view id(record);
   json value;
   if (record == kOperatorRecord) {
-    value = {{"token_hash", HashHex(*operator_token_hash_)}};
+    value = OperatorTokenJson(*operator_token_hash_);
   } else if (record.starts_with("ws/")) {
     value = ToJson(workspaces_.at(std::string(id.substr(3))));
   } else if (record.starts_with("sg/")) {
@@ -973,19 +975,21 @@ std::string KeyState::RecordValue(const std::string& record) const {
 
 Hash KeyState::Digest() const {
   std::shared_lock<std::shared_mutex> lock(mu_);
-  // Every record Persist would write for this state, in the store's key
-  // order: "alarm/" < "inv/" < "key/" < "operator" < "plan/" < "sg/" <
-  // "tok/" < "ws/", each map in id order (StoredRecordHasher asserts it).
+  // Every record Persist would write for this state (the values RecordValue
+  // gives, made from the entry in hand rather than found again by name), in
+  // the store's key order: "alarm/" < "inv/" < "key/" < "operator" <
+  // "plan/" < "sg/" < "tok/" < "ws/", each map in id order
+  // (StoredRecordHasher asserts it).
   StoredRecordHasher h;
-  auto add = [&](std::string record) { h.Add(record, RecordValue(record)); };
-  for (const auto& entry : alarms_) add(AlarmRecord(entry.first));
-  for (const auto& entry : invoices_) add(InvoiceRecord(entry.first));
-  for (const auto& entry : keys_) add(KeyRecord(entry.first));
-  if (operator_token_hash_) add(kOperatorRecord);
-  for (const auto& entry : plans_) add(PlanRecord(entry.first));
-  for (const auto& entry : groups_) add(GroupRecord(entry.first));
-  for (const auto& entry : tokens_) add(TokenRecord(entry.first));
-  for (const auto& entry : workspaces_) add(WorkspaceRecord(entry.first));
+  auto add = [&h](std::string_view record, const json& value) { h.Add(record, value.dump()); };
+  for (const auto& [id, alarm] : alarms_) add(AlarmRecord(id), ToJson(alarm));
+  for (const auto& [id, invoice] : invoices_) add(InvoiceRecord(id), ToJson(invoice));
+  for (const auto& [id, key] : keys_) add(KeyRecord(id), ToJson(key));
+  if (operator_token_hash_) add(kOperatorRecord, OperatorTokenJson(*operator_token_hash_));
+  for (const auto& [id, plan] : plans_) add(PlanRecord(id), ToJson(plan));
+  for (const auto& [id, group] : groups_) add(GroupRecord(id), ToJson(group));
+  for (const auto& [id, token] : tokens_) add(TokenRecord(id), ToJson(token));
+  for (const auto& [id, workspace] : workspaces_) add(WorkspaceRecord(id), ToJson(workspace));
   return h.Finish();
 }
 

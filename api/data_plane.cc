@@ -102,8 +102,9 @@ void CutAtCharBoundary(std::string* text, size_t bytes_max) {
   text->resize(cut);
 }
 
-Status ValidateCall(const ApiCallRecorded& c, size_t i, int64_t now_us,
+Status ValidateCall(const CallReport& report, size_t i, int64_t now_us,
                     const DataPlaneOptions& o) {
+  const ApiCallRecorded& c = report.call;
   auto field = [i](const char* name) {
     return "calls[" + std::to_string(i) + "]." + name;
   };
@@ -125,6 +126,10 @@ Status ValidateCall(const ApiCallRecorded& c, size_t i, int64_t now_us,
   }
   if (c.status < 100 || c.status > 599) {
     return Status::InvalidArgument("status must be an HTTP status 100..599", field("status"));
+  }
+  if (report.units && *report.units > kCallUnitsMax) {
+    return Status::InvalidArgument(
+        "units must be between 0 and " + std::to_string(kCallUnitsMax), field("units"));
   }
   if (c.method.size() > kCallMethodBytesMax) return Status::InvalidArgument("too long", field("method"));
   if (c.path.size() > kCallPathBytesMax) return Status::InvalidArgument("too long", field("path"));
@@ -467,7 +472,7 @@ Result<RecordResult> DataPlane::RecordCalls(std::vector<CallReport> calls) {
   size_t in_batch_duplicates = 0;
   for (size_t i = 0; i < calls.size(); i++) {
     ApiCallRecorded& call = calls[i].call;
-    KL_RETURN_IF_ERROR(ValidateCall(call, i, now_us, options_));
+    KL_RETURN_IF_ERROR(ValidateCall(calls[i], i, now_us, options_));
     auto key = key_state_->FindKey(call.key_id);
     if (!key) {
       return Status::InvalidArgument("unknown key " + call.key_id,

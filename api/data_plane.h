@@ -108,6 +108,11 @@ constexpr size_t kCallMethodBytesMax = 16;
 constexpr size_t kCallPathBytesMax = 2048;
 constexpr size_t kCallOriginBytesMax = 2048;
 constexpr size_t kCallClientIpBytesMax = 64;  // the longest IPv6 text is 45 bytes
+// Most billable units one recorded call may carry. Far above any real call;
+// without a cap, one call could push a month's usage (billing) or a metrics
+// sum past 2^64 - 1, where it can no longer be counted. At the cap that takes
+// 18 billion calls of one workspace in one month.
+constexpr uint64_t kCallUnitsMax = 1'000'000'000;
 
 // Limits on logged excerpts.
 constexpr size_t kBodyExcerptBytesMax = 4096;

@@ -182,6 +182,17 @@ TEST_F(DataPlaneTest, RecordsCallsDurablyAndIdempotently) {
   EXPECT_EQ(std::get<ApiCallRecorded>(events->at(1).body).units, 0u);  // a 500 is not billable
 }
 
+TEST_F(DataPlaneTest, UnitsUpToTheMaximumAreRecorded) {
+  json call = Call("most-units");
+  call["units"] = kCallUnitsMax;
+  auto r = h.Call("POST", "/v1/calls", json{{"calls", {call}}}.dump());
+  ASSERT_EQ(r.status, 200) << r.raw;
+  auto events = h.ledger().ReadStream("calls/" + key_, 1, 10);
+  ASSERT_TRUE(events.ok());
+  ASSERT_EQ(events->size(), 1u);
+  EXPECT_EQ(std::get<ApiCallRecorded>(events->at(0).body).units, kCallUnitsMax);
+}
+
 // Request ids past the short-string buffer are stored on the heap: the
 // in-batch duplicate check must find those too.
 TEST_F(DataPlaneTest, LongRequestIdsRepeatedInOneBatchAreDuplicates) {
@@ -222,6 +233,9 @@ TEST_F(DataPlaneTest, ARefusedBatchAppendsNothing) {
   c = Call("x");
   c["status"] = "200";
   expect_field(c, "calls[1].status");
+  c = Call("x");
+  c["units"] = kCallUnitsMax + 1;  // would let a month's usage pass 2^64 - 1
+  expect_field(c, "calls[1].units");
   c = Call("x", 200, "key_unknown");
   expect_field(c, "calls[1].key_id");
   c = Call("x");

@@ -174,6 +174,17 @@ Result<HttpResponse> Service::Impl::InvoiceRun(const HttpRequest& req, const Pri
   std::vector<NewEvent> events;
   Json issued = Json::array(), already = Json::array(), not_due = Json::array(),
        failed = Json::array();
+  // A workspace whose own data forbids its invoice (over a billing limit; an
+  // adjustment in another currency than its plan's now; a time zone the tz
+  // database no longer knows) is listed in `failed` with the error body the
+  // request would have answered: no other workspace's invoice may wait on
+  // it. Errors of the system (IOError, Corruption, ...) end the run.
+  auto fails_alone = [&failed](const std::string& workspace_id, const Status& s) {
+    if (s.code() != Code::kResourceExhausted && s.code() != Code::kInvalidArgument) return false;
+    failed.push_back({{"workspace_id", workspace_id},
+                      {"error", Json::parse(ErrorResponse(s).body)["error"]}});
+    return true;
+  };
   // Usage accounts for every call recorded before the run, all of it at one
   // position (folds held), which becomes every invoice's covers_sequence.
   KL_RETURN_IF_ERROR(d.calls->WithPositionHeld(d.ledger->head().sequence, [&](uint64_t position) {
@@ -185,22 +196,17 @@ Result<HttpResponse> Service::Impl::InvoiceRun(const HttpRequest& req, const Pri
         already.push_back(std::move(json));
         continue;
       }
-      KL_ASSIGN_OR_RETURN(auto bounds, MonthBoundsUs(month, ws.billing_timezone));
-      if (!state().PlanInForce(ws.id, bounds.second)) continue;  // nothing to bill
-      if (now_us < bounds.second + grace_us) {
+      auto bounds = MonthBoundsUs(month, ws.billing_timezone);
+      if (!bounds.ok() && fails_alone(ws.id, bounds.status())) continue;
+      KL_RETURN_IF_ERROR(bounds.ToStatus());
+      if (!state().PlanInForce(ws.id, bounds->second)) continue;  // nothing to bill
+      if (now_us < bounds->second + grace_us) {
         not_due.push_back(ws.id);
         continue;
       }
       auto invoice = ComputeInvoice(state(), *d.ledger, *d.calls, ws, month, next_number, position);
       const Status computed = invoice.ToStatus();
-      if (computed.code() == Code::kResourceExhausted) {
-        // Over a billing limit: this workspace's invoice cannot be built, and
-        // no other workspace's invoice may wait on it. Listed with the error
-        // body the request would have answered.
-        failed.push_back({{"workspace_id", ws.id},
-                          {"error", Json::parse(ErrorResponse(computed).body)["error"]}});
-        continue;
-      }
+      if (!computed.ok() && fails_alone(ws.id, computed)) continue;
       KL_RETURN_IF_ERROR(computed);
       assert(invoice->has_value());
       KL_ASSIGN_OR_RETURN(Json json, InvoiceJson(**invoice));

@@ -313,6 +313,36 @@ TEST_F(BillingApiTest, AnInvoiceOverALimitFailsAloneAndTheRunGoesOn) {
   EXPECT_TRUE(h.key_state().state().ListInvoices(big).empty());
 }
 
+// An invoice its workspace's own data forbids (here: October's late units
+// are priced in USD, November's plan bills in EUR) fails that workspace
+// alone; the other workspaces are invoiced.
+TEST_F(BillingApiTest, AnInvoiceItsDataForbidsFailsAloneAndTheRunGoesOn) {
+  const std::string other = h.CreateWorkspace("Other");
+  ASSERT_EQ(h.Call("PATCH", "/v1/workspaces/" + other, R"({"price_plan":"std"})").status, 200);
+  const std::string other_key = h.CreateKey(other, h.CreateGroup(other)).first;
+  Record("oct-", 3, "2026-10-09T12:00:00Z");
+  h.clock().SetUs(At("2026-11-02T01:00:00Z"));
+  ASSERT_EQ(h.Call("POST", "/v1/invoice-runs", R"({"month":"2026-10"})").status, 200);
+  h.clock().SetUs(At("2026-11-05T00:00:00Z"));
+  Record("late-oct-", 1, "2026-10-30T12:00:00Z");
+  Record("nov-", 2, "2026-11-04T12:00:00Z");
+  Record("other-nov-", 2, "2026-11-04T12:00:00Z", other_key);
+  ASSERT_EQ(h.Call("POST", "/v1/price-plans", R"({"id":"std","currency":"EUR","mode":"volume",
+        "tiers":[{"up_to":null,"unit_price_micros":1000000}]})").status, 201);
+  h.clock().SetUs(At("2026-12-02T01:00:00Z"));
+  const uint64_t head = h.ledger().head().sequence;
+  auto run = h.Call("POST", "/v1/invoice-runs", R"({"month":"2026-11"})");
+  ASSERT_EQ(run.status, 200) << run.raw;
+  ASSERT_EQ(run.body["failed"].size(), 1u) << run.raw;
+  EXPECT_EQ(run.body["failed"][0]["workspace_id"], ws_);
+  EXPECT_EQ(run.body["failed"][0]["error"]["code"], "invalid_argument") << run.raw;
+  EXPECT_EQ(run.body["failed"][0]["error"]["field"], "adjustments[0].plan.currency") << run.raw;
+  ASSERT_EQ(run.body["issued"].size(), 1u) << run.raw;
+  EXPECT_EQ(run.body["issued"][0]["workspace_id"], other);
+  EXPECT_EQ(run.body["issued"][0]["currency"], "EUR");
+  EXPECT_EQ(h.ledger().head().sequence, head + 1);
+}
+
 // A run with more invoices than one append holds issues them in several,
 // numbered without gaps, each reproducible from the log.
 TEST(BillingRunTest, ARunLargerThanOneAppendIssuesEveryInvoice) {

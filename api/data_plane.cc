@@ -15,6 +15,7 @@ namespace keyledger {
 namespace {
 
 constexpr size_t kRequestIdBytesMax = 128;
+constexpr int64_t kMinuteUs = 60'000'000;
 constexpr size_t kHeaderValueBytesMax = 8192;
 constexpr char kRedacted[] = "[REDACTED]";
 // The answer to a secret that names no live key, and to one rotated out:
@@ -380,12 +381,13 @@ AuthorizeDecision DataPlane::Authorize(const AuthorizeRequest& request) {
 
 void DataPlane::QueueDenial(const AuthorizeDecision& d, const AuthorizeRequest& r) {
   std::lock_guard<std::mutex> lock(denial_mu_);
-  auto key = std::make_tuple(d.workspace_id, d.key_id, d.reason);
+  const int64_t minute = r.now_us - r.now_us % kMinuteUs;
+  DenialGroup key(d.workspace_id, d.key_id, d.reason, minute);
   auto it = denials_.find(key);
   if (it == denials_.end()) {
     if (denials_.size() >= options_.denial_entries_max) {
       // Too many distinct keys refused at once: count them without attribution.
-      key = std::make_tuple(std::string(), std::string(), d.reason);
+      key = DenialGroup(std::string(), std::string(), d.reason, minute);
     }
     it = denials_.try_emplace(key).first;
   }
@@ -403,7 +405,7 @@ void DataPlane::QueueDenial(const AuthorizeDecision& d, const AuthorizeRequest& 
 }
 
 Status DataPlane::FlushDenials() {
-  std::map<std::tuple<std::string, std::string, DenialReason>, Pending> pending;
+  std::map<DenialGroup, Pending> pending;
   {
     std::lock_guard<std::mutex> lock(denial_mu_);
     pending.swap(denials_);
@@ -411,7 +413,7 @@ Status DataPlane::FlushDenials() {
   if (pending.empty()) return Status::Ok();
   std::vector<NewEvent> events;
   for (const auto& [key, p] : pending) {
-    const auto& [ws, key_id, reason] = key;
+    const auto& [ws, key_id, reason, minute] = key;
     AuthorizationDenied denied;
     denied.workspace_id = ws;
     denied.key_id = key_id;

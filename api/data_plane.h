@@ -196,8 +196,11 @@ class DataPlane {
     int64_t first_at_us = 0;
   };
   std::mutex denial_mu_;
-  // (workspace, key, reason) -> pending; an empty key means unidentifiable.
-  std::map<std::tuple<std::string, std::string, DenialReason>, Pending> denials_;
+  // (workspace, key, reason, UTC minute) -> pending; an empty key means
+  // unidentifiable. The minute keeps one event's refusals in one metrics
+  // minute: the event counts them all at its first refusal's time.
+  using DenialGroup = std::tuple<std::string, std::string, DenialReason, int64_t>;
+  std::map<DenialGroup, Pending> denials_;
   std::condition_variable stop_cv_;
   bool stopping_ = false;
   std::thread flusher_;

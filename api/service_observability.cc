@@ -48,9 +48,18 @@ Json Fraction(uint64_t ppm) {
                      std::to_string(1'000'000 + ppm % 1'000'000).substr(1));
 }
 
+// A header repeated in the call (Vary, Via, Link, ...) keeps every value,
+// joined with ", " in their order (RFC 9110, section 5.3).
 Json ExcerptJson(const HttpExcerpt& e) {
   Json headers = Json::object();
-  for (const auto& h : e.headers) headers[h.name] = h.value;
+  for (const auto& h : e.headers) {
+    auto it = headers.find(h.name);
+    if (it == headers.end()) {
+      headers[h.name] = h.value;
+    } else {
+      it->get_ref<std::string&>() += ", " + h.value;
+    }
+  }
   return {{"headers", headers}, {"body_excerpt", e.body_excerpt}};
 }
 

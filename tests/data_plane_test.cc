@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "billing/calendar.h"
+#include "projections/latency_histogram.h"
 #include "tests/service_fixture.h"
 
 namespace keyledger {
@@ -182,15 +183,17 @@ TEST_F(DataPlaneTest, RecordsCallsDurablyAndIdempotently) {
   EXPECT_EQ(std::get<ApiCallRecorded>(events->at(1).body).units, 0u);  // a 500 is not billable
 }
 
-TEST_F(DataPlaneTest, UnitsUpToTheMaximumAreRecorded) {
+TEST_F(DataPlaneTest, UnitsAndLatenciesUpToTheirMaximumAreRecorded) {
   json call = Call("most-units");
   call["units"] = kCallUnitsMax;
+  call["latency_ms"] = 4'294'967.295;
   auto r = h.Call("POST", "/v1/calls", json{{"calls", {call}}}.dump());
   ASSERT_EQ(r.status, 200) << r.raw;
   auto events = h.ledger().ReadStream("calls/" + key_, 1, 10);
   ASSERT_TRUE(events.ok());
   ASSERT_EQ(events->size(), 1u);
   EXPECT_EQ(std::get<ApiCallRecorded>(events->at(0).body).units, kCallUnitsMax);
+  EXPECT_EQ(std::get<ApiCallRecorded>(events->at(0).body).latency_us, kLatencyTrackedUsMax);
 }
 
 // Request ids past the short-string buffer are stored on the heap: the
@@ -236,6 +239,9 @@ TEST_F(DataPlaneTest, ARefusedBatchAppendsNothing) {
   c = Call("x");
   c["units"] = kCallUnitsMax + 1;  // would let a month's usage pass 2^64 - 1
   expect_field(c, "calls[1].units");
+  c = Call("x");
+  c["latency_ms"] = 4'294'967.296;  // beyond the latency histograms' error bound
+  expect_field(c, "calls[1].latency_ms");
   c = Call("x", 200, "key_unknown");
   expect_field(c, "calls[1].key_id");
   c = Call("x");
@@ -368,6 +374,29 @@ TEST_F(DataPlaneTest, DenialsAreRecordedAndAggregated) {
   head = h.ledger().head().sequence;
   ASSERT_TRUE(h.service().data_plane().FlushDenials().ok());
   EXPECT_EQ(h.ledger().head().sequence, head);
+}
+
+// One denial event counts all its refusals at its first refusal's time, so
+// refusals of one key on either side of a minute's end are two events.
+TEST_F(DataPlaneTest, DenialsOfTwoMinutesAreTwoEvents) {
+  const int64_t minute_end = h.clock().NowUs() - h.clock().NowUs() % 60'000'000 + 60'000'000;
+  h.clock().SetUs(minute_end - 400'000);
+  Authorize(secret_, "198.51.100.1");
+  Authorize(secret_, "198.51.100.1");
+  h.clock().SetUs(minute_end + 300'000);
+  Authorize(secret_, "198.51.100.1");
+  const uint64_t head = h.ledger().head().sequence;
+  ASSERT_TRUE(h.service().data_plane().FlushDenials().ok());
+  auto events = h.ledger().ReadRange(head + 1, 100);
+  ASSERT_TRUE(events.ok());
+  std::map<int64_t, uint64_t> count_at;
+  for (const auto& e : *events) {
+    const auto* d = std::get_if<AuthorizationDenied>(&e.body);
+    ASSERT_NE(d, nullptr);
+    count_at[d->occurred_at_us] += d->count;
+  }
+  EXPECT_EQ(count_at, (std::map<int64_t, uint64_t>{{minute_end - 400'000, 2},
+                                                   {minute_end + 300'000, 1}}));
 }
 
 // Gateway mode at the handler level: what the hooks decide and record,

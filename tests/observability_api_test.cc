@@ -33,6 +33,26 @@ class ObservabilityApiTest : public ::testing::Test {
   std::string ws_, key_, secret_, base_;
 };
 
+// A header the call carried twice (as the gateway records them; a JSON
+// object cannot) keeps both values in its log entry.
+TEST_F(ObservabilityApiTest, ARepeatedHeaderKeepsEveryValue) {
+  ASSERT_EQ(h.Call("PATCH", base_, R"({"logging":true})").status, 200);
+  h.clock().AdvanceUs(60'000'000);
+  CallReport report;
+  report.call.request_id = "vary";
+  report.call.key_id = key_;
+  report.call.occurred_at_us = h.clock().NowUs();
+  report.call.status = 200;
+  report.call.response.headers = {{"Vary", "Origin"}, {"Vary", "Accept"}};
+  std::vector<CallReport> reports{report};
+  ASSERT_TRUE(h.service().data_plane().RecordCalls(std::move(reports)).ok());
+  ASSERT_TRUE(h.calls().CatchUp().ok());
+  auto logs = h.Call("GET", base_ + "/logs");
+  ASSERT_EQ(logs.status, 200) << logs.raw;
+  ASSERT_EQ(logs.body["entries"].size(), 1u) << logs.raw;
+  EXPECT_EQ(logs.body["entries"][0]["response"]["headers"]["Vary"], "Origin, Accept") << logs.raw;
+}
+
 TEST_F(ObservabilityApiTest, LogsHoldOnlyCallsMadeWhileLoggingWasOn) {
   Record("off-1", 200, 10, 50);
   ASSERT_EQ(h.Call("PATCH", base_, R"({"logging":true})").status, 200);

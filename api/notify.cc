@@ -541,11 +541,13 @@ DeliveryResult CurlNotifier::Webhook(const WebhookMessage& m) const {
       .Set(CURLOPT_WRITEDATA, &transfer);
   if (s.result() != CURLE_OK) return Failed(CurlError("webhook setup", s.result()));
   CURLcode rc = curl_easy_perform(curl.get());
-  if (transfer.refused_address) {
-    return Failed("webhook refused: the host resolves to a non-public address");
-  }
   long status = 0;
   curl_easy_getinfo(curl.get(), CURLINFO_RESPONSE_CODE, &status);
+  // A host with public addresses besides the refused ones may have answered
+  // on one of those: then its answer decides, not the refusal.
+  if (transfer.refused_address && rc != CURLE_OK && status == 0) {
+    return Failed("webhook refused: the host resolves to a non-public address");
+  }
   if (rc != CURLE_OK && !(rc == CURLE_WRITE_ERROR && transfer.response_cut)) {
     return Failed(CurlError("webhook", rc), static_cast<uint32_t>(status));
   }

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <charconv>
 #include <cmath>
+#include <map>
 
 #include "api/service_internal.h"
 #include "billing/calendar.h"
@@ -238,6 +239,14 @@ Status Service::Impl::ParseAlarmSpec(const Json& body, bool creating, AlarmSpec*
                                        " channels",
                                    "channels");
   }
+  // A webhook given again without its secret (which is never shown twice)
+  // keeps the secret its URL has now, rather than getting a new one.
+  std::map<std::string, std::string> secret_of_url;
+  for (const auto& channel : spec->channels) {
+    if (const auto* webhook = std::get_if<WebhookChannel>(&channel)) {
+      secret_of_url.emplace(webhook->url, webhook->secret);
+    }
+  }
   spec->channels.clear();
   for (size_t i = 0; i < channels->size(); i++) {
     const Json& c = (*channels)[i];
@@ -281,6 +290,8 @@ Status Service::Impl::ParseAlarmSpec(const Json& body, bool creating, AlarmSpec*
                                            std::to_string(kWebhookSecretBytesMax) + " bytes",
                                        field + ".secret");
       }
+      auto kept = secret_of_url.find(*url);
+      if (!secret && kept != secret_of_url.end()) secret = kept->second;
       std::string s = secret.value_or(NewWebhookSecret(*d.random));
       if (!secret) new_secrets->push_back(s);
       spec->channels.push_back(WebhookChannel{*url, s});

@@ -55,6 +55,31 @@ TEST_F(AlarmsApiTest, CreateReadChangeDelete) {
   EXPECT_EQ(h.Call("GET", base_ + "/alarms/" + id).status, 404);
 }
 
+// Secrets are shown once, so a PATCH that lists a webhook again without one
+// keeps its secret; a new URL gets a new secret.
+TEST_F(AlarmsApiTest, AChannelsPatchKeepsTheSecretOfAWebhookItKeeps) {
+  auto created = h.Call("POST", base_ + "/alarms", Rule().dump());
+  ASSERT_EQ(created.status, 201) << created.raw;
+  const std::string id = created.body["id"];
+  auto secret_of = [&](const std::string& url) {
+    const std::optional<AlarmView> alarm = h.key_state().state().FindAlarm(id);
+    for (const auto& channel : alarm->spec.channels) {
+      const auto* webhook = std::get_if<WebhookChannel>(&channel);
+      if (webhook != nullptr && webhook->url == url) return webhook->secret;
+    }
+    return std::string();
+  };
+  const std::string kept_url = "https://hooks.example.com/kl";
+  EXPECT_EQ(secret_of(kept_url), created.body["webhook_secrets"][0]);
+  json channels = {{{"type", "webhook"}, {"url", kept_url}},
+                   {{"type", "webhook"}, {"url", "https://hooks.example.com/new"}}};
+  auto patched = h.Call("PATCH", base_ + "/alarms/" + id, json{{"channels", channels}}.dump());
+  ASSERT_EQ(patched.status, 200) << patched.raw;
+  ASSERT_EQ(patched.body["webhook_secrets"].size(), 1u) << patched.raw;  // the new URL's only
+  EXPECT_EQ(secret_of(kept_url), created.body["webhook_secrets"][0]);
+  EXPECT_EQ(secret_of("https://hooks.example.com/new"), patched.body["webhook_secrets"][0]);
+}
+
 TEST_F(AlarmsApiTest, BadRulesNameTheField) {
   uint64_t head = h.ledger().head().sequence;
   auto expect_field = [&](json rule, const std::string& field) {

@@ -1,7 +1,11 @@
 // The alarm-rule endpoints of the Service: rules on a key's usage, their
 // history, and the rule that a key with alarms cannot be deleted. Evaluation
 // and delivery run in service_alarm_engine.cc.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
 #include <algorithm>
+#include <cctype>
 #include <charconv>
 #include <cmath>
 #include <map>
@@ -72,9 +76,22 @@ Status ValidateWebhookUrl(const std::string& url, bool allow_private, const std:
   if (allow_private) return Status::Ok();
   // SSRF guard: no loopback or private addresses, by name or literal.
   // Names are checked again at connect time (api/notify.h), against DNS rebinding.
-  const std::string literal = host.front() == '[' ? host.substr(1, host.size() - 2) : host;
-  bool is_private = host == "localhost" || host.ends_with(".localhost");
-  if (ParseIpAddress(literal).ok()) is_private |= !IsPublicAddress(literal);
+  // Names compare without case and without the root's trailing dot.
+  std::string name = host;
+  std::transform(name.begin(), name.end(), name.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  if (name.size() > 1 && name.back() == '.') name.pop_back();
+  const std::string literal = host.front() == '[' ? host.substr(1, host.size() - 2) : name;
+  bool is_private = name == "localhost" || name.ends_with(".localhost");
+  if (ParseIpAddress(literal).ok()) {
+    is_private |= !IsPublicAddress(literal);
+  } else if (in_addr v4{}; host.front() != '[' && inet_aton(literal.c_str(), &v4) != 0) {
+    // The resolver also reads IPv4 in the old numeric forms (127.1,
+    // 2130706433, 0x7f.0.0.1, 0177.0.0.1): judge the address they name.
+    char dotted[INET_ADDRSTRLEN] = {};
+    inet_ntop(AF_INET, &v4, dotted, sizeof(dotted));
+    is_private |= !IsPublicAddress(dotted);
+  }
   if (is_private) {
     return Status::InvalidArgument("webhook url points at a loopback or private address", field);
   }

@@ -150,6 +150,18 @@ TEST_F(AlarmsApiTest, BadRulesNameTheField) {
   r = Rule();
   r["channels"][1]["url"] = "https://[2001:4860:4860::8888]:8443/hook";
   EXPECT_EQ(h.Call("POST", base_ + "/alarms", r.dump()).status, 201);
+  // Loopback and private hosts in other spellings are refused as well.
+  for (const char* url : {"http://127.1/x", "http://2130706433/x", "http://0x7f.0.0.1/x",
+                          "http://0177.0.0.1/x", "http://10.1/x", "http://LOCALHOST/x",
+                          "http://localhost./x", "http://Api.LocalHost/x"}) {
+    r = Rule();
+    r["channels"][1]["url"] = url;
+    expect_field(r, "channels[1].url");
+  }
+  // A name of hex letters is a name, not a number.
+  r = Rule();
+  r["channels"][1]["url"] = "https://cafe.de/hook";
+  EXPECT_EQ(h.Call("POST", base_ + "/alarms", r.dump()).status, 201);
 }
 
 TEST_F(AlarmsApiTest, AKeyWithAlarmsCannotBeDeleted) {

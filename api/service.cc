@@ -50,16 +50,22 @@ std::string_view QueryOf(const HttpRequest& req) {
 }
 
 // Returns the raw value of query parameter `name` ("" if absent).
-std::string_view QueryParam(std::string_view query, std::string_view name) {
+std::optional<std::string_view> FindQueryParam(std::string_view query, std::string_view name) {
   while (!query.empty()) {
     size_t amp = query.find('&');
     std::string_view pair = query.substr(0, amp);
     size_t eq = pair.find('=');
-    if (pair.substr(0, eq) == name) return eq == std::string_view::npos ? "" : pair.substr(eq + 1);
+    if (pair.substr(0, eq) == name) {
+      return eq == std::string_view::npos ? std::string_view() : pair.substr(eq + 1);
+    }
     if (amp == std::string_view::npos) break;
     query.remove_prefix(amp + 1);
   }
-  return {};
+  return std::nullopt;
+}
+
+std::string_view QueryParam(std::string_view query, std::string_view name) {
+  return FindQueryParam(query, name).value_or(std::string_view());
 }
 
 // One page of a listing in id order: list(after, limit) with the request's
@@ -451,7 +457,7 @@ Result<HttpResponse> Service::Impl::Keys(const HttpRequest& req, const Principal
     }, KeyJson);
   }
   if (m == "GET" && (seg.size() == 6 && seg[5] == "history")) return KeyHistoryResponse(who, ws, seg[4]);
-  if (m == "GET" && seg.size() == 5 && !QueryParam(QueryOf(req), "as_of").empty()) {
+  if (m == "GET" && seg.size() == 5 && FindQueryParam(QueryOf(req), "as_of")) {
     return KeyAsOfResponse(req, who, ws, seg[4]);
   }
   KL_ASSIGN_OR_RETURN(KeyView k, Key(ws.id, seg[4]));

@@ -9,6 +9,7 @@
 #include <thread>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -43,6 +44,9 @@ std::vector<std::string_view> SplitPath(std::string_view path);
 std::string_view QueryOf(const HttpRequest& req);
 // Returns the raw value of query parameter `name` ("" if absent).
 std::string_view QueryParam(std::string_view query, std::string_view name);
+// Returns the raw value of query parameter `name` ("" when given empty, as
+// in "as_of=" or "as_of"), or nullopt when the query does not name it.
+std::optional<std::string_view> FindQueryParam(std::string_view query, std::string_view name);
 // The "limit" query parameter, within 1..o.page_size_max (InvalidArgument otherwise).
 Result<size_t> PageSize(std::string_view query, const ServiceOptions& o);
 Json WorkspaceJson(const WorkspaceView& w);

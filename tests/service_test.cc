@@ -511,6 +511,7 @@ TEST_F(ServiceTest, KeyHistoryAndPointInTimeState) {
     ExpectError(h.Call("GET", path + "?as_of=" + before), 404, "not_found", "as_of");
   }
   ExpectError(h.Call("GET", path + "?as_of=yesterday"), 400, "invalid_argument", "as_of");
+  ExpectError(h.Call("GET", path + "?as_of="), 400, "invalid_argument", "as_of");  // not "now"
   // A deleted key's past is for the operator (auditors) only.
   ExpectError(h.Call("GET", path + "/history", "", t), 404, "not_found", "key");
 }

@@ -676,13 +676,31 @@ TEST(CallProjectionsTest, UsageMonthsFollowTheWorkspaceBillingTimeZone) {
   EXPECT_EQ(live, w.Rebuild(0));
 }
 
+// The data plane refuses more than kCallUnitsMax units per call, but a log
+// written before that limit (or by another writer) may hold such calls: the
+// fold must still be total and the same for every fold.
 TEST(CallProjectionsTest, UsageOverflowIsRejectedTheSameWayByEveryFold) {
   World w;
-  const uint64_t big = static_cast<uint64_t>(INT64_MAX);  // the most one call may carry
+  const uint64_t big = static_cast<uint64_t>(INT64_MAX);
   const int64_t at = w.h.clock().NowUs() - kSecondUs;
-  w.Post({w.CallJson(w.key, 200, at, big), w.CallJson(w.key, 200, at, big),
-          w.CallJson(w.key, 200, at, 1), w.CallJson(w.key, 200, at, 1),
-          w.CallJson(w.key, 200, at, 1), w.CallJson(w.key, 200, at, 1)});
+  std::vector<NewEvent> events;
+  for (uint64_t units : {big, big, uint64_t{1}, uint64_t{1}, uint64_t{1}, uint64_t{1}}) {
+    ApiCallRecorded call;
+    call.request_id = "req-" + std::to_string(events.size());
+    call.workspace_id = w.ws;
+    call.key_id = w.key;
+    call.occurred_at_us = at;
+    call.status = 200;
+    call.units = units;
+    NewEvent e;
+    const Hash id = HashBytes("overflow-" + call.request_id);
+    std::copy_n(id.begin(), e.event_id.size(), e.event_id.begin());
+    e.stream_id = "calls/" + w.key;
+    e.actor = "gateway";
+    e.body = call;
+    events.push_back(std::move(e));
+  }
+  ASSERT_TRUE(w.h.ledger().Append(events).ok());
   CallProjectionsOptions o;
   o.fold_batch_events_max = 1;
   auto p = w.Open(o);

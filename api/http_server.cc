@@ -76,6 +76,13 @@ constexpr int64_t kLingerTimeoutMs = 1000;
 constexpr size_t kLingerBytesMax = 1 << 20;
 // Read size while waiting for the first byte of a request.
 constexpr size_t kWaitReadBytes = 4096;
+// How far a connection's read buffer may grow past the header limit: one of
+// Beast's reads (64 KiB). Beast 1.74 puts no limit on a chunk-size line or
+// a trailer section, so without this cap one client sending an endless one
+// grows the buffer until the read timeout; with it the read fails with
+// buffer_overflow (a 400). Bodies never pile up here: the parser takes
+// their bytes as they arrive.
+constexpr size_t kReadBufferBeyondHeaderBytes = 64 << 10;
 // Pause after a failed accept (e.g. out of file descriptors) before retrying.
 constexpr int64_t kAcceptRetryDelayMs = 50;
 
@@ -478,7 +485,14 @@ class ServerCore {
 class Session : public std::enable_shared_from_this<Session> {
  public:
   Session(ServerCore& core, uint64_t id, Socket socket)
-      : core_(core), id_(id), remote_ip_(PeerIp(socket)), stream_(std::move(socket)) {}
+      : core_(core),
+        id_(id),
+        remote_ip_(PeerIp(socket)),
+        stream_(std::move(socket)),
+        buffer_(core.options().header_bytes_max + kReadBufferBeyondHeaderBytes),
+        upstream_buffer_(core.proxy() != nullptr
+                             ? core.proxy()->response_header_bytes_max + kReadBufferBeyondHeaderBytes
+                             : kReadBufferBeyondHeaderBytes) {}
   ~Session() { core_.Unregister(id_); }
 
   void Start();

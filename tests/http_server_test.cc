@@ -225,6 +225,22 @@ TEST(HttpServerTest, OversizeChunkedBodyGets413) {
   ExpectJsonError(*r, 413, "payload_too_large");
 }
 
+// Beast puts no limit on a chunk-size line or a trailer: the read buffer's
+// own cap turns an endless one into a 400 instead of unbounded memory.
+TEST(HttpServerTest, AnEndlessChunkHeaderOrTrailerGets400) {
+  for (const std::string& endless : {std::string("1;") + std::string(200'000, 'a'),
+                                     std::string("0\r\nX-T: ") + std::string(200'000, 'a')}) {
+    auto server = StartServer();
+    Client client(server->port());
+    ASSERT_TRUE(client.Send("POST /big HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n" +
+                            endless));
+    auto r = client.ReadResponse();
+    ASSERT_TRUE(r);
+    ExpectJsonError(*r, 400, "invalid_argument");
+    EXPECT_NE(r->body.find("buffer overflow"), std::string::npos) << r->body;
+  }
+}
+
 TEST(HttpServerTest, BodyAtLimitIsAccepted) {
   HttpServerOptions options;
   options.body_bytes_max = 1024;

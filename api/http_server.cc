@@ -517,17 +517,19 @@ class Session : public std::enable_shared_from_this<Session> {
   uint64_t BodyLimitOfTarget() const;
   void Handle();
   // Writes the response of a request handled by a worker (on the I/O thread).
-  void OnHandled(HttpResponse response, bool wants_keep_alive, unsigned version);
+  void OnHandled(HttpResponse response, bool wants_keep_alive, unsigned version, bool head);
   HttpRequest TakeRequest();
   void DoWriteError(int status, std::string_view code, std::string message);
-  // Puts `response` into write_head_ and write_body_, framed for the client.
-  // Returns whether the connection must close after it.
-  bool PrepareResponse(HttpResponse response, bool keep_alive, unsigned version);
+  // Puts `response` into write_head_ and write_body_ (no body with `head`),
+  // framed for the client. Returns whether the connection must close after it.
+  bool PrepareResponse(HttpResponse response, bool keep_alive, unsigned version, bool head);
   // The prepared response as one gather write (valid until the next Prepare).
   std::array<net::const_buffer, 2> ResponseBuffers() const;
   // Frees the body written, and the header buffer if a large header grew it.
   void ReleaseResponse();
-  void DoWrite(HttpResponse response, bool keep_alive, unsigned version);
+  // `head`: the answer to a HEAD request, whose header is sent without the
+  // body (RFC 9110, section 9.3.2), so a keep-alive peer reads no body.
+  void DoWrite(HttpResponse response, bool keep_alive, unsigned version, bool head);
 
   // Gateway mode.
   void StartProxy();
@@ -738,29 +740,31 @@ void Session::Handle() {
   const auto& message = parser_->get();
   const bool wants_keep_alive = message.keep_alive();
   const unsigned version = message.version();
+  const bool head = message.method() == http::verb::head;
   requests_served_++;
   if (core_.RunsInline(request)) {
     HttpResponse response = core_.CallHandler(request);
-    return OnHandled(std::move(response), wants_keep_alive, version);
+    return OnHandled(std::move(response), wants_keep_alive, version, head);
   }
   // Nothing else happens on this connection until OnHandled: no read is
   // pending, and DoWrite sets a fresh timeout.
   core_.PostToWorker([self = shared_from_this(), request = std::move(request),
-                      wants_keep_alive, version]() mutable {
+                      wants_keep_alive, version, head]() mutable {
     HttpResponse response = self->core_.CallHandler(request);
     // The session moves on to its I/O thread: its last reference must not
     // be dropped here, on the worker.
     auto executor = self->stream_.get_executor();
     net::post(executor, [self = std::move(self), response = std::move(response),
-                         wants_keep_alive, version]() mutable {
-      self->OnHandled(std::move(response), wants_keep_alive, version);
+                         wants_keep_alive, version, head]() mutable {
+      self->OnHandled(std::move(response), wants_keep_alive, version, head);
     });
   });
 }
 
-void Session::OnHandled(HttpResponse response, bool wants_keep_alive, unsigned version) {
+void Session::OnHandled(HttpResponse response, bool wants_keep_alive, unsigned version,
+                        bool head) {
   // After the handler: Stop() may have begun while it ran.
-  DoWrite(std::move(response), MayKeepAlive(wants_keep_alive), version);
+  DoWrite(std::move(response), MayKeepAlive(wants_keep_alive), version, head);
 }
 
 bool Session::MayKeepAlive(bool wants_keep_alive) const {
@@ -779,10 +783,11 @@ HttpRequest Session::TakeRequest() {
 
 void Session::DoWriteError(int status, std::string_view code, std::string message) {
   Increment(core_.counters().requests_rejected);
-  DoWrite(JsonError(status, code, message), /*keep_alive=*/false, /*version=*/11);
+  DoWrite(JsonError(status, code, message), /*keep_alive=*/false, /*version=*/11, /*head=*/false);
 }
 
-bool Session::PrepareResponse(HttpResponse response, bool keep_alive, unsigned version) {
+bool Session::PrepareResponse(HttpResponse response, bool keep_alive, unsigned version,
+                              bool head) {
   // Every response was checked whole where it was made (CallHandler, Admit)
   // or is the server's own (JsonError); scanning its headers again here cost
   // 2.6% of an authorization's instructions, so only the O(1) part is asserted.
@@ -790,6 +795,7 @@ bool Session::PrepareResponse(HttpResponse response, bool keep_alive, unsigned v
   assert(!StatusForbidsBody(response.status) || response.body.empty());
   SerializeResponseHead(response, keep_alive, version, &write_head_);
   write_body_ = std::move(response.body);
+  if (head) write_body_.clear();  // its length stays in the header, as for GET
   return !keep_alive;
 }
 
@@ -802,8 +808,8 @@ void Session::ReleaseResponse() {
   if (write_head_.capacity() > kWriteBufferKeepBytesMax) write_head_ = std::string();
 }
 
-void Session::DoWrite(HttpResponse response, bool keep_alive, unsigned version) {
-  const bool close = PrepareResponse(std::move(response), keep_alive, version);
+void Session::DoWrite(HttpResponse response, bool keep_alive, unsigned version, bool head) {
+  const bool close = PrepareResponse(std::move(response), keep_alive, version, head);
   stream_.expires_after(Ms(core_.options().write_timeout_ms));
   net::async_write(stream_, ResponseBuffers(),
                    beast::bind_front_handler(&Session::OnWrite, shared_from_this(), close));
@@ -997,7 +1003,7 @@ void Session::StartProxy() {
     Increment(core_.counters().proxy_answered);
     // An unread body is not drained for reuse: the connection closes after the answer.
     return DoWrite(std::move(admission.answer), !body_pending && MayKeepAlive(wants_keep_alive),
-                   version);
+                   version, message.method() == http::verb::head);
   }
   Increment(core_.counters().proxy_relayed);
   auto self = shared_from_this();
@@ -1265,7 +1271,9 @@ net::awaitable<void> Session::FailUpstream(ProxyExchange& exchange, int status,
 }
 
 net::awaitable<void> Session::AnswerAndClose(const HttpResponse& response, unsigned version) {
-  PrepareResponse(response, /*keep_alive=*/false, version);
+  // The connection closes after it: the body of an answer to HEAD cannot be
+  // read as the start of another response.
+  PrepareResponse(response, /*keep_alive=*/false, version, /*head=*/false);
   stream_.expires_after(Ms(core_.options().write_timeout_ms));
   error_code ec;
   co_await net::async_write(stream_, ResponseBuffers(), net::redirect_error(net::use_awaitable, ec));

@@ -26,8 +26,8 @@
 // answered with 100 before the body is read (unless the declared body is too
 // large: then 413). Requests the server rejects itself (400 malformed, 413 body
 // too large, 431 headers too large) get a JsonError body and close the
-// connection. The response body is sent as the handler gives it, also for
-// HEAD: handlers answer HEAD with an empty body.
+// connection. The answer to HEAD is sent without its body (its
+// Content-Length stays that of the body the handler gave).
 #pragma once
 
 #include <cstdint>

@@ -1028,6 +1028,28 @@ std::string ReceiveUpTo(int fd, size_t bytes) {
   return received;
 }
 
+// The server's own answer to HEAD has a header and no body (the handler's
+// body is dropped), so the next response on the connection reads whole.
+TEST(HttpServerTest, AnAnswerToHeadHasNoBodyAndTheConnectionGoesOn) {
+  auto server = StartServer();
+  Client client(server->port());
+  ASSERT_TRUE(client.Send("HEAD /h HTTP/1.1\r\nHost: t\r\n\r\nGET /g HTTP/1.1\r\nHost: t\r\n\r\n"));
+  const std::string get_body = "GET /g||127.0.0.1|";
+  std::string received;
+  while (!received.ends_with(get_body)) {
+    const std::string byte = ReceiveUpTo(client.fd(), 1);
+    if (byte.empty()) break;
+    received += byte;
+  }
+  ASSERT_TRUE(received.ends_with(get_body)) << received;
+  EXPECT_EQ(received.find("HEAD /h"), std::string::npos) << received;  // the HEAD's body
+  const size_t first_end = received.find("\r\n\r\n");
+  ASSERT_NE(first_end, std::string::npos);
+  EXPECT_EQ(received.substr(first_end + 4, 8), "HTTP/1.1") << received;
+  // Its Content-Length is the body's, as for GET.
+  EXPECT_NE(received.substr(0, first_end).find("ength: 19"), std::string::npos) << received;
+}
+
 TEST(HttpProxyTest, RelayedHeadersAndBodiesArriveByteForByte) {
   ScriptedUpstream upstream({"HTTP/1.1 299 Custom Reason\r\nContent-Length: 2\r\nX-Up: a\r\n\r\nhi",
                              "HTTP/1.1 201 Created\r\nContent-Length: 3\r\n\r\nnew"});

@@ -187,8 +187,12 @@ struct Ledger::Rep {
   // `start` without fsync. Sets *new_head, and *needs_sync when a kSync
   // writer's events (new, or the originals of its retried ids) may not be
   // on disk yet: those past `synced`, a snapshot of synced_sequence.
+  // noexcept: an exception here (std::bad_alloc; the adapters it calls turn
+  // every library's into a Status) would leave `leading` set and every
+  // queued writer waiting forever. Ending the process instead leaves the
+  // store as the last write left it, which Open recovers.
   Status CommitGroup(const std::vector<Writer*>& group, const LedgerHead& start, int64_t now_us,
-                     uint64_t synced, LedgerHead* new_head, bool* needs_sync);
+                     uint64_t synced, LedgerHead* new_head, bool* needs_sync) noexcept;
   // Takes the writers at the front of the queue, up to group_events_max
   // events (at least one writer), out of it. REQUIRES: mu held, a writer queued.
   std::vector<Writer*> TakeGroup();
@@ -367,7 +371,7 @@ Result<Event> Ledger::Rep::DecodeStored(uint64_t sequence, std::string_view valu
 // REQUIRES: called by the current leader only, without holding mu.
 Status Ledger::Rep::CommitGroup(const std::vector<Writer*>& group, const LedgerHead& start,
                                 int64_t now_us, uint64_t synced, LedgerHead* new_head,
-                                bool* needs_sync_out) {
+                                bool* needs_sync_out) noexcept {
   // 1. Which proposed events are already stored? One MultiGet for the group.
   size_t group_events = 0;
   for (Writer* w : group) group_events += w->events->size();

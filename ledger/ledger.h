@@ -34,10 +34,10 @@ struct LedgerOptions {
   // Open a read-only view of a directory a running server owns (audit tools).
   OpenMode mode = OpenMode::kReadWrite;
   std::string secondary_path;  // REQUIRES: set when mode == kSecondary
-  // Most events one group commit writes in one WriteBatch. Default 8192.
+  // Most events one group commit writes in one WriteBatch (one Append's
+  // events are never split: a group holds at least one whole Append). With
+  // kEventBytesMax per event this also bounds a group's bytes. Default 8192.
   size_t group_events_max = 8192;
-  // Most encoded bytes one group commit writes. Default 16 MiB.
-  size_t group_bytes_max = 16u << 20;
   // Streams whose current version is cached in memory. Default 1,000,000.
   size_t stream_cache_entries_max = 1'000'000;
   KvStoreOptions storage;  // column_families is filled in by the Ledger

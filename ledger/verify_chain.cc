@@ -11,6 +11,7 @@
 #include <sodium.h>
 
 #include "ledger/codec.h"
+#include "ledger/varint.h"
 #include "ledger/hash.h"
 #include "ledger/random.h"
 #include "ledger/scan_ahead.h"
@@ -34,7 +35,9 @@ namespace {
 
 // An index of the ledger (the streams or the event-id column family) as an
 // order-free multiset digest: the count of its entries and the sum, mod 2^64,
-// of a keyed SipHash (libsodium's crypto_shorthash) of each key ‖ value. The
+// of a keyed SipHash (libsodium's crypto_shorthash) of each varint(key size)
+// ‖ key ‖ value (the size keeps an entry whose key and value split the same
+// bytes elsewhere from hashing alike). The
 // key is drawn per Verify, so nobody can choose entries whose sums cancel. An
 // index equals the one the events imply exactly when (up to a 2^-64 chance)
 // count and sum agree: no entry missing, changed or added.
@@ -42,7 +45,9 @@ class IndexDigest {
  public:
   explicit IndexDigest(const uint8_t* key) : key_(key) {}
   void Add(std::string_view key, std::string_view value) {
-    buffer_.assign(key);
+    uint8_t size[kVarintBytesMax];
+    buffer_.assign(reinterpret_cast<const char*>(size), EncodeVarint(key.size(), size));
+    buffer_.append(key);
     buffer_.append(value);
     uint64_t h = 0;
     crypto_shorthash(reinterpret_cast<unsigned char*>(&h),

@@ -591,6 +591,15 @@ INSTANTIATE_TEST_SUITE_P(
                      batch.Delete(kCfStreams,
                                   ledger_internal::StreamKey(h.stream_id, h.stream_version));
                    }},
+        // The same bytes, split between key and value elsewhere: the event
+        // id no longer finds its event, so a retry of it would be stored again.
+        TamperCase{"EventIdEntryWithItsBoundaryMoved", 12,
+                   [](KvStore& store, KvBatch& batch) {
+                     const std::string key = EventIdEntryKey(StoredHeader(store, 12));
+                     batch.Delete(kCfEventIds, key);
+                     batch.Put(kCfEventIds, key.substr(0, key.size() - 1),
+                               key.substr(key.size() - 1) + SequenceValue(12));
+                   }},
         TamperCase{"DeletedEventIdEntry", 12,
                    [](KvStore& store, KvBatch& batch) {
                      batch.Delete(kCfEventIds, EventIdEntryKey(StoredHeader(store, 12)));

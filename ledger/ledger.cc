@@ -623,13 +623,14 @@ Result<std::vector<Event>> Ledger::ReadRange(uint64_t from, size_t max_events) c
     // The predecessor's stored hash anchors the first event's prev_hash.
     auto prev = rep_->store->Get(kCfEvents, EventKey(from - 1));
     if (!prev.ok()) return prev.status();
-    if (*prev) {
-      Hash h;
-      std::string_view body;
-      Status split = SplitStoredValue(**prev, &h, &body);
-      if (!split.ok()) return Status::Corruption(split.message(), from - 1);
-      expected_prev = h;
-    }
+    // Every sequence up to the head is stored: a missing one is damage,
+    // and without it the first event's link could not be checked.
+    if (!*prev) return Status::Corruption("the ledger has no event " + std::to_string(from - 1), from - 1);
+    Hash h;
+    std::string_view body;
+    Status split = SplitStoredValue(**prev, &h, &body);
+    if (!split.ok()) return Status::Corruption(split.message(), from - 1);
+    expected_prev = h;
   } else {
     expected_prev = Hash{};
   }
@@ -755,8 +756,12 @@ Status Ledger::CatchUp() {
   }
   KL_RETURN_IF_ERROR(rep_->store->CatchUp());
   KL_ASSIGN_OR_RETURN(auto head_value, rep_->store->Get(kCfMeta, kHeadKey));
+  // As Open: a head record of another size is damage, not "no news".
+  if (head_value && head_value->size() != 8 + kHashBytes) {
+    return Status::Corruption("bad head record");
+  }
   std::lock_guard<std::mutex> lock(rep_->mu);
-  if (head_value && head_value->size() == 8 + kHashBytes) {
+  if (head_value) {
     rep_->head.sequence = DecodeBigEndian64(head_value->data());
     std::memcpy(rep_->head.hash.data(), head_value->data() + 8, kHashBytes);
   }

@@ -253,6 +253,21 @@ TEST_P(TamperTest, DeletedEventIsFound) {
   EXPECT_EQ(s.sequence(), 12u) << s.ToString();
 }
 
+// A read starting right after a deleted event cannot check its first link:
+// it says so rather than return events unchecked.
+TEST_P(TamperTest, AReadStartingAfterADeletedEventNamesIt) {
+  Tamper(dir_.sub("ledger"),
+         [](KvStore&, KvBatch& batch) { batch.Delete(kCfEvents, EventKey(12)); });
+  LedgerOptions options;
+  options.clock = &clock_;
+  auto ledger = Ledger::Open(dir_.sub("ledger"), options);
+  ASSERT_TRUE(ledger.ok()) << ledger.ToStatus().ToString();
+  auto read = (*ledger)->ReadRange(13, 5);
+  EXPECT_EQ(read.ToStatus().code(), Code::kCorruption);
+  EXPECT_EQ(read.ToStatus().sequence(), 12u) << read.ToStatus().ToString();
+  EXPECT_TRUE((*ledger)->ReadRange(14, 5).ok());  // its neighbours read as before
+}
+
 TEST_P(TamperTest, DeletedLastEventIsFoundAtOpen) {
   Tamper(dir_.sub("ledger"),
          [](KvStore&, KvBatch& batch) { batch.Delete(kCfEvents, EventKey(20)); });

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cassert>
+#include <charconv>
 #include <chrono>
 #include <cstdio>
 #include <unordered_set>
@@ -101,6 +102,24 @@ void CutAtCharBoundary(std::string* text, size_t bytes_max) {
   size_t cut = bytes_max;
   while (cut > 0 && (static_cast<unsigned char>((*text)[cut]) & 0xC0) == 0x80) cut--;
   text->resize(cut);
+}
+
+// The ledger names an event it refuses as "events[i]"; the caller knows
+// calls. Returns `s` with the call's field, or `s` as it is.
+Status CallOfEventError(const Status& s, const std::vector<size_t>& call_of_event) {
+  constexpr std::string_view kPrefix = "events[";
+  const std::string& field = s.field();
+  size_t event = 0;
+  if (s.code() != Code::kInvalidArgument || !field.starts_with(kPrefix) ||
+      std::from_chars(field.data() + kPrefix.size(), field.data() + field.size(), event).ec !=
+          std::errc() ||
+      event >= call_of_event.size()) {
+    return s;
+  }
+  return Status::InvalidArgument(
+      "the call is over " + std::to_string(kEventBytesMax) +
+          " bytes once recorded (its headers and body excerpts, after redaction)",
+      "calls[" + std::to_string(call_of_event[event]) + "]");
 }
 
 Status ValidateCall(const CallReport& report, size_t i, int64_t now_us,
@@ -467,6 +486,8 @@ Result<RecordResult> DataPlane::RecordCalls(std::vector<CallReport> calls) {
   const int64_t now_us = clock_->NowUs();
   std::vector<NewEvent> events;
   events.reserve(calls.size());
+  std::vector<size_t> call_of_event;  // the index in `calls` of each event
+  call_of_event.reserve(calls.size());
   // Views of the request ids inside `events`, whose reserved storage never
   // moves in this loop.
   std::unordered_set<std::string_view> request_ids;
@@ -507,6 +528,7 @@ Result<RecordResult> DataPlane::RecordCalls(std::vector<CallReport> calls) {
       call.request = HttpExcerpt{};
       call.response = HttpExcerpt{};
     }
+    call_of_event.push_back(i);
     NewEvent& e = events.emplace_back();
     e.event_id = CallEventId(call.request_id);
     e.stream_id = CallStream(call.key_id);
@@ -517,7 +539,9 @@ Result<RecordResult> DataPlane::RecordCalls(std::vector<CallReport> calls) {
   AppendOptions ao;
   ao.durability = Durability::kSync;  // acknowledged only when durable
   const auto start = std::chrono::steady_clock::now();
-  KL_ASSIGN_OR_RETURN(AppendResult appended, ledger_->Append(events, ao));
+  auto append = ledger_->Append(events, ao);
+  if (!append.ok()) return CallOfEventError(append.status(), call_of_event);
+  AppendResult& appended = *append;
   append_latency_.Observe(static_cast<uint64_t>(
       std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - start)
           .count()));

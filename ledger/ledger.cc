@@ -456,7 +456,8 @@ Status Ledger::Rep::CommitGroup(const std::vector<Writer*>& group, const LedgerH
       if (body.size() > kEventBytesMax) {
         status = Status::InvalidArgument("event " + std::to_string(i) + " encodes to " +
                                          std::to_string(body.size()) + " bytes, over the " +
-                                         std::to_string(kEventBytesMax) + " limit", "events");
+                                         std::to_string(kEventBytesMax) + " limit",
+                                         "events[" + std::to_string(i) + "]");
         break;
       }
       // hash(n) = BLAKE2b(hash(n-1) || body): with hash(n-1) in the room in

@@ -113,7 +113,8 @@ class Ledger {
   // original sequence is returned once the original is durable.
   // Returns:
   //   InvalidArgument  empty or over kAppendEventsMax, a bad stream id or actor,
-  //                    an event over kEventBytesMax, one event id twice in `events`
+  //                    an event over kEventBytesMax (field "events[i]", i its
+  //                    index in `events`), one event id twice in `events`
   //   Conflict         an expected_version did not match the stream's version
   //   IOError          the write or its fsync failed. The call's events may
   //                    still be on disk (a retry with the same event ids is

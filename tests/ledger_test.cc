@@ -124,6 +124,7 @@ TEST_F(LedgerTest, RejectsBadInput) {
             Code::kInvalidArgument);
   auto huge = MakeCallEvent(2, "key_a", std::string(kEventBytesMax, 'x'));
   EXPECT_EQ(ledger->Append({huge}).status().code(), Code::kInvalidArgument);
+  EXPECT_EQ(ledger->Append({MakeCallEvent(3), huge}).status().field(), "events[1]");
   EXPECT_EQ(ledger->head().sequence, 0u);
 }
 

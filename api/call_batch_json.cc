@@ -153,7 +153,7 @@ class CallReader {
     KL_RETURN_IF_ERROR(Int(CallField::kStatus, 999, &status));
     if (!status) return Invalid("status is required", CallField::kStatus);
     c.status = static_cast<uint16_t>(*status);
-    KL_RETURN_IF_ERROR(Int(CallField::kUnits, INT64_MAX, &units));
+    KL_RETURN_IF_ERROR(Int(CallField::kUnits, static_cast<int64_t>(kCallUnitsMax), &units));
     if (units) report->units = static_cast<uint64_t>(*units);
     KL_RETURN_IF_ERROR(Int(CallField::kRequestBytes, INT64_MAX, &request_bytes));
     KL_RETURN_IF_ERROR(Int(CallField::kResponseBytes, INT64_MAX, &response_bytes));

@@ -400,7 +400,7 @@ AuthorizeDecision DataPlane::Authorize(const AuthorizeRequest& request) {
 
 void DataPlane::QueueDenial(const AuthorizeDecision& d, const AuthorizeRequest& r) {
   std::lock_guard<std::mutex> lock(denial_mu_);
-  const int64_t minute = r.now_us - r.now_us % kMinuteUs;
+  const int64_t minute = r.now_us - ((r.now_us % kMinuteUs) + kMinuteUs) % kMinuteUs;  // floor
   DenialGroup key(d.workspace_id, d.key_id, d.reason, minute);
   auto it = denials_.find(key);
   if (it == denials_.end()) {

@@ -490,9 +490,8 @@ class Session : public std::enable_shared_from_this<Session> {
         remote_ip_(PeerIp(socket)),
         stream_(std::move(socket)),
         buffer_(core.options().header_bytes_max + kReadBufferBeyondHeaderBytes),
-        upstream_buffer_(core.proxy() != nullptr
-                             ? core.proxy()->response_header_bytes_max + kReadBufferBeyondHeaderBytes
-                             : kReadBufferBeyondHeaderBytes) {}
+        upstream_buffer_(kReadBufferBeyondHeaderBytes +
+                         (core.proxy() != nullptr ? core.proxy()->response_header_bytes_max : 0)) {}
   ~Session() { core_.Unregister(id_); }
 
   void Start();

@@ -543,9 +543,13 @@ DeliveryResult CurlNotifier::Webhook(const WebhookMessage& m) const {
   CURLcode rc = curl_easy_perform(curl.get());
   long status = 0;
   curl_easy_getinfo(curl.get(), CURLINFO_RESPONSE_CODE, &status);
-  // A host with public addresses besides the refused ones may have answered
-  // on one of those: then its answer decides, not the refusal.
-  if (transfer.refused_address && rc != CURLE_OK && status == 0) {
+  // A host with public addresses besides the refused ones may have been
+  // reached on one of those: then what happened there decides, not the
+  // refusal. Without a connection (no primary IP) the refusal is the cause.
+  const char* primary_ip = nullptr;
+  curl_easy_getinfo(curl.get(), CURLINFO_PRIMARY_IP, &primary_ip);
+  const bool connected = primary_ip != nullptr && primary_ip[0] != '\0';
+  if (transfer.refused_address && rc != CURLE_OK && !connected) {
     return Failed("webhook refused: the host resolves to a non-public address");
   }
   if (rc != CURLE_OK && !(rc == CURLE_WRITE_ERROR && transfer.response_cut)) {

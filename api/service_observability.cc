@@ -1,6 +1,9 @@
 // The observability endpoints of the Service: per-key request logs and the
 // metrics of keys and workspaces, read from the call projections.
+#include <algorithm>
+#include <cctype>
 #include <charconv>
+#include <map>
 
 #include "api/service_internal.h"
 #include "billing/calendar.h"
@@ -48,16 +51,22 @@ Json Fraction(uint64_t ppm) {
                      std::to_string(1'000'000 + ppm % 1'000'000).substr(1));
 }
 
-// A header repeated in the call (Vary, Via, Link, ...) keeps every value,
-// joined with ", " in their order (RFC 9110, section 5.3).
+// A header repeated in the call (Vary, Via, Link, ...; names compared
+// without case) keeps every value, joined with ", " in their order under its
+// first spelling (RFC 9110, section 5.3). Set-Cookie, which that does not
+// allow, is redacted whole when recorded.
 Json ExcerptJson(const HttpExcerpt& e) {
   Json headers = Json::object();
+  std::map<std::string, std::string> spelling;  // lower-case name -> first spelling
   for (const auto& h : e.headers) {
-    auto it = headers.find(h.name);
-    if (it == headers.end()) {
+    std::string lower = h.name;
+    std::transform(lower.begin(), lower.end(), lower.begin(),
+                   [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+    auto [first, added] = spelling.try_emplace(std::move(lower), h.name);
+    if (added) {
       headers[h.name] = h.value;
     } else {
-      it->get_ref<std::string&>() += ", " + h.value;
+      headers[first->second].get_ref<std::string&>() += ", " + h.value;
     }
   }
   return {{"headers", headers}, {"body_excerpt", e.body_excerpt}};

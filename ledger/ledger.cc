@@ -626,7 +626,9 @@ Result<std::vector<Event>> Ledger::ReadRange(uint64_t from, size_t max_events) c
     if (!prev.ok()) return prev.status();
     // Every sequence up to the head is stored: a missing one is damage,
     // and without it the first event's link could not be checked.
-    if (!*prev) return Status::Corruption("the ledger has no event " + std::to_string(from - 1), from - 1);
+    if (!*prev) {
+      return Status::Corruption("the ledger has no event " + std::to_string(from - 1), from - 1);
+    }
     Hash h;
     std::string_view body;
     Status split = SplitStoredValue(**prev, &h, &body);

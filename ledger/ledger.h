@@ -35,8 +35,9 @@ struct LedgerOptions {
   OpenMode mode = OpenMode::kReadWrite;
   std::string secondary_path;  // REQUIRES: set when mode == kSecondary
   // Most events one group commit writes in one WriteBatch (one Append's
-  // events are never split: a group holds at least one whole Append). With
-  // kEventBytesMax per event this also bounds a group's bytes. Default 8192.
+  // events are never split: a group holds at least one whole Append, up to
+  // kAppendEventsMax). A group's bytes are bounded only through this and
+  // kEventBytesMax: in the worst case ~10 GiB. Default 8192.
   size_t group_events_max = 8192;
   // Streams whose current version is cached in memory. Default 1,000,000.
   size_t stream_cache_entries_max = 1'000'000;

@@ -505,6 +505,21 @@ TEST_F(LedgerTest, AFailedFsyncBreaksTheLedgerUntilItIsReopened) {
   EXPECT_EQ(verified->events_verified, 4u);
 }
 
+// A head record of the wrong size is damage for a secondary's catch-up, as
+// for Open: the view keeps its head and says so.
+TEST_F(LedgerTest, ASecondaryCatchUpRefusesADamagedHeadRecord) {
+  { ASSERT_TRUE(OpenLedger()->Append({MakeCallEvent(1), MakeCallEvent(2)}).ok()); }
+  LedgerOptions options;
+  options.clock = &clock_;
+  options.mode = OpenMode::kSecondary;
+  options.secondary_path = dir_.sub("secondary");
+  auto view = Ledger::Open(dir_.sub("ledger"), options);
+  ASSERT_TRUE(view.ok()) << view.ToStatus().ToString();
+  Tamper(dir_.sub("ledger"), [](KvStore&, KvBatch& batch) { batch.Put(kCfMeta, "head", "short"); });
+  EXPECT_EQ((*view)->CatchUp().code(), Code::kCorruption);
+  EXPECT_EQ((*view)->head().sequence, 2u);
+}
+
 TEST_F(LedgerTest, SecondaryViewReadsARunningLedger) {
   auto ledger = OpenLedger();
   ASSERT_TRUE(ledger->Append({MakeCallEvent(1), MakeCallEvent(2)}).ok());

@@ -43,7 +43,7 @@ TEST_F(ObservabilityApiTest, ARepeatedHeaderKeepsEveryValue) {
   report.call.key_id = key_;
   report.call.occurred_at_us = h.clock().NowUs();
   report.call.status = 200;
-  report.call.response.headers = {{"Vary", "Origin"}, {"Vary", "Accept"}};
+  report.call.response.headers = {{"Vary", "Origin"}, {"vary", "Accept"}};  // one name, any case
   std::vector<CallReport> reports{report};
   ASSERT_TRUE(h.service().data_plane().RecordCalls(std::move(reports)).ok());
   ASSERT_TRUE(h.calls().CatchUp().ok());

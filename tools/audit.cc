@@ -438,14 +438,14 @@ struct SharedRebuild {
   IssuedInvoiceList invoices;
 };
 
-// Runs `task` on a new thread, which the caller joins; if no thread can be
-// started, runs it now and returns a thread that is not joinable.
-std::thread StartOrRun(const std::function<void()>& task) {
+// Runs `task` on a new thread; if no thread can be started, runs it now and
+// returns a thread that is not joinable.
+std::jthread StartOrRun(const std::function<void()>& task) {
   try {
-    return std::thread(task);
+    return std::jthread(task);
   } catch (const std::system_error&) {
     task();
-    return std::thread();
+    return std::jthread();
   }
 }
 
@@ -471,8 +471,9 @@ Result<std::unique_ptr<SharedRebuild>> RebuildShared(Ledger& ledger, uint64_t to
     return Status::Ok();
   };
   // The key state is whole once the fold is: its digest is computed, and
-  // the state freed, while the call projections' digest is computed.
-  std::thread key_state_digest;
+  // the state freed, while the call projections' digest is computed. (A
+  // jthread: joined on every way out, before `shared` and `key_state` go.)
+  std::jthread key_state_digest;
   options.folded = [&shared, &key_state, &key_state_digest, to] {
     key_state->AdvancePosition(to);  // as RebuildKeyState: the last event walked
     key_state_digest = StartOrRun([&shared, &key_state] {

@@ -877,13 +877,19 @@ json OperatorTokenJson(const Hash& token_hash) { return {{"token_hash", HashHex(
 
 }  // namespace
 
-void KeyState::Persist(KvBatch& batch, int cf) {
+size_t KeyState::Persist(KvBatch& batch, int cf) {
   std::unique_lock<std::shared_mutex> lock(mu_);
   for (const std::string& record : dirty_) batch.Put(cf, record, RecordValue(record));
-  dirty_.clear();
   std::string position;
   AppendBigEndian64(&position, position_);
   batch.Put(cf, kPositionRecord, position);
+  return dirty_.size();
+}
+
+void KeyState::MarkPersisted(size_t changes) {
+  std::unique_lock<std::shared_mutex> lock(mu_);
+  assert(changes <= dirty_.size());
+  dirty_.erase(dirty_.begin(), dirty_.begin() + static_cast<std::ptrdiff_t>(changes));
 }
 
 Status KeyState::Load(const KvStore& store, int cf) {

@@ -308,10 +308,13 @@ class KeyState {
   // Invoices issued so far; the next invoice number is this plus one.
   uint64_t invoice_count() const;
 
-  // Folded events whose record must be written by the next Persist.
-  // Writes every record changed since the last Persist, plus the position,
-  // into `batch` (column family `cf`). The caller writes the batch.
-  void Persist(KvBatch& batch, int cf);
+  // Puts every record changed since the last MarkPersisted, plus the
+  // position, into `batch` (column family `cf`). The caller writes the batch,
+  // then calls MarkPersisted with the count returned: until then (a failed
+  // write) the records stay changed, and the next Persist puts them again.
+  size_t Persist(KvBatch& batch, int cf);
+  // Forgets the first `changes` changes (a Persist's count): written.
+  void MarkPersisted(size_t changes);
 
   // Loads records written by Persist. REQUIRES: a fresh KeyState.
   // Returns Corruption on an unreadable record.

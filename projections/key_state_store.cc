@@ -93,27 +93,48 @@ Result<std::unique_ptr<KeyStateStore>> KeyStateStore::Open(const std::string& pa
 
 Status KeyStateStore::Persist() {
   KvBatch batch(*store_);
-  state_->Persist(batch, kCfKeyStateRecords);
+  const size_t changes = state_->Persist(batch, kCfKeyStateRecords);
   // Async is enough: the ledger is the durable truth, and the position travels
   // in the same batch as the state, so a lost tail is simply folded again.
-  return store_->Write(batch, Durability::kAsync);
+  KL_RETURN_IF_ERROR(store_->Write(batch, Durability::kAsync));
+  state_->MarkPersisted(changes);
+  return Status::Ok();
 }
 
 Status KeyStateStore::ApplyAppended(const std::vector<uint64_t>& sequences) {
   std::lock_guard<std::mutex> lock(mu_);
+  if (!sequences.empty() && refold_) {
+    // A fold failed before: events between the position and these may never
+    // have been folded, so the invariant above does not hold. Walk them.
+    KL_RETURN_IF_ERROR(FoldTo(sequences.front() - 1));
+  }
   for (uint64_t seq : sequences) {
     if (seq <= state_->position()) continue;  // an idempotent retry, folded before
-    KL_ASSIGN_OR_RETURN(Event event, ledger_->Read(seq));
-    KL_RETURN_IF_ERROR(state_->Apply(event));
+    auto event = ledger_->Read(seq);
+    Status applied = event.ok() ? state_->Apply(*event) : event.status();
+    if (!applied.ok()) {
+      refold_ = true;
+      return applied;
+    }
   }
   return Persist();
+}
+
+Status KeyStateStore::FoldTo(uint64_t to) {
+  if (to > state_->position()) {
+    Status folded = FoldRange(*ledger_, state_->position(), to, state_.get());
+    refold_ = !folded.ok();
+    KL_RETURN_IF_ERROR(folded);
+  }
+  refold_ = false;
+  return Status::Ok();
 }
 
 Status KeyStateStore::CatchUp() {
   std::lock_guard<std::mutex> lock(mu_);
   uint64_t head = ledger_->head().sequence;
   if (head <= state_->position()) return Status::Ok();
-  KL_RETURN_IF_ERROR(FoldRange(*ledger_, state_->position(), head, state_.get()));
+  KL_RETURN_IF_ERROR(FoldTo(head));
   return Persist();
 }
 

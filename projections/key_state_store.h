@@ -38,6 +38,9 @@ class KeyStateStore {
   static Result<std::unique_ptr<KeyStateStore>> Open(const std::string& path, const Ledger* ledger);
 
   // Folds the events just appended at `sequences` (ascending) and persists.
+  // After a failed fold or write, nothing is skipped or lost: the next call
+  // first folds whatever lies between the position and `sequences`, and
+  // writes every record the failed write left out.
   // Returns Corruption if the fold refuses an event, IOError on storage failure.
   Status ApplyAppended(const std::vector<uint64_t>& sequences);
 
@@ -53,11 +56,18 @@ class KeyStateStore {
  private:
   KeyStateStore() = default;
   Status Persist();
+  // Folds every event after the position up to `to`, advancing the position
+  // there. REQUIRES: mu_ held.
+  Status FoldTo(uint64_t to);
 
   const Ledger* ledger_ = nullptr;
   std::unique_ptr<KvStore> store_;
   std::unique_ptr<KeyState> state_;
   std::mutex mu_;  // serializes folding and persisting
+  // A fold failed part-way (an event unread or refused): the next
+  // ApplyAppended walks the log from the position instead of trusting the
+  // invariant above. GUARDED_BY(mu_)
+  bool refold_ = false;
 };
 
 // Folds every lifecycle event of `ledger` up to `until` (0: the head) into a

@@ -628,6 +628,52 @@ TEST_F(AuditTest, TheLifecycleHasTheSequencesTheTamperCasesExpect) {
   EXPECT_EQ(ledger_->head().sequence, 19u);  // DeletedLastEvent and ForgedHeadHash use it
 }
 
+// ---- the live key-state projection after a failure ----------------------------------------
+
+// An event the fold refuses is not stepped over: the events after it fail
+// too, as a rebuild from the log would, rather than being folded without it.
+TEST_F(AuditTest, AKeyStateFoldThatFailedSkipsNothingAfterIt) {
+  OpenProjections();
+  auto append = [&](const std::string& stream, EventBody body) -> uint64_t {
+    NewEvent e;  // not through Append(): the reference state would refuse it too
+    e.event_id = MakeEventId(++next_id_);
+    e.stream_id = stream;
+    e.actor = "operator";
+    e.body = std::move(body);
+    auto r = ledger_->Append({e});
+    EXPECT_TRUE(r.ok()) << r.ToStatus().ToString();
+    return r.ok() ? r->sequences.front() : 0;
+  };
+  const uint64_t refused = append("key/key_zz", KeyRenamed{"ws_a", "key_zz", "no such key"});
+  EXPECT_EQ(key_state_->ApplyAppended({refused}).code(), Code::kCorruption);
+  const uint64_t later = append("key/key_b", KeyRenamed{"ws_a", "key_b", "later"});
+  EXPECT_FALSE(key_state_->ApplyAppended({later}).ok());
+  EXPECT_EQ(key_state_->state().FindKey("key_b")->name, "other");
+}
+
+// Records a failed write left out are written by the next Persist.
+TEST_F(AuditTest, KeyStateRecordsOfAFailedWriteAreWrittenNext) {
+  auto state = RebuildKeyState(*ledger_, 0);
+  ASSERT_TRUE(state.ok()) << state.ToStatus().ToString();
+  KvStoreOptions options;
+  options.column_families = {{"key_state"}};
+  auto store = KvStore::Open(dir_.sub("records"), options);
+  ASSERT_TRUE(store.ok()) << store.ToStatus().ToString();
+  {
+    KvBatch lost(**store);  // never written: a failed write
+    EXPECT_GT((*state)->Persist(lost, 0), 0u);
+  }
+  KvBatch batch(**store);
+  const size_t changes = (*state)->Persist(batch, 0);
+  ASSERT_TRUE((*store)->Write(batch, Durability::kSync).ok());
+  (*state)->MarkPersisted(changes);
+  KeyState loaded;
+  ASSERT_TRUE(loaded.Load(**store, 0).ok());
+  EXPECT_EQ(loaded.Digest(), (*state)->Digest());
+  KvBatch nothing_new(**store);
+  EXPECT_EQ((*state)->Persist(nothing_new, 0), 0u);
+}
+
 // ---- audit replay ----------------------------------------------------------------------
 
 TEST_F(AuditTest, ReplayMatchesTheLiveProjectionOfARunningServer) {

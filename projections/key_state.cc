@@ -906,8 +906,10 @@ Status KeyState::Load(const KvStore& store, int cf) {
       bad = Status::Corruption("unreadable key-state record " + std::string(key));
       return false;
     }
-    // Records are written by Persist only; a missing field means another
-    // format, which the caller handles by rebuilding from the log.
+    // Records are written by Persist only, and another format is caught by
+    // the store's format key before this: a missing field means a damaged
+    // record. Load returns Corruption and the store does not open (it is
+    // not rebuilt silently: that would hide the damage from an audit).
     try {
       if (key == kOperatorRecord) {
         operator_token_hash_ = HashFromHex(j.at("token_hash"));

@@ -17,6 +17,10 @@ constexpr char kFormatKey[] = "key_state_format";
 // 7: a notifying transition, or a rule's changed channels, drop the outbox
 //    entries they supersede.
 constexpr char kFormatVersion[] = "key-state-7";
+// The ledger hash of the event at the persisted position, written with it,
+// so that Open can tell the ledger it folded from one that lost its tail and
+// was appended to again. Absent in stores written before it: trusted once.
+constexpr char kPositionHashKey[] = "key_state_position_hash";
 
 // A rebuild reports its progress every this many events.
 constexpr uint64_t kRebuildProgressEvents = 65'536;
@@ -69,31 +73,51 @@ Result<std::unique_ptr<KeyStateStore>> KeyStateStore::Open(const std::string& pa
   KL_ASSIGN_OR_RETURN(self->store_, KvStore::Open(path, options));
   KL_ASSIGN_OR_RETURN(auto format, self->store_->Get(kCfProjectionMeta, kFormatKey));
   self->state_ = std::make_unique<KeyState>();
-  if (format && *format == kFormatVersion) {
+  bool rebuild = !format || *format != kFormatVersion;  // unknown or absent format
+  if (!rebuild) {
     KL_RETURN_IF_ERROR(self->state_->Load(*self->store_, kCfKeyStateRecords));
-  } else {
-    // Unknown or absent format: drop the old records and fold from scratch.
-    KvBatch wipe(*self->store_);
-    Status scan = self->store_->Scan(kCfKeyStateRecords, "", "", [&](std::string_view key, std::string_view) {
-      wipe.Delete(kCfKeyStateRecords, key);
-      return true;
-    });
-    KL_RETURN_IF_ERROR(scan);
-    wipe.Put(kCfProjectionMeta, kFormatKey, kFormatVersion);
-    KL_RETURN_IF_ERROR(self->store_->Write(wipe, Durability::kSync));
+    KL_ASSIGN_OR_RETURN(rebuild, self->FoldedAnotherLog());
   }
-  if (self->state_->position() > ledger->head().sequence) {
-    return Status::Corruption("the key-state projection is ahead of the ledger (" +
-                              std::to_string(self->state_->position()) + " > " +
-                              std::to_string(ledger->head().sequence) + ")");
+  if (rebuild) {
+    KL_RETURN_IF_ERROR(self->Wipe());
+    self->state_ = std::make_unique<KeyState>();
   }
   KL_RETURN_IF_ERROR(self->CatchUp());
   return self;
 }
 
+Result<bool> KeyStateStore::FoldedAnotherLog() const {
+  const uint64_t position = state_->position();
+  if (position > ledger_->head().sequence) return true;  // the ledger lost its tail
+  if (position == 0) return false;
+  KL_ASSIGN_OR_RETURN(auto stored, store_->Get(kCfProjectionMeta, kPositionHashKey));
+  if (!stored) return false;
+  KL_ASSIGN_OR_RETURN(Event event, ledger_->Read(position));
+  return std::string_view(reinterpret_cast<const char*>(event.hash.data()), event.hash.size()) !=
+         *stored;
+}
+
+Status KeyStateStore::Wipe() {
+  KvBatch wipe(*store_);
+  KL_RETURN_IF_ERROR(store_->Scan(kCfKeyStateRecords, "", "", [&](std::string_view key,
+                                                                  std::string_view) {
+    wipe.Delete(kCfKeyStateRecords, key);
+    return true;
+  }));
+  wipe.Delete(kCfProjectionMeta, kPositionHashKey);
+  wipe.Put(kCfProjectionMeta, kFormatKey, kFormatVersion);
+  return store_->Write(wipe, Durability::kSync);
+}
+
 Status KeyStateStore::Persist() {
   KvBatch batch(*store_);
   const size_t changes = state_->Persist(batch, kCfKeyStateRecords);
+  if (state_->position() > 0) {
+    KL_ASSIGN_OR_RETURN(Event at_position, ledger_->Read(state_->position()));
+    batch.Put(kCfProjectionMeta, kPositionHashKey,
+              std::string_view(reinterpret_cast<const char*>(at_position.hash.data()),
+                               at_position.hash.size()));
+  }
   // Async is enough: the ledger is the durable truth, and the position travels
   // in the same batch as the state, so a lost tail is simply folded again.
   KL_RETURN_IF_ERROR(store_->Write(batch, Durability::kAsync));

@@ -33,7 +33,9 @@ class KeyStateStore {
  public:
   // Opens the projection store under `path`, loads the state, and catches up
   // with `ledger` (REQUIRES: non-null, outlives the store). A store written
-  // by another format version is rebuilt from the log.
+  // by another format version, or folded from another log (its position is
+  // beyond the ledger's head, or the ledger's event there has another hash:
+  // the ledger lost its tail and was appended to again), is rebuilt from the log.
   // Returns IOError/Corruption from storage or from the fold.
   static Result<std::unique_ptr<KeyStateStore>> Open(const std::string& path, const Ledger* ledger);
 
@@ -55,7 +57,14 @@ class KeyStateStore {
 
  private:
   KeyStateStore() = default;
+  // Writes the changed records, the position and the hash of the ledger's
+  // event there, in one batch.
   Status Persist();
+  // Returns whether the loaded state was folded from another log than
+  // ledger_ (see Open).
+  Result<bool> FoldedAnotherLog() const;
+  // Deletes every record and the position hash, and stamps the format.
+  Status Wipe();
   // Folds every event after the position up to `to`, advancing the position
   // there. REQUIRES: mu_ held.
   Status FoldTo(uint64_t to);

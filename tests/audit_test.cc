@@ -651,6 +651,37 @@ TEST_F(AuditTest, AKeyStateFoldThatFailedSkipsNothingAfterIt) {
   EXPECT_EQ(key_state_->state().FindKey("key_b")->name, "other");
 }
 
+// A store folded from a log this ledger is not (a lost tail appended to
+// again: shorter, or as long with other events) is rebuilt from this one.
+TEST_F(AuditTest, AKeyStateStoreFoldedFromAnotherLogIsRebuilt) {
+  OpenProjections();
+  const uint64_t folded = key_state_->state().position();
+  ASSERT_GT(folded, 3u);
+  CloseAll();
+  for (uint64_t events : {folded - 3, folded}) {  // shorter, then another log of the same length
+    ScratchDir other;
+    LedgerOptions options;
+    options.clock = &clock_;
+    auto ledger = Ledger::Open(other.sub("ledger"), options);
+    ASSERT_TRUE(ledger.ok()) << ledger.ToStatus().ToString();
+    NewEvent token;  // a lifecycle event: the state differs from the first log's
+    token.event_id = MakeEventId(1'000'000 + events);
+    token.stream_id = kOperatorStream;
+    token.actor = "system";
+    token.body = OperatorTokenSet{FilledHash(static_cast<uint8_t>(events))};
+    ASSERT_TRUE((*ledger)->Append({token}).ok());
+    for (uint64_t i = 2; i <= events; i++) {
+      ASSERT_TRUE((*ledger)->Append({MakeCallEvent(1000 * events + i, "key_x")}).ok());
+    }
+    auto store = KeyStateStore::Open(projections_path(), ledger->get());
+    ASSERT_TRUE(store.ok()) << store.ToStatus().ToString();
+    EXPECT_EQ((*store)->state().position(), events);
+    auto rebuilt = RebuildKeyState(**ledger, 0);
+    ASSERT_TRUE(rebuilt.ok());
+    EXPECT_EQ((*store)->state().Digest(), (*rebuilt)->Digest()) << events;
+  }
+}
+
 // Records a failed write left out are written by the next Persist.
 TEST_F(AuditTest, KeyStateRecordsOfAFailedWriteAreWrittenNext) {
   auto state = RebuildKeyState(*ledger_, 0);

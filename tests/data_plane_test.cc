@@ -183,6 +183,27 @@ TEST_F(DataPlaneTest, RecordsCallsDurablyAndIdempotently) {
   EXPECT_EQ(std::get<ApiCallRecorded>(events->at(1).body).units, 0u);  // a 500 is not billable
 }
 
+// Redaction lengthens text ("klk_a" -> "klk_[REDACTED]"): a call that fits the
+// body limit may not fit one event once recorded. It is refused by its place
+// in the batch, and nothing is recorded.
+TEST_F(DataPlaneTest, ACallTooLargeOnceRedactedIsNamed) {
+  ASSERT_EQ(h.Call("PATCH", "/v1/workspaces/" + ws_ + "/keys/" + key_, R"({"logging":true})").status,
+            200);
+  h.clock().AdvanceUs(60'000'000);
+  std::string value;
+  while (value.size() < 3300) value += "klk_a ";
+  json headers = json::object();
+  for (int i = 0; i < 64; i++) headers[std::string(1, 'h').append(std::to_string(i))] = value;
+  json big = Call("too-big");
+  big["request"] = {{"headers", headers}};
+  big["response"] = {{"headers", headers}};
+  const uint64_t head = h.ledger().head().sequence;
+  auto r = h.Call("POST", "/v1/calls", json{{"calls", {Call("fits"), big}}}.dump());
+  EXPECT_EQ(r.status, 400) << r.raw.substr(0, 300);
+  EXPECT_EQ(r.body["error"]["field"], "calls[1]") << r.raw.substr(0, 300);
+  EXPECT_EQ(h.ledger().head().sequence, head);
+}
+
 TEST_F(DataPlaneTest, UnitsAndLatenciesUpToTheirMaximumAreRecorded) {
   json call = Call("most-units");
   call["units"] = kCallUnitsMax;

@@ -41,6 +41,15 @@ class LedgerTest : public ::testing::Test {
     return ledger.ok() ? std::move(ledger).value() : nullptr;
   }
 
+  // A read-only secondary view of the ledger, as the audit tools open it.
+  Result<std::unique_ptr<Ledger>> OpenSecondaryView() {
+    LedgerOptions options;
+    options.clock = &clock_;
+    options.mode = OpenMode::kSecondary;
+    options.secondary_path = dir_.sub("secondary");
+    return Ledger::Open(dir_.sub("ledger"), options);
+  }
+
   ScratchDir dir_;
   ManualClock clock_{1'700'000'000'000'000};
 };
@@ -509,11 +518,7 @@ TEST_F(LedgerTest, AFailedFsyncBreaksTheLedgerUntilItIsReopened) {
 // for Open: the view keeps its head and says so.
 TEST_F(LedgerTest, ASecondaryCatchUpRefusesADamagedHeadRecord) {
   { ASSERT_TRUE(OpenLedger()->Append({MakeCallEvent(1), MakeCallEvent(2)}).ok()); }
-  LedgerOptions options;
-  options.clock = &clock_;
-  options.mode = OpenMode::kSecondary;
-  options.secondary_path = dir_.sub("secondary");
-  auto view = Ledger::Open(dir_.sub("ledger"), options);
+  auto view = OpenSecondaryView();
   ASSERT_TRUE(view.ok()) << view.ToStatus().ToString();
   Tamper(dir_.sub("ledger"), [](KvStore&, KvBatch& batch) { batch.Put(kCfMeta, "head", "short"); });
   EXPECT_EQ((*view)->CatchUp().code(), Code::kCorruption);
@@ -523,11 +528,7 @@ TEST_F(LedgerTest, ASecondaryCatchUpRefusesADamagedHeadRecord) {
 TEST_F(LedgerTest, SecondaryViewReadsARunningLedger) {
   auto ledger = OpenLedger();
   ASSERT_TRUE(ledger->Append({MakeCallEvent(1), MakeCallEvent(2)}).ok());
-  LedgerOptions options;
-  options.clock = &clock_;
-  options.mode = OpenMode::kSecondary;
-  options.secondary_path = dir_.sub("secondary");
-  auto view = Ledger::Open(dir_.sub("ledger"), options);
+  auto view = OpenSecondaryView();
   ASSERT_TRUE(view.ok()) << view.ToStatus().ToString();
   EXPECT_EQ((*view)->head().sequence, 2u);
   EXPECT_EQ((*view)->Append({MakeCallEvent(3)}).status().code(), Code::kUnavailable);

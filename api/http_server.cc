@@ -591,7 +591,16 @@ class Session : public std::enable_shared_from_this<Session> {
 std::string Session::PeerIp(const Socket& socket) {
   error_code ec;
   const tcp::endpoint peer = socket.remote_endpoint(ec);
-  return ec ? std::string() : peer.address().to_string();
+  if (ec) return std::string();
+  net::ip::address address = peer.address();
+  if (address.is_v6()) {
+    // A link-local peer's text would end in its zone ("fe80::1%eth0"), which
+    // no address rule names and the address parser refuses: drop it.
+    net::ip::address_v6 v6 = address.to_v6();
+    v6.scope_id(0);
+    address = v6;
+  }
+  return address.to_string();
 }
 
 void Session::Start() {

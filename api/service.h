@@ -89,14 +89,20 @@ struct ServiceOptions {
 
 // Most X-Forwarded-For addresses GatewayClientIp looks at, from the right.
 inline constexpr size_t kForwardedForHopsMax = 16;
+// The client GatewayClientIp answers when a trusted proxy names it by no
+// readable address: the unspecified address, which only a rule admitting
+// every IPv4 address (0.0.0.0/0) allows, so restricted keys are refused.
+inline constexpr char kUnknownClientIp[] = "0.0.0.0";
 
 // Returns the address gateway mode authorizes and records for `head`: the
 // peer (head.remote_ip), unless the peer lies in `trusted_proxies`; then,
 // walking the X-Forwarded-For addresses (all such headers, in order) from the
-// right, the first one outside `trusted_proxies`. The walk stops at an entry
-// that is not an IP address, or after kForwardedForHopsMax entries, and then
-// answers the last trusted address it passed. Addresses are returned in
-// canonical text (IpAddress::ToString). Never fails.
+// right, the first one outside `trusted_proxies` (an entry may carry a port:
+// "203.0.113.9:51234", "[2001:db8::1]:443"). An entry that is not an address
+// answers kUnknownClientIp: the proxy does not know the client, and its own
+// address must not stand for it. After kForwardedForHopsMax entries, or
+// without the header, the last trusted address passed is the client.
+// Addresses are returned in canonical text (IpAddress::ToString). Never fails.
 std::string GatewayClientIp(const HttpRequest& head, const SecurityRules* trusted_proxies);
 
 struct ServiceDeps {

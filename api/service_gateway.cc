@@ -103,6 +103,20 @@ std::vector<std::string_view> ForwardedForEntries(const HttpRequest& head) {
 
 }  // namespace
 
+// Returns the address of an X-Forwarded-For entry without the port some
+// proxies add ("203.0.113.9:51234", "[2001:db8::1]:443", "[2001:db8::1]").
+std::string_view WithoutPort(std::string_view entry) {
+  if (entry.starts_with('[')) {
+    const size_t close = entry.find(']');
+    return close == std::string_view::npos ? entry : entry.substr(1, close - 1);
+  }
+  const size_t colon = entry.find(':');
+  // One colon: IPv4 and a port (IPv6 text has at least two).
+  return colon != std::string_view::npos && entry.find(':', colon + 1) == std::string_view::npos
+             ? entry.substr(0, colon)
+             : entry;
+}
+
 std::string GatewayClientIp(const HttpRequest& head, const SecurityRules* trusted_proxies) {
   if (trusted_proxies == nullptr) return head.remote_ip;
   assert(trusted_proxies->ip_restricted());  // an empty list would trust everyone
@@ -110,8 +124,8 @@ std::string GatewayClientIp(const HttpRequest& head, const SecurityRules* truste
   if (!hop.ok() || !trusted_proxies->AllowsIp(*hop)) return head.remote_ip;
   const std::vector<std::string_view> entries = ForwardedForEntries(head);
   for (auto it = entries.rbegin(); it != entries.rend(); ++it) {
-    Result<IpAddress> forwarded = ParseIpAddress(*it);
-    if (!forwarded.ok()) break;  // unreadable: trust no address left of it
+    Result<IpAddress> forwarded = ParseIpAddress(WithoutPort(*it));
+    if (!forwarded.ok()) return kUnknownClientIp;  // fail closed: trust no address left of it
     hop = std::move(forwarded);
     if (!trusted_proxies->AllowsIp(*hop)) break;
   }

@@ -539,11 +539,18 @@ TEST(GatewayClientIpTest, BelievesForwardedForOnlyFromTrustedProxies) {
   // IPv6 proxies; an IPv4-mapped peer is the IPv4 address.
   EXPECT_EQ(GatewayClientIp(FromPeer("fd00::1", {"203.0.113.5"}), lb.get()), "203.0.113.5");
   EXPECT_EQ(GatewayClientIp(FromPeer("::ffff:10.0.0.7", {"203.0.113.6"}), lb.get()), "203.0.113.6");
-  // No header, an unreadable entry, or only proxies: the last trusted hop.
+  // No header, or only proxies: the last trusted hop.
   EXPECT_EQ(GatewayClientIp(FromPeer("10.1.2.3", {}), lb.get()), "10.1.2.3");
-  EXPECT_EQ(GatewayClientIp(FromPeer("10.1.2.3", {"198.51.100.7, unknown, 10.0.0.2"}), lb.get()),
-            "10.0.0.2");
   EXPECT_EQ(GatewayClientIp(FromPeer("10.1.2.3", {"10.0.0.4, 10.0.0.2"}), lb.get()), "10.0.0.4");
+  // An entry that names no address: the client is unknown, never the proxy
+  // (whose range a security group may allow).
+  EXPECT_EQ(GatewayClientIp(FromPeer("10.1.2.3", {"198.51.100.7, unknown, 10.0.0.2"}), lb.get()),
+            kUnknownClientIp);
+  EXPECT_EQ(GatewayClientIp(FromPeer("10.1.2.3", {"[2001:db8::1"}), lb.get()), kUnknownClientIp);
+  // Ports some proxies add are dropped.
+  EXPECT_EQ(GatewayClientIp(FromPeer("10.1.2.3", {"203.0.113.9:51234"}), lb.get()), "203.0.113.9");
+  EXPECT_EQ(GatewayClientIp(FromPeer("10.1.2.3", {"[2001:DB8::1]:443"}), lb.get()), "2001:db8::1");
+  EXPECT_EQ(GatewayClientIp(FromPeer("10.1.2.3", {"[2001:db8::2]"}), lb.get()), "2001:db8::2");
   // Only the last kForwardedForHopsMax entries are looked at.
   std::string hops = "198.51.100.99";
   for (size_t i = 0; i < kForwardedForHopsMax; i++) hops += ", 10.0.0." + std::to_string(i + 1);

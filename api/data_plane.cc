@@ -189,10 +189,7 @@ void RedactExcerpt(HttpExcerpt* excerpt) {
   static const std::unordered_set<std::string> kSecretHeaders = {
       "authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"};
   for (auto& h : excerpt->headers) {
-    std::string lower = h.name;
-    std::transform(lower.begin(), lower.end(), lower.begin(),
-                   [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-    if (kSecretHeaders.count(lower)) {
+    if (kSecretHeaders.count(AsciiLower(h.name))) {
       h.value = kRedacted;
     } else {
       RedactSecrets(&h.value);

@@ -95,6 +95,16 @@ struct RecordResult {
   size_t duplicates = 0;
 };
 
+// Returns `text` with its ASCII letters in lower case: header names, URL
+// schemes and hosts compare without case.
+inline std::string AsciiLower(std::string_view text) {
+  std::string out(text);
+  for (char& c : out) {
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+  }
+  return out;
+}
+
 // Whether `c` may stand in an HTTP token, such as a header name (RFC 9110
 // "tchar").
 inline bool IsHttpTokenChar(char c) {

@@ -5,7 +5,6 @@
 #include <netinet/in.h>
 
 #include <algorithm>
-#include <cctype>
 #include <charconv>
 #include <cmath>
 #include <map>
@@ -77,9 +76,7 @@ Status ValidateWebhookUrl(const std::string& url, bool allow_private, const std:
   // SSRF guard: no loopback or private addresses, by name or literal.
   // Names are checked again at connect time (api/notify.h), against DNS rebinding.
   // Names compare without case and without the root's trailing dot.
-  std::string name = host;
-  std::transform(name.begin(), name.end(), name.begin(),
-                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  std::string name = AsciiLower(host);
   if (name.size() > 1 && name.back() == '.') name.pop_back();
   const std::string literal = host.front() == '[' ? host.substr(1, host.size() - 2) : name;
   bool is_private = name == "localhost" || name.ends_with(".localhost");

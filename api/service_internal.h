@@ -128,9 +128,7 @@ struct Service::Impl {
     if (auth.size() <= kBearer.size()) {
       return Status::Unauthenticated("missing Authorization: Bearer <token> header");
     }
-    std::string scheme(auth.substr(0, kBearer.size()));
-    for (char& c : scheme) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    if (scheme != kBearer) return Status::Unauthenticated("Authorization must use the Bearer scheme");
+    if (AsciiLower(auth.substr(0, kBearer.size())) != kBearer) return Status::Unauthenticated("Authorization must use the Bearer scheme");
     Hash h = HashSecret(auth.substr(kBearer.size()));
     auto op = state().operator_token_hash();
     if (op && ConstantTimeEqual(*op, h)) return Principal{true, "", ""};

@@ -1,7 +1,5 @@
 // The observability endpoints of the Service: per-key request logs and the
 // metrics of keys and workspaces, read from the call projections.
-#include <algorithm>
-#include <cctype>
 #include <charconv>
 #include <map>
 
@@ -59,10 +57,7 @@ Json ExcerptJson(const HttpExcerpt& e) {
   Json headers = Json::object();
   std::map<std::string, std::string> spelling;  // lower-case name -> first spelling
   for (const auto& h : e.headers) {
-    std::string lower = h.name;
-    std::transform(lower.begin(), lower.end(), lower.begin(),
-                   [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-    auto [first, added] = spelling.try_emplace(std::move(lower), h.name);
+    auto [first, added] = spelling.try_emplace(AsciiLower(h.name), h.name);
     if (added) {
       headers[h.name] = h.value;
     } else {

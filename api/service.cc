@@ -96,6 +96,19 @@ Result<size_t> PageSize(std::string_view query, const ServiceOptions& o) {
   return v;
 }
 
+Result<HistoryPageRequest> HistoryPage(std::string_view query, const ServiceOptions& o) {
+  HistoryPageRequest page;
+  KL_ASSIGN_OR_RETURN(page.limit, PageSize(query, o));
+  page.limit = std::min(page.limit, kHistoryPageMax);
+  std::string_view cursor = QueryParam(query, "cursor");
+  if (cursor.empty()) return page;
+  auto [end, ec] = std::from_chars(cursor.data(), cursor.data() + cursor.size(), page.from_version);
+  if (ec != std::errc() || end != cursor.data() + cursor.size() || page.from_version == 0) {
+    return Status::InvalidArgument("cursor must be a positive integer", "cursor");
+  }
+  return page;
+}
+
 Json WorkspaceJson(const WorkspaceView& w) {
   return {{"id", w.id}, {"name", w.name}, {"tps_limit", w.tps_limit},
           {"billing_timezone", w.billing_timezone},
@@ -216,7 +229,8 @@ Result<HttpResponse> Service::Impl::Route(const HttpRequest& req, bool trusted_o
   if (seg[1] == "calls" || seg[1] == "invoice-runs" || seg[1] == "ledger") {
     if (seg.size() != (seg[1] == "ledger" ? 3u : 2u)) return Status::NotFound("no such endpoint");
   }
-  if (seg.size() == 3 && seg[1] == "ledger" && seg[2] == "head" && req.method == "GET") {
+  if (seg.size() == 3 && seg[1] == "ledger" && seg[2] == "head") {
+    if (req.method != "GET") return Status::InvalidArgument("use GET", "method");
     KL_RETURN_IF_ERROR(RequireOperator(who, "read the ledger head"));
     LedgerHead head = d.ledger->head();
     return JsonResponse(200, {{"sequence", head.sequence}, {"hash", ToHex(head.hash)}});
@@ -456,7 +470,10 @@ Result<HttpResponse> Service::Impl::Keys(const HttpRequest& req, const Principal
       return state().ListKeys(ws.id, after, limit);
     }, KeyJson);
   }
-  if (m == "GET" && (seg.size() == 6 && seg[5] == "history")) return KeyHistoryResponse(who, ws, seg[4]);
+  const bool read_only = seg.size() == 6 && (seg[5] == "history" || seg[5] == "logs" ||
+                                             seg[5] == "metrics");
+  if (read_only && m != "GET") return Status::InvalidArgument("use GET", "method");
+  if (seg.size() == 6 && seg[5] == "history") return KeyHistoryResponse(req, who, ws, seg[4]);
   if (m == "GET" && seg.size() == 5 && FindQueryParam(QueryOf(req), "as_of")) {
     return KeyAsOfResponse(req, who, ws, seg[4]);
   }
@@ -468,8 +485,8 @@ Result<HttpResponse> Service::Impl::Keys(const HttpRequest& req, const Principal
     return Status::InvalidArgument("use GET, PATCH or DELETE", "method");
   }
   if (seg.size() >= 6 && seg[5] == "alarms") return Alarms(req, who, k, seg);
-  if (seg.size() == 6 && seg[5] == "logs" && m == "GET") return KeyLogs(req, k);
-  if (seg.size() == 6 && seg[5] == "metrics" && m == "GET") {
+  if (seg.size() == 6 && seg[5] == "logs") return KeyLogs(req, k);
+  if (seg.size() == 6 && seg[5] == "metrics") {
     return MetricsResponse(req, MetricsScope::kKey, k.id);
   }
   if (seg.size() == 6 && seg[5] == "rotate") {

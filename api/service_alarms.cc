@@ -23,8 +23,6 @@ constexpr int64_t kEvaluationPeriodsMax = 100;
 constexpr double kThresholdMax = 1e12;
 constexpr size_t kWebhookSecretBytesMin = 16;
 constexpr size_t kWebhookSecretBytesMax = 256;
-// Most events one history page returns.
-constexpr size_t kHistoryPageMax = 500;
 
 template <typename E, size_t N>
 Result<E> ParseEnum(const Json& body, std::string_view field, const char* const (&names)[N],
@@ -170,22 +168,12 @@ Json AlarmHistoryJson(const Event& e) {
 // GET .../alarms/{id}/history?cursor=V&limit=N: the alarm's stream from
 // version V (default 1), oldest first.
 Result<HttpResponse> Service::Impl::AlarmHistory(const HttpRequest& req, const AlarmView& alarm) {
-  std::string_view query = QueryOf(req);
-  KL_ASSIGN_OR_RETURN(size_t limit, PageSize(query, o));
-  limit = std::min(limit, kHistoryPageMax);
-  std::string_view cursor = QueryParam(query, "cursor");
-  uint64_t from_version = 1;
-  if (!cursor.empty()) {
-    auto [end, ec] = std::from_chars(cursor.data(), cursor.data() + cursor.size(), from_version);
-    if (ec != std::errc() || end != cursor.data() + cursor.size() || from_version == 0) {
-      return Status::InvalidArgument("cursor must be a positive integer", "cursor");
-    }
-  }
+  KL_ASSIGN_OR_RETURN(HistoryPageRequest page, HistoryPage(QueryOf(req), o));
   KL_ASSIGN_OR_RETURN(auto events,
-                      d.ledger->ReadStream(AlarmStream(alarm.spec.alarm_id), from_version, limit));
+                      d.ledger->ReadStream(AlarmStream(alarm.spec.alarm_id), page.from_version, page.limit));
   Json items = Json::array();
   for (const auto& e : events) items.push_back(AlarmHistoryJson(e));
-  Json next = events.size() == limit ? Json(std::to_string(events.back().stream_version + 1))
+  Json next = events.size() == page.limit ? Json(std::to_string(events.back().stream_version + 1))
                                      : Json(nullptr);
   return JsonResponse(200, {{"alarm_id", alarm.spec.alarm_id}, {"state", AlarmStateName(alarm.state)},
                             {"events", items}, {"next_cursor", next}});

@@ -49,6 +49,16 @@ std::string_view QueryParam(std::string_view query, std::string_view name);
 std::optional<std::string_view> FindQueryParam(std::string_view query, std::string_view name);
 // The "limit" query parameter, within 1..o.page_size_max (InvalidArgument otherwise).
 Result<size_t> PageSize(std::string_view query, const ServiceOptions& o);
+// Most events one page of a stream's history (a key's, an alarm's) returns.
+constexpr size_t kHistoryPageMax = 500;
+// One page of a stream's history: the "limit" (PageSize, at most
+// kHistoryPageMax) and the stream version the "cursor" names (default 1).
+struct HistoryPageRequest {
+  uint64_t from_version = 1;
+  size_t limit = 0;
+};
+// Returns InvalidArgument (field "limit" or "cursor") for a bad value.
+Result<HistoryPageRequest> HistoryPage(std::string_view query, const ServiceOptions& o);
 Json WorkspaceJson(const WorkspaceView& w);
 Json GroupJson(const SecurityGroupView& g);
 Json KeyJson(const KeyView& k);
@@ -208,8 +218,8 @@ struct Service::Impl {
   Result<HttpResponse> PatchKey(const HttpRequest& req, const Principal& who, const KeyView& k);
   Result<HttpResponse> RotateKey(const HttpRequest& req, const Principal& who, const KeyView& k);
   Result<HttpResponse> DeleteKey(const Principal& who, const KeyView& k);
-  Result<HttpResponse> KeyHistoryResponse(const Principal& who, const WorkspaceView& ws,
-                                          std::string_view key_id);
+  Result<HttpResponse> KeyHistoryResponse(const HttpRequest& req, const Principal& who,
+                                          const WorkspaceView& ws, std::string_view key_id);
   Result<HttpResponse> KeyAsOfResponse(const HttpRequest& req, const Principal& who,
                                        const WorkspaceView& ws, std::string_view key_id);
   // A key of `ws` that exists or existed: deleted keys are visible to the

@@ -159,33 +159,41 @@ Status FoldKeyEvent(const Event& e, std::optional<KeyView>* key) {
   return Status::Ok();
 }
 
-Result<std::vector<KeyChange>> KeyHistory(const Ledger& ledger, std::string_view key_id) {
-  std::vector<KeyChange> history;
+Result<KeyHistoryPage> KeyHistory(const Ledger& ledger, std::string_view key_id,
+                                  uint64_t from_version, size_t limit) {
+  assert(from_version >= 1 && limit >= 1);
+  KeyHistoryPage page;
   std::optional<KeyView> key;
   Status fold;
   KL_RETURN_IF_ERROR(ForEachKeyEvent(ledger, key_id, [&](const Event& e) {
-    std::optional<KeyView> before = key;
+    if (e.stream_version >= from_version && page.changes.size() == limit) {
+      page.next_version = e.stream_version;
+      return false;
+    }
+    std::optional<KeyView> before = e.stream_version >= from_version ? key : std::nullopt;
     fold = FoldKeyEvent(e, &key);
     if (!fold.ok()) return false;
-    history.push_back(KeyChange{e.sequence, e.recorded_at_us, e.actor, EventTypeName(e.body),
-                                Describe(before, e)});
+    if (e.stream_version >= from_version) {
+      page.changes.push_back(KeyChange{e.sequence, e.recorded_at_us, e.actor,
+                                       EventTypeName(e.body), Describe(before, e)});
+    }
     return true;
   }));
   KL_RETURN_IF_ERROR(fold);
-  return history;
+  return page;
 }
 
-Result<std::optional<KeyView>> KeyAsOf(const Ledger& ledger, std::string_view key_id,
-                                       uint64_t sequence) {
-  std::optional<KeyView> key;
+Result<KeyAsOfView> KeyAsOf(const Ledger& ledger, std::string_view key_id, LogPoint at) {
+  KeyAsOfView view;
   Status fold;
   KL_RETURN_IF_ERROR(ForEachKeyEvent(ledger, key_id, [&](const Event& e) {
-    if (e.sequence > sequence) return false;
-    fold = FoldKeyEvent(e, &key);
+    if (e.sequence > at.sequence_max || e.recorded_at_us > at.recorded_at_us_max) return false;
+    fold = FoldKeyEvent(e, &view.key);
+    view.sequence = e.sequence;
     return fold.ok();
   }));
   KL_RETURN_IF_ERROR(fold);
-  return key;
+  return view;
 }
 
 }  // namespace keyledger

@@ -48,17 +48,45 @@ constexpr size_t kKeyStreamPageEvents = 1024;
 // REQUIRES: key != nullptr.
 Status FoldKeyEvent(const Event& event, std::optional<KeyView>* key);
 
-// Returns every lifecycle event of key `key_id`, oldest first, each with its
-// changes derived by folding the stream in order.
+// One page of a key's history.
+struct KeyHistoryPage {
+  std::vector<KeyChange> changes;  // oldest first
+  // The stream version the next page starts at; 0 when this page ends the stream.
+  uint64_t next_version = 0;
+};
+
+// Returns the lifecycle events of key `key_id` from stream version
+// `from_version` on, at most `limit` of them, oldest first, each with its
+// changes derived by folding the stream in order from its start (the events
+// before the page are folded, not described).
 // Returns NotFound if the key has no events, Corruption from the ledger's
 // checks or from FoldKeyEvent, IOError on storage failure.
-Result<std::vector<KeyChange>> KeyHistory(const Ledger& ledger, std::string_view key_id);
+// REQUIRES: from_version >= 1, limit >= 1.
+Result<KeyHistoryPage> KeyHistory(const Ledger& ledger, std::string_view key_id,
+                                  uint64_t from_version, size_t limit);
 
-// Returns the key as it was right after the last of its events with sequence
-// <= `sequence` (deleted = true if that was its deletion), std::nullopt if it
-// was created after `sequence`.
+// A point of the log: every event with sequence <= sequence_max and
+// recorded_at <= recorded_at_us_max is before it (recorded_at never goes
+// backwards along the log, so both bounds cut it once).
+struct LogPoint {
+  uint64_t sequence_max = UINT64_MAX;
+  int64_t recorded_at_us_max = INT64_MAX;
+  static LogPoint AtSequence(uint64_t s) { return {s, INT64_MAX}; }
+  static LogPoint AtTime(int64_t us) { return {UINT64_MAX, us}; }
+};
+
+// A key as of a point of the log.
+struct KeyAsOfView {
+  std::optional<KeyView> key;  // std::nullopt: the key was created after the point
+  uint64_t sequence = 0;       // the last of its events folded; 0 if none
+};
+
+// Returns the key as it was right after the last of its events before `at`
+// (deleted = true if that was its deletion). A sequence inside one write
+// that appended several of the key's events (a PATCH of several fields)
+// shows that write partly applied, as the log holds it; a time never does,
+// since one write's events share their recorded_at.
 // Returns NotFound if the key has no events at all, Corruption/IOError as KeyHistory.
-Result<std::optional<KeyView>> KeyAsOf(const Ledger& ledger, std::string_view key_id,
-                                       uint64_t sequence);
+Result<KeyAsOfView> KeyAsOf(const Ledger& ledger, std::string_view key_id, LogPoint at);
 
 }  // namespace keyledger

@@ -1039,23 +1039,34 @@ TEST_F(AuditTest, ReplayUntilPrintsTheRebuiltDigestOnly) {
 
 TEST_F(AuditTest, KeyAsOfEqualsWhatTheProjectionShowedAtEverySequence) {
   for (const auto& [seq, seen] : seen_) {
-    auto as_of = KeyAsOf(*ledger_, "key_a", seq);
+    auto as_of = KeyAsOf(*ledger_, "key_a", LogPoint::AtSequence(seq));
     ASSERT_TRUE(as_of.ok()) << as_of.ToStatus().ToString();
-    EXPECT_EQ(*as_of, seen) << "at sequence " << seq;
+    EXPECT_EQ(as_of->key, seen) << "at sequence " << seq;
+    // By time too: the event's own time includes it.
+    auto stored = ledger_->Read(seq);
+    ASSERT_TRUE(stored.ok());
+    auto by_time = KeyAsOf(*ledger_, "key_a", LogPoint::AtTime(stored->recorded_at_us));
+    ASSERT_TRUE(by_time.ok());
+    EXPECT_EQ(by_time->key, seen) << "at the time of sequence " << seq;
   }
-  EXPECT_EQ(KeyAsOf(*ledger_, "key_a", created_ - 1).value(), std::nullopt);
-  auto after = KeyAsOf(*ledger_, "key_a", deleted_);
-  ASSERT_TRUE(after.ok() && after->has_value());
-  EXPECT_TRUE((*after)->deleted);
-  EXPECT_EQ(KeyAsOf(*ledger_, "key_zz", 100).status().code(), Code::kNotFound);
+  EXPECT_EQ(KeyAsOf(*ledger_, "key_a", LogPoint::AtSequence(created_ - 1)).value().key,
+            std::nullopt);
+  auto after = KeyAsOf(*ledger_, "key_a", LogPoint::AtSequence(deleted_));
+  ASSERT_TRUE(after.ok() && after->key.has_value());
+  EXPECT_TRUE(after->key->deleted);
+  EXPECT_EQ(after->sequence, deleted_);
+  EXPECT_EQ(KeyAsOf(*ledger_, "key_zz", LogPoint::AtSequence(100)).status().code(),
+            Code::kNotFound);
 }
 
 TEST_F(AuditTest, KeyHistoryListsEveryChangeWithItsActor) {
-  auto history = KeyHistory(*ledger_, "key_a");
+  auto history = KeyHistory(*ledger_, "key_a", 1, SIZE_MAX);
   ASSERT_TRUE(history.ok()) << history.ToStatus().ToString();
-  ASSERT_EQ(history->size(), expected_.size());
+  EXPECT_EQ(history->next_version, 0u);
+  const std::vector<KeyChange>& changes = history->changes;
+  ASSERT_EQ(changes.size(), expected_.size());
   for (size_t i = 0; i < expected_.size(); i++) {
-    const KeyChange& c = (*history)[i];
+    const KeyChange& c = changes[i];
     EXPECT_EQ(c.type, expected_[i].type) << i;
     EXPECT_EQ(c.actor, expected_[i].actor) << i;
     EXPECT_EQ(c.changes, expected_[i].changes) << i;
@@ -1064,9 +1075,28 @@ TEST_F(AuditTest, KeyHistoryListsEveryChangeWithItsActor) {
     EXPECT_EQ(stored->stream_id, "key/key_a");
     EXPECT_EQ(c.recorded_at_us, stored->recorded_at_us);
   }
-  EXPECT_EQ(history->front().sequence, created_);
-  EXPECT_EQ(history->back().sequence, deleted_);
-  EXPECT_EQ(KeyHistory(*ledger_, "key_zz").status().code(), Code::kNotFound);
+  EXPECT_EQ(changes.front().sequence, created_);
+  EXPECT_EQ(changes.back().sequence, deleted_);
+  EXPECT_EQ(KeyHistory(*ledger_, "key_zz", 1, 10).status().code(), Code::kNotFound);
+
+  // Page by page, each change described as in the whole history.
+  for (size_t limit : {size_t{1}, size_t{2}, size_t{3}}) {
+    std::vector<KeyChange> paged;
+    uint64_t from = 1;
+    for (size_t pages = 0; from != 0; pages++) {
+      ASSERT_LE(pages, changes.size());
+      auto page = KeyHistory(*ledger_, "key_a", from, limit);
+      ASSERT_TRUE(page.ok());
+      ASSERT_LE(page->changes.size(), limit);
+      paged.insert(paged.end(), page->changes.begin(), page->changes.end());
+      from = page->next_version;
+    }
+    EXPECT_EQ(paged, changes) << "limit " << limit;
+  }
+  auto past_end = KeyHistory(*ledger_, "key_a", changes.size() + 1, 10);
+  ASSERT_TRUE(past_end.ok());
+  EXPECT_TRUE(past_end->changes.empty());
+  EXPECT_EQ(past_end->next_version, 0u);
 }
 
 TEST(FoldKeyEvent, RefusesEventsThatContradictTheKey) {

@@ -217,11 +217,12 @@ RC_GTEST_PROP(ReplayProperty, RebuildFromTheLogEqualsEveryLiveProjection, ()) {
   // Point in time: the key as of each observed sequence is what GET showed.
   for (const auto& [seq, seen] : w.observed) {
     for (const auto& [key, shown] : seen) {
-      auto then = KeyAsOf(h.ledger(), key, seq);
+      auto then = KeyAsOf(h.ledger(), key, LogPoint::AtSequence(seq));
       RC_ASSERT(then.ok());
-      RC_ASSERT(then->has_value());
-      RC_ASSERT((json{{"name", (*then)->name}, {"logging", (*then)->logging},
-                      {"description", (*then)->description}, {"version", (*then)->version}}) == shown);
+      RC_ASSERT(then->key.has_value());
+      const KeyView& k = *then->key;
+      RC_ASSERT((json{{"name", k.name}, {"logging", k.logging}, {"description", k.description},
+                      {"version", k.version}}) == shown);
     }
   }
 }

@@ -464,6 +464,7 @@ TEST_F(ServiceTest, LedgerHeadIsForTheOperator) {
   EXPECT_EQ(head.body["hash"], ToHex(h.ledger().head().hash));
   std::string t = h.Call("POST", "/v1/workspaces/" + ws + "/tokens").body["token"];
   ExpectError(h.Call("GET", "/v1/ledger/head", "", t), 403, "permission_denied");
+  ExpectError(h.Call("POST", "/v1/ledger/head", "{}"), 400, "invalid_argument", "method");
 }
 
 TEST_F(ServiceTest, KeyHistoryAndPointInTimeState) {
@@ -493,10 +494,42 @@ TEST_F(ServiceTest, KeyHistoryAndPointInTimeState) {
   EXPECT_EQ(events[3]["type"], "key_rotated");
   EXPECT_EQ(events[4]["type"], "key_deleted");
 
+  // Page by page: the same events, and a cursor to the next page.
+  auto first_page = h.Call("GET", path + "/history?limit=2");
+  ASSERT_EQ(first_page.status, 200) << first_page.raw;
+  ASSERT_EQ(first_page.body["events"].size(), 2u);
+  EXPECT_EQ(first_page.body["events"][1], events[1]);
+  ASSERT_EQ(first_page.body["next_cursor"], "3");
+  auto last_page = h.Call("GET", path + "/history?limit=3&cursor=3");
+  ASSERT_EQ(last_page.status, 200) << last_page.raw;
+  ASSERT_EQ(last_page.body["events"].size(), 3u);
+  EXPECT_EQ(last_page.body["events"][2], events[4]);
+  EXPECT_TRUE(last_page.body["next_cursor"].is_null());
+  EXPECT_TRUE(history.body["next_cursor"].is_null());
+  ExpectError(h.Call("GET", path + "/history?cursor=0"), 400, "invalid_argument", "cursor");
+  ExpectError(h.Call("GET", path + "/history?limit=0"), 400, "invalid_argument", "limit");
+  ExpectError(h.Call("POST", path + "/history", "{}"), 400, "invalid_argument", "method");
+
   auto then = h.Call("GET", path + "?as_of=" + std::to_string(created_at));
   ASSERT_EQ(then.status, 200) << then.raw;
   EXPECT_EQ(then.body["name"], "first");
   EXPECT_EQ(then.body["logging"], false);
+  EXPECT_EQ(then.body["as_of_sequence"], created_at);
+  // The rename is the first of the PATCH's two events: a sequence shows the
+  // log's state there, the PATCH's time shows the PATCH whole.
+  auto mid_patch = h.Call("GET", path + "?as_of=" + std::to_string(created_at + 1));
+  ASSERT_EQ(mid_patch.status, 200) << mid_patch.raw;
+  EXPECT_EQ(mid_patch.body["name"], "second");
+  EXPECT_EQ(mid_patch.body["logging"], false);
+  EXPECT_EQ(mid_patch.body["as_of_sequence"], created_at + 1);
+  auto patch_time = h.Call("GET", path + "?as_of=" + events[1]["recorded_at"].get<std::string>());
+  ASSERT_EQ(patch_time.status, 200) << patch_time.raw;
+  EXPECT_EQ(patch_time.body["logging"], true);
+  EXPECT_EQ(patch_time.body["as_of_sequence"], created_at + 2);
+  // The value given is echoed decoded.
+  auto encoded = h.Call("GET", path + "?as_of=" + std::string(between).replace(13, 1, "%3A"));
+  ASSERT_EQ(encoded.status, 200) << encoded.raw;
+  EXPECT_EQ(encoded.body["as_of"], between);
   auto by_time = h.Call("GET", path + "?as_of=" + between);
   ASSERT_EQ(by_time.status, 200) << by_time.raw;
   EXPECT_EQ(by_time.body["name"], "second");

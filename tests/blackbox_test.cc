@@ -247,6 +247,8 @@ TEST_F(BlackBoxTest, RecordsCallsOnceOverHttp) {
   std::time_t t = std::chrono::system_clock::to_time_t(now - std::chrono::seconds(10));
   char when[32];
   std::strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
+  char month[16];  // the calls' month (UTC, the workspace's zone), not today's
+  std::strftime(month, sizeof(month), "%Y-%m", std::gmtime(&t));
   for (int i = 0; i < 100; i++) {
     calls["calls"].push_back({{"request_id", "req-" + std::to_string(i)}, {"key_id", key},
                               {"occurred_at", when}, {"status", i % 10 == 0 ? 500 : 200},
@@ -269,7 +271,7 @@ TEST_F(BlackBoxTest, RecordsCallsOnceOverHttp) {
   }
   EXPECT_EQ(totals["calls"], 100) << totals.dump();
   EXPECT_EQ(totals["errors_by_class"]["5xx"], 10);
-  auto usage = Do("GET", base + "/usage");
+  auto usage = Do("GET", base + "/usage?month=" + std::string(month));
   ASSERT_EQ(usage.status, 200) << usage.body;
   EXPECT_EQ(Body(usage)["total_quantity"], 90);
   // Logging was off: no log entries, but the endpoint answers.

@@ -51,20 +51,6 @@ std::string EncodeHead(const LedgerHead& head) {
   return v;
 }
 
-// Stream ids are printable ASCII without spaces, so a NUL can end them in keys.
-Status ValidateStreamId(std::string_view id) {
-  if (id.empty() || id.size() > kStreamIdBytesMax) {
-    return Status::InvalidArgument("stream id must be 1.." + std::to_string(kStreamIdBytesMax) +
-                                   " bytes", "stream_id");
-  }
-  for (char c : id) {
-    if (c <= 0x20 || c >= 0x7f) {
-      return Status::InvalidArgument("stream id must be printable ASCII", "stream_id");
-    }
-  }
-  return Status::Ok();
-}
-
 Status ValidateNewEvents(const std::vector<NewEvent>& events) {
   if (events.empty()) return Status::InvalidArgument("no events to append", "events");
   if (events.size() > kAppendEventsMax) {
@@ -95,6 +81,20 @@ Status ValidateNewEvents(const std::vector<NewEvent>& events) {
 }
 
 }  // namespace
+
+// Stream ids are printable ASCII without spaces, so a NUL can end them in keys.
+Status ValidateStreamId(std::string_view id) {
+  if (id.empty() || id.size() > kStreamIdBytesMax) {
+    return Status::InvalidArgument("stream id must be 1.." + std::to_string(kStreamIdBytesMax) +
+                                   " bytes", "stream_id");
+  }
+  for (char c : id) {
+    if (c <= 0x20 || c >= 0x7f) {
+      return Status::InvalidArgument("stream id must be printable ASCII", "stream_id");
+    }
+  }
+  return Status::Ok();
+}
 
 Status SplitStoredValue(std::string_view value, Hash* hash, std::string_view* body) {
   if (value.size() <= kHashBytes) return Status::Corruption("stored event too short");
@@ -289,6 +289,25 @@ void Ledger::Rep::StorePendingVersions() {
 Ledger::Ledger(std::unique_ptr<Rep> rep) : rep_(std::move(rep)) {}
 Ledger::~Ledger() { Close(); }
 
+namespace {
+
+// Returns Ok if `last`, the last entry of the events family (if any), is the
+// event at `head_sequence` (none when 0), else Corruption naming where the
+// log and its head record part.
+Status TailMatchesHead(const std::optional<std::pair<std::string, std::string>>& last,
+                       uint64_t head_sequence) {
+  if (last && last->first.size() != 8) {
+    return Status::Corruption("the last stored event key is not a sequence", head_sequence + 1);
+  }
+  const uint64_t last_sequence = last ? DecodeBigEndian64(last->first.data()) : 0;
+  if (last_sequence == head_sequence) return Status::Ok();
+  return Status::Corruption("head record says " + std::to_string(head_sequence) +
+                                " but the last stored event is " + std::to_string(last_sequence),
+                            std::max(last_sequence, head_sequence));
+}
+
+}  // namespace
+
 Result<std::unique_ptr<Ledger>> Ledger::Open(const std::string& path,
                                              const LedgerOptions& options) {
   assert(options.clock != nullptr);
@@ -316,14 +335,12 @@ Result<std::unique_ptr<Ledger>> Ledger::Open(const std::string& path,
     std::memcpy(rep->head.hash.data(), head_value->data() + 8, kHashBytes);
   }
   // The head and the last event are written in one batch, so they must agree.
+  assert(!options.open_past_head_mismatch || options.mode != OpenMode::kReadWrite);
   KL_ASSIGN_OR_RETURN(auto last, rep->store->SeekForPrev(kCfEvents, EventKey(UINT64_MAX), ""));
-  uint64_t last_sequence = last ? DecodeBigEndian64(last->first.data()) : 0;
-  if (last_sequence != rep->head.sequence) {
-    return Status::Corruption("head record says " + std::to_string(rep->head.sequence) +
-                                  " but the last stored event is " + std::to_string(last_sequence),
-                              std::max(last_sequence, rep->head.sequence));
-  }
-  if (last) {
+  Status tail = TailMatchesHead(last, rep->head.sequence);
+  if (!tail.ok() && !options.open_past_head_mismatch) return tail;
+  if (last && tail.ok()) {
+    const uint64_t last_sequence = rep->head.sequence;
     Result<Event> event = rep->DecodeStored(last_sequence, last->second);
     if (event.ok()) {
       rep->last_recorded_at_us = event->recorded_at_us;
@@ -716,17 +733,19 @@ Status Ledger::ScanRaw(uint64_t from, uint64_t to,
   std::string end = to == 0 ? std::string() : EventKey(to + 1);
   if (to == UINT64_MAX) end.clear();
   Status bad;
+  uint64_t last = std::max<uint64_t>(from, 1) - 1;  // the last sequence walked
+  // From the family's start when walking from the first event, so that no
+  // key sorting before sequence 1 goes unseen.
   KL_RETURN_IF_ERROR(rep_->store->Scan(
-      kCfEvents, EventKey(std::max<uint64_t>(from, 1)), end,
+      kCfEvents, from <= 1 ? std::string() : EventKey(from), end,
       [&](std::string_view key, std::string_view value) {
-        if (key.size() != 8) {
-          // Not a sequence: it sorts right after the event its first 8 bytes
-          // name (or first, when shorter), so that is where the log breaks.
-          const uint64_t after = key.size() > 8 ? DecodeBigEndian64(key.data()) : 0;
-          bad = Status::Corruption("a stored event key is not a sequence", after + 1);
+        if (key.size() != 8 || DecodeBigEndian64(key.data()) == 0) {
+          // Not a sequence: the log breaks right after the event it sorts after.
+          bad = Status::Corruption("a stored event key is not a sequence", last + 1);
           return false;
         }
-        return fn(DecodeBigEndian64(key.data()), value);
+        last = DecodeBigEndian64(key.data());
+        return fn(last, value);
       },
       ScanKind::kBulk));
   return bad;

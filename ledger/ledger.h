@@ -34,6 +34,13 @@ struct LedgerOptions {
   // Open a read-only view of a directory a running server owns (audit tools).
   OpenMode mode = OpenMode::kReadWrite;
   std::string secondary_path;  // REQUIRES: set when mode == kSecondary
+  // For `audit verify`: open even when the head record disagrees with the
+  // last stored event (or that event's key is not a sequence), at the head
+  // record, so that Verify walks the log and names the first bad event
+  // rather than the tail. The caller must then compare the head record with
+  // Verify's result. REQUIRES: mode != kReadWrite when true. Default false:
+  // Open returns Corruption.
+  bool open_past_head_mismatch = false;
   // Most events one group commit writes in one WriteBatch (one Append's
   // events are never split: a group holds at least one whole Append, up to
   // kAppendEventsMax). A group's bytes are bounded only through this and
@@ -43,6 +50,10 @@ struct LedgerOptions {
   size_t stream_cache_entries_max = 1'000'000;
   KvStoreOptions storage;  // column_families is filled in by the Ledger
 };
+
+// Returns Ok if `id` can name a stream: 1..kStreamIdBytesMax bytes of
+// printable ASCII without spaces; InvalidArgument (field "stream_id") if not.
+[[nodiscard]] Status ValidateStreamId(std::string_view id);
 
 struct AppendOptions {
   // kSync (default): acknowledged only after the WAL is fsync'ed.

@@ -252,7 +252,8 @@ Status FindBadIndexEntry(const Ledger& ledger, const KvStore& store, uint64_t he
   KL_RETURN_IF_ERROR(bad);
   for (int cf : kIndexFamilies) {  // every event has its entries: one is extra
     KL_RETURN_IF_ERROR(store.Scan(cf, "", "", [&](std::string_view key, std::string_view value) {
-      const uint64_t sequence = value.size() == 8 ? DecodeBigEndian64(value.data()) : 0;
+      // A value that is no sequence names no event: reported past the head.
+      const uint64_t sequence = value.size() == 8 ? DecodeBigEndian64(value.data()) : UINT64_MAX;
       bool matches = false;
       if (sequence >= 1 && sequence <= head) {
         Status read = ledger.ScanRaw(sequence, sequence, [&](uint64_t, std::string_view stored) {

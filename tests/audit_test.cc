@@ -65,10 +65,11 @@ std::string ReadAll(const std::string& path) {
   return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
-// Runs `keyledger args...` with stdout and stderr captured in files.
-CliResult RunCli(const std::vector<std::string>& args) {
+// Runs `keyledger args...` with stdout and stderr captured in files (stdout
+// into `stdout_path` instead, when given: the output is then not read back).
+CliResult RunCli(const std::vector<std::string>& args, const std::string& stdout_path = "") {
   ScratchDir io;
-  const std::string out_path = io.sub("out");
+  const std::string out_path = stdout_path.empty() ? io.sub("out") : stdout_path;
   const std::string err_path = io.sub("err");
   std::vector<std::string> all = {KEYLEDGER_BINARY};
   all.insert(all.end(), args.begin(), args.end());
@@ -77,7 +78,8 @@ CliResult RunCli(const std::vector<std::string>& args) {
   argv.push_back(nullptr);
   pid_t pid = ::fork();
   if (pid == 0) {
-    int out = ::open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    int out = ::open(out_path.c_str(), O_WRONLY | O_CREAT | (stdout_path.empty() ? O_TRUNC : 0),
+                     0600);
     int err = ::open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
     if (out < 0 || err < 0 || ::dup2(out, 1) < 0 || ::dup2(err, 2) < 0) ::_exit(126);
     ::execv(KEYLEDGER_BINARY, argv.data());
@@ -87,7 +89,7 @@ CliResult RunCli(const std::vector<std::string>& args) {
   int status = 0;
   EXPECT_EQ(::waitpid(pid, &status, 0), pid);
   r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.out = ReadAll(out_path);
+  if (stdout_path.empty()) r.out = ReadAll(out_path);
   r.err = ReadAll(err_path);
   return r;
 }
@@ -580,6 +582,36 @@ INSTANTIATE_TEST_SUITE_P(
                      last[last.size() - 1] ^= 0x01;
                      batch.Put(kCfEvents, EventKey(19), last);
                    }},
+        // The tail disagrees with the head record too: still the first bad one.
+        TamperCase{"FlippedByteAndDeletedLastEvent", 7,
+                   [](KvStore& store, KvBatch& batch) {
+                     std::string v = StoredValue(store, 7);
+                     v[v.size() - 20] ^= 0x01;
+                     batch.Put(kCfEvents, EventKey(7), v);
+                     batch.Delete(kCfEvents, EventKey(19));
+                   }},
+        TamperCase{"FlippedByteAndDeletedHeadRecord", 7,
+                   [](KvStore& store, KvBatch& batch) {
+                     std::string v = StoredValue(store, 7);
+                     v[v.size() - 20] ^= 0x01;
+                     batch.Put(kCfEvents, EventKey(7), v);
+                     batch.Delete(kCfMeta, "head");
+                   }},
+        TamperCase{"DeletedHeadRecord", 19,
+                   [](KvStore&, KvBatch& batch) { batch.Delete(kCfMeta, "head"); }},
+        // A one-byte key sorts after every sequence: the log breaks after 19.
+        TamperCase{"ShortKeyAfterTheLastEvent", 20,
+                   [](KvStore& store, KvBatch& batch) {
+                     batch.Put(kCfEvents, std::string(1, '\xff'), StoredValue(store, 19));
+                   }},
+        TamperCase{"ShortKeyBeforeTheFirstEvent", 1,
+                   [](KvStore& store, KvBatch& batch) {
+                     batch.Put(kCfEvents, std::string(1, '\0'), StoredValue(store, 1));
+                   }},
+        TamperCase{"EventAtSequenceZero", 1,
+                   [](KvStore& store, KvBatch& batch) {
+                     batch.Put(kCfEvents, EventKey(0), StoredValue(store, 1));
+                   }},
         TamperCase{"EventUnderAKeyThatIsNoSequence", 20,
                    [](KvStore& store, KvBatch& batch) {
                      batch.Put(kCfEvents, EventKey(19) + "x", StoredValue(store, 19));
@@ -609,6 +641,11 @@ INSTANTIATE_TEST_SUITE_P(
                      batch.Put(kCfEventIds, EventIdEntryKey(StoredHeader(store, 3)),
                                SequenceValue(5));
                    }},
+        // An entry whose value is no sequence names no event: past the head.
+        TamperCase{"IndexEntryWhoseValueIsNoSequence", 20,
+                   [](KvStore&, KvBatch& batch) {
+                     batch.Put(kCfStreams, ledger_internal::StreamKey("key/forged", 1), "\x01");
+                   }},
         TamperCase{"ExtraStreamIndexEntry", 6,
                    [](KvStore&, KvBatch& batch) {
                      batch.Put(kCfStreams, ledger_internal::StreamKey("key/forged", 1),
@@ -623,6 +660,47 @@ INSTANTIATE_TEST_SUITE_P(
                      batch.Put(kCfMeta, "head", v);
                    }}),
     [](const auto& info) { return std::string(info.param.name); });
+
+// The events before a damaged one still print; the damage is named.
+TEST_F(AuditTest, DumpPrintsTheEventsBeforeADamagedOne) {
+  CloseAll();
+  TamperLedger(ledger_path(), [](KvStore& store, KvBatch& batch) {
+    std::string v = StoredValue(store, 7);
+    v[v.size() - 20] ^= 0x01;
+    batch.Put(kCfEvents, EventKey(7), v);
+  });
+  CliResult r = RunCli({"events", "dump", "--data", data_});
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  ASSERT_EQ(r.Lines().size(), 6u) << r.out;
+  EXPECT_EQ(r.Lines()[5]["sequence"], 6);
+  EXPECT_NE(r.err.find("corruption at sequence 7"), std::string::npos) << r.err;
+}
+
+TEST_F(AuditTest, EmptyOrMalformedFlagValuesAreUsageErrors) {
+  for (const std::vector<std::string>& args : std::vector<std::vector<std::string>>{
+           {"audit", "verify", "--data", data_, "--expect-head", ""},
+           {"audit", "replay", "--data", data_, "--until", ""},
+           {"audit", "replay", "--data", dir_.sub("nope"), "--until", "yesterday"},
+           {"events", "dump", "--data", data_, "--stream", ""},
+           {"events", "dump", "--data", data_, "--stream", "bad id"}}) {
+    CliResult r = RunCli(args);
+    EXPECT_EQ(r.exit_code, 2) << args.back() << ": " << r.out << r.err;
+    EXPECT_TRUE(r.out.empty()) << r.out;
+  }
+}
+
+// Output that did not arrive is no success.
+TEST_F(AuditTest, AFullStdoutFailsTheCommand) {
+  if (!std::filesystem::exists("/dev/full")) GTEST_SKIP() << "no /dev/full";
+  for (const std::vector<std::string>& args : std::vector<std::vector<std::string>>{
+           {"audit", "verify", "--data", data_},
+           {"audit", "replay", "--data", data_, "--until", "5"},
+           {"events", "dump", "--data", data_}}) {
+    CliResult r = RunCli(args, "/dev/full");
+    EXPECT_EQ(r.exit_code, 1) << args[1] << ": " << r.err;
+    EXPECT_NE(r.err.find("No space left"), std::string::npos) << r.err;
+  }
+}
 
 TEST_F(AuditTest, TheLifecycleHasTheSequencesTheTamperCasesExpect) {
   EXPECT_EQ(ledger_->head().sequence, 19u);  // DeletedLastEvent and ForgedHeadHash use it

@@ -139,9 +139,19 @@ struct LedgerView {
   std::unique_ptr<Ledger> ledger;
 };
 
-// Opens DIR/ledger as a RocksDB secondary instance.
+// How OpenLedgerView treats a log whose head record disagrees with its tail.
+enum class HeadMismatch {
+  kRefuse,    // Corruption from Ledger::Open
+  kOpenAnyway,  // for verify, which walks the log and then checks the head record
+};
+
+// Opens DIR/ledger as a RocksDB secondary instance. From here on a closed
+// stdout ends the command through EPIPE, not SIGPIPE, so that the scratch
+// directory is still removed.
 // Returns NotFound if DIR or DIR/ledger does not exist, IOError/Corruption from Ledger::Open.
-Result<LedgerView> OpenLedgerView(const std::string& data_dir) {
+Result<LedgerView> OpenLedgerView(const std::string& data_dir,
+                                  HeadMismatch head_mismatch = HeadMismatch::kRefuse) {
+  std::signal(SIGPIPE, SIG_IGN);
   static const SystemClock clock;  // recorded_at is never assigned by a secondary
   std::error_code ec;
   if (!fs::is_directory(data_dir, ec)) {
@@ -160,6 +170,7 @@ Result<LedgerView> OpenLedgerView(const std::string& data_dir) {
   LedgerOptions options;
   options.clock = &clock;
   options.mode = OpenMode::kSecondary;
+  options.open_past_head_mismatch = head_mismatch == HeadMismatch::kOpenAnyway;
   KL_ASSIGN_OR_RETURN(options.secondary_path, view.scratch->Sub("ledger"));
   KL_ASSIGN_OR_RETURN(view.ledger, Ledger::Open(path, options));
   return view;
@@ -182,6 +193,16 @@ Status StdoutError() {
   return Status::IOError("write to stdout: " + std::string(std::strerror(errno)));
 }
 
+// Flushes stdout and returns `exit_code`, or kExitReaderGone when the reader
+// of stdout went away, or kExitFailed on another write failure (a full disk):
+// output that did not arrive never counts as success.
+int FinishOutput(const char* command, int exit_code) {
+  if (std::fflush(stdout) == 0 && !std::ferror(stdout)) return exit_code;
+  Status s = StdoutError();
+  if (s.code() == Code::kUnavailable) return kExitReaderGone;
+  return Fail(command, Describe(s));
+}
+
 Status WriteEventLine(const Event& event) {
   std::string line = DumpJsonLine(EventToJson(event));
   line.push_back('\n');
@@ -189,12 +210,22 @@ Status WriteEventLine(const Event& event) {
   return Status::Ok();
 }
 
-// Writes the events in [from, to] in sequence order. REQUIRES: to <= the head.
+// Writes the events in [from, to] in sequence order, up to the first bad
+// one, whose Corruption it returns. REQUIRES: to <= the head.
 Status DumpRange(const Ledger& ledger, uint64_t from, uint64_t to) {
   uint64_t next = from;
   while (next <= to) {
     size_t want = static_cast<size_t>(std::min<uint64_t>(kDumpPageEvents, to - next + 1));
-    KL_ASSIGN_OR_RETURN(std::vector<Event> page, ledger.ReadRange(next, want));
+    Result<std::vector<Event>> read = ledger.ReadRange(next, want);
+    if (!read.ok()) {
+      const Status bad = read.status();
+      if (bad.code() != Code::kCorruption || bad.sequence() <= next) return bad;
+      // The page failed at a later event: the good ones before it still print.
+      KL_ASSIGN_OR_RETURN(std::vector<Event> good, ledger.ReadRange(next, bad.sequence() - next));
+      for (const Event& e : good) KL_RETURN_IF_ERROR(WriteEventLine(e));
+      return bad;
+    }
+    const std::vector<Event>& page = *read;
     if (page.empty()) break;
     for (const Event& e : page) KL_RETURN_IF_ERROR(WriteEventLine(e));
     next = page.back().sequence + 1;
@@ -354,7 +385,7 @@ int ReportCorruption(const Status& s) {
   nlohmann::json out = {{"error", CodeName(s.code())}, {"message", s.message()}};
   if (s.code() == Code::kCorruption) out["first_bad_sequence"] = s.sequence();
   std::printf("%s\n", DumpJsonLine(out).c_str());
-  return Fail("audit verify", Describe(s));
+  return FinishOutput("audit verify", Fail("audit verify", Describe(s)));
 }
 
 // ---- audit replay ----------------------------------------------------------------
@@ -969,9 +1000,6 @@ int RunEventsDump(const EventsDumpOptions& options) {
     return Usage(cmd, "--from " + std::to_string(options.from) + " is after --to " +
                           std::to_string(options.to));
   }
-  // A closed pipe ends the dump through EPIPE, so the scratch directory is
-  // still removed (SIGPIPE would kill the process first).
-  std::signal(SIGPIPE, SIG_IGN);
   auto view = OpenLedgerView(options.data_dir);
   if (!view.ok()) return Fail(cmd, Describe(view.status()));
   const Ledger& ledger = *view->ledger;
@@ -979,9 +1007,9 @@ int RunEventsDump(const EventsDumpOptions& options) {
   const uint64_t to = options.to == 0 ? head : std::min(options.to, head);
   Status s = options.stream.empty() ? DumpRange(ledger, options.from, to)
                                     : DumpStream(ledger, options.stream, options.from, to);
-  if (s.ok() && std::fflush(stdout) != 0) s = StdoutError();
+  if (s.ok()) return FinishOutput(cmd, 0);
   if (s.code() == Code::kUnavailable) return kExitReaderGone;
-  return s.ok() ? 0 : Fail(cmd, Describe(s));
+  return Fail(cmd, Describe(s));
 }
 
 int RunAuditVerify(const AuditVerifyOptions& options) {
@@ -992,7 +1020,7 @@ int RunAuditVerify(const AuditVerifyOptions& options) {
     if (!parsed.ok()) return Usage(cmd, parsed.status().message());
     pin = *parsed;
   }
-  auto view = OpenLedgerView(options.data_dir);
+  auto view = OpenLedgerView(options.data_dir, HeadMismatch::kOpenAnyway);
   if (!view.ok()) {
     if (view.status().code() == Code::kCorruption) return ReportCorruption(view.status());
     return Fail(cmd, Describe(view.status()));
@@ -1015,9 +1043,8 @@ int RunAuditVerify(const AuditVerifyOptions& options) {
     out["expect_head"] = pinned.ok() ? "match" : "mismatch";
   }
   std::printf("%s\n", DumpJsonLine(out).c_str());
-  std::fflush(stdout);
-  if (!pinned.ok()) return Fail(cmd, pinned.message());
-  return 0;
+  if (!pinned.ok()) return FinishOutput(cmd, Fail(cmd, pinned.message()));
+  return FinishOutput(cmd, 0);
 }
 
 int RunAuditReplay(const AuditReplayOptions& options) {
@@ -1040,12 +1067,11 @@ int RunAuditReplay(const AuditReplayOptions& options) {
     rows = CompareAllWithLive(inputs, options.threads);
   }
   PrintReplayTable(rows);
-  std::fflush(stdout);
   size_t bad = 0;
   for (const ReplayRow& r : rows) bad += r.ok ? 0 : 1;
-  if (bad == 0) return 0;
-  return Fail(cmd, std::to_string(bad) + " of " + std::to_string(rows.size()) +
-                       " projections do not match their rebuild from the log");
+  if (bad == 0) return FinishOutput(cmd, 0);
+  return FinishOutput(cmd, Fail(cmd, std::to_string(bad) + " of " + std::to_string(rows.size()) +
+                                         " projections do not match their rebuild from the log"));
 }
 
 }  // namespace keyledger::tools

@@ -139,7 +139,8 @@ int main(int argc, char** argv) {
       ->check(NotNegative())
       ->capture_default_str();
   dump_cmd->add_option("--stream", dump.stream,
-                       "Only events of this stream, e.g. key/<id>, ws/<id>, calls/<key id>");
+                       "Only events of this stream, e.g. key/<id>, ws/<id>, calls/<key id>")
+      ->check(StreamIdValidator());
   dump_cmd->callback([&] { exit_code = RunEventsDump(dump); });
 
   auto* audit_cmd = app.add_subcommand(
@@ -159,7 +160,8 @@ int main(int argc, char** argv) {
       ->required();
   verify_cmd->add_option("--expect-head", verify.expect_head,
                          "SEQ:HASH pinned earlier (GET /v1/ledger/head): also check that event "
-                         "SEQ is stored with hash HASH; exits 1 if not");
+                         "SEQ is stored with hash HASH; exits 1 if not")
+      ->check(NotEmpty());
   verify_cmd->add_flag("--skip-index-check", verify.skip_index_check,
                        "Check the chain only, not the stream and event-id indexes (faster; "
                        "a tampered index then goes unnoticed)");
@@ -179,7 +181,8 @@ int main(int argc, char** argv) {
       ->required();
   replay_cmd->add_option("--until", replay.until,
                          "Rebuild only up to this sequence, or up to the last event recorded at "
-                         "or before this RFC 3339 time, and print the digests without comparing");
+                         "or before this RFC 3339 time, and print the digests without comparing")
+      ->check(SequenceOrTimeValidator());
   replay_cmd
       ->add_option("--threads", replay.threads,
                    "Threads that read the live projections and rebuild them at once (at most " +

@@ -186,9 +186,13 @@ HttpResponse ErrorResponse(const Status& s) {
       return JsonError(409, "failed_precondition", s.message(), s.field());
     case Code::kUnavailable:
       return JsonError(503, "unavailable", s.message());
+    case Code::kIOError:
+      // Storage paths and RocksDB's words are for the operator's log (see
+      // Service::Handle), not for clients, who may retry: every write is
+      // idempotent.
+      return JsonError(503, "unavailable", "a storage operation failed; retry later");
     case Code::kOk:
     case Code::kCorruption:
-    case Code::kIOError:
     case Code::kInternal:
       break;
   }
@@ -196,16 +200,32 @@ HttpResponse ErrorResponse(const Status& s) {
 }
 
 
+// GET /healthz: 200 while writes are accepted and the call projections
+// follow the log; 503 naming what stopped (a supervisor should restart the
+// server: both recover at start) otherwise.
+HttpResponse Service::Impl::Health() const {
+  Json failing = Json::array();
+  if (!d.ledger->write_health().ok()) failing.push_back("ledger_writes");
+  if (!d.calls->health().ok()) failing.push_back("call_projections");
+  if (failing.empty()) {
+    return JsonResponse(200, {{"status", "ok"}, {"ledger_head", d.ledger->head().sequence}});
+  }
+  return JsonResponse(503, {{"status", "failing"}, {"failing", failing},
+                            {"ledger_head", d.ledger->head().sequence}});
+}
+
 Result<HttpResponse> Service::Impl::Route(const HttpRequest& req, bool trusted_operator) {
   std::string_view target = req.target;
   size_t q = target.find('?');
   std::vector<std::string_view> seg = SplitPath(target.substr(0, q));
-  if (seg.size() == 1 && seg[0] == "healthz") {
-    return JsonResponse(200, {{"status", "ok"}, {"ledger_head", d.ledger->head().sequence}});
-  }
+  if (seg.size() == 1 && seg[0] == "healthz") return Health();
   if (seg.size() == 2 && seg[0] == "v1" && seg[1] == "authorize") {
     if (req.method != "POST") return Status::InvalidArgument("use POST", "method");
     return Authorize(req);
+  }
+  if (req.method != "GET" && req.method != "HEAD" && !d.ledger->write_health().ok()) {
+    return Status::Unavailable(
+        "the server stopped accepting writes after a storage failure and needs a restart");
   }
   static constexpr std::string_view kTopLevel[] = {"workspaces", "calls", "ledger", "price-plans",
                                                    "invoice-runs"};
@@ -754,7 +774,29 @@ bool Service::IsQuickRequest(const HttpRequest& request) {
 
 HttpResponse Service::HandleAsOperator(const HttpRequest& request) {
   auto routed = impl_->Route(request, /*trusted_operator=*/true);
-  return routed.ok() ? std::move(routed).value() : ErrorResponse(routed.status());
+  if (routed.ok()) return std::move(routed).value();
+  impl_->LogServerError(routed.status());
+  return ErrorResponse(routed.status());
+}
+
+// At most one server-side failure is written to stderr per this interval.
+constexpr int64_t kServerErrorLogIntervalUs = 1'000'000;
+
+void Service::Impl::LogServerError(const Status& s) {
+  const bool server_side = s.code() == Code::kIOError || s.code() == Code::kCorruption ||
+                           s.code() == Code::kInternal;
+  if (!server_side) return;
+  // One line per kServerErrorLogIntervalUs at most: a broken disk fails every
+  // request, and the log must not become the next thing to fill it.
+  const int64_t now_us = std::chrono::duration_cast<std::chrono::microseconds>(
+                             std::chrono::steady_clock::now().time_since_epoch())
+                             .count();
+  int64_t last_us = last_server_error_log_us.load(std::memory_order_relaxed);
+  if (last_us != 0 && now_us - last_us < kServerErrorLogIntervalUs) return;
+  if (!last_server_error_log_us.compare_exchange_strong(last_us, std::max<int64_t>(now_us, 1))) {
+    return;
+  }
+  std::fprintf(stderr, "keyledger: request failed: %s\n", s.ToString().c_str());
 }
 
 HttpResponse Service::Handle(const HttpRequest& request) {
@@ -765,7 +807,12 @@ HttpResponse Service::Handle(const HttpRequest& request) {
     response = impl_->Metrics();
   } else {
     auto routed = impl_->Route(request, /*trusted_operator=*/false);
-    response = routed.ok() ? std::move(routed).value() : ErrorResponse(routed.status());
+    if (routed.ok()) {
+      response = std::move(routed).value();
+    } else {
+      impl_->LogServerError(routed.status());
+      response = ErrorResponse(routed.status());
+    }
   }
   if (route == RequestCounters::kAuthorize) {
     impl_->authorize_latency.Observe(ElapsedUs(start));

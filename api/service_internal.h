@@ -194,6 +194,11 @@ struct Service::Impl {
   // `trusted_operator`: skip authentication and act as the operator (local
   // tools that already hold the data directory).
   Result<HttpResponse> Route(const HttpRequest& req, bool trusted_operator);
+  HttpResponse Health() const;
+  // Writes a server-side failure (IOError, Corruption, Internal) to stderr,
+  // at most one per second; ignores the others. Thread-safe.
+  void LogServerError(const Status& s);
+  std::atomic<int64_t> last_server_error_log_us{0};  // steady clock; 0: never
   Result<HttpResponse> Authorize(const HttpRequest& req);
   Result<HttpResponse> RecordCalls(const HttpRequest& req);
   Result<HttpResponse> Workspaces(const HttpRequest& req, const Principal& who,

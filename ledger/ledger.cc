@@ -623,6 +623,11 @@ LedgerHead Ledger::head() const {
   return rep_->head;
 }
 
+Status Ledger::write_health() const {
+  std::lock_guard<std::mutex> lock(rep_->mu);
+  return rep_->broken;
+}
+
 LedgerStats Ledger::stats() const {
   std::lock_guard<std::mutex> lock(rep_->mu);
   return rep_->stats;

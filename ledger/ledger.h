@@ -142,6 +142,11 @@ class Ledger {
   // The newest sequence and hash. Never blocks on I/O.
   LedgerHead head() const;
 
+  // Returns Ok while appends are accepted, else the storage failure after
+  // which every append fails until the process restarts (see Append).
+  // Never blocks on I/O.
+  Status write_health() const;
+
   // Counters since Open. Never blocks on I/O.
   LedgerStats stats() const;
 

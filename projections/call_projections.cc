@@ -1231,7 +1231,7 @@ Status CallProjections::CatchUp() { return CatchUpTo(std::numeric_limits<uint64_
 Status CallProjections::CatchUpTo(uint64_t sequence) {
   if (position() >= sequence) return Status::Ok();
   std::lock_guard<std::mutex> lock(fold_mu_);
-  KL_RETURN_IF_ERROR(broken_);
+  KL_RETURN_IF_ERROR(health());
   const uint64_t to = std::min(sequence, ledger_->head().sequence);
   std::unique_ptr<ScanAhead> ahead;
   if (options_.read_ahead_events_min > 0 && position() < to &&
@@ -1241,11 +1241,17 @@ Status CallProjections::CatchUpTo(uint64_t sequence) {
   while (position() < to) {
     Status s = FoldBatchLocked(to, ahead.get());
     if (!s.ok()) {
+      std::lock_guard<std::mutex> broken_lock(broken_mu_);
       broken_ = s;
       return s;
     }
   }
   return Status::Ok();
+}
+
+Status CallProjections::health() const {
+  std::lock_guard<std::mutex> lock(broken_mu_);
+  return broken_;
 }
 
 // REQUIRES: fold_mu_ held, position() < to <= ledger head.

@@ -303,6 +303,11 @@ class CallProjections final : public UsageReader {
   // Returns the months in which `workspace_id` has units, oldest first.
   std::vector<BillingMonth> UsageMonths(std::string_view workspace_id) const;
 
+  // Returns Ok while the projections follow the ledger, else the fold or
+  // persist failure after which they stopped (until the process restarts).
+  // Never waits for a fold.
+  Status health() const;
+
   // Deletes log entries with occurred_at_us < clock->NowUs() - log_retention_us
   // from the store. Returns how many were deleted, or IOError/Corruption.
   // Safe to run concurrently with folds and queries.
@@ -333,7 +338,8 @@ class CallProjections final : public UsageReader {
   mutable std::shared_mutex state_mu_;
   std::unique_ptr<FoldState> state_;
 
-  std::mutex fold_mu_;   // one fold at a time; guards broken_
+  std::mutex fold_mu_;   // one fold at a time
+  mutable std::mutex broken_mu_;  // guards broken_; taken after fold_mu_, never before
   Status broken_;        // the first fold/persist failure
   std::mutex sweep_mu_;  // one sweep at a time
   // The store's sweep record (see "Retention"); GUARDED_BY(sweep_mu_), and

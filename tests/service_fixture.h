@@ -5,6 +5,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include <mutex>
+
 #include "api/service.h"
 #include "ledger/ledger.h"
 #include "projections/key_state_store.h"
@@ -29,6 +31,10 @@ class ServiceHarness {
     ledger_.reset();
     LedgerOptions lo;
     lo.clock = &clock_;
+    lo.storage.wal_sync_gate = [this] {
+      std::lock_guard<std::mutex> lock(wal_sync_mu_);
+      return wal_sync_result_;
+    };
     auto ledger = Ledger::Open(dir_.sub("ledger"), lo);
     EXPECT_TRUE(ledger.ok()) << ledger.ToStatus().ToString();
     ledger_ = std::move(ledger).value();
@@ -100,6 +106,13 @@ class ServiceHarness {
     return {r.body.value("id", ""), r.body.value("secret", "")};
   }
 
+  // Every later fsync of the ledger's write-ahead log returns `result`
+  // instead of syncing (Ok: sync again), as a failing disk would.
+  void SetWalSyncResult(Status result) {
+    std::lock_guard<std::mutex> lock(wal_sync_mu_);
+    wal_sync_result_ = std::move(result);
+  }
+
   Ledger& ledger() { return *ledger_; }
   Service& service() { return *service_; }
   CallProjections& calls() { return *calls_; }
@@ -115,6 +128,8 @@ class ServiceHarness {
   SeededRandom random_;
   ServiceOptions options_;
   Notifier* notifier_;
+  std::mutex wal_sync_mu_;
+  Status wal_sync_result_;  // GUARDED_BY(wal_sync_mu_)
   std::unique_ptr<Ledger> ledger_;
   std::unique_ptr<KeyStateStore> key_state_;
   std::unique_ptr<CallProjections> calls_;

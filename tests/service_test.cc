@@ -549,6 +549,29 @@ TEST_F(ServiceTest, KeyHistoryAndPointInTimeState) {
   ExpectError(h.Call("GET", path + "/history", "", t), 404, "not_found", "key");
 }
 
+// After a failed fsync the ledger takes no more writes until a restart:
+// clients get 503 (their writes are idempotent: retry later), without the
+// storage's own words; reads go on; /healthz fails so a supervisor restarts.
+TEST_F(ServiceTest, AStorageFailureStopsWritesWith503AndFailsHealthz) {
+  ASSERT_EQ(h.Call("GET", "/healthz", "", "").status, 200);
+  std::string ws = h.CreateWorkspace();
+  h.SetWalSyncResult(Status::IOError("injected: /data/ledger/000004.log"));
+  auto failed = h.Call("POST", "/v1/workspaces", R"({"name":"b"})");
+  ExpectError(failed, 503, "unavailable");
+  EXPECT_EQ(failed.raw.find("000004.log"), std::string::npos) << failed.raw;
+  h.SetWalSyncResult(Status::Ok());  // the disk is back: the ledger still refuses
+  auto refused = h.Call("PATCH", "/v1/workspaces/" + ws, R"({"name":"c"})");
+  ExpectError(refused, 503, "unavailable");
+  EXPECT_NE(refused.raw.find("restart"), std::string::npos) << refused.raw;
+  EXPECT_EQ(h.Call("GET", "/v1/workspaces/" + ws).status, 200);
+  auto health = h.Call("GET", "/healthz", "", "");
+  EXPECT_EQ(health.status, 503) << health.raw;
+  EXPECT_EQ(health.body["failing"], nlohmann::json::array({"ledger_writes"})) << health.raw;
+  h.Open();  // a restart recovers
+  EXPECT_EQ(h.Call("GET", "/healthz", "", "").status, 200);
+  EXPECT_EQ(h.Call("PATCH", "/v1/workspaces/" + ws, R"({"name":"c"})").status, 200);
+}
+
 TEST_F(ServiceTest, UnknownRoutesAndMethods) {
   ExpectError(h.Call("GET", "/v2/anything"), 404, "not_found");
   std::string ws = h.CreateWorkspace();

@@ -198,55 +198,82 @@ DeliveryResult Service::Impl::Send(const OutboxEntry& e, int64_t now_us) {
 
 constexpr char kRetryWindowOver[] = "the retry window ended before this attempt";
 
+namespace {
+
+// Where a notification goes, as far as one failing receiver can hold up
+// others: its webhook URL, or the SMTP relay every e-mail shares.
+std::string DestinationOf(const AlarmChannel& channel) {
+  if (const auto* hook = std::get_if<WebhookChannel>(&channel)) return "webhook " + hook->url;
+  return "smtp";
+}
+
+}  // namespace
+
+// One round: up to deliveries_per_round_max due entries. A destination that
+// failed once this round (down, slow, or answering an error) gets no more
+// attempts until the next round, and the round moves on to entries for
+// other destinations, so that no receiver's failures (nor many entries
+// queued for it) hold up notifications to the others.
 Result<size_t> Service::Impl::DeliverNotifications() {
   if (d.notifier == nullptr) return size_t{0};
-  const auto due = state().DueNotifications(d.clock->NowUs(), o.alarms.deliveries_per_round_max);
+  const size_t attempts_max = o.alarms.deliveries_per_round_max;
   size_t attempted = 0;
-  // Webhook URLs that gave no HTTP answer this round (down, or timed out):
-  // their other entries wait for the next round instead of each waiting out
-  // the timeout again while other receivers' notifications queue behind.
-  std::unordered_set<std::string> unanswered_urls;
-  for (const OutboxEntry& e : due) {
-    {
-      // A round may hold many slow sends: shutdown does not wait for them all.
-      std::lock_guard<std::mutex> lock(loops_mu);
-      if (loops_stopping) break;
+  std::unordered_set<std::string> failed_destinations;
+  std::unordered_set<std::string> seen;  // entries taken up this round
+  auto wanted = [&](const PendingNotification& n) {
+    return !seen.contains(n.id) && !failed_destinations.contains(DestinationOf(n.channel));
+  };
+  for (;;) {
+    const auto due = state().DueNotifications(d.clock->NowUs(), attempts_max - attempted, wanted);
+    if (due.empty() || attempted == attempts_max) return attempted;
+    for (const OutboxEntry& e : due) {
+      {
+        // A round may hold many slow sends: shutdown does not wait for them all.
+        std::lock_guard<std::mutex> lock(loops_mu);
+        if (loops_stopping) return attempted;
+      }
+      seen.insert(e.notification.id);
+      if (failed_destinations.contains(DestinationOf(e.notification.channel))) continue;
+      // A round may last minutes: an alarm deleted meanwhile (which drops its
+      // outbox) notifies no one from then on.
+      if (!StillPending(e)) continue;
+      attempted++;
+      KL_ASSIGN_OR_RETURN(bool delivered, Attempt(e));
+      if (!delivered) failed_destinations.insert(DestinationOf(e.notification.channel));
     }
-    // A round may last minutes: an alarm deleted meanwhile (which drops its
-    // outbox) notifies no one from then on.
-    if (!StillPending(e)) continue;
-    const auto* hook = std::get_if<WebhookChannel>(&e.notification.channel);
-    if (hook != nullptr && unanswered_urls.contains(hook->url)) continue;
-    attempted++;
-    const int64_t now_us = d.clock->NowUs();
-    // After downtime longer than the retry window, an entry still queued is
-    // given up without a send: a day-old alert is noise, and the docs promise
-    // no attempt after the window.
-    const bool window_over = now_us > e.notification.created_at_us + o.alarms.retry_window_us;
-    DeliveryResult result = window_over ? DeliveryResult{false, 0, kRetryWindowOver}
-                                        : Send(e, now_us);
-    NotificationAttempt attempt{e.alarm.workspace_id, e.alarm.alarm_id, e.notification.id,
-                                e.notification.channel_index, e.notification.attempts + 1,
-                                result.http_status, result.error.substr(0, kAttemptErrorBytesMax),
-                                0};
-    EventBody body;
-    if (result.delivered) {
-      notifications_delivered.fetch_add(1, std::memory_order_relaxed);
-      body = NotificationDelivered{attempt};
-    } else {
-      notification_failures.fetch_add(1, std::memory_order_relaxed);
-      if (hook != nullptr && result.http_status == 0) unanswered_urls.insert(hook->url);
-      // Backoff counts from the end of the attempt, which may have timed out.
-      attempt.next_attempt_at_us =
-          window_over ? 0 : NextAttemptUs(e.notification, attempt.attempt, d.clock->NowUs());
-      body = NotificationFailed{attempt};
-    }
-    // No expected version: rule changes may interleave; the fold tolerates an
-    // attempt recorded after the rule's deletion.
-    std::lock_guard<std::mutex> lock(command_mu);
-    KL_RETURN_IF_ERROR(Commit({SystemEvent(AlarmStream(e.alarm.alarm_id), std::nullopt, body)}));
   }
-  return attempted;
+}
+
+// Makes one attempt at `e` and records it. Returns whether it was delivered,
+// or the error of recording it.
+Result<bool> Service::Impl::Attempt(const OutboxEntry& e) {
+  const int64_t now_us = d.clock->NowUs();
+  // After downtime longer than the retry window, an entry still queued is
+  // given up without a send: a day-old alert is noise, and the docs promise
+  // no attempt after the window.
+  const bool window_over = now_us > e.notification.created_at_us + o.alarms.retry_window_us;
+  DeliveryResult result = window_over ? DeliveryResult{false, 0, kRetryWindowOver}
+                                      : Send(e, now_us);
+  NotificationAttempt attempt{e.alarm.workspace_id, e.alarm.alarm_id, e.notification.id,
+                              e.notification.channel_index, e.notification.attempts + 1,
+                              result.http_status, result.error.substr(0, kAttemptErrorBytesMax),
+                              0};
+  EventBody body;
+  if (result.delivered) {
+    notifications_delivered.fetch_add(1, std::memory_order_relaxed);
+    body = NotificationDelivered{attempt};
+  } else {
+    notification_failures.fetch_add(1, std::memory_order_relaxed);
+    // Backoff counts from the end of the attempt, which may have timed out.
+    attempt.next_attempt_at_us =
+        window_over ? 0 : NextAttemptUs(e.notification, attempt.attempt, d.clock->NowUs());
+    body = NotificationFailed{attempt};
+  }
+  // No expected version: rule changes may interleave; the fold tolerates an
+  // attempt recorded after the rule's deletion.
+  std::lock_guard<std::mutex> lock(command_mu);
+  KL_RETURN_IF_ERROR(Commit({SystemEvent(AlarmStream(e.alarm.alarm_id), std::nullopt, body)}));
+  return result.delivered;
 }
 
 bool Service::Impl::StillPending(const OutboxEntry& e) const {

@@ -599,7 +599,9 @@ std::vector<AlarmView> KeyState::ListAllAlarms() const {
   return out;
 }
 
-std::vector<OutboxEntry> KeyState::DueNotifications(int64_t now_us, size_t max) const {
+std::vector<OutboxEntry> KeyState::DueNotifications(
+    int64_t now_us, size_t max,
+    const std::function<bool(const PendingNotification&)>& wanted) const {
   std::shared_lock<std::shared_mutex> lock(mu_);
   std::vector<OutboxEntry> out;
   for (const std::string& id : alarms_with_outbox_) {
@@ -607,7 +609,9 @@ std::vector<OutboxEntry> KeyState::DueNotifications(int64_t now_us, size_t max) 
     assert(!a.outbox.empty());
     for (const auto& n : a.outbox) {
       if (out.size() == max) return out;
-      if (n.next_attempt_at_us <= now_us) out.push_back(OutboxEntry{a.spec, n});
+      if (n.next_attempt_at_us <= now_us && (!wanted || wanted(n))) {
+        out.push_back(OutboxEntry{a.spec, n});
+      }
     }
   }
   return out;

@@ -284,9 +284,12 @@ class KeyState {
   std::vector<AlarmView> ListAlarms(std::string_view key_id) const;
   // Every live alarm, in id order.
   std::vector<AlarmView> ListAllAlarms() const;
-  // Outbox entries with next_attempt_at_us <= now_us, at most `max`, by
-  // alarm id then transition order.
-  std::vector<OutboxEntry> DueNotifications(int64_t now_us, size_t max) const;
+  // Outbox entries with next_attempt_at_us <= now_us that `wanted` (when
+  // set) accepts, at most `max`, by alarm id then transition order.
+  // `wanted` runs under the state's shared lock: it must not call back.
+  std::vector<OutboxEntry> DueNotifications(
+      int64_t now_us, size_t max,
+      const std::function<bool(const PendingNotification&)>& wanted = nullptr) const;
 
   // Every workspace, in id order.
   std::vector<WorkspaceView> ListWorkspaces() const;

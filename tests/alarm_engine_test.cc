@@ -156,6 +156,7 @@ class ScriptedNotifier final : public Notifier {
   DeliveryResult SendEmail(const EmailMessage& m) override {
     std::lock_guard<std::mutex> lock(mu_);
     emails.push_back(m);
+    if (relay_down) return DeliveryResult{false, 0, "smtp: could not connect"};
     return Next();
   }
   void FailNext(int count, uint32_t status) {
@@ -166,6 +167,7 @@ class ScriptedNotifier final : public Notifier {
   std::vector<EmailMessage> emails;
   std::function<void()> on_webhook;  // runs as each webhook is sent
   std::set<std::string> dead_urls;   // webhooks to these get no answer
+  bool relay_down = false;           // e-mails fail
 
  private:
   DeliveryResult Next() {
@@ -188,7 +190,7 @@ ServiceOptions EngineOptions() {
 
 class AlarmEngineTest : public ::testing::Test {
  protected:
-  AlarmEngineTest() : h(42, EngineOptions(), &notifier) {
+  explicit AlarmEngineTest(ServiceOptions options = EngineOptions()) : h(42, options, &notifier) {
     // Start on a minute boundary so periods are easy to reason about (ahead,
     // never back: the ledger keeps recorded_at monotonic).
     h.clock().SetUs((h.clock().NowUs() / kMinuteUs + 1) * kMinuteUs);
@@ -458,6 +460,72 @@ TEST_F(AlarmEngineTest, AnUnansweringReceiverDoesNotHoldUpTheRound) {
   EXPECT_EQ(to_dead, 1u);
   EXPECT_EQ(Deliver(), 1u);  // next round: the skipped one is due and tried
   EXPECT_EQ(notifier.webhooks.back().url, dead);
+}
+
+// A receiver that answers, but with an error, also waits for the next round.
+TEST_F(AlarmEngineTest, AReceiverAnsweringAnErrorGetsOneAttemptARound) {
+  const std::string url = "https://hooks.example.com/kl";
+  CreateWebhookAlarm();
+  CreateWebhookAlarm();
+  Breach();
+  ASSERT_EQ(Evaluate(), 2u);
+  notifier.FailNext(1, 500);
+  EXPECT_EQ(Deliver(), 1u);
+  EXPECT_EQ(Deliver(), 1u);  // the other one, next round (the failed one backs off)
+  ASSERT_EQ(notifier.webhooks.size(), 2u);
+  EXPECT_NE(notifier.webhooks[0].id, notifier.webhooks[1].id);
+}
+
+// E-mails share one relay: after a failed one the others wait for the next
+// round, and webhooks go on.
+TEST_F(AlarmEngineTest, AFailedEmailHoldsBackOnlyEmails) {
+  for (const char* to : {"a@example.com", "b@example.com"}) {
+    CreateAlarm({{"channels", {{{"type", "email"}, {"to", to}}}}});
+  }
+  CreateWebhookAlarm();
+  Breach();
+  ASSERT_EQ(Evaluate(), 3u);
+  notifier.relay_down = true;
+  EXPECT_EQ(Deliver(), 2u);
+  EXPECT_EQ(notifier.emails.size(), 1u);
+  EXPECT_EQ(notifier.webhooks.size(), 1u);
+  EXPECT_EQ(Deliver(), 1u);  // the other e-mail; the failed one backs off
+  EXPECT_EQ(notifier.emails.size(), 2u);
+  EXPECT_NE(notifier.emails[0].to, notifier.emails[1].to);
+}
+
+ServiceOptions SmallRounds() {
+  ServiceOptions o = EngineOptions();
+  o.alarms.deliveries_per_round_max = 4;
+  return o;
+}
+
+class AlarmEngineSmallRoundTest : public AlarmEngineTest {
+ protected:
+  AlarmEngineSmallRoundTest() : AlarmEngineTest(SmallRounds()) {}
+};
+
+// More entries due for one dead receiver than a round takes, ahead of
+// another receiver's entry (entries come by alarm id): the round still
+// reaches the other receiver.
+TEST_F(AlarmEngineSmallRoundTest, ManyEntriesForADeadReceiverDoNotCrowdOutOthers) {
+  const std::string dead = "https://dead.example.com/kl";
+  notifier.dead_urls = {dead};
+  std::string alive;  // the alarm that comes last: it notifies the live receiver
+  for (int i = 0; i < 5; i++) {
+    alive = std::max(alive, CreateAlarm({{"channels", {{{"type", "webhook"}, {"url", dead}}}}}));
+  }
+  ASSERT_EQ(h.Call("PATCH", base_ + "/" + alive,
+                   json{{"channels", {{{"type", "webhook"}, {"url", "https://hooks.example.com/kl"}}}}}
+                       .dump())
+                .status,
+            200);
+  Breach();
+  ASSERT_GE(Evaluate(), 5u);
+  EXPECT_EQ(Deliver(), 2u);  // one to the dead receiver, then the live one
+  ASSERT_EQ(notifier.webhooks.size(), 2u);
+  EXPECT_EQ(notifier.webhooks.back().url, "https://hooks.example.com/kl");
+  EXPECT_EQ(Alarm(alive)["pending_notifications"], 0) << Alarm(alive).dump();
 }
 
 // A server down for longer than the retry window sends nothing old when it

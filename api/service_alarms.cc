@@ -8,6 +8,7 @@
 #include <charconv>
 #include <cmath>
 #include <map>
+#include <set>
 
 #include "api/service_internal.h"
 #include "billing/calendar.h"
@@ -250,9 +251,16 @@ Status Service::Impl::ParseAlarmSpec(const Json& body, bool creating, AlarmSpec*
     }
   }
   spec->channels.clear();
+  // Each destination once: a receiver could not tell a second copy of every
+  // notification (another webhook-id) from a second notification.
+  std::set<std::string> destinations;
   for (size_t i = 0; i < channels->size(); i++) {
     const Json& c = (*channels)[i];
     const std::string field = "channels[" + std::to_string(i) + "]";
+    auto once = [&](std::string destination) {
+      if (destinations.insert(std::move(destination)).second) return Status::Ok();
+      return Status::InvalidArgument("names the same destination as an earlier channel", field);
+    };
     if (!c.is_object()) return Status::InvalidArgument("must be an object", field);
     // A channel's fields, named with their place in the body.
     auto text = [&](const char* name) -> Result<std::optional<std::string>> {
@@ -280,11 +288,13 @@ Status Service::Impl::ParseAlarmSpec(const Json& body, bool creating, AlarmSpec*
       // What the sender will accept (api/notify.h), checked now rather than
       // failing every delivery.
       KL_RETURN_IF_ERROR(CheckEmailAddress(*to, field + ".to"));
+      KL_RETURN_IF_ERROR(once("email " + AsciiLower(*to)));
       spec->channels.push_back(EmailChannel{*to});
     } else if (type == "webhook") {
       KL_ASSIGN_OR_RETURN(auto url, text("url"));
       KL_RETURN_IF_ERROR(ValidateWebhookUrl(url.value_or(""), o.allow_private_webhooks,
                                             field + ".url"));
+      KL_RETURN_IF_ERROR(once("webhook " + *url));
       KL_ASSIGN_OR_RETURN(auto secret, text("secret"));
       if (secret && (secret->size() < kWebhookSecretBytesMin || secret->size() > kWebhookSecretBytesMax)) {
         return Status::InvalidArgument("a webhook secret has " +

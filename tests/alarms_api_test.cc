@@ -145,6 +145,14 @@ TEST_F(AlarmsApiTest, BadRulesNameTheField) {
   r = Rule();
   r["channels"][1]["secret"] = true;
   expect_field(r, "channels[1].secret");
+  // One destination twice (an address differing only in case included).
+  r = Rule();
+  r["channels"].push_back(r["channels"][1]);
+  expect_field(r, "channels[2]");
+  r = Rule();
+  r["channels"].push_back({{"type", "email"}, {"to", "OPS@example.com"}});
+  r["channels"][0]["to"] = "ops@example.com";
+  expect_field(r, "channels[2]");
   EXPECT_EQ(h.ledger().head().sequence, head);
   // A bracketed public IPv6 literal, with a port, is a host like any other.
   r = Rule();

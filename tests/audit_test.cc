@@ -2,7 +2,10 @@
 // verify` (with tampering written straight into RocksDB), `keyledger audit
 // replay`, KeyHistory and KeyAsOf. The CLI runs as a subprocess on a data
 // directory whose ledger stays open in this process, as a running server's would.
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -452,6 +455,40 @@ TEST(CliTest, AnUnknownCommandIsNamed) {
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("unknown command 'bogus'"), std::string::npos) << r.err;
   EXPECT_EQ(RunCli({"--help"}).exit_code, 0);
+}
+
+// A start that cannot serve fails before it creates or changes the data
+// directory (a generated operator token would be shown by a failed start).
+TEST(ServeCliTest, ABadOrTakenListenAddressFailsBeforeTheDataDirectory) {
+  ScratchDir dir;
+  CliResult name = RunCli({"serve", "--data", dir.sub("a"), "--listen", "localhost:0"});
+  EXPECT_EQ(name.exit_code, 2) << name.err;
+  EXPECT_NE(name.err.find("IP address"), std::string::npos) << name.err;
+  EXPECT_FALSE(std::filesystem::exists(dir.sub("a")));
+
+  const int taken = ::socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(taken, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(taken, reinterpret_cast<sockaddr*>(&address), sizeof(address)), 0);
+  ASSERT_EQ(::listen(taken, 1), 0);
+  socklen_t size = sizeof(address);
+  ASSERT_EQ(::getsockname(taken, reinterpret_cast<sockaddr*>(&address), &size), 0);
+  const std::string listen = "127.0.0.1:" + std::to_string(ntohs(address.sin_port));
+  CliResult busy = RunCli({"serve", "--data", dir.sub("b"), "--listen", listen});
+  ::close(taken);
+  EXPECT_EQ(busy.exit_code, 1) << busy.err;
+  EXPECT_NE(busy.err.find("in use"), std::string::npos) << busy.err;
+  EXPECT_FALSE(std::filesystem::exists(dir.sub("b")));
+}
+
+TEST_F(AuditTest, ServeRefusesADataDirectoryThatIsItselfAStore) {
+  CloseAll();
+  CliResult r = RunCli({"serve", "--data", ledger_path(), "--listen", "127.0.0.1:0"});
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_NE(r.err.find("is itself a RocksDB store"), std::string::npos) << r.err;
+  EXPECT_FALSE(std::filesystem::exists(ledger_path() + "/ledger"));
 }
 
 TEST_F(AuditTest, MissingDirectoriesAreNamed) {

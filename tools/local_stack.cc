@@ -11,6 +11,12 @@ Status LocalStack::Open(const std::string& dir, bool create, ServiceOptions opti
     return Status::NotFound("no ledger under " + dir + " (expected " + dir + "/ledger)");
   }
   std::error_code ec;
+  // `--data DATA/ledger` by mistake would start a second, empty ledger
+  // inside the first one's store.
+  if (std::filesystem::exists(dir + "/CURRENT", ec) || std::filesystem::exists(dir + "/IDENTITY", ec)) {
+    return Status::InvalidArgument(dir + " is itself a RocksDB store; the data directory is the "
+                                   "one that holds ledger/, projections/ and calls/");
+  }
   std::filesystem::create_directories(dir, ec);
   if (ec) return Status::IOError("create " + dir + ": " + ec.message());
   LedgerOptions lo;

@@ -1,8 +1,11 @@
 #include <arpa/inet.h>
 #include <netdb.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -32,6 +35,40 @@ bool SplitListen(const std::string& listen, std::string* host, uint16_t* port) {
   *host = h;
   *port = static_cast<uint16_t>(p);
   return true;
+}
+
+// Returns Ok if a listening socket can be bound to host:port (an IP
+// literal) right now, else the reason; the socket is closed again. Checked
+// before the data directory is created or changed, so that a taken port
+// fails a start that has touched nothing (the server binds for real later:
+// a race with another process remains possible, and is reported then).
+Status ProbeListen(const std::string& host, uint16_t port) {
+  sockaddr_storage address{};
+  socklen_t size = 0;
+  auto* v4 = reinterpret_cast<sockaddr_in*>(&address);
+  auto* v6 = reinterpret_cast<sockaddr_in6*>(&address);
+  if (inet_pton(AF_INET, host.c_str(), &v4->sin_addr) == 1) {
+    v4->sin_family = AF_INET;
+    v4->sin_port = htons(port);
+    size = sizeof(*v4);
+  } else if (inet_pton(AF_INET6, host.c_str(), &v6->sin6_addr) == 1) {
+    v6->sin6_family = AF_INET6;
+    v6->sin6_port = htons(port);
+    size = sizeof(*v6);
+  } else {
+    return Status::InvalidArgument("HOST must be an IP address such as 127.0.0.1, 0.0.0.0 or "
+                                   "[::1], got \"" + host + "\"",
+                                   "--listen");
+  }
+  const int fd = ::socket(address.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return Status::IOError(std::string("socket: ") + std::strerror(errno));
+  const int one = 1;
+  ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));  // as the server binds
+  const bool bound = ::bind(fd, reinterpret_cast<sockaddr*>(&address), size) == 0;
+  const int bind_errno = errno;
+  ::close(fd);
+  if (!bound) return Status::IOError(std::string("bind: ") + std::strerror(bind_errno));
+  return Status::Ok();
 }
 
 // Parses "http://HOST:PORT" (HOST a name, an IPv4 literal or [IPv6]) and
@@ -88,6 +125,10 @@ int RunServe(const ServeOptions& options) {
   // Every flag is checked before the data directory is opened or created.
   if (!SplitListen(options.listen, &http.host, &http.port)) {
     return Usage("--listen", "must be HOST:PORT, got \"" + options.listen + "\"");
+  }
+  if (Status listen = ProbeListen(http.host, http.port); !listen.ok()) {
+    if (listen.code() == Code::kInvalidArgument) return Usage("--listen", listen.message());
+    return Fail("listen on " + options.listen, listen);
   }
   std::optional<HttpProxyOptions> proxy;
   if (!options.upstream.empty()) {

@@ -372,10 +372,10 @@ AuthorizeDecision DataPlane::Authorize(const AuthorizeRequest& request) {
     }
     const uint32_t limit = std::clamp<uint32_t>(v.workspace.tps_limit, 1, kTpsLimitMax);
     d.rate_checked = true;
-    d.rate = limiter_.Admit(v.key.id, limit, request.now_us);
+    d.rate = limiter_.Admit(v.key.id, limit, request.rate_now_us);
     if (d.rate.allowed && options_.workspace_cap) {
       // Workspace ids ("ws_…") never collide with key ids ("key_…") as bucket names.
-      RateDecision ws = limiter_.Admit(v.workspace.id, limit, request.now_us);
+      RateDecision ws = limiter_.Admit(v.workspace.id, limit, request.rate_now_us);
       if (!ws.allowed) d.rate = ws;
     }
     if (!d.rate.allowed) {

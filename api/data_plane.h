@@ -64,7 +64,8 @@ struct AuthorizeRequest {
   std::string_view authorization;  // the client's Authorization header value
   std::string_view client_ip;
   std::string_view origin;  // "" when the client sent none
-  int64_t now_us = 0;
+  int64_t now_us = 0;       // UTC: decides a rotated secret's grace, dates refusals
+  int64_t rate_now_us = 0;  // the rate limiter's time (ServiceDeps::rate_clock)
 };
 
 struct AuthorizeDecision {

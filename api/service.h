@@ -114,6 +114,11 @@ struct ServiceDeps {
   // Sends alarm notifications; null: notifications wait in the outbox.
   // REQUIRES: outlives the Service (or its Stop()).
   Notifier* notifier = nullptr;
+  // The rate limiter's time: a clock that never goes back nor jumps
+  // (SteadyClock), so that setting the time of day neither refuses keys nor
+  // lets bursts through. Null: `clock` (tests drive both with one clock).
+  // REQUIRES: outlives the Service.
+  const Clock* rate_clock = nullptr;
 };
 
 // Limits on inputs, by name.

@@ -58,6 +58,7 @@ Result<HttpResponse> Service::Impl::Authorize(const HttpRequest& req) {
   ar.client_ip = body.client_ip;
   ar.origin = body.origin ? std::string_view(*body.origin) : req.Header("origin");
   ar.now_us = d.clock->NowUs();
+  ar.rate_now_us = RateNowUs();
   AuthorizeDecision decision = data_plane->Authorize(ar);
   if (decision.outcome != AuthorizeOutcome::kAllowed) return AuthorizeRefusal(decision);
   // The hot path: ids are generated base32 and need no escaping, so the

@@ -183,6 +183,7 @@ ProxyAdmission Service::Impl::AdmitProxied(const HttpRequest& head) {
   ar.client_ip = client_ip;
   ar.origin = origin;
   ar.now_us = d.clock->NowUs();
+  ar.rate_now_us = RateNowUs();
   const auto start = std::chrono::steady_clock::now();
   AuthorizeDecision decision = data_plane->Authorize(ar);
   authorize_latency.Observe(ElapsedUs(start));

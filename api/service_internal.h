@@ -104,6 +104,8 @@ struct Service::Impl {
     return request_id_prefix + std::to_string(request_counter.fetch_add(1, std::memory_order_relaxed));
   }
 
+  int64_t RateNowUs() const { return (d.rate_clock != nullptr ? d.rate_clock : d.clock)->NowUs(); }
+
   std::string NewId(std::string_view prefix) {
     return std::string(prefix) + RandomBase32(*d.random, kIdRandomBytes);
   }

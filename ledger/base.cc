@@ -21,6 +21,12 @@ int64_t SystemClock::NowUs() const {
       .count();
 }
 
+int64_t SteadyClock::NowUs() const {
+  return std::chrono::duration_cast<std::chrono::microseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
 SecureRandom::SecureRandom() {
   // sodium_init is idempotent and thread-safe; -1 means no entropy source, which
   // leaves no safe way to make secrets.

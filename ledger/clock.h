@@ -11,8 +11,16 @@ namespace keyledger {
 class Clock {
  public:
   virtual ~Clock() = default;
-  // Returns UTC microseconds since the Unix epoch.
+  // Returns UTC microseconds since the Unix epoch (SteadyClock: see there).
   virtual int64_t NowUs() const = 0;
+};
+
+// Microseconds on std::chrono::steady_clock, which never goes back and never
+// jumps when the time of day is set. Its NowUs is NOT a time since the Unix
+// epoch: only for rates and durations (the rate limiter), never stored.
+class SteadyClock final : public Clock {
+ public:
+  int64_t NowUs() const override;
 };
 
 // The real wall clock (std::chrono::system_clock).

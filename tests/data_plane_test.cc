@@ -147,6 +147,21 @@ TEST_F(DataPlaneTest, RateLimitHeadersAndRetryAfter) {
   for (int i = 0; i < 3; i++) EXPECT_EQ(Authorize(secret_, "203.0.113.9").status, 200);
 }
 
+// Rate decisions follow the limiter's own clock (steady in `serve`): the
+// time of day set back an hour neither holds a key's refill back for that
+// hour nor gives it a new burst.
+TEST_F(DataPlaneTest, SettingTheTimeOfDayBackDoesNotMoveRateDecisions) {
+  h.SeparateRateClock();
+  h.Open();
+  ASSERT_EQ(h.Call("PATCH", "/v1/workspaces/" + ws_, R"({"tps_limit":1})").status, 200);
+  EXPECT_EQ(Authorize(secret_, "203.0.113.9").status, 200);
+  EXPECT_EQ(Authorize(secret_, "203.0.113.9").status, 429);
+  h.clock().AdvanceUs(-3600LL * 1'000'000);  // the wall clock is set back
+  EXPECT_EQ(Authorize(secret_, "203.0.113.9").status, 429);  // no new burst
+  h.rate_clock().AdvanceUs(1'000'000);
+  EXPECT_EQ(Authorize(secret_, "203.0.113.9").status, 200);  // refilled on time
+}
+
 TEST_F(DataPlaneTest, OperatorChangesTpsLimitEffectiveNextRequest) {
   for (int i = 0; i < 3; i++) ASSERT_EQ(Authorize(secret_, "203.0.113.9").status, 200);
   EXPECT_EQ(Authorize(secret_, "203.0.113.9").status, 429);

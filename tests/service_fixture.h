@@ -46,9 +46,9 @@ class ServiceHarness {
                                        CallProjectionsOptions{});
     EXPECT_TRUE(calls.ok()) << calls.ToStatus().ToString();
     calls_ = std::move(calls).value();
-    service_ = std::make_unique<Service>(
-        ServiceDeps{ledger_.get(), key_state_.get(), &clock_, &random_, calls_.get(), notifier_},
-        options_);
+    ServiceDeps deps{ledger_.get(), key_state_.get(), &clock_, &random_, calls_.get(), notifier_};
+    if (separate_rate_clock_) deps.rate_clock = &rate_clock_;
+    service_ = std::make_unique<Service>(deps, options_);
     auto boot = service_->BootstrapOperatorToken(std::string(kOperatorToken));
     EXPECT_TRUE(boot.ok()) << boot.ToStatus().ToString();
   }
@@ -118,6 +118,10 @@ class ServiceHarness {
   CallProjections& calls() { return *calls_; }
   KeyStateStore& key_state() { return *key_state_; }
   ManualClock& clock() { return clock_; }
+  // From the next Open on, the rate limiter reads rate_clock() rather than
+  // clock(), as `serve` gives it a steady clock of its own.
+  void SeparateRateClock() { separate_rate_clock_ = true; }
+  ManualClock& rate_clock() { return rate_clock_; }
   // Where the stores live (for reading them as an audit does).
   std::string key_state_path() const { return dir_.sub("projections"); }
   std::string calls_path() const { return dir_.sub("calls"); }
@@ -125,6 +129,8 @@ class ServiceHarness {
  private:
   ScratchDir dir_;
   ManualClock clock_{1'780'000'000'000'000};
+  ManualClock rate_clock_{1'000'000};
+  bool separate_rate_clock_ = false;
   SeededRandom random_;
   ServiceOptions options_;
   Notifier* notifier_;

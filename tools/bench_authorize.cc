@@ -82,6 +82,7 @@ int RunBenchAuthorize(const BenchAuthorizeOptions& options) {
         // A synthetic clock spreads requests 1 µs apart so the limiter sees a
         // steady rate; reading the real clock here would measure the clock.
         req.now_us = static_cast<int64_t>(i);
+        req.rate_now_us = req.now_us;
         ok += plane.Authorize(req).outcome == AuthorizeOutcome::kAllowed;
       }
       allowed += ok;

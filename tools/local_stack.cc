@@ -27,7 +27,10 @@ Status LocalStack::Open(const std::string& dir, bool create, ServiceOptions opti
   KL_ASSIGN_OR_RETURN(calls, CallProjections::Open(dir + "/calls", ledger.get(), &clock,
                                                    call_options));
   service = std::make_unique<Service>(
-      ServiceDeps{ledger.get(), key_state.get(), &clock, &random, calls.get(), notifier.get()}, options);
+      ServiceDeps{.ledger = ledger.get(), .key_state = key_state.get(), .clock = &clock,
+                  .random = &random, .calls = calls.get(), .notifier = notifier.get(),
+                  .rate_clock = &rate_clock},
+      options);
   return Status::Ok();
 }
 

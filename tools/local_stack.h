@@ -14,6 +14,7 @@ namespace keyledger::tools {
 
 struct LocalStack {
   SystemClock clock;
+  SteadyClock rate_clock;  // the rate limiter's
   SecureRandom random;
   std::unique_ptr<Ledger> ledger;
   std::unique_ptr<KeyStateStore> key_state;

@@ -198,6 +198,16 @@ void RedactExcerpt(HttpExcerpt* excerpt) {
   RedactSecrets(&excerpt->body_excerpt);
 }
 
+namespace {
+
+// `options` with a shard seed from `random` (RateLimiterOptions::shard_seed).
+RateLimiterOptions WithShardSeed(RateLimiterOptions options, RandomSource* random) {
+  random->Fill(reinterpret_cast<uint8_t*>(&options.shard_seed), sizeof(options.shard_seed));
+  return options;
+}
+
+}  // namespace
+
 DataPlane::DataPlane(Ledger* ledger, const KeyState* key_state, const Clock* clock,
                      RandomSource* random, DataPlaneOptions options)
     : ledger_(ledger),
@@ -205,7 +215,7 @@ DataPlane::DataPlane(Ledger* ledger, const KeyState* key_state, const Clock* clo
       clock_(clock),
       random_(random),
       options_(options),
-      limiter_(options.rate_limiter) {
+      limiter_(WithShardSeed(options.rate_limiter, random)) {
   assert(ledger_ && key_state_ && clock_ && random_);
   flusher_ = std::thread([this] {
     NameThisThread("kl-dp-flush");

@@ -205,7 +205,9 @@ void RateLimiter::Shard::Insert(std::string_view name, Int128 tat, uint32_t limi
 }
 
 RateLimiter::RateLimiter(RateLimiterOptions options)
-    : shard_count_(options.shards), shards_(new Shard[options.shards]) {
+    : shard_count_(options.shards),
+      shard_seed_(options.shard_seed),
+      shards_(new Shard[options.shards]) {
   assert(options.shards >= 1);
   assert(options.buckets_max >= options.shards);
   const size_t share = options.buckets_max / shard_count_;
@@ -220,7 +222,7 @@ RateLimiter::~RateLimiter() = default;
 
 RateLimiter::Shard& RateLimiter::ShardFor(std::string_view bucket_name) const {
   // Mix the hash so the shard index does not correlate with the map's slot.
-  const uint64_t h = NameHash{}(bucket_name) * 0x9E3779B97F4A7C15ull;
+  const uint64_t h = (NameHash{}(bucket_name) ^ shard_seed_) * 0x9E3779B97F4A7C15ull;
   return shards_[(h >> 32) % shard_count_];
 }
 

@@ -67,6 +67,10 @@ struct RateLimiterOptions {
   // its even share, buckets_max / shards rounded up or down). One bucket costs
   // roughly 100 bytes plus its name. REQUIRES: buckets_max >= shards.
   size_t buckets_max = 1'000'000;
+  // Mixed into the hash that picks a bucket's shard. Give each process a
+  // random one, so that nobody can choose names that crowd one shard (whose
+  // full share would refuse new keys there, see Admit). Default 0.
+  uint64_t shard_seed = 0;
 };
 
 // The outcome of one Admit call; maps onto 429 / Retry-After / RateLimit-*.
@@ -113,6 +117,7 @@ class RateLimiter {
   Shard& ShardFor(std::string_view bucket_name) const;
 
   const size_t shard_count_;
+  const uint64_t shard_seed_;
   std::unique_ptr<Shard[]> shards_;
 };
 

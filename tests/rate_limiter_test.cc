@@ -230,6 +230,28 @@ TEST(RateLimiterTest, FullShardEvictsExpiredOrRefusesNewBuckets) {
   EXPECT_TRUE(rl.Admit("a", 1, kT0Us + kSecondUs).allowed);
 }
 
+// Which names share a shard (and so its share of buckets) depends on the
+// seed: without it, anyone could pick names that crowd one shard.
+TEST(RateLimiterTest, TheShardSeedDecidesWhichNamesShareAShard) {
+  // Two shards of one bucket each: after "held" takes its shard's bucket, a
+  // new name is refused exactly when it lands in that shard.
+  auto refused_beside_held = [](uint64_t seed) {
+    RateLimiterOptions o = Small(2, 2);
+    o.shard_seed = seed;
+    std::vector<bool> refused;
+    for (int i = 0; i < 64; i++) {
+      RateLimiter probe(o);
+      EXPECT_TRUE(probe.Admit("held", 1, kT0Us).allowed);
+      refused.push_back(!probe.Admit(Name("n", i), 1, kT0Us).allowed);
+    }
+    return refused;
+  };
+  const std::vector<bool> unseeded = refused_beside_held(0);
+  EXPECT_EQ(refused_beside_held(0), unseeded);  // deterministic for one seed
+  EXPECT_GT(std::count(unseeded.begin(), unseeded.end(), true), 0);
+  EXPECT_NE(refused_beside_held(0x5eed5eed5eed5eedull), unseeded);
+}
+
 TEST(RateLimiterTest, SizeNeverExceedsBucketsMax) {
   RateLimiter rl(Small(4, 10));
   for (int i = 0; i < 100; ++i) (void)rl.Admit(Name("k", i), 5, kT0Us);

@@ -483,6 +483,21 @@ TEST(ServeCliTest, ABadOrTakenListenAddressFailsBeforeTheDataDirectory) {
   EXPECT_FALSE(std::filesystem::exists(dir.sub("b")));
 }
 
+TEST(ServeCliTest, MailSettingsAreCheckedAtStart) {
+  ScratchDir dir;
+  for (const std::vector<std::string>& flags : std::vector<std::vector<std::string>>{
+           {"--smtp", "mail.example.com"},
+           {"--smtp", "user@mail.example.com:25"},
+           {"--smtp-from", "not an address"},
+           {"--smtp", "mail.example.com:587", "--smtp-user", "alarms"}}) {
+    std::vector<std::string> args = {"serve", "--data", dir.sub("d"), "--listen", "127.0.0.1:0"};
+    args.insert(args.end(), flags.begin(), flags.end());
+    CliResult r = RunCli(args);
+    EXPECT_EQ(r.exit_code, 2) << flags.back() << ": " << r.err;
+    EXPECT_FALSE(std::filesystem::exists(dir.sub("d")));
+  }
+}
+
 TEST_F(AuditTest, ServeRefusesADataDirectoryThatIsItselfAStore) {
   CloseAll();
   CliResult r = RunCli({"serve", "--data", ledger_path(), "--listen", "127.0.0.1:0"});

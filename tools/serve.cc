@@ -159,6 +159,19 @@ int RunServe(const ServeOptions& options) {
   service_options.alarms.evaluation_interval_us = options.alarm_interval_ms * 1000;
   service_options.alarms.settle_us = options.alarm_settle_seconds * 1'000'000;
   service_options.alarms.retry_base_us = options.notification_retry_base_ms * 1000;
+  // The mail settings are checked now rather than failing every alarm e-mail
+  // for a day of retries.
+  if (!options.smtp.empty() &&
+      (options.smtp.find_first_of("/@?# \t\r\n") != std::string::npos ||
+       options.smtp.find(':') == std::string::npos)) {
+    return Usage("--smtp", "must be HOST:PORT, got \"" + options.smtp + "\"");
+  }
+  if (Status from = CheckEmailAddress(options.smtp_from, "--smtp-from"); !from.ok()) {
+    return Usage("--smtp-from", from.message());
+  }
+  if (!options.smtp_user.empty() && !options.smtp_starttls) {
+    return Usage("--smtp-user", "needs --smtp-starttls: AUTH would send the password in clear");
+  }
   NotifierOptions notifier;
   notifier.allow_private_addresses = options.allow_private_webhooks;
   notifier.smtp_host_port = options.smtp;

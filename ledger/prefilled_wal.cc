@@ -1,6 +1,7 @@
 #include "ledger/prefilled_wal.h"
 
 #include <fcntl.h>
+#include <sys/statvfs.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -30,6 +31,9 @@ constexpr uint64_t kFillWritebackBytes = uint64_t{8} << 20;
 // Wait before filling again after a failure (a full disk, say); meanwhile
 // new WAL files are created as RocksDB would create them.
 constexpr auto kFillRetryDelay = std::chrono::seconds(10);
+// A spare is filled only while the file system has at least this many times
+// its size free, so that the fill leaves as much again for the data.
+constexpr uint64_t kFillFreeSpaceFactor = 2;
 constexpr size_t kEndBytes = 8;  // the side file: bytes written, big-endian
 
 rocksdb::IOStatus ErrnoStatus(std::string_view what, const std::string& path, int err) {
@@ -334,6 +338,8 @@ class PrefilledWalFileSystem final : public rocksdb::FileSystemWrapper {
 
   void FillLoop() {
     std::unique_lock<std::mutex> lock(mu_);
+    // The constructor's fill failed: wait before trying again, as after any failure.
+    if (!spare_ready_) cv_.wait_for(lock, kFillRetryDelay, [this] { return stopping_; });
     for (;;) {
       cv_.wait(lock, [this] { return stopping_ || (!spare_ready_ && !keep_spare_); });
       if (stopping_) return;
@@ -352,6 +358,18 @@ class PrefilledWalFileSystem final : public rocksdb::FileSystemWrapper {
   // renames the file to the spare name. Leaves no partial file behind.
   rocksdb::IOStatus FillSpare() {
     static const std::vector<char> fill(kFillChunkBytes, kPrefilledWalFillByte);
+    // The spare is an optimisation: it must never take the space the data
+    // needs (a write failing for space stops the ledger until a restart).
+    struct statvfs fs_stats {};
+    if (::statvfs(db_path_.c_str(), &fs_stats) != 0) return ErrnoStatus("statvfs", db_path_, errno);
+    const unsigned __int128 free_bytes =
+        static_cast<unsigned __int128>(fs_stats.f_bavail) * fs_stats.f_frsize;
+    if (free_bytes < static_cast<unsigned __int128>(prefill_bytes_) * kFillFreeSpaceFactor) {
+      return rocksdb::IOStatus::NoSpace("not filling a spare write-ahead log: less than " +
+                                        std::to_string(kFillFreeSpaceFactor) + " x " +
+                                        std::to_string(prefill_bytes_) + " bytes free in " +
+                                        db_path_);
+    }
     const int fd = ::open(filling_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) return ErrnoStatus("create", filling_path_, errno);
     rocksdb::IOStatus status;

@@ -99,6 +99,23 @@ TEST(PrefilledWalTest, TheWalOfAFreshStoreIsPrefilledAndASpareWaits) {
   EXPECT_EQ(fs::file_size(fs::path(dir.sub("db")) / kPrefilledWalSpareName), kPrefillBytes);
 }
 
+// A spare never takes the space the data needs: with less than twice its
+// size free, none is filled, and the store works without one.
+TEST(PrefilledWalTest, NoSpareIsFilledWhenTheSpaceIsShort) {
+  ScratchDir dir;
+  KvStoreOptions options = PrefilledOptions();
+  options.wal_prefill_bytes = uint64_t{1} << 60;  // an exabyte: more than any disk here
+  auto store = KvStore::Open(dir.sub("db"), options);
+  ASSERT_TRUE(store.ok()) << store.ToStatus().ToString();
+  Put(**store, "a", "first");
+  EXPECT_EQ(Get(**store, "a"), "first");
+  EXPECT_FALSE(fs::exists(fs::path(dir.sub("db")) / kPrefilledWalSpareName));
+  EXPECT_FALSE(fs::exists(fs::path(dir.sub("db")) / kPrefilledWalFillingName));
+  for (const fs::path& wal : WalFiles(dir.sub("db"))) {
+    EXPECT_LT(fs::file_size(wal), uint64_t{1} << 20) << wal;
+  }
+}
+
 TEST(PrefilledWalTest, ACrashKeepsEverySyncedWriteAcrossWalFiles) {
   ScratchDir dir;
   {

@@ -125,6 +125,7 @@ struct ServiceDeps {
 constexpr size_t kNameCharsMax = 100;
 constexpr size_t kDescriptionCharsMax = 500;
 constexpr size_t kSecretBytes = 20;  // 160 bits from the CSPRNG
+constexpr size_t kOperatorTokenBytesMin = 16;  // KEYLEDGER_ADMIN_TOKEN
 
 // The prefixes that make keyledger's secrets recognisable (and greppable by
 // secret scanners).

@@ -252,13 +252,17 @@ Result<HttpResponse> Service::Impl::Invoices(const HttpRequest& req, const Works
     return JsonResponse(200, {{"invoices", list}});
   }
   if (seg.size() != 5) return Status::NotFound("no such endpoint");
-  // A malformed month is the caller's mistake, not a month without an invoice.
+  // A malformed month or format is the caller's mistake, not a month
+  // without an invoice.
   KL_RETURN_IF_ERROR(ParseBillingMonth(seg[4], "month").ToStatus());
+  const std::string_view format = QueryParam(QueryOf(req), "format");
+  if (!format.empty() && format != "json" && format != "csv") {
+    return Status::InvalidArgument("format must be json or csv", "format");
+  }
   auto ref = state().FindInvoice(ws.id, seg[4]);
   if (!ref) return Status::NotFound("no invoice for " + std::string(seg[4]), "month");
   KL_ASSIGN_OR_RETURN(InvoiceIssued invoice, ReadInvoice(*d.ledger, *ref));
   KL_ASSIGN_OR_RETURN(uint8_t exponent, CurrencyExponent(invoice.currency));
-  std::string_view format = QueryParam(QueryOf(req), "format");
   if (format == "csv") {
     HttpResponse r;
     r.status = 200;
@@ -267,9 +271,6 @@ Result<HttpResponse> Service::Impl::Invoices(const HttpRequest& req, const Works
                                                       invoice.month + ".csv\"");
     r.body = InvoiceToCsv(invoice, exponent);
     return r;
-  }
-  if (!format.empty() && format != "json") {
-    return Status::InvalidArgument("format must be json or csv", "format");
   }
   return JsonResponse(200, InvoiceToJson(invoice, exponent));
 }

@@ -26,7 +26,6 @@
 namespace keyledger {
 
 constexpr size_t kIdRandomBytes = 10;  // 80 bits: ids are not secrets, just unique
-constexpr size_t kOperatorTokenBytesMin = 16;
 constexpr size_t kSecurityGroupEntriesMax = 100;
 
 struct Principal {

@@ -339,13 +339,18 @@ Status VerifyInvoiceDigest(const InvoiceIssued& invoice) {
   return Status::Corruption("invoice digest mismatch");
 }
 
-std::string InvoiceToCsv(const InvoiceIssued& inv, uint8_t currency_exponent) {
-  assert(currency_exponent <= kCurrencyExponentMax);
+std::string InvoiceCsvHeader() {
   std::string out;
   AppendCsvRow({"invoice_number", "workspace_id", "month", "line_kind", "line_month",
                 "description", "quantity", "unit_price_micros", "amount_minor", "amount",
                 "currency"},
                &out);
+  return out;
+}
+
+std::string InvoiceToCsv(const InvoiceIssued& inv, uint8_t currency_exponent) {
+  assert(currency_exponent <= kCurrencyExponentMax);
+  std::string out = InvoiceCsvHeader();
   for (const InvoiceLine& l : inv.lines) AppendCsvRow(LineCsvRow(inv, l, currency_exponent), &out);
   for (const KeyUsage& k : inv.key_usage) {
     CsvRow row = InvoiceCsvRow(inv, "key_usage");

@@ -181,6 +181,8 @@ Status VerifyInvoiceDigest(const InvoiceIssued& invoice);
 // REQUIRES: currency_exponent <= kCurrencyExponentMax (use
 // CurrencyExponent(invoice.currency)).
 std::string InvoiceToCsv(const InvoiceIssued& invoice, uint8_t currency_exponent);
+// Returns InvoiceToCsv's header row (with its CRLF): all a CSV of no invoice holds.
+std::string InvoiceCsvHeader();
 
 // Returns `invoice` as JSON for finance:
 //   {"invoice_number", "workspace_id", "month", "currency", "currency_exponent",

@@ -22,6 +22,7 @@
 #include <utility>
 
 #include "billing/calendar.h"
+#include "billing/invoicing.h"
 #include "ledger/hash.h"
 #include "ledger/codec.h"
 #include "ledger/ledger.h"
@@ -481,6 +482,16 @@ TEST(ServeCliTest, ABadOrTakenListenAddressFailsBeforeTheDataDirectory) {
   EXPECT_EQ(busy.exit_code, 1) << busy.err;
   EXPECT_NE(busy.err.find("in use"), std::string::npos) << busy.err;
   EXPECT_FALSE(std::filesystem::exists(dir.sub("b")));
+}
+
+TEST(ServeCliTest, AShortOperatorTokenIsAUsageErrorBeforeTheDataDirectory) {
+  ScratchDir dir;
+  ::setenv("KEYLEDGER_ADMIN_TOKEN", "short", 1);
+  CliResult r = RunCli({"serve", "--data", dir.sub("d"), "--listen", "127.0.0.1:0"});
+  ::unsetenv("KEYLEDGER_ADMIN_TOKEN");
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("KEYLEDGER_ADMIN_TOKEN"), std::string::npos) << r.err;
+  EXPECT_FALSE(std::filesystem::exists(dir.sub("d")));
 }
 
 TEST(ServeCliTest, MailSettingsAreCheckedAtStart) {
@@ -1017,6 +1028,13 @@ TEST(InvoiceExportCliTest, RefusesAMalformedMonthAndAnUnknownWorkspace) {
   CliResult one = RunCli({"invoice", "export", "--data", data, "--month", month, "--workspace", ws});
   ASSERT_EQ(one.exit_code, 0) << one.err;
   EXPECT_EQ(json::parse(one.out).size(), 1u) << one.out;
+
+  // A month without invoices is still a CSV: its header row alone.
+  CliResult none = RunCli({"invoice", "export", "--data", data, "--month", "2020-01", "--format",
+                           "csv"});
+  ASSERT_EQ(none.exit_code, 0) << none.err;
+  EXPECT_EQ(none.out, InvoiceCsvHeader());
+  EXPECT_TRUE(none.out.starts_with("invoice_number,workspace_id,month,")) << none.out;
 
   CliResult malformed = RunCli({"invoice", "export", "--data", data, "--month", "2026-1"});
   EXPECT_EQ(malformed.exit_code, 2) << malformed.out;

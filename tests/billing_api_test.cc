@@ -118,6 +118,12 @@ TEST_F(BillingApiTest, UsageAndTheMonthlyInvoice) {
   EXPECT_EQ(list.body["invoices"].size(), 1u);
   // A month without an invoice is not found; a malformed one is refused.
   EXPECT_EQ(h.Call("GET", "/v1/workspaces/" + ws_ + "/invoices/2026-09").status, 404);
+  // A bad format is the caller's mistake, whether or not the month has an invoice.
+  for (const char* month : {"2026-09", "2026-10"}) {
+    auto xml = h.Call("GET", "/v1/workspaces/" + ws_ + "/invoices/" + month + "?format=xml");
+    EXPECT_EQ(xml.status, 400) << month << ": " << xml.raw;
+    EXPECT_EQ(xml.body["error"]["field"], "format") << xml.raw;
+  }
   auto malformed = h.Call("GET", "/v1/workspaces/" + ws_ + "/invoices/2026-1");
   EXPECT_EQ(malformed.status, 400) << malformed.raw;
   EXPECT_EQ(malformed.body["error"]["field"], "month");

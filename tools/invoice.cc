@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "api/service.h"
+#include "billing/invoicing.h"
 #include "tools/commands.h"
 #include "tools/local_stack.h"
 
@@ -173,6 +174,8 @@ int RunInvoiceExport(const InvoiceOptions& options) {
     header_written = true;
   }
   if (options.format == "json") std::printf("%s\n", all.dump(2).c_str());
+  // No invoice this month: still a CSV, the header row alone.
+  if (options.format == "csv" && !header_written) std::fputs(InvoiceCsvHeader().c_str(), stdout);
   return 0;
 }
 

@@ -183,6 +183,11 @@ int RunServe(const ServeOptions& options) {
   call_options.log_retention_us = options.log_retention_days * kDayUs;
   // Small batches keep the fold's exclusive lock short for concurrent queries.
   call_options.fold_batch_events_max = 4096;
+  const char* env_token = std::getenv("KEYLEDGER_ADMIN_TOKEN");
+  if (env_token != nullptr && std::strlen(env_token) < kOperatorTokenBytesMin) {
+    return Usage("KEYLEDGER_ADMIN_TOKEN", "must be at least " +
+                                              std::to_string(kOperatorTokenBytesMin) + " bytes");
+  }
   LocalStack stack;
   stack.notifier = NewCurlNotifier(notifier);
   stack.ledger_wal_prefill_bytes = options.wal_prefill_mib << 20;
@@ -190,7 +195,6 @@ int RunServe(const ServeOptions& options) {
   if (!opened.ok()) return Fail("open " + options.data_dir, opened);
   stack.calls->Start();
   Service& service = *stack.service;
-  const char* env_token = std::getenv("KEYLEDGER_ADMIN_TOKEN");
   auto generated = service.BootstrapOperatorToken(
       env_token ? std::optional<std::string>(env_token) : std::nullopt);
   if (!generated.ok()) return Fail("operator token", generated.status());

@@ -233,9 +233,10 @@ class PrefilledWalFileSystem final : public rocksdb::FileSystemWrapper {
     ::unlink(filling_path_.c_str());
     spare_ready_ = SpareIsGood();
     if (!spare_ready_) spare_ready_ = FillSpare().ok();
-    filler_ = std::thread([this] {
+    const bool fill_failed = !spare_ready_;
+    filler_ = std::thread([this, fill_failed] {
       NameThisThread("kl-wal-prefill");
-      FillLoop();
+      FillLoop(fill_failed);
     });
   }
 
@@ -336,10 +337,11 @@ class PrefilledWalFileSystem final : public rocksdb::FileSystemWrapper {
     return std::make_shared<WalState>(path, fd, end_fd);
   }
 
-  void FillLoop() {
+  // `fill_failed`: the constructor's fill failed, so wait before trying
+  // again, as after any failure.
+  void FillLoop(bool fill_failed) {
     std::unique_lock<std::mutex> lock(mu_);
-    // The constructor's fill failed: wait before trying again, as after any failure.
-    if (!spare_ready_) cv_.wait_for(lock, kFillRetryDelay, [this] { return stopping_; });
+    if (fill_failed) cv_.wait_for(lock, kFillRetryDelay, [this] { return stopping_; });
     for (;;) {
       cv_.wait(lock, [this] { return stopping_ || (!spare_ready_ && !keep_spare_); });
       if (stopping_) return;

@@ -8,6 +8,7 @@
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <charconv>
 #include <array>
 #include <cassert>
 #include <chrono>
@@ -571,9 +572,8 @@ DeliveryResult CurlNotifier::Email(const EmailMessage& m) const {
   if (o.smtp_host_port.empty()) {
     return Failed("e-mail delivery is not configured: no SMTP host (smtp_host_port)");
   }
-  if (HasControlChars(o.smtp_host_port) ||
-      o.smtp_host_port.find_first_of("/@?#") != std::string::npos) {
-    return Failed("smtp_host_port must be host:port");
+  if (Status relay = CheckSmtpHostPort(o.smtp_host_port, "smtp_host_port"); !relay.ok()) {
+    return Failed("smtp_host_port " + relay.message());
   }
   Result<std::string> composed = ComposeEmail(m, o.smtp_from);
   if (!composed.ok()) return Failed("e-mail refused: " + composed.status().message());
@@ -621,6 +621,23 @@ std::unique_ptr<Notifier> NewCurlNotifier(const NotifierOptions& options) {
   assert(options.response_bytes_max > 0);
   (void)GlobalInitOnce();  // early, while the caller is likely still single-threaded
   return std::make_unique<CurlNotifier>(options);
+}
+
+Status CheckSmtpHostPort(std::string_view host_port, const std::string& field) {
+  const size_t colon = host_port.rfind(':');
+  const std::string_view host = host_port.substr(0, colon == std::string_view::npos ? 0 : colon);
+  const std::string_view port =
+      colon == std::string_view::npos ? std::string_view() : host_port.substr(colon + 1);
+  unsigned value = 0;
+  const auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), value);
+  const bool port_ok = !port.empty() && ec == std::errc() && end == port.data() + port.size() &&
+                       value >= 1 && value <= 65535;
+  const bool host_ok = !host.empty() && !HasControlChars(host) &&
+                       host.find_first_of("/@?# ") == std::string_view::npos;
+  if (host_ok && port_ok) return Status::Ok();
+  return Status::InvalidArgument("must be HOST:PORT (port 1-65535), got \"" +
+                                     std::string(host_port) + "\"",
+                                 field);
 }
 
 }  // namespace keyledger

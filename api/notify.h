@@ -141,4 +141,9 @@ Result<std::string> ComposeEmail(const EmailMessage& message, std::string_view f
 // long before anything is sent (alarm channels).
 Status CheckEmailAddress(std::string_view address, const std::string& field);
 
+// Checks an SMTP relay's "host:port" (a name or IPv4 address, or [IPv6], and
+// a port 1..65535; nothing a URL could read as more: no '/', '@', '?', '#',
+// spaces or control characters). Returns InvalidArgument naming `field`.
+Status CheckSmtpHostPort(std::string_view host_port, const std::string& field);
+
 }  // namespace keyledger

@@ -196,7 +196,9 @@ HttpResponse ErrorResponse(const Status& s) {
     case Code::kInternal:
       break;
   }
-  return JsonError(500, "internal", s.message());
+  // Damaged stored data or a bug: the details (RocksDB's words, file names)
+  // are for the operator's log.
+  return JsonError(500, "internal", "an internal error occurred; the server's log has the details");
 }
 
 
@@ -788,9 +790,7 @@ void Service::Impl::LogServerError(const Status& s) {
   if (!server_side) return;
   // One line per kServerErrorLogIntervalUs at most: a broken disk fails every
   // request, and the log must not become the next thing to fill it.
-  const int64_t now_us = std::chrono::duration_cast<std::chrono::microseconds>(
-                             std::chrono::steady_clock::now().time_since_epoch())
-                             .count();
+  const int64_t now_us = SteadyClock().NowUs();
   int64_t last_us = last_server_error_log_us.load(std::memory_order_relaxed);
   if (last_us != 0 && now_us - last_us < kServerErrorLogIntervalUs) return;
   if (!last_server_error_log_us.compare_exchange_strong(last_us, std::max<int64_t>(now_us, 1))) {

@@ -51,6 +51,10 @@ struct AlarmOptions {
   int64_t retry_window_us = 24 * 3'600'000'000LL;
   // Most notifications one delivery round attempts. Default 100.
   size_t deliveries_per_round_max = 100;
+  // A failed attempt that took at least this long (no answer, a timeout, a
+  // slow error) makes its destination wait for the next round, so that one
+  // slow receiver does not hold up the others. Default 2 s.
+  int64_t slow_attempt_us = 2'000'000;
 };
 
 struct ServiceOptions {
@@ -182,11 +186,14 @@ class Service {
   // number of transitions recorded, or the first ledger error.
   Result<size_t> EvaluateAlarms();
 
-  // Attempts every notification due at the clock's now (at most
-  // options.alarms.deliveries_per_round_max), one after the other, and
-  // records each attempt (NotificationDelivered, or NotificationFailed with
-  // the next attempt's time). Returns the number attempted (0 without a
-  // notifier), or the first ledger error.
+  // Attempts the notifications due at the clock's now (at most
+  // options.alarms.deliveries_per_round_max sends; entries past their retry
+  // window are given up unsent besides), one after the other, and records
+  // each (NotificationDelivered, or NotificationFailed with the next
+  // attempt's time). A destination whose attempt failed slowly
+  // (options.alarms.slow_attempt_us) gets no more this round. Returns the
+  // number of entries attempted or given up (0 without a notifier), or the
+  // first ledger error.
   Result<size_t> DeliverNotifications();
 
   // Starts two background threads: EvaluateAlarms every

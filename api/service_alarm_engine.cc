@@ -200,32 +200,40 @@ constexpr char kRetryWindowOver[] = "the retry window ended before this attempt"
 
 namespace {
 
-// Where a notification goes, as far as one failing receiver can hold up
-// others: its webhook URL, or the SMTP relay every e-mail shares.
+// Where a notification goes, as far as one slow receiver can hold up
+// others: the scheme, host and port of a webhook URL (receivers often use
+// one URL per alarm), or the SMTP relay every e-mail shares.
 std::string DestinationOf(const AlarmChannel& channel) {
-  if (const auto* hook = std::get_if<WebhookChannel>(&channel)) return "webhook " + hook->url;
-  return "smtp";
+  const auto* hook = std::get_if<WebhookChannel>(&channel);
+  if (hook == nullptr) return "smtp";
+  std::string_view url = hook->url;
+  const size_t scheme_end = url.find("://");
+  const size_t host_start = scheme_end == std::string_view::npos ? 0 : scheme_end + 3;
+  std::string destination = "webhook ";
+  destination.append(url.substr(0, url.find_first_of("/?#", host_start)));
+  return destination;
 }
 
 }  // namespace
 
-// One round: up to deliveries_per_round_max due entries. A destination that
-// failed once this round (down, slow, or answering an error) gets no more
-// attempts until the next round, and the round moves on to entries for
-// other destinations, so that no receiver's failures (nor many entries
-// queued for it) hold up notifications to the others.
+// One round: up to deliveries_per_round_max due entries sent. A destination
+// whose attempt failed slowly this round (no answer, a timeout, a slow
+// error) gets no more attempts until the next round, and the round goes on
+// to entries for other destinations, so that no slow receiver (nor the many
+// entries queued for it) holds up notifications to the others.
 Result<size_t> Service::Impl::DeliverNotifications() {
   if (d.notifier == nullptr) return size_t{0};
-  const size_t attempts_max = o.alarms.deliveries_per_round_max;
-  size_t attempted = 0;
-  std::unordered_set<std::string> failed_destinations;
+  const size_t sends_max = o.alarms.deliveries_per_round_max;
+  size_t attempted = 0;  // sends, and entries given up unsent
+  size_t sent = 0;
+  std::unordered_set<std::string> slow_destinations;
   std::unordered_set<std::string> seen;  // entries taken up this round
   auto wanted = [&](const PendingNotification& n) {
-    return !seen.contains(n.id) && !failed_destinations.contains(DestinationOf(n.channel));
+    return !seen.contains(n.id) && !slow_destinations.contains(DestinationOf(n.channel));
   };
   for (;;) {
-    const auto due = state().DueNotifications(d.clock->NowUs(), attempts_max - attempted, wanted);
-    if (due.empty() || attempted == attempts_max) return attempted;
+    const auto due = state().DueNotifications(d.clock->NowUs(), sends_max - sent, wanted);
+    if (due.empty() || sent == sends_max) return attempted;
     for (const OutboxEntry& e : due) {
       {
         // A round may hold many slow sends: shutdown does not wait for them all.
@@ -233,20 +241,26 @@ Result<size_t> Service::Impl::DeliverNotifications() {
         if (loops_stopping) return attempted;
       }
       seen.insert(e.notification.id);
-      if (failed_destinations.contains(DestinationOf(e.notification.channel))) continue;
+      const std::string destination = DestinationOf(e.notification.channel);
+      if (slow_destinations.contains(destination)) continue;
       // A round may last minutes: an alarm deleted meanwhile (which drops its
       // outbox) notifies no one from then on.
       if (!StillPending(e)) continue;
       attempted++;
-      KL_ASSIGN_OR_RETURN(bool delivered, Attempt(e));
-      if (!delivered) failed_destinations.insert(DestinationOf(e.notification.channel));
+      const auto start = std::chrono::steady_clock::now();
+      KL_ASSIGN_OR_RETURN(AttemptOutcome outcome, Attempt(e));
+      if (!outcome.sent) continue;
+      sent++;
+      if (!outcome.delivered && static_cast<int64_t>(ElapsedUs(start)) >= o.alarms.slow_attempt_us) {
+        slow_destinations.insert(destination);
+      }
     }
   }
 }
 
-// Makes one attempt at `e` and records it. Returns whether it was delivered,
-// or the error of recording it.
-Result<bool> Service::Impl::Attempt(const OutboxEntry& e) {
+// Makes one attempt at `e`, or gives it up unsent when its retry window is
+// over, and records that. Returns what happened, or the error of recording it.
+Result<Service::Impl::AttemptOutcome> Service::Impl::Attempt(const OutboxEntry& e) {
   const int64_t now_us = d.clock->NowUs();
   // After downtime longer than the retry window, an entry still queued is
   // given up without a send: a day-old alert is noise, and the docs promise
@@ -273,7 +287,7 @@ Result<bool> Service::Impl::Attempt(const OutboxEntry& e) {
   // attempt recorded after the rule's deletion.
   std::lock_guard<std::mutex> lock(command_mu);
   KL_RETURN_IF_ERROR(Commit({SystemEvent(AlarmStream(e.alarm.alarm_id), std::nullopt, body)}));
-  return result.delivered;
+  return AttemptOutcome{.sent = !window_over, .delivered = result.delivered};
 }
 
 bool Service::Impl::StillPending(const OutboxEntry& e) const {

@@ -170,12 +170,15 @@ Json AlarmHistoryJson(const Event& e) {
 // version V (default 1), oldest first.
 Result<HttpResponse> Service::Impl::AlarmHistory(const HttpRequest& req, const AlarmView& alarm) {
   KL_ASSIGN_OR_RETURN(HistoryPageRequest page, HistoryPage(QueryOf(req), o));
-  KL_ASSIGN_OR_RETURN(auto events,
-                      d.ledger->ReadStream(AlarmStream(alarm.spec.alarm_id), page.from_version, page.limit));
+  // One event past the page tells whether another page follows, so that a
+  // full last page ends with a null cursor, as a key's history does.
+  KL_ASSIGN_OR_RETURN(auto events, d.ledger->ReadStream(AlarmStream(alarm.spec.alarm_id),
+                                                        page.from_version, page.limit + 1));
+  Json next = events.size() > page.limit ? Json(std::to_string(events[page.limit].stream_version))
+                                         : Json(nullptr);
+  if (events.size() > page.limit) events.resize(page.limit);
   Json items = Json::array();
   for (const auto& e : events) items.push_back(AlarmHistoryJson(e));
-  Json next = events.size() == page.limit ? Json(std::to_string(events.back().stream_version + 1))
-                                     : Json(nullptr);
   return JsonResponse(200, {{"alarm_id", alarm.spec.alarm_id}, {"state", AlarmStateName(alarm.state)},
                             {"events", items}, {"next_cursor", next}});
 }

@@ -252,7 +252,11 @@ struct Service::Impl {
   std::vector<std::thread> loops;
   Result<size_t> EvaluateAlarms();
   Result<size_t> DeliverNotifications();
-  Result<bool> Attempt(const OutboxEntry& entry);
+  struct AttemptOutcome {
+    bool sent = false;       // false: given up unsent (its retry window was over)
+    bool delivered = false;
+  };
+  Result<AttemptOutcome> Attempt(const OutboxEntry& entry);
   Result<AlarmDecision> DecideAlarm(const AlarmView& alarm, int64_t now_us, int64_t* period_end_us);
   Result<std::vector<std::optional<int64_t>>> SpendDatapoints(const AlarmSpec& spec, int64_t from_us,
                                                               int64_t period_us);

@@ -185,6 +185,8 @@ ServiceOptions EngineOptions() {
   o.alarms.settle_us = 0;
   o.alarms.retry_base_us = 10'000'000;  // 10 s, then 20 s, 40 s, ...
   o.alarms.retry_window_us = 3600'000'000;
+  // The scripted notifier answers at once: count every failure as slow.
+  o.alarms.slow_attempt_us = 0;
   return o;
 }
 
@@ -462,8 +464,9 @@ TEST_F(AlarmEngineTest, AnUnansweringReceiverDoesNotHoldUpTheRound) {
   EXPECT_EQ(notifier.webhooks.back().url, dead);
 }
 
-// A receiver that answers, but with an error, also waits for the next round.
-TEST_F(AlarmEngineTest, AReceiverAnsweringAnErrorGetsOneAttemptARound) {
+// A receiver that answers, but slowly with an error, also waits for the
+// next round (every failure is slow under EngineOptions).
+TEST_F(AlarmEngineTest, AReceiverAnsweringASlowErrorGetsOneAttemptARound) {
   const std::string url = "https://hooks.example.com/kl";
   CreateWebhookAlarm();
   CreateWebhookAlarm();
@@ -492,6 +495,70 @@ TEST_F(AlarmEngineTest, AFailedEmailHoldsBackOnlyEmails) {
   EXPECT_EQ(Deliver(), 1u);  // the other e-mail; the failed one backs off
   EXPECT_EQ(notifier.emails.size(), 2u);
   EXPECT_NE(notifier.emails[0].to, notifier.emails[1].to);
+}
+
+// Entries given up unsent (past their retry window) neither count as a
+// failure of their destination nor take the round's sends.
+TEST_F(AlarmEngineTest, EntriesGivenUpUnsentHoldNothingBack) {
+  std::string last;  // the alarm that comes last: it breaches only later
+  for (int i = 0; i < 5; i++) {
+    const std::string to = "a" + std::to_string(i) + "@example.com";
+    last = std::max(last, CreateAlarm({{"channels", {{{"type", "email"}, {"to", to}}}}}));
+  }
+  ASSERT_EQ(h.Call("PATCH", base_ + "/" + last,
+                   json{{"threshold", 100},
+                        {"channels", {{{"type", "email"}, {"to", "b@example.com"}}}}}
+                       .dump())
+                .status,
+            200);
+  Breach();
+  ASSERT_EQ(Evaluate(), 5u);  // four breach; `last` goes to OK, notifying no one
+  h.clock().AdvanceUs(3 * 3600'000'000LL);  // their entries are past the one-hour window
+  RecordCalls(1, 200);
+  RecordCalls(2, 200);
+  ASSERT_EQ(Evaluate(), 1u);  // `last` breaches; the others were in alarm already
+  EXPECT_EQ(Deliver(), 5u);   // four given up unsent, one sent
+  ASSERT_EQ(notifier.emails.size(), 1u);
+  EXPECT_EQ(notifier.emails[0].to, "b@example.com");
+}
+
+// Receivers on one host are one destination: one slow URL there holds the
+// host's other URLs back for the round, not other hosts.
+TEST_F(AlarmEngineTest, OneHostIsOneDestination) {
+  const std::string a = "https://dead.example.com/a?t=1";
+  const std::string b = "https://dead.example.com/b";
+  notifier.dead_urls = {a, b};
+  for (const std::string& url : {a, b}) {
+    CreateAlarm({{"channels", {{{"type", "webhook"}, {"url", url}}}}});
+  }
+  CreateWebhookAlarm();
+  Breach();
+  ASSERT_EQ(Evaluate(), 3u);
+  EXPECT_EQ(Deliver(), 2u);  // one of the dead host's, and hooks.example.com's
+  EXPECT_EQ(Deliver(), 1u);  // the other dead one, next round
+}
+
+ServiceOptions FastFailures() {
+  ServiceOptions o = EngineOptions();
+  o.alarms.slow_attempt_us = 2'000'000;  // the default: scripted answers are all fast
+  return o;
+}
+
+class AlarmEngineFastFailureTest : public AlarmEngineTest {
+ protected:
+  AlarmEngineFastFailureTest() : AlarmEngineTest(FastFailures()) {}
+};
+
+// A receiver that refuses at once costs the round nothing: its other
+// entries are tried in the same round.
+TEST_F(AlarmEngineFastFailureTest, AFastRefusalHoldsNothingBack) {
+  CreateWebhookAlarm();
+  CreateWebhookAlarm();
+  Breach();
+  ASSERT_EQ(Evaluate(), 2u);
+  notifier.FailNext(1, 404);
+  EXPECT_EQ(Deliver(), 2u);
+  EXPECT_EQ(notifier.webhooks.size(), 2u);
 }
 
 ServiceOptions SmallRounds() {

@@ -175,6 +175,26 @@ TEST_F(AlarmsApiTest, BadRulesNameTheField) {
   }
 }
 
+TEST_F(AlarmsApiTest, HistoryComesInPages) {
+  auto created = h.Call("POST", base_ + "/alarms", Rule().dump());
+  ASSERT_EQ(created.status, 201) << created.raw;
+  const std::string path = base_ + "/alarms/" + created.body["id"].get<std::string>();
+  for (const char* name : {"b", "c"}) {
+    ASSERT_EQ(h.Call("PATCH", path, json{{"name", name}}.dump()).status, 200);
+  }
+  auto whole = h.Call("GET", path + "/history?limit=3");  // exactly full: the last page
+  ASSERT_EQ(whole.status, 200) << whole.raw;
+  EXPECT_EQ(whole.body["events"].size(), 3u);
+  EXPECT_TRUE(whole.body["next_cursor"].is_null()) << whole.raw;
+  auto first = h.Call("GET", path + "/history?limit=2");
+  ASSERT_EQ(first.body["events"].size(), 2u);
+  ASSERT_EQ(first.body["next_cursor"], "3") << first.raw;
+  auto rest = h.Call("GET", path + "/history?limit=2&cursor=3");
+  ASSERT_EQ(rest.body["events"].size(), 1u);
+  EXPECT_EQ(rest.body["events"][0], whole.body["events"][2]);
+  EXPECT_TRUE(rest.body["next_cursor"].is_null());
+}
+
 TEST_F(AlarmsApiTest, AKeyWithAlarmsCannotBeDeleted) {
   std::string id = h.Call("POST", base_ + "/alarms", Rule().dump()).body["id"];
   auto refused = h.Call("DELETE", base_);

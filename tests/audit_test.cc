@@ -499,6 +499,8 @@ TEST(ServeCliTest, MailSettingsAreCheckedAtStart) {
   for (const std::vector<std::string>& flags : std::vector<std::vector<std::string>>{
            {"--smtp", "mail.example.com"},
            {"--smtp", "user@mail.example.com:25"},
+           {"--smtp", "mail.example.com:smtp"},
+           {"--smtp", "mail.example.com:0"},
            {"--smtp-from", "not an address"},
            {"--smtp", "mail.example.com:587", "--smtp-user", "alarms"}}) {
     std::vector<std::string> args = {"serve", "--data", dir.sub("d"), "--listen", "127.0.0.1:0"};
@@ -660,7 +662,8 @@ INSTANTIATE_TEST_SUITE_P(
                      batch.Put(kCfEvents, EventKey(7), v);
                      batch.Delete(kCfMeta, "head");
                    }},
-        TamperCase{"DeletedHeadRecord", 19,
+        // Without a head record no event is covered by one: the first.
+        TamperCase{"DeletedHeadRecord", 1,
                    [](KvStore&, KvBatch& batch) { batch.Delete(kCfMeta, "head"); }},
         // A one-byte key sorts after every sequence: the log breaks after 19.
         TamperCase{"ShortKeyAfterTheLastEvent", 20,
@@ -723,6 +726,17 @@ INSTANTIATE_TEST_SUITE_P(
                      batch.Put(kCfMeta, "head", v);
                    }}),
     [](const auto& info) { return std::string(info.param.name); });
+
+// Without the index check, a log missing its last event is named where it
+// ends, as with it.
+TEST_F(AuditTest, VerifyWithoutTheIndexCheckNamesAMissingLastEvent) {
+  CloseAll();
+  TamperLedger(ledger_path(), [](KvStore&, KvBatch& batch) { batch.Delete(kCfEvents, EventKey(19)); });
+  CliResult r = RunCli({"audit", "verify", "--data", data_, "--skip-index-check"});
+  EXPECT_EQ(r.exit_code, 1) << r.out << r.err;
+  ASSERT_EQ(r.Lines().size(), 1u) << r.out;
+  EXPECT_EQ(r.Lines()[0]["first_bad_sequence"], 19) << r.out;
+}
 
 // The events before a damaged one still print; the damage is named.
 TEST_F(AuditTest, DumpPrintsTheEventsBeforeADamagedOne) {

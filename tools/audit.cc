@@ -371,11 +371,20 @@ Status CheckPin(const Ledger& ledger, const HeadPin& pin) {
 
 // Verify skips its head-record check on a secondary view (the primary may
 // move on); this view is never caught up, so the record must match here.
+// Returns Corruption unless the head record names the walk's last event and
+// its hash. It names the first sequence where the two part: past the
+// shorter of the two when their lengths differ (a log missing its last
+// events, or holding events the head never counted), else the last event.
 Status CheckHeadRecord(const Ledger& ledger, const VerifyResult& verified) {
   const LedgerHead stored = ledger.head();
-  if (stored.sequence != verified.head.sequence ||
-      !ConstantTimeEqual(stored.hash, verified.head.hash)) {
-    return Status::Corruption("the head record does not match the last event",
+  if (stored.sequence != verified.head.sequence) {
+    return Status::Corruption("the head record says " + std::to_string(stored.sequence) +
+                                  " but the log ends at " +
+                                  std::to_string(verified.head.sequence),
+                              std::min(stored.sequence, verified.head.sequence) + 1);
+  }
+  if (!ConstantTimeEqual(stored.hash, verified.head.hash)) {
+    return Status::Corruption("the head record's hash is not the last event's",
                               verified.head.sequence);
   }
   return Status::Ok();

@@ -43,30 +43,26 @@ bool SplitListen(const std::string& listen, std::string* host, uint16_t* port) {
 // fails a start that has touched nothing (the server binds for real later:
 // a race with another process remains possible, and is reported then).
 Status ProbeListen(const std::string& host, uint16_t port) {
-  sockaddr_storage address{};
-  socklen_t size = 0;
-  auto* v4 = reinterpret_cast<sockaddr_in*>(&address);
-  auto* v6 = reinterpret_cast<sockaddr_in6*>(&address);
-  if (inet_pton(AF_INET, host.c_str(), &v4->sin_addr) == 1) {
-    v4->sin_family = AF_INET;
-    v4->sin_port = htons(port);
-    size = sizeof(*v4);
-  } else if (inet_pton(AF_INET6, host.c_str(), &v6->sin6_addr) == 1) {
-    v6->sin6_family = AF_INET6;
-    v6->sin6_port = htons(port);
-    size = sizeof(*v6);
-  } else {
+  addrinfo hints{};
+  hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV | AI_PASSIVE;  // never a lookup
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* found = nullptr;
+  if (::getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &found) != 0) {
     return Status::InvalidArgument("HOST must be an IP address such as 127.0.0.1, 0.0.0.0 or "
                                    "[::1], got \"" + host + "\"",
                                    "--listen");
   }
-  const int fd = ::socket(address.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return Status::IOError(std::string("socket: ") + std::strerror(errno));
+  const int fd = ::socket(found->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    ::freeaddrinfo(found);
+    return Status::IOError(std::string("socket: ") + std::strerror(errno));
+  }
   const int one = 1;
   ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));  // as the server binds
-  const bool bound = ::bind(fd, reinterpret_cast<sockaddr*>(&address), size) == 0;
+  const bool bound = ::bind(fd, found->ai_addr, found->ai_addrlen) == 0;
   const int bind_errno = errno;
   ::close(fd);
+  ::freeaddrinfo(found);
   if (!bound) return Status::IOError(std::string("bind: ") + std::strerror(bind_errno));
   return Status::Ok();
 }
@@ -161,10 +157,10 @@ int RunServe(const ServeOptions& options) {
   service_options.alarms.retry_base_us = options.notification_retry_base_ms * 1000;
   // The mail settings are checked now rather than failing every alarm e-mail
   // for a day of retries.
-  if (!options.smtp.empty() &&
-      (options.smtp.find_first_of("/@?# \t\r\n") != std::string::npos ||
-       options.smtp.find(':') == std::string::npos)) {
-    return Usage("--smtp", "must be HOST:PORT, got \"" + options.smtp + "\"");
+  if (!options.smtp.empty()) {
+    if (Status relay = CheckSmtpHostPort(options.smtp, "--smtp"); !relay.ok()) {
+      return Usage("--smtp", relay.message());
+    }
   }
   if (Status from = CheckEmailAddress(options.smtp_from, "--smtp-from"); !from.ok()) {
     return Usage("--smtp-from", from.message());

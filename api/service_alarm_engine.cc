@@ -197,6 +197,8 @@ DeliveryResult Service::Impl::Send(const OutboxEntry& e, int64_t now_us) {
 }
 
 constexpr char kRetryWindowOver[] = "the retry window ended before this attempt";
+// The HTTP status by which a webhook receiver says it wants no more.
+constexpr uint32_t kHttpGone = 410;
 
 namespace {
 
@@ -279,8 +281,12 @@ Result<Service::Impl::AttemptOutcome> Service::Impl::Attempt(const OutboxEntry& 
   } else {
     notification_failures.fetch_add(1, std::memory_order_relaxed);
     // Backoff counts from the end of the attempt, which may have timed out.
-    attempt.next_attempt_at_us =
-        window_over ? 0 : NextAttemptUs(e.notification, attempt.attempt, d.clock->NowUs());
+    // A receiver answering 410 Gone asks for no more (Standard Webhooks): the
+    // failure is final, as at the window's end.
+    const bool gone = result.http_status == kHttpGone;
+    attempt.next_attempt_at_us = window_over || gone ? 0
+                                     : NextAttemptUs(e.notification, attempt.attempt,
+                                                     d.clock->NowUs());
     body = NotificationFailed{attempt};
   }
   // No expected version: rule changes may interleave; the fold tolerates an

@@ -349,6 +349,23 @@ TEST_F(AlarmEngineTest, FailedDeliveriesAreRetriedWithBackoffAndDeliveredOnce) {
 // A retry says what the first attempt said: the rule and key as they were
 // at the transition, though both changed since (receivers deduplicate on the
 // webhook-id, so one id must carry one body).
+// 410 Gone: the receiver wants no more, so the failure is final at once.
+TEST_F(AlarmEngineTest, AReceiverAnsweringGoneIsNotRetried) {
+  std::string id = CreateWebhookAlarm();
+  Breach();
+  ASSERT_EQ(Evaluate(), 1u);
+  notifier.FailNext(1, 410);
+  EXPECT_EQ(Deliver(), 1u);
+  EXPECT_EQ(Alarm(id)["pending_notifications"], 0);
+  json last = History(id).back();
+  EXPECT_EQ(last["type"], "notification_failed");
+  EXPECT_EQ(last["http_status"], 410);
+  EXPECT_TRUE(last["next_attempt_at"].is_null());
+  h.clock().AdvanceUs(3600'000'000LL);
+  EXPECT_EQ(Deliver(), 0u);
+  EXPECT_EQ(notifier.webhooks.size(), 1u);
+}
+
 TEST_F(AlarmEngineTest, RetriesSendTheMessageOfTheTransitionUnchanged) {
   std::string id = CreateAlarm();  // a webhook, then an e-mail
   Breach();
@@ -502,7 +519,7 @@ TEST_F(AlarmEngineTest, AFailedEmailHoldsBackOnlyEmails) {
 TEST_F(AlarmEngineTest, EntriesGivenUpUnsentHoldNothingBack) {
   std::string last;  // the alarm that comes last: it breaches only later
   for (int i = 0; i < 5; i++) {
-    const std::string to = "a" + std::to_string(i) + "@example.com";
+    const std::string to = std::string("a").append(std::to_string(i)).append("@example.com");
     last = std::max(last, CreateAlarm({{"channels", {{{"type", "email"}, {"to", to}}}}}));
   }
   ASSERT_EQ(h.Call("PATCH", base_ + "/" + last,

@@ -161,9 +161,14 @@ Result<size_t> Service::Impl::EvaluateAlarms() {
                               decision->state, decision->value_micros, period_end_us,
                               decision->reason};
     std::lock_guard<std::mutex> lock(command_mu);
-    Status committed = Commit({SystemEvent(AlarmStream(s.alarm_id), alarm.version, changed)});
-    // Conflict: the rule changed or was deleted meanwhile; next round decides again.
-    if (committed.code() == Code::kConflict) continue;
+    // Delivery attempts recorded since the round listed the alarm move its
+    // version but not what was decided from; a changed rule or state, or a
+    // deletion, leaves the decision to the next round. (Commands hold
+    // command_mu, so nothing changes between this look and the commit.)
+    const std::optional<AlarmView> now = state().FindAlarm(s.alarm_id);
+    if (!now || now->deleted || now->state != alarm.state || !(now->spec == s)) continue;
+    Status committed = Commit({SystemEvent(AlarmStream(s.alarm_id), now->version, changed)});
+    if (committed.code() == Code::kConflict) continue;  // an append without command_mu
     KL_RETURN_IF_ERROR(committed);
     alarm_transitions.fetch_add(1, std::memory_order_relaxed);
     transitions++;

@@ -219,6 +219,13 @@ class AlarmEngineTest : public ::testing::Test {
     return CreateAlarm(
         {{"channels", {{{"type", "webhook"}, {"url", "https://hooks.example.com/kl"}}}}});
   }
+  // Two alarms on the default webhook, both breached: two entries due.
+  void TwoNotificationsToOneReceiver() {
+    CreateWebhookAlarm();
+    CreateWebhookAlarm();
+    Breach();
+    ASSERT_EQ(Evaluate(), 2u);
+  }
   // 20 calls in each of the last two minutes: the default rule breaches.
   void Breach() {
     RecordCalls(1, 20);
@@ -484,11 +491,7 @@ TEST_F(AlarmEngineTest, AnUnansweringReceiverDoesNotHoldUpTheRound) {
 // A receiver that answers, but slowly with an error, also waits for the
 // next round (every failure is slow under EngineOptions).
 TEST_F(AlarmEngineTest, AReceiverAnsweringASlowErrorGetsOneAttemptARound) {
-  const std::string url = "https://hooks.example.com/kl";
-  CreateWebhookAlarm();
-  CreateWebhookAlarm();
-  Breach();
-  ASSERT_EQ(Evaluate(), 2u);
+  TwoNotificationsToOneReceiver();
   notifier.FailNext(1, 500);
   EXPECT_EQ(Deliver(), 1u);
   EXPECT_EQ(Deliver(), 1u);  // the other one, next round (the failed one backs off)
@@ -569,10 +572,7 @@ class AlarmEngineFastFailureTest : public AlarmEngineTest {
 // A receiver that refuses at once costs the round nothing: its other
 // entries are tried in the same round.
 TEST_F(AlarmEngineFastFailureTest, AFastRefusalHoldsNothingBack) {
-  CreateWebhookAlarm();
-  CreateWebhookAlarm();
-  Breach();
-  ASSERT_EQ(Evaluate(), 2u);
+  TwoNotificationsToOneReceiver();
   notifier.FailNext(1, 404);
   EXPECT_EQ(Deliver(), 2u);
   EXPECT_EQ(notifier.webhooks.size(), 2u);

@@ -366,6 +366,16 @@ Result<HttpResponse> Service::Impl::Tokens(const HttpRequest& req, const Princip
                                            const WorkspaceView& ws,
                                            const std::vector<std::string_view>& seg) {
   KL_RETURN_IF_ERROR(RequireOperator(who, "manage workspace tokens"));
+  if (seg.size() == 4 && req.method == "GET") {
+    // At most tokens_per_workspace_max: one page. Ids and times only; a
+    // token's secret is shown once, at creation.
+    Json list = Json::array();
+    for (const TokenView& t : state().ListActiveTokens(ws.id)) {
+      list.push_back({{"id", t.id}, {"workspace_id", t.workspace_id},
+                      {"created_at", FormatRfc3339(t.created_at_us)}});
+    }
+    return JsonResponse(200, {{"tokens", list}});
+  }
   if (seg.size() == 4 && req.method == "POST") {
     KL_ASSIGN_OR_RETURN(Json body, ParseObject(req.body, {}));
     (void)body;
@@ -388,7 +398,7 @@ Result<HttpResponse> Service::Impl::Tokens(const HttpRequest& req, const Princip
     KL_RETURN_IF_ERROR(Commit({MakeEvent(TokenStream(token->id), 1, who, revoked)}));
     return NoContent();
   }
-  return Status::InvalidArgument("use POST …/tokens or DELETE …/tokens/{id}", "method");
+  return Status::InvalidArgument("use GET or POST …/tokens, or DELETE …/tokens/{id}", "method");
 }
 
 namespace {

@@ -572,6 +572,15 @@ size_t KeyState::LiveGroupCount(std::string_view workspace_id) const {
   return CountIndexed(live_groups_by_workspace_, workspace_id);
 }
 
+std::vector<TokenView> KeyState::ListActiveTokens(std::string_view workspace_id) const {
+  std::shared_lock<std::shared_mutex> lock(mu_);
+  std::vector<TokenView> out;
+  for (const auto& [id, token] : tokens_) {
+    if (token.workspace_id == workspace_id && !token.revoked) out.push_back(token);
+  }
+  return out;
+}
+
 size_t KeyState::ActiveTokenCount(std::string_view workspace_id) const {
   std::shared_lock<std::shared_mutex> lock(mu_);
   auto it = active_tokens_per_workspace_.find(std::string(workspace_id));

@@ -269,6 +269,9 @@ class KeyState {
   size_t LiveKeyCount(std::string_view workspace_id) const;
   size_t LiveGroupCount(std::string_view workspace_id) const;
   size_t ActiveTokenCount(std::string_view workspace_id) const;
+  // The workspace's tokens not revoked, in id order. Walks every token of
+  // every workspace: for the operator's occasional listing, not a hot path.
+  std::vector<TokenView> ListActiveTokens(std::string_view workspace_id) const;
   // Number of live keys using the group.
   size_t KeysUsingGroup(std::string_view group_id) const;
   // Whether some live security group admits browser `origin` (an empty

@@ -138,7 +138,17 @@ TEST_F(ServiceTest, RevokedTokenStopsWorking) {
   std::string t = token.body["token"];
   std::string id = token.body["id"];
   EXPECT_EQ(h.Call("GET", "/v1/workspaces/" + ws, "", t).status, 200);
+  // The operator lists the active tokens (never their secrets); a token does not.
+  std::string other_ws = h.CreateWorkspace("Other");
+  ASSERT_EQ(h.Call("POST", "/v1/workspaces/" + other_ws + "/tokens").status, 201);
+  auto listed = h.Call("GET", "/v1/workspaces/" + ws + "/tokens");
+  ASSERT_EQ(listed.status, 200) << listed.raw;
+  ASSERT_EQ(listed.body["tokens"].size(), 1u) << listed.raw;
+  EXPECT_EQ(listed.body["tokens"][0]["id"], id);
+  EXPECT_EQ(listed.raw.find(t), std::string::npos) << "a token's secret is shown once";
+  ExpectError(h.Call("GET", "/v1/workspaces/" + ws + "/tokens", "", t), 403, "permission_denied");
   EXPECT_EQ(h.Call("DELETE", "/v1/workspaces/" + ws + "/tokens/" + id).status, 204);
+  EXPECT_EQ(h.Call("GET", "/v1/workspaces/" + ws + "/tokens").body["tokens"].size(), 0u);
   ExpectError(h.Call("GET", "/v1/workspaces/" + ws, "", t), 401, "unauthenticated");
   ExpectError(h.Call("DELETE", "/v1/workspaces/" + ws + "/tokens/" + id), 404, "not_found",
               "token");

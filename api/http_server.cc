@@ -754,6 +754,14 @@ void Session::Handle() {
     HttpResponse response = core_.CallHandler(request);
     return OnHandled(std::move(response), wants_keep_alive, version, head);
   }
+  const uint64_t awaiting_max = core_.options().requests_awaiting_worker_max;
+  if (awaiting_max != 0 &&
+      core_.counters().requests_awaiting_worker.load(std::memory_order_relaxed) >= awaiting_max) {
+    Increment(core_.counters().requests_rejected);
+    HttpResponse busy = JsonError(503, "unavailable", "the server is busy; retry later");
+    busy.headers.emplace_back("retry-after", "1");
+    return OnHandled(std::move(busy), wants_keep_alive, version, head);
+  }
   // Nothing else happens on this connection until OnHandled: no read is
   // pending, and DoWrite sets a fresh timeout.
   core_.PostToWorker([self = shared_from_this(), request = std::move(request),

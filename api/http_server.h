@@ -75,6 +75,12 @@ struct HttpServerOptions {
   // Open connections beyond this are accepted and closed at once, without a
   // response (counted in HttpServerStats::connections_rejected).
   uint64_t connections_max = 10000;
+  // Requests read and waiting for a worker beyond this are answered 503
+  // `unavailable` with Retry-After: 1 instead of queued (counted in
+  // requests_rejected), so the queue holds at most this many bodies
+  // (× body_bytes_max) rather than one per connection. 0 = no cap.
+  // Default 1024.
+  uint64_t requests_awaiting_worker_max = 1024;
   // After this many requests the response says "connection: close" and the
   // connection is closed. 0 = unlimited.
   uint64_t requests_per_connection_max = 0;

@@ -540,6 +540,36 @@ HttpServerOptions OneIoThreadWithWorkers(int workers) {
   return options;
 }
 
+// Requests beyond the cap on those waiting for a worker are answered 503 at
+// once rather than queued; the queued ones are served.
+TEST(HttpServerTest, RequestsBeyondTheWorkerQueueCapGet503) {
+  auto gate = std::make_shared<GatedHandler>();
+  HttpServerOptions options = OneIoThreadWithWorkers(1);
+  options.requests_awaiting_worker_max = 1;
+  auto server = StartServer(options, [gate](const HttpRequest& request) { return (*gate)(request); });
+  Client running(server->port());
+  ASSERT_TRUE(running.Send(Get("/blocked")));
+  gate->WaitForEntered(1);  // on the one worker
+  Client queued(server->port());
+  ASSERT_TRUE(queued.Send(Get("/blocked")));
+  for (int i = 0; i < 500 && server->stats().requests_awaiting_worker < 1; i++) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_EQ(server->stats().requests_awaiting_worker, 1u);
+  Client refused(server->port());
+  ASSERT_TRUE(refused.Send(Get("/blocked")));
+  auto busy = refused.ReadResponse();
+  ASSERT_TRUE(busy);
+  ExpectJsonError(*busy, 503, "unavailable");
+  EXPECT_EQ(busy->Header("retry-after"), "1");
+  gate->Open();
+  auto first = running.ReadResponse();
+  auto second = queued.ReadResponse();
+  ASSERT_TRUE(first && second);
+  EXPECT_EQ(first->status, 200);
+  EXPECT_EQ(second->status, 200);
+}
+
 // One I/O thread serves every connection; a handler blocked on a worker holds
 // up its own connection only, where without workers it held up them all.
 TEST(HttpServerTest, AHandlerOnAWorkerHoldsUpOnlyItsOwnConnection) {

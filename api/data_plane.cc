@@ -10,13 +10,13 @@
 #include "api/call_batch_json.h"
 #include "ledger/hash.h"
 #include "ledger/thread_name.h"
+#include "projections/metrics_fold.h"
 #include "projections/security_rules.h"
 
 namespace keyledger {
 namespace {
 
 constexpr size_t kRequestIdBytesMax = 128;
-constexpr int64_t kMinuteUs = 60'000'000;
 constexpr size_t kHeaderValueBytesMax = 8192;
 constexpr char kRedacted[] = "[REDACTED]";
 // The answer to a secret that names no live key, and to one rotated out:
@@ -407,7 +407,9 @@ AuthorizeDecision DataPlane::Authorize(const AuthorizeRequest& request) {
 
 void DataPlane::QueueDenial(const AuthorizeDecision& d, const AuthorizeRequest& r) {
   std::lock_guard<std::mutex> lock(denial_mu_);
-  const int64_t minute = r.now_us - ((r.now_us % kMinuteUs) + kMinuteUs) % kMinuteUs;  // floor
+  // The metrics' own minute, floored (for times before 1970 too).
+  const int64_t minute =
+      r.now_us - ((r.now_us % kMetricsMinuteUs) + kMetricsMinuteUs) % kMetricsMinuteUs;
   DenialGroup key(d.workspace_id, d.key_id, d.reason, minute);
   auto it = denials_.find(key);
   if (it == denials_.end()) {

@@ -785,9 +785,12 @@ bool Service::IsQuickRequest(const HttpRequest& request) {
 }
 
 HttpResponse Service::HandleAsOperator(const HttpRequest& request) {
-  auto routed = impl_->Route(request, /*trusted_operator=*/true);
+  return impl_->Answer(impl_->Route(request, /*trusted_operator=*/true));
+}
+
+HttpResponse Service::Impl::Answer(Result<HttpResponse> routed) {
   if (routed.ok()) return std::move(routed).value();
-  impl_->LogServerError(routed.status());
+  LogServerError(routed.status());
   return ErrorResponse(routed.status());
 }
 
@@ -816,13 +819,7 @@ HttpResponse Service::Handle(const HttpRequest& request) {
   if (route == RequestCounters::kMetrics && request.method == "GET") {
     response = impl_->Metrics();
   } else {
-    auto routed = impl_->Route(request, /*trusted_operator=*/false);
-    if (routed.ok()) {
-      response = std::move(routed).value();
-    } else {
-      impl_->LogServerError(routed.status());
-      response = ErrorResponse(routed.status());
-    }
+    response = impl_->Answer(impl_->Route(request, /*trusted_operator=*/false));
   }
   if (route == RequestCounters::kAuthorize) {
     impl_->authorize_latency.Observe(ElapsedUs(start));

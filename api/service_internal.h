@@ -196,6 +196,9 @@ struct Service::Impl {
   // tools that already hold the data directory).
   Result<HttpResponse> Route(const HttpRequest& req, bool trusted_operator);
   HttpResponse Health() const;
+  // The routed response, or the error's (ErrorResponse), logged first when
+  // it is the server's own failure (LogServerError).
+  HttpResponse Answer(Result<HttpResponse> routed);
   // Writes a server-side failure (IOError, Corruption, Internal) to stderr,
   // at most one per second; ignores the others. Thread-safe.
   void LogServerError(const Status& s);
